@@ -1,0 +1,74 @@
+"""User/item scoring shared by the retrieval losses (CCL, PSL).
+
+Both losses see the same inputs: one positive per user and a large pool of negatives, either
+per-example ``[B, N, D]`` or shared by the whole batch ``[N, D]``. Scoring is done with one
+batched matmul and the norms are applied afterwards, so the ``[B, N, D]`` tensor is never copied
+(hundreds of negatives per positive stay cheap).
+"""
+
+from typing import Literal
+
+import torch
+
+from ._validation import (
+    require_bool,
+    require_float,
+    require_shape,
+)
+
+Similarity = Literal["cosine", "dot"]
+SIMILARITIES: tuple[str, ...] = ("cosine", "dot")
+
+# Lower bound on embedding norms for cosine similarity (as in torch.nn.functional.cosine_similarity).
+_NORM_EPS = 1e-8
+
+
+def retrieval_scores(
+    user_emb: torch.Tensor,
+    pos_emb: torch.Tensor,
+    neg_emb: torch.Tensor,
+    neg_mask: torch.Tensor | None,
+    similarity: Similarity,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Validate the retrieval inputs and score them.
+
+    Returns ``(pos_scores [B], neg_scores [B, N], neg_mask [B, N])``; the returned mask is all
+    ``True`` when ``neg_mask`` is ``None``.
+    """
+    sizes: dict[str, int] = {}
+    require_float("user_emb", user_emb)
+    require_shape("user_emb", user_emb, ["B", "D"], sizes)
+    require_float("pos_emb", pos_emb)
+    require_shape("pos_emb", pos_emb, ["B", "D"], sizes)
+    require_float("neg_emb", neg_emb)
+    if neg_emb.dim() == 2:
+        require_shape("neg_emb", neg_emb, ["N", "D"], sizes)
+        shared = True
+    elif neg_emb.dim() == 3:
+        require_shape("neg_emb", neg_emb, ["B", "N", "D"], sizes)
+        shared = False
+    else:
+        raise ValueError(
+            f"neg_emb: expected shape [B={sizes['B']}, N, D={sizes['D']}] or shared [N, D={sizes['D']}],"
+            f" got {tuple(neg_emb.shape)}"
+        )
+    if neg_mask is None:
+        neg_mask = torch.ones(sizes["B"], sizes["N"], dtype=torch.bool, device=user_emb.device)
+    else:
+        require_bool("neg_mask", neg_mask)
+        require_shape("neg_mask", neg_mask, ["B", "N"], sizes)
+
+    pos = (user_emb * pos_emb).sum(dim=-1)
+    if shared:
+        neg = user_emb @ neg_emb.transpose(0, 1)  # [B, N]
+    else:
+        neg = torch.bmm(neg_emb, user_emb.unsqueeze(-1)).squeeze(-1)  # [B, N]
+
+    if similarity == "cosine":
+        user_norm = user_emb.norm(dim=-1).clamp_min(_NORM_EPS)  # [B]
+        pos = pos / (user_norm * pos_emb.norm(dim=-1).clamp_min(_NORM_EPS))
+        neg_norm = neg_emb.norm(dim=-1).clamp_min(_NORM_EPS)  # [N] or [B, N]
+        neg = neg / (user_norm.unsqueeze(-1) * neg_norm)
+    elif similarity != "dot":
+        raise ValueError(f"similarity must be one of {list(SIMILARITIES)}, got {similarity!r}")
+    return pos, neg, neg_mask
