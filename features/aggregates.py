@@ -1,0 +1,48 @@
+"""Per-user and per-item aggregates: the dense features of the ranking model and the online store.
+
+Computed on training events only, with lazy group-bys, so the same expressions run on a large log
+with the streaming engine.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+from rankforge.features.schema import ITEM_IDX, LABEL, RATING, TIMESTAMP, USER_IDX, require_columns
+
+#: Dense features fed to the ranking model, in this order (user first, then item).
+DENSE_FEATURES: tuple[str, ...] = ("user_log_events", "user_pos_rate", "item_log_popularity", "item_pos_rate")
+USER_DENSE: tuple[str, ...] = DENSE_FEATURES[:2]
+ITEM_DENSE: tuple[str, ...] = DENSE_FEATURES[2:]
+
+
+def user_aggregates(events: pl.LazyFrame) -> pl.LazyFrame:
+    require_columns(events, [USER_IDX, LABEL, TIMESTAMP], "user aggregates")
+    return events.group_by(USER_IDX).agg(
+        pl.len().log1p().cast(pl.Float32).alias("user_log_events"),
+        pl.col(LABEL).mean().cast(pl.Float32).alias("user_pos_rate"),
+        pl.col(RATING).mean().cast(pl.Float32).alias("user_mean_rating"),
+        pl.col(TIMESTAMP).max().alias("user_last_ts"),
+    )
+
+
+def item_aggregates(events: pl.LazyFrame, n_items: int) -> pl.LazyFrame:
+    """One row per item index in ``[0, n_items)``; items never seen get zero popularity."""
+    require_columns(events, [ITEM_IDX, LABEL], "item aggregates")
+    stats = events.group_by(ITEM_IDX).agg(
+        pl.len().alias("item_events"),
+        pl.col(LABEL).sum().alias("item_positives"),
+        pl.col(RATING).mean().cast(pl.Float32).alias("item_mean_rating"),
+    )
+    all_items = pl.LazyFrame({ITEM_IDX: pl.int_range(0, n_items, eager=True, dtype=pl.Int64)})
+    return (
+        all_items.join(stats, on=ITEM_IDX, how="left")
+        .with_columns(pl.col("item_events", "item_positives").fill_null(0))
+        .with_columns(
+            pl.col("item_events").log1p().cast(pl.Float32).alias("item_log_popularity"),
+            # Smoothed towards the global rate so a one-event item is not "certain".
+            ((pl.col("item_positives") + 1) / (pl.col("item_events") + 2))
+            .cast(pl.Float32)
+            .alias("item_pos_rate"),
+        )
+        .sort(ITEM_IDX)
+    )

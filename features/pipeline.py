@@ -1,0 +1,205 @@
+"""The feature pipeline: raw log in, everything training and serving need out.
+
+One entry point (:func:`prepare`) so the batch trainer, the evaluation job and the feature-store
+writer all see the same ids, splits and features for a given :class:`DataConfig`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import polars as pl
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from rankforge.features import history as hist
+from rankforge.features.aggregates import item_aggregates, user_aggregates
+from rankforge.features.id_mapping import IdMapping
+from rankforge.features.loaders import load_interactions, load_lightgcn_split, load_movielens_items
+from rankforge.features.schema import ITEM, ITEM_IDX, LABEL, RATING, TIMESTAMP, USER_IDX
+from rankforge.features.splits import global_time_split, leave_last_out, random_leave_out
+from rankforge.features.synthetic import generate_log
+
+from rankforge.errors import DataError
+
+GENRES = "genres"
+
+
+class SyntheticConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    n_users: int = Field(300, ge=1)
+    n_items: int = Field(400, ge=2)
+    n_clusters: int = Field(6, ge=1)
+    min_events: int = Field(10, ge=1)
+    max_events: int = Field(40, ge=1)
+    seed: int = 0
+
+
+class DataConfig(BaseModel):
+    """Where the log comes from and how it becomes examples."""
+
+    model_config = ConfigDict(extra="forbid")
+    source: Literal["synthetic", "movielens", "lightgcn", "file"] = "synthetic"
+    path: Path | None = None  # movielens/lightgcn: a directory; file: a log file
+    layout: Literal["movielens-csv", "movielens-dat", "movielens-100k", "lightgcn", "parquet"] | None = None
+    items_path: Path | None = None  # optional item catalogue (movies.csv layout)
+    synthetic: SyntheticConfig = SyntheticConfig()
+    split: Literal["leave_last_out", "time", "random", "provided"] = "leave_last_out"
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    n_test_per_user: int = Field(1, ge=1)
+    positive_threshold: float = 4.0  # rating >= threshold is a positive; logs without ratings: all
+    history_len: int = Field(20, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        if self.source != "synthetic" and self.path is None:
+            raise ValueError(f"data.path is required for source={self.source!r}")
+        if self.split == "provided" and self.source != "lightgcn":
+            raise ValueError("split='provided' only applies to source='lightgcn' (train.txt/test.txt)")
+        return self
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """Encoded events, examples and feature tables; every id is a dense index."""
+
+    mapping: IdMapping
+    genres: pl.DataFrame  # genre -> genre_idx
+    train_events: pl.DataFrame  # user_idx, item_idx, rating, timestamp, label
+    test_events: pl.DataFrame
+    retrieval_examples: pl.DataFrame  # train positives with point-in-time history
+    user_features: pl.DataFrame  # user_idx, history (latest), user aggregates
+    item_features: pl.DataFrame  # item_idx (all items, ordered), genres, item aggregates
+    history_len: int
+
+    @property
+    def n_users(self) -> int:
+        return self.mapping.n_users
+
+    @property
+    def n_items(self) -> int:
+        return self.mapping.n_items
+
+    @property
+    def n_genres(self) -> int:
+        return max(self.genres.height, 1)
+
+    def test_positives(self) -> pl.DataFrame:
+        return self.test_events.filter(pl.col(LABEL) > 0)
+
+
+def _raw_log(config: DataConfig) -> tuple[pl.DataFrame, pl.DataFrame | None, pl.DataFrame | None]:
+    """(log, provided test log or None, item catalogue or None)."""
+    if config.source == "synthetic":
+        s = config.synthetic
+        log = generate_log(s.n_users, s.n_items, s.n_clusters, s.min_events, s.max_events, s.seed)
+        return log.interactions, None, log.items
+    assert config.path is not None
+    items = load_movielens_items(config.items_path) if config.items_path else None
+    if config.source == "movielens":
+        directory = config.path
+        candidates = [directory / n for n in ("ratings.csv", "ratings.dat", "u.data")]
+        found = next((p for p in candidates if p.is_file()), None)
+        if found is None:
+            raise DataError(f"no MovieLens ratings file (ratings.csv, ratings.dat or u.data) in {directory}")
+        if items is None and (directory / "movies.csv").is_file():
+            items = load_movielens_items(directory / "movies.csv")
+        return load_interactions(found), None, items
+    if config.source == "lightgcn":
+        train, test = load_lightgcn_split(config.path)
+        if config.split == "provided":
+            return train, test, items
+        return pl.concat([train, test]), None, items
+    return load_interactions(config.path, config.layout), None, items
+
+
+def _split(log: pl.DataFrame, config: DataConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
+    lazy = log.lazy()
+    if config.split == "leave_last_out":
+        train, test = leave_last_out(lazy, n_last=config.n_test_per_user)
+    elif config.split == "time":
+        train, test = global_time_split(lazy, config.test_fraction)
+    else:
+        train, test = random_leave_out(lazy, config.test_fraction)
+    return train.collect(), test.collect()
+
+
+def _with_label(frame: pl.LazyFrame, threshold: float) -> pl.LazyFrame:
+    # Logs without explicit ratings (LightGCN, clicks) are implicit feedback: every event is positive.
+    label = pl.when(pl.col(RATING).is_null()).then(1).otherwise((pl.col(RATING) >= threshold).cast(pl.Int8))
+    return frame.with_columns(label.cast(pl.Int8).alias(LABEL))
+
+
+def _genre_vocabulary(items: pl.DataFrame | None) -> pl.DataFrame:
+    if items is None or GENRES not in items.columns:
+        return pl.DataFrame(
+            {"genre": [], "genre_idx": []}, schema={"genre": pl.String, "genre_idx": pl.Int64}
+        )
+    vocab = items.select(pl.col(GENRES).explode().drop_nulls().unique().sort().alias("genre"))
+    return vocab.with_row_index("genre_idx").select("genre", pl.col("genre_idx").cast(pl.Int64))
+
+
+def _item_genres(items: pl.DataFrame | None, mapping: IdMapping, vocab: pl.DataFrame) -> pl.LazyFrame:
+    if items is None or vocab.height == 0:
+        return mapping.items.lazy().select(ITEM_IDX, pl.lit([], dtype=pl.List(pl.Int64)).alias(GENRES))
+    exploded = (
+        mapping.encode_items(items.lazy()).select(ITEM_IDX, pl.col(GENRES).alias("genre")).explode("genre")
+    )
+    per_item = (
+        exploded.join(vocab.lazy(), on="genre", how="inner")
+        .group_by(ITEM_IDX)
+        .agg(pl.col("genre_idx").sort().alias(GENRES))
+    )
+    return (
+        mapping.items.lazy()
+        .select(ITEM_IDX)
+        .join(per_item, on=ITEM_IDX, how="left")
+        .with_columns(pl.col(GENRES).fill_null(pl.lit([], dtype=pl.List(pl.Int64))))
+    )
+
+
+def prepare(config: DataConfig) -> PreparedData:
+    """Load, split, encode and featurise a log according to ``config``."""
+    log, provided_test, items = _raw_log(config)
+    if provided_test is not None:
+        train_raw, test_raw = log, provided_test
+    else:
+        train_raw, test_raw = _split(log, config)
+    if train_raw.height == 0:
+        raise DataError("the split left no training events")
+    if test_raw.height == 0:
+        raise DataError("the split left no test events; lower n_test_per_user or raise test_fraction")
+    mapping = IdMapping.fit(train_raw, items)
+    train = _with_label(mapping.encode(train_raw.lazy()), config.positive_threshold).collect()
+    test = _with_label(mapping.encode(test_raw.lazy()), config.positive_threshold).collect()
+    if train.filter(pl.col(LABEL) > 0).height == 0:
+        raise DataError(f"no positive training events (rating >= {config.positive_threshold})")
+
+    events = train.lazy()
+    positives = events.filter(pl.col(LABEL) > 0).select(USER_IDX, ITEM_IDX, TIMESTAMP)
+    examples = hist.with_point_in_time_history(positives, events, config.history_len).collect()
+    users = (
+        user_aggregates(events)
+        .join(hist.latest_history(events, config.history_len), on=USER_IDX, how="left")
+        .with_columns(pl.col(hist.HISTORY).fill_null(pl.lit([], dtype=pl.List(pl.Int64))))
+        .sort(USER_IDX)
+        .collect()
+    )
+    vocab = _genre_vocabulary(items)
+    item_table = (
+        item_aggregates(events, mapping.n_items)
+        .join(_item_genres(items, mapping, vocab), on=ITEM_IDX, how="left")
+        .join(mapping.items.lazy(), on=ITEM_IDX, how="left")
+        .sort(ITEM_IDX)
+        .collect()
+    )
+    return PreparedData(
+        mapping=mapping,
+        genres=vocab,
+        train_events=train.sort(TIMESTAMP),
+        test_events=test.sort(TIMESTAMP),
+        retrieval_examples=examples,
+        user_features=users,
+        item_features=item_table.select(ITEM_IDX, ITEM, pl.exclude(ITEM_IDX, ITEM)),
+        history_len=config.history_len,
+    )

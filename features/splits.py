@@ -1,0 +1,53 @@
+"""Train/test splits that respect time, because recommenders are always asked about the future."""
+
+from __future__ import annotations
+
+import polars as pl
+from rankforge.features.schema import ITEM, TIMESTAMP, USER, require_columns
+
+from rankforge.errors import DataError
+
+
+def _check_fraction(fraction: float) -> None:
+    if not 0.0 < fraction < 1.0:
+        raise DataError(f"test fraction must be in (0, 1), got {fraction}")
+
+
+def global_time_split(log: pl.LazyFrame, test_fraction: float = 0.2) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+    """Everything after the (1 - f) time quantile is test: no leakage of future events."""
+    _check_fraction(test_fraction)
+    require_columns(log, [TIMESTAMP], "global time split")
+    cutoff = (
+        log.select(pl.col(TIMESTAMP).quantile(1.0 - test_fraction, interpolation="lower")).collect().item()
+    )
+    if cutoff is None:
+        raise DataError("global time split: the log has no timestamps")
+    return log.filter(pl.col(TIMESTAMP) <= cutoff), log.filter(pl.col(TIMESTAMP) > cutoff)
+
+
+def leave_last_out(
+    log: pl.LazyFrame, n_last: int = 1, min_train: int = 1
+) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+    """Each user's last ``n_last`` events are test, if the user keeps at least ``min_train`` in train."""
+    if n_last < 1 or min_train < 1:
+        raise DataError("leave_last_out: n_last and min_train must be >= 1")
+    require_columns(log, [USER, ITEM, TIMESTAMP], "leave-last-out split")
+    ranked = log.with_columns(
+        pl.col(TIMESTAMP).rank("ordinal", descending=True).over(USER).alias("_from_end"),
+        pl.len().over(USER).alias("_n"),
+    )
+    is_test = (pl.col("_from_end") <= n_last) & (pl.col("_n") - n_last >= min_train)
+    drop = ["_from_end", "_n"]
+    return ranked.filter(~is_test).drop(drop), ranked.filter(is_test).drop(drop)
+
+
+def random_leave_out(
+    log: pl.LazyFrame, test_fraction: float = 0.2, seed: int = 0
+) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+    """Per-user random hold-out, for logs without meaningful time (e.g. LightGCN lists)."""
+    _check_fraction(test_fraction)
+    require_columns(log, [USER, ITEM], "random leave-out split")
+    keyed = log.with_columns(
+        (pl.struct(USER, ITEM).hash(seed) % 1_000_000 < int(test_fraction * 1_000_000)).alias("_test")
+    )
+    return keyed.filter(~pl.col("_test")).drop("_test"), keyed.filter(pl.col("_test")).drop("_test")

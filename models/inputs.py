@@ -1,0 +1,103 @@
+"""Sparse inputs in one portable form: padded id matrices, ``-1`` for padding.
+
+Padded ``[batch, max_len]`` int64 matrices go through every layer unchanged (Polars lists in,
+ONNX inputs out); :func:`padded_to_kjt` turns them into the KeyedJaggedTensor TorchRec wants.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import polars as pl
+import torch
+from torchrec import KeyedJaggedTensor
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+
+PAD = -1
+
+
+@dataclass(frozen=True)
+class SparseFeature:
+    """One id feature and its embedding table (one table per feature)."""
+
+    name: str
+    num_embeddings: int
+    max_len: int = 1
+    pooling: Literal["sum", "mean"] = "sum"
+
+    def table_config(self, embedding_dim: int) -> EmbeddingBagConfig:
+        return EmbeddingBagConfig(
+            name=f"t_{self.name}",
+            embedding_dim=embedding_dim,
+            num_embeddings=self.num_embeddings,
+            feature_names=[self.name],
+            pooling=PoolingType.MEAN if self.pooling == "mean" else PoolingType.SUM,
+        )
+
+
+def pad_lists(values: pl.Series | list[list[int]], max_len: int) -> torch.Tensor:
+    """Right-pad (and truncate, keeping the most recent tail) id lists to ``[n, max_len]``."""
+    series = values if isinstance(values, pl.Series) else pl.Series(values, dtype=pl.List(pl.Int64))
+    if series.dtype != pl.List(pl.Int64):
+        series = series.cast(pl.List(pl.Int64))
+    padded = (
+        series.fill_null(pl.lit([], dtype=pl.List(pl.Int64)))
+        .list.tail(max_len)
+        .list.concat(pl.lit([PAD] * max_len, dtype=pl.List(pl.Int64)))
+        .list.head(max_len)
+        .list.to_array(max_len)
+    )
+    return torch.from_numpy(padded.to_numpy().astype(np.int64, copy=False).reshape(len(series), max_len))
+
+
+def ids_column(values: torch.Tensor | np.ndarray | pl.Series) -> torch.Tensor:
+    """A single id per row as a ``[n, 1]`` padded matrix."""
+    array = values.to_numpy() if isinstance(values, pl.Series) else values
+    return torch.tensor(np.asarray(array), dtype=torch.int64).reshape(-1, 1)
+
+
+def padded_to_kjt(features: dict[str, torch.Tensor], keys: list[str]) -> KeyedJaggedTensor:
+    """Build a KJT (keys in ``keys`` order) from padded matrices that share the batch size."""
+    missing = [k for k in keys if k not in features]
+    if missing:
+        raise ValueError(f"missing sparse feature(s) {missing}; got {sorted(features)}")
+    batch = {features[k].shape[0] for k in keys}
+    if len(batch) != 1:
+        raise ValueError(
+            f"sparse features disagree on batch size: { {k: tuple(features[k].shape) for k in keys} }"
+        )
+    lengths, values = [], []
+    for k in keys:
+        ids = features[k]
+        if ids.dim() != 2:
+            raise ValueError(f"sparse feature {k!r} must be [batch, max_len], got {tuple(ids.shape)}")
+        mask = ids != PAD
+        lengths.append(mask.sum(dim=1))
+        values.append(ids[mask])
+    return KeyedJaggedTensor.from_lengths_sync(
+        keys=list(keys), values=torch.cat(values), lengths=torch.cat(lengths).to(torch.int32)
+    )
+
+
+def user_inputs(users: pl.DataFrame, history_len: int) -> dict[str, torch.Tensor]:
+    """User-tower inputs from rows with ``user_idx`` and ``history`` (list of item indices)."""
+    return {
+        "user_id": ids_column(users["user_idx"]),
+        "user_history": pad_lists(users["history"], history_len),
+    }
+
+
+def item_inputs(items: pl.DataFrame, max_genres: int) -> dict[str, torch.Tensor]:
+    """Item-tower inputs from rows with ``item_idx`` and ``genres`` (list of genre indices)."""
+    return {"item_id": ids_column(items["item_idx"]), "item_genres": pad_lists(items["genres"], max_genres)}
+
+
+def dense_inputs(frame: pl.DataFrame, names: tuple[str, ...] | list[str]) -> torch.Tensor:
+    """Dense features ``[n, len(names)]`` float32; missing values become 0."""
+    missing = [n for n in names if n not in frame.columns]
+    if missing:
+        raise ValueError(f"missing dense feature column(s) {missing}")
+    values = frame.select(pl.col(list(names)).cast(pl.Float32).fill_null(0.0).fill_nan(0.0)).to_numpy()
+    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
