@@ -1,0 +1,99 @@
+"""MLflow model registry: log a bundle as an ONNX-flavor model, register it, resolve aliases.
+
+The main ONNX graph of a bundle (ranker, or the user tower for retrieval) is logged with MLflow's
+ONNX flavor so MLflow tooling can load it; the whole bundle directory is logged next to it as
+artifacts of the same logged model, so a registry alias resolves to everything the server needs.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import onnx
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from rankforge.serving.bundle import Bundle, load_bundle
+
+from rankforge.errors import ConfigError
+
+MAIN_GRAPH = {"retrieval": "user_tower.onnx", "ranker": "ranker.onnx"}
+BUNDLE_ARTIFACT = "bundle"
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    name: str
+    version: int
+    run_id: str
+    model_uri: str
+
+
+def log_and_register(
+    bundle_dir: str | Path, registered_name: str, alias: str | None = None
+) -> RegisteredModel:
+    """Inside an active run: log the bundle, register a new version, optionally set an alias."""
+    bundle = load_bundle(bundle_dir)
+    run = mlflow.active_run()
+    if run is None:
+        raise RuntimeError("log_and_register needs an active MLflow run")
+    main = onnx.load(str(bundle.path(MAIN_GRAPH[bundle.manifest.kind])))
+    mlflow.log_artifacts(str(bundle.directory), BUNDLE_ARTIFACT)
+    info = mlflow.onnx.log_model(
+        main,
+        name="model",
+        registered_model_name=registered_name,
+        save_as_external_data=False,
+        metadata={"rankforge_kind": bundle.manifest.kind, "bundle_artifact": BUNDLE_ARTIFACT},
+    )
+    version = int(info.registered_model_version)
+    client = MlflowClient()
+    client.set_model_version_tag(registered_name, str(version), "rankforge_kind", bundle.manifest.kind)
+    if alias:
+        client.set_registered_model_alias(registered_name, alias, str(version))
+    return RegisteredModel(registered_name, version, run.info.run_id, f"models:/{registered_name}/{version}")
+
+
+def resolve(name: str, alias_or_version: str | int) -> RegisteredModel:
+    """Find the version behind ``champion`` (or a version number), with a clear error if none."""
+    client = MlflowClient()
+    try:
+        if isinstance(alias_or_version, int) or str(alias_or_version).isdigit():
+            mv = client.get_model_version(name, str(alias_or_version))
+        else:
+            mv = client.get_model_version_by_alias(name, str(alias_or_version))
+    except MlflowException as exc:
+        raise ConfigError(f"no registered model {name!r} at {alias_or_version!r}: {exc.message}") from exc
+    return RegisteredModel(name, int(mv.version), mv.run_id, f"models:/{name}/{mv.version}")
+
+
+def parse_model_uri(uri: str) -> tuple[str, str]:
+    """``models:/name@alias`` or ``models:/name/3`` -> (name, alias or version)."""
+    if not uri.startswith("models:/"):
+        raise ConfigError(f"not a registry URI (models:/name@alias or models:/name/version): {uri!r}")
+    rest = uri[len("models:/") :]
+    if "@" in rest:
+        name, ref = rest.split("@", 1)
+    elif "/" in rest:
+        name, ref = rest.rsplit("/", 1)
+    else:
+        raise ConfigError(f"registry URI names no alias or version: {uri!r}")
+    if not name or not ref:
+        raise ConfigError(f"bad registry URI {uri!r}")
+    return name, ref
+
+
+def download_bundle(uri_or_path: str | Path, destination: str | Path | None = None) -> Bundle:
+    """A bundle from a local directory or a ``models:/`` URI (downloaded from its run)."""
+    text = str(uri_or_path)
+    if not text.startswith("models:/"):
+        return load_bundle(text)
+    name, ref = parse_model_uri(text)
+    registered = resolve(name, ref)
+    target = Path(destination) if destination else Path(tempfile.mkdtemp(prefix=f"rankforge-{name}-"))
+    local = mlflow.artifacts.download_artifacts(
+        run_id=registered.run_id, artifact_path=BUNDLE_ARTIFACT, dst_path=str(target)
+    )
+    return load_bundle(local)

@@ -1,0 +1,95 @@
+"""The model bundle: the directory a trained model is served from.
+
+A bundle holds the ONNX graph(s), the id mapping that turns raw ids into embedding rows, and a
+manifest naming every input, so the server needs nothing from the training code. It is what gets
+logged to MLflow and what a registry alias resolves to.
+
+Layout::
+
+    manifest.json
+    id_mapping/users.parquet, id_mapping/items.parquet
+    retrieval:  user_tower.onnx, item_tower.onnx, item_embeddings.npy  ([n_items, d] float32)
+    ranker:     ranker.onnx
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from rankforge.features.id_mapping import IdMapping
+
+from rankforge.errors import DataError
+
+MANIFEST = "manifest.json"
+BundleKind = Literal["retrieval", "ranker"]
+FILES: dict[str, tuple[str, ...]] = {
+    "retrieval": ("user_tower.onnx", "item_tower.onnx", "item_embeddings.npy"),
+    "ranker": ("ranker.onnx",),
+}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    kind: BundleKind
+    inputs: dict[str, list[str]]  # graph file -> ONNX input names in order
+    history_len: int
+    max_genres: int
+    dense_features: list[str] = field(default_factory=list)
+    n_users: int = 0
+    n_items: int = 0
+    n_genres: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    version: int = 1  # bundle format version
+
+
+def write_manifest(directory: str | Path, manifest: Manifest) -> Path:
+    path = Path(directory) / MANIFEST
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(asdict(manifest), indent=2, sort_keys=True))
+    return path
+
+
+@dataclass(frozen=True)
+class Bundle:
+    directory: Path
+    manifest: Manifest
+
+    def path(self, name: str) -> Path:
+        return self.directory / name
+
+    @property
+    def id_mapping(self) -> IdMapping:
+        return IdMapping.load(self.directory / "id_mapping")
+
+    def item_embeddings(self) -> np.ndarray:
+        if self.manifest.kind != "retrieval":
+            raise DataError(f"bundle {self.directory} is a {self.manifest.kind} bundle: no item embeddings")
+        return np.load(self.path("item_embeddings.npy"))
+
+
+def load_bundle(directory: str | Path, expect: BundleKind | None = None) -> Bundle:
+    """Open and check a bundle: missing files or a wrong kind fail here, not at first request."""
+    d = Path(directory)
+    if not (d / MANIFEST).is_file():
+        raise DataError(f"not a model bundle (no {MANIFEST}): {d}")
+    try:
+        raw = json.loads((d / MANIFEST).read_text())
+        manifest = Manifest(**raw)
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise DataError(f"bad bundle manifest {d / MANIFEST}: {exc}") from exc
+    if manifest.kind not in FILES:
+        raise DataError(f"bundle {d}: unknown kind {manifest.kind!r}")
+    if expect is not None and manifest.kind != expect:
+        raise DataError(f"bundle {d} is a {manifest.kind} bundle, expected {expect}")
+    missing = [
+        n
+        for n in (*FILES[manifest.kind], "id_mapping/users.parquet", "id_mapping/items.parquet")
+        if not (d / n).is_file()
+    ]
+    if missing:
+        raise DataError(f"bundle {d} lacks {missing}")
+    return Bundle(directory=d, manifest=manifest)
