@@ -1,0 +1,91 @@
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from pydantic import ValidationError
+from rankforge.features.id_mapping import IdMapping
+from rankforge.features.pipeline import DataConfig, PreparedData, SyntheticConfig, prepare
+from rankforge.features.synthetic import generate_log
+
+from rankforge.errors import DataError
+
+
+def test_synthetic_log_is_deterministic_and_valid() -> None:
+    a, b = generate_log(seed=7), generate_log(seed=7)
+    assert a.interactions.equals(b.interactions)
+    assert not a.interactions.equals(generate_log(seed=8).interactions)
+    assert a.interactions["rating"].is_between(1, 5).all()
+    assert a.interactions.select(pl.struct("user_id", "item_id").is_unique().all()).item()
+
+
+def test_prepared_ids_are_dense_and_features_cover_everything(small_data: PreparedData) -> None:
+    d = small_data
+    assert d.train_events["user_idx"].max() < d.n_users and d.train_events["item_idx"].max() < d.n_items
+    assert d.item_features["item_idx"].to_list() == list(range(d.n_items))
+    assert d.user_features["user_idx"].to_list() == list(range(d.n_users))
+    assert d.genres.height == 6
+    assert d.retrieval_examples.height == d.train_events.filter(pl.col("label") > 0).height
+    # every history item is an earlier positive of the same user
+    assert d.retrieval_examples["history"].list.len().max() <= d.history_len
+
+
+def test_no_test_event_leaks_into_history(small_data: PreparedData) -> None:
+    test_pairs = set(small_data.test_events.select("user_idx", "item_idx").iter_rows())
+    hist = small_data.user_features.explode("history").drop_nulls("history")
+    assert not test_pairs & set(hist.select("user_idx", "history").iter_rows())
+
+
+def test_id_mapping_round_trip(tmp_path: Path, small_data: PreparedData) -> None:
+    small_data.mapping.save(tmp_path)
+    loaded = IdMapping.load(tmp_path)
+    assert loaded.users.equals(small_data.mapping.users) and loaded.items.equals(small_data.mapping.items)
+
+
+def test_unknown_ids_are_dropped_by_encode() -> None:
+    m = IdMapping.fit(pl.DataFrame({"user_id": [1, 2], "item_id": [10, 20]}))
+    out = m.encode(pl.LazyFrame({"user_id": [1, 3], "item_id": [20, 10]})).collect()
+    assert out.select("user_idx", "item_idx").rows() == [(0, 1)]
+
+
+def test_config_rejects_unknown_keys_and_missing_path() -> None:
+    with pytest.raises(ValidationError, match="extra"):
+        DataConfig(sourcee="synthetic")  # type: ignore[call-arg]
+    with pytest.raises(ValidationError, match="data.path is required"):
+        DataConfig(source="movielens")
+
+
+def test_missing_directory_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="no MovieLens ratings file"):
+        prepare(DataConfig(source="movielens", path=tmp_path))
+
+
+def test_all_negative_log_is_rejected(tmp_path: Path) -> None:
+    p = tmp_path / "ratings.csv"
+    p.write_text("userId,movieId,rating,timestamp\n1,1,1.0,1\n1,2,1.0,2\n2,1,2.0,3\n2,3,1.0,4\n")
+    with pytest.raises(DataError, match="no positive training events"):
+        prepare(DataConfig(source="movielens", path=tmp_path))
+
+
+def test_lightgcn_provided_split(tmp_path: Path) -> None:
+    (tmp_path / "train.txt").write_text("0 1 2 3\n1 2 3\n2 1\n")
+    (tmp_path / "test.txt").write_text("0 4\n1 1\n")
+    d = prepare(DataConfig(source="lightgcn", path=tmp_path, split="provided"))
+    assert d.train_events["label"].to_list() == [1] * 6  # implicit feedback: every event positive
+    assert d.test_positives().height == 1  # item 4 never appears in train: no embedding, dropped
+
+
+@pytest.mark.movielens
+def test_movielens_end_to_end_features(movielens_dir: Path) -> None:
+    d = prepare(DataConfig(source="movielens", path=movielens_dir))
+    assert d.n_users == 610
+    assert d.test_events.group_by("user_idx").len()["len"].max() == 1
+    assert d.n_genres == 19
+    pos_rate = d.train_events["label"].mean()
+    assert 0.4 < pos_rate < 0.6
+    assert np.isfinite(d.item_features["item_pos_rate"].to_numpy()).all()
+
+
+def test_synthetic_config_bounds() -> None:
+    with pytest.raises(ValidationError):
+        SyntheticConfig(n_users=0)
