@@ -57,7 +57,7 @@ def test_parquet_log_requires_id_columns(tmp_path: Path) -> None:
 
 
 def test_missing_file_is_named(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="not found: .*ratings.csv"):
+    with pytest.raises(DataError, match=r"not found: .*ratings\.csv"):
         load_interactions(tmp_path / "ratings.csv")
 
 

@@ -51,7 +51,7 @@ def test_unknown_ids_are_dropped_by_encode() -> None:
 def test_config_rejects_unknown_keys_and_missing_path() -> None:
     with pytest.raises(ValidationError, match="extra"):
         DataConfig(sourcee="synthetic")  # type: ignore[call-arg]
-    with pytest.raises(ValidationError, match="data.path is required"):
+    with pytest.raises(ValidationError, match=r"data\.path is required"):
         DataConfig(source="movielens")
 
 

@@ -32,7 +32,7 @@ def test_global_time_split_is_strictly_after_cutoff() -> None:
 
 def test_random_leave_out_partitions_and_is_deterministic() -> None:
     a_train, a_test = random_leave_out(log(), 0.5, seed=1)
-    b_train, b_test = random_leave_out(log(), 0.5, seed=1)
+    _, b_test = random_leave_out(log(), 0.5, seed=1)
     assert a_test.collect().equals(b_test.collect())
     assert a_train.collect().height + a_test.collect().height == 6
 
