@@ -1,0 +1,34 @@
+"""Training objectives of the ranking platform, one paper-faithful loss per module.
+
+Each loss is a ``torch.nn.Module`` whose class attribute ``kind`` says which inputs it takes:
+
+* ``"retrieval"`` -- :class:`CosineContrastiveLoss` (SimpleX CCL), :class:`PairwiseSoftmaxLoss`
+  (PSL): ``(user_emb [B, D], pos_emb [B, D], neg_emb [B, N, D] | [N, D], neg_mask [B, N])``.
+* ``"ctr"`` -- :class:`ConfidenceRankingLoss`: ``(logits [B], labels [B], reference_logits [B])``.
+* ``"auction"`` -- :class:`WelfareRankLoss`: ``(logits, labels, bids, mask, teacher_logits)``,
+  all ``[A, M]`` (auctions x ads).
+* ``"cascade"`` -- :class:`LCRONLoss`: ``(retrieval_scores, ranking_scores, labels, mask)``,
+  all ``[B, M]``.
+
+Use :func:`build_objective` to select one by name from a configuration.
+"""
+
+from .ccl import CosineContrastiveLoss
+from .confidence_ranking import ConfidenceRankingLoss
+from .lcron import LCRONLoss
+from .psl import PairwiseSoftmaxLoss
+from .registry import OBJECTIVES, build_objective
+from .soft_sort import neural_sort, soft_topk_membership
+from .welfare_rankloss import WelfareRankLoss
+
+__all__ = [
+    "OBJECTIVES",
+    "ConfidenceRankingLoss",
+    "CosineContrastiveLoss",
+    "LCRONLoss",
+    "PairwiseSoftmaxLoss",
+    "WelfareRankLoss",
+    "build_objective",
+    "neural_sort",
+    "soft_topk_membership",
+]
