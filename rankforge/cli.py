@@ -1,0 +1,37 @@
+"""``rankforge`` command line: one entry point, one sub-command module per job.
+
+Each module in :data:`COMMAND_MODULES` exposes ``register(subparsers)`` and sets ``func`` on its
+parser; adding a job means adding its module here, nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from rankforge.errors import RankforgeError
+
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rankforge", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = args.func(args)
+    except RankforgeError as exc:
+        print(f"rankforge {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
