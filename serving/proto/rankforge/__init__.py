@@ -1,0 +1,1 @@
+"""Proto packages named as in the ``.proto`` files (``rankforge.v1``)."""

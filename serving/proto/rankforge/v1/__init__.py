@@ -1,0 +1,1 @@
+"""Generated gRPC code for the ``rankforge.v1`` proto package (see ``rankforge.serving.proto``)."""
