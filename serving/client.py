@@ -1,0 +1,99 @@
+"""A small typed client for the ``Rank`` RPC: what the CLI, the benchmark and callers use."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from rankforge.serving.proto import ranking_pb2, ranking_pb2_grpc
+
+
+@dataclass(frozen=True)
+class RankedItem:
+    item_id: int
+    score: float
+    retrieval_score: float | None
+
+
+@dataclass(frozen=True)
+class RankResult:
+    items: list[RankedItem]
+    retrieval_version: str
+    ranker_version: str
+    feature_version: str
+    request_id: str
+    n_ranked: int
+
+    @classmethod
+    def from_proto(cls, response: ranking_pb2.RankResponse) -> RankResult:
+        return cls(
+            items=[
+                RankedItem(i.item_id, i.score, i.retrieval_score if i.HasField("retrieval_score") else None)
+                for i in response.items
+            ],
+            retrieval_version=response.versions.retrieval,
+            ranker_version=response.versions.ranker,
+            feature_version=response.versions.features,
+            request_id=response.request_id,
+            n_ranked=response.n_ranked,
+        )
+
+
+def rank_request(
+    user_id: int,
+    k: int,
+    candidates: Sequence[int] | None = None,
+    context: Mapping[str, float] | None = None,
+    request_id: str = "",
+) -> ranking_pb2.RankRequest:
+    request = ranking_pb2.RankRequest(
+        user_id=user_id, k=k, context=dict(context or {}), request_id=request_id
+    )
+    if candidates is not None:
+        request.candidates.item_ids.extend(int(c) for c in candidates)
+        request.candidates.SetInParent()  # an empty list is still "set": the server rejects it
+    return request
+
+
+class RankingClient:
+    """Owns one channel; use as a context manager or call :meth:`close`."""
+
+    def __init__(self, address: str, timeout_s: float = 1.0) -> None:
+        self.address = address
+        self.timeout_s = timeout_s
+        self.channel = grpc.insecure_channel(address)
+        self._stub = ranking_pb2_grpc.RankingServiceStub(self.channel)
+        self._health = health_pb2_grpc.HealthStub(self.channel)
+
+    def rank(
+        self,
+        user_id: int,
+        k: int = 10,
+        candidates: Sequence[int] | None = None,
+        context: Mapping[str, float] | None = None,
+        request_id: str = "",
+        timeout_s: float | None = None,
+    ) -> RankResult:
+        """Raises ``grpc.RpcError`` with the server's status code and message on failure."""
+        request = rank_request(user_id, k, candidates, context, request_id)
+        response = self._stub.Rank(request, timeout=timeout_s if timeout_s is not None else self.timeout_s)
+        return RankResult.from_proto(response)
+
+    def health(self, service: str = "", timeout_s: float = 1.0) -> str:
+        """``SERVING``, ``NOT_SERVING``, ... as the standard health service reports it."""
+        reply = self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_s)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+    def wait_ready(self, timeout_s: float = 10.0) -> None:
+        grpc.channel_ready_future(self.channel).result(timeout=timeout_s)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> RankingClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

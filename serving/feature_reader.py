@@ -1,0 +1,134 @@
+"""Read a request's features from Redis in one round trip, within the request's time budget.
+
+Each read sends ``GET {prefix}:current`` and one ``MGET`` of the user's and/or items' keys in a
+single pipelined write on one connection, so a request costs one round trip; the cached version is
+only re-resolved (a second round trip) when the pointer has moved. Replies are read with an
+explicit timeout taken from the caller's remaining deadline, and the client never retries, so a
+dead or stalled Redis costs at most that budget.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import redis
+from rankforge.serving.feature_layout import FeatureMeta, KeyLayout, Record, unpack
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from rankforge.errors import RankforgeError
+
+
+class FeatureStoreUnavailable(RuntimeError):
+    """Redis did not answer in time or refused the connection."""
+
+
+class FeatureStoreEmpty(RankforgeError):
+    """No feature version has been materialised under this prefix."""
+
+
+@dataclass(frozen=True)
+class FeatureRead:
+    version: str
+    meta: FeatureMeta
+    user: Record | None  # None: the user has no record
+    items: list[Record | None]  # in the order asked for
+
+
+def connect(url: str, timeout_s: float = 0.25, max_connections: int = 64) -> redis.Redis:
+    """A client that fails fast: short connect/socket timeouts and no retries.
+
+    ``timeout_s`` caps every socket operation; reads of request replies are further bounded by the
+    request's remaining deadline (see :meth:`FeatureReader.read`).
+    """
+    return redis.Redis.from_url(
+        url,
+        socket_connect_timeout=timeout_s,
+        socket_timeout=timeout_s,
+        retry=Retry(NoBackoff(), 0),
+        max_connections=max_connections,
+        # RESP2 and no CLIENT SETINFO: connecting sends no handshake (for db 0 without auth), so a
+        # stalled server stalls only reads, and those are bounded by the request's deadline.
+        protocol=2,
+        driver_info=None,
+    )
+
+
+class FeatureReader:
+    def __init__(self, client: redis.Redis, layout: KeyLayout | None = None) -> None:
+        self.client = client
+        self.layout = layout or KeyLayout()
+        self._version: str | None = None
+        self._meta: FeatureMeta | None = None
+
+    def read(self, user_id: int | None, item_ids: Sequence[int], timeout_s: float) -> FeatureRead:
+        """The user's record (if ``user_id`` is given) and the items' records, one version."""
+        deadline = time.monotonic() + timeout_s
+        version = self._version
+        for _ in range(2):  # a second pass only when the pointer moved under the cached version
+            keys = self._keys(version, user_id, item_ids) if version else []
+            commands: list[tuple] = [("GET", self.layout.current)]
+            if keys:
+                commands.append(("MGET", *keys))
+            replies = self._round_trip(commands, deadline)
+            current = replies[0].decode() if replies[0] is not None else None
+            if current is None:
+                raise FeatureStoreEmpty(f"no feature version is current under {self.layout.current!r}")
+            if current == version and keys:
+                values = replies[1]
+                break
+            version = current
+            self._meta = self._load_meta(version, deadline)
+            self._version = version
+        else:  # pragma: no cover - the pointer moved twice within one request
+            raise FeatureStoreUnavailable("feature version changed during the read; retry")
+        assert self._meta is not None
+        user_raw, item_raw = (values[0], values[1:]) if user_id is not None else (None, values)
+        return FeatureRead(
+            version=version,
+            meta=self._meta,
+            user=unpack(user_raw) if user_raw is not None else None,
+            items=[unpack(v) if v is not None else None for v in item_raw],
+        )
+
+    def read_items(self, version: str, item_ids: Sequence[int], timeout_s: float) -> list[Record | None]:
+        """Items of a version already resolved by :meth:`read` (the retrieval path's 2nd step)."""
+        if not item_ids:
+            return []
+        keys = [self.layout.item(version, i) for i in item_ids]
+        (values,) = self._round_trip([("MGET", *keys)], time.monotonic() + timeout_s)
+        return [unpack(v) if v is not None else None for v in values]
+
+    def _keys(self, version: str, user_id: int | None, item_ids: Sequence[int]) -> list[str]:
+        users = [self.layout.user(version, user_id)] if user_id is not None else []
+        return users + [self.layout.item(version, i) for i in item_ids]
+
+    def _load_meta(self, version: str, deadline: float) -> FeatureMeta:
+        (raw,) = self._round_trip([("GET", self.layout.meta(version))], deadline)
+        if raw is None:
+            raise FeatureStoreEmpty(f"feature version {version!r} has no meta record (expired?)")
+        return FeatureMeta.from_json(raw)
+
+    def _round_trip(self, commands: list[tuple], deadline: float) -> list:
+        """Send all commands in one write and read their replies, each bounded by ``deadline``."""
+        pool = self.client.connection_pool
+        try:
+            conn = pool.get_connection()
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            raise FeatureStoreUnavailable(f"Redis unreachable: {exc}") from exc
+        try:
+            conn.send_packed_command(conn.pack_commands(commands))
+            replies = []
+            for _ in commands:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise redis.TimeoutError("request budget spent waiting for Redis")
+                replies.append(conn.read_response(timeout=remaining))
+            return replies
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            conn.disconnect()  # a reply may still be in flight: never reuse this socket
+            raise FeatureStoreUnavailable(f"Redis did not answer: {exc}") from exc
+        finally:
+            pool.release(conn)

@@ -1,0 +1,122 @@
+"""Materialise the feature pipeline's user and item tables into Redis as a new version.
+
+A version is written in full (pipelined batches, every key with a TTL) before the ``current``
+pointer is switched to it with one ``SET``, so readers see either the old version or the complete
+new one, never a mix. Old versions are left to expire: a reader that resolved the old pointer a
+moment ago can still finish its request.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import redis
+from rankforge.features.aggregates import ITEM_DENSE, USER_DENSE
+from rankforge.features.pipeline import PreparedData
+from rankforge.serving.feature_layout import FeatureMeta, KeyLayout, check_name, pack
+
+from rankforge.errors import DataError
+
+DEFAULT_TTL_S = 7 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class WriteReport:
+    version: str
+    n_users: int
+    n_items: int
+    seconds: float
+
+
+def new_version() -> str:
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+
+
+def user_records(data: PreparedData) -> Iterator[tuple[int, bytes]]:
+    """(raw user id, record): dense user aggregates and the latest history as raw item ids."""
+    item_id_of = _raw_item_ids(data)
+    users = data.user_features.join(data.mapping.users, on="user_idx", how="inner")
+    dense = _dense(users, USER_DENSE)
+    for row, (user_id, history) in enumerate(zip(users["user_id"], users["history"], strict=True)):
+        idx = np.asarray(history if history is not None else [], dtype=np.int64)
+        yield int(user_id), pack(dense[row], item_id_of[idx])
+
+
+def item_records(data: PreparedData) -> Iterator[tuple[int, bytes]]:
+    """(raw item id, record): dense item aggregates and genre indices."""
+    items = data.item_features
+    dense = _dense(items, ITEM_DENSE)
+    for row, (item_id, genres) in enumerate(zip(items["item_id"], items["genres"], strict=True)):
+        yield int(item_id), pack(dense[row], np.asarray(genres if genres is not None else [], np.int64))
+
+
+def _dense(frame: pl.DataFrame, names: tuple[str, ...]) -> np.ndarray:
+    missing = [n for n in names if n not in frame.columns]
+    if missing:
+        raise DataError(f"feature table lacks dense column(s) {missing}")
+    values = frame.select(pl.col(list(names)).cast(pl.Float32).fill_null(0.0).fill_nan(0.0)).to_numpy()
+    return np.ascontiguousarray(values, dtype=np.float32)
+
+
+def _raw_item_ids(data: PreparedData) -> np.ndarray:
+    items = data.mapping.items.sort("item_idx")
+    if not np.array_equal(items["item_idx"].to_numpy(), np.arange(items.height)):
+        raise DataError("id mapping: item indices are not 0..n-1")
+    return items["item_id"].to_numpy().astype(np.int64)
+
+
+class FeatureWriter:
+    def __init__(
+        self,
+        client: redis.Redis,
+        layout: KeyLayout | None = None,
+        ttl_s: int = DEFAULT_TTL_S,
+        batch_size: int = 1000,
+    ) -> None:
+        if ttl_s < 1 or batch_size < 1:
+            raise DataError(f"ttl_s and batch_size must be >= 1, got {ttl_s} and {batch_size}")
+        self.client = client
+        self.layout = layout or KeyLayout()
+        self.ttl_s = ttl_s
+        self.batch_size = batch_size
+
+    def write(self, data: PreparedData, version: str | None = None) -> WriteReport:
+        """Write every user and item under ``version`` (new if None), then make it current."""
+        start = time.perf_counter()
+        version = check_name(version or new_version(), "version")
+        current = self.client.get(self.layout.current)
+        if current is not None and current.decode() == version:
+            raise DataError(f"feature version {version!r} is live; write a new version instead")
+        n_users = self._write_batches(
+            (self.layout.user(version, uid), record) for uid, record in user_records(data)
+        )
+        n_items = self._write_batches(
+            (self.layout.item(version, iid), record) for iid, record in item_records(data)
+        )
+        meta = FeatureMeta(
+            user_dense=list(USER_DENSE),
+            item_dense=list(ITEM_DENSE),
+            history_len=data.history_len,
+            n_users=n_users,
+            n_items=n_items,
+            written_at=time.time(),
+        )
+        self.client.set(self.layout.meta(version), meta.to_json(), ex=self.ttl_s)
+        self.client.set(self.layout.current, version)  # the switch: one atomic SET
+        return WriteReport(version, n_users, n_items, time.perf_counter() - start)
+
+    def _write_batches(self, records: Iterator[tuple[str, bytes]]) -> int:
+        count = 0
+        pipe = self.client.pipeline(transaction=False)
+        for key, value in records:
+            pipe.set(key, value, ex=self.ttl_s)
+            count += 1
+            if count % self.batch_size == 0:
+                pipe.execute()
+        pipe.execute()
+        return count

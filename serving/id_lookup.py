@@ -1,0 +1,38 @@
+"""Raw id -> dense index lookups for a bundle's id mapping, vectorised for the request path."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from rankforge.errors import DataError
+
+UNKNOWN = -1
+
+
+class IdLookup:
+    """Sorted raw ids + ``searchsorted``: no per-id Python dict lookups on the hot path."""
+
+    def __init__(self, frame: pl.DataFrame, raw: str, index: str) -> None:
+        if frame.height == 0 or raw not in frame.columns or index not in frame.columns:
+            raise DataError(f"id mapping needs rows with {raw!r} and {index!r}")
+        ordered = frame.sort(raw)
+        self._raw = ordered[raw].to_numpy().astype(np.int64)
+        self._index = ordered[index].to_numpy().astype(np.int64)
+        if np.any(self._raw[1:] == self._raw[:-1]):
+            raise DataError(f"id mapping has duplicate {raw!r} values")
+        self.raw_of = np.empty(len(self._raw), dtype=np.int64)
+        self.raw_of[self._index] = self._raw
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def encode(self, raw_ids: np.ndarray) -> np.ndarray:
+        """Dense indices, ``-1`` for ids the bundle never saw."""
+        raw_ids = np.asarray(raw_ids, dtype=np.int64)
+        pos = np.clip(np.searchsorted(self._raw, raw_ids), 0, len(self._raw) - 1)
+        found = self._raw[pos] == raw_ids
+        return np.where(found, self._index[pos], UNKNOWN)
+
+    def decode(self, indices: np.ndarray) -> np.ndarray:
+        return self.raw_of[np.asarray(indices, dtype=np.int64)]

@@ -1,0 +1,143 @@
+"""The two bundles as ONNX Runtime sessions plus everything the request path needs beside them.
+
+Inputs are built with numpy exactly as ``rankforge.models.inputs`` builds them for export
+(padded int64 id matrices, ``-1`` padding, the most recent tail of a history kept), and bound to
+the graphs by the names in the bundle manifest. ORT sessions are thread-safe, so one runtime
+serves all concurrent requests; a refresh builds a new runtime and swaps the reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+from rankforge.serving.bundle import Bundle
+from rankforge.serving.candidate_index import CandidateIndex, ExactInnerProductIndex
+from rankforge.serving.id_lookup import IdLookup
+
+from rankforge.errors import DataError
+
+PAD = -1
+#: The inputs this runtime builds; a bundle whose graphs want others is refused at load time.
+USER_TOWER_INPUTS = ("user_id", "user_history")
+RANKER_INPUTS = ("dense", "user_id", "user_history", "item_id", "item_genres")
+
+
+def pad_row(ids: np.ndarray, max_len: int) -> np.ndarray:
+    """``[max_len]``: the last ``max_len`` ids, right-padded with ``-1`` (as ``pad_lists``)."""
+    ids = np.asarray(ids, dtype=np.int64)[-max_len:] if max_len > 0 else np.empty(0, np.int64)
+    out = np.full(max_len, PAD, dtype=np.int64)
+    out[: len(ids)] = ids
+    return out
+
+
+def pad_rows(rows: list[np.ndarray], max_len: int) -> np.ndarray:
+    out = np.full((len(rows), max_len), PAD, dtype=np.int64)
+    for i, ids in enumerate(rows):
+        tail = np.asarray(ids, dtype=np.int64)[-max_len:]
+        out[i, : len(tail)] = tail
+    return out
+
+
+def open_session(path: str, threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def _check_inputs(
+    session: ort.InferenceSession, manifest: list[str], built: tuple[str, ...], graph: str
+) -> None:
+    names = [i.name for i in session.get_inputs()]
+    if sorted(names) != sorted(manifest) or sorted(names) != sorted(built):
+        raise DataError(
+            f"{graph}: graph inputs {names}, manifest inputs {manifest}; the server builds {list(built)}"
+        )
+
+
+@dataclass(frozen=True)
+class RetrievalRuntime:
+    version: str
+    bundle: Bundle
+    user_tower: ort.InferenceSession
+    index: CandidateIndex
+    users: IdLookup
+    items: IdLookup
+
+    def user_vector(self, user_idx: int, history_idx: np.ndarray) -> np.ndarray:
+        """The user tower's vector ``[d]``; ``user_idx`` -1 (unknown user) embeds as padding."""
+        feed = {
+            "user_id": np.array([[user_idx]], dtype=np.int64),
+            "user_history": pad_row(history_idx, self.bundle.manifest.history_len)[None, :],
+        }
+        return self.user_tower.run(None, feed)[0][0]
+
+
+@dataclass(frozen=True)
+class RankerRuntime:
+    version: str
+    bundle: Bundle
+    session: ort.InferenceSession
+    users: IdLookup
+    items: IdLookup
+
+    @property
+    def dense_features(self) -> list[str]:
+        return list(self.bundle.manifest.dense_features)
+
+    def score(
+        self,
+        user_idx: int,
+        history_idx: np.ndarray,
+        dense: np.ndarray,
+        item_idx: np.ndarray,
+        item_genres: list[np.ndarray],
+    ) -> np.ndarray:
+        """Logits ``[n]`` for one user and ``n`` candidates, one ORT call."""
+        n = len(item_idx)
+        m = self.bundle.manifest
+        feed = {
+            "dense": np.ascontiguousarray(dense, dtype=np.float32).reshape(n, len(m.dense_features)),
+            "user_id": np.full((n, 1), user_idx, dtype=np.int64),
+            "user_history": np.broadcast_to(pad_row(history_idx, m.history_len), (n, m.history_len)).copy(),
+            "item_id": np.asarray(item_idx, dtype=np.int64).reshape(n, 1),
+            "item_genres": pad_rows(item_genres, m.max_genres),
+        }
+        return self.session.run(None, feed)[0].reshape(n)
+
+
+def load_retrieval(bundle: Bundle, version: str, threads: int = 1) -> RetrievalRuntime:
+    if bundle.manifest.kind != "retrieval":
+        raise DataError(f"bundle {bundle.directory} is a {bundle.manifest.kind} bundle, expected retrieval")
+    session = open_session(str(bundle.path("user_tower.onnx")), threads)
+    _check_inputs(session, bundle.manifest.inputs["user_tower.onnx"], USER_TOWER_INPUTS, "user_tower.onnx")
+    mapping = bundle.id_mapping
+    embeddings = bundle.item_embeddings()
+    items = IdLookup(mapping.items, "item_id", "item_idx")
+    if embeddings.shape[0] != len(items):
+        raise DataError(f"{embeddings.shape[0]} item embeddings but {len(items)} items in the id mapping")
+    return RetrievalRuntime(
+        version=version,
+        bundle=bundle,
+        user_tower=session,
+        index=ExactInnerProductIndex(embeddings),
+        users=IdLookup(mapping.users, "user_id", "user_idx"),
+        items=items,
+    )
+
+
+def load_ranker(bundle: Bundle, version: str, threads: int = 1) -> RankerRuntime:
+    if bundle.manifest.kind != "ranker":
+        raise DataError(f"bundle {bundle.directory} is a {bundle.manifest.kind} bundle, expected ranker")
+    session = open_session(str(bundle.path("ranker.onnx")), threads)
+    _check_inputs(session, bundle.manifest.inputs["ranker.onnx"], RANKER_INPUTS, "ranker.onnx")
+    mapping = bundle.id_mapping
+    return RankerRuntime(
+        version=version,
+        bundle=bundle,
+        session=session,
+        users=IdLookup(mapping.users, "user_id", "user_idx"),
+        items=IdLookup(mapping.items, "item_id", "item_idx"),
+    )

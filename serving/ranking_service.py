@@ -1,0 +1,280 @@
+"""The ``Rank`` RPC: validate, read features, retrieve, rank, answer — or a precise status code.
+
+Redis-down policy: **fail fast, no fallback scores.** When the feature store refuses the
+connection or does not answer within the request's budget (the configured Redis timeout, further
+capped by the remaining deadline) the RPC ends with ``UNAVAILABLE`` (``DEADLINE_EXCEEDED`` if the
+deadline itself ran out). Ranking a user with made-up features (no history, zero aggregates) would
+return confident-looking but unpersonalised results that a caller cannot tell from real ones;
+an explicit, retryable status lets the caller use its own fallback (cache, popularity list).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import grpc
+import numpy as np
+from rankforge.serving.feature_layout import FeatureMeta, Record
+from rankforge.serving.feature_reader import FeatureReader, FeatureStoreEmpty, FeatureStoreUnavailable
+from rankforge.serving.model_runtime import RankerRuntime
+from rankforge.serving.model_source import ServingModels
+from rankforge.serving.proto import ranking_pb2, ranking_pb2_grpc
+
+from rankforge.errors import DataError
+
+log = logging.getLogger(__name__)
+
+MAX_K = 1000
+MAX_CANDIDATES = 10_000
+Code = grpc.StatusCode
+T = TypeVar("T")
+
+
+class RankError(Exception):
+    """Ends the RPC with ``code``; the message goes to the caller verbatim."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class ServiceLimits:
+    max_k: int = MAX_K
+    max_candidates: int = MAX_CANDIDATES
+    redis_timeout_s: float = 0.25  # per request, before the deadline caps it further
+    retrieve_factor: int = 4  # candidates retrieved per requested item, before ranking
+
+
+def _ids_preview(ids: list[int] | np.ndarray, limit: int = 10) -> str:
+    ids = [int(i) for i in ids]
+    return ", ".join(map(str, ids[:limit])) + (f" (+{len(ids) - limit} more)" if len(ids) > limit else "")
+
+
+class RankingService(ranking_pb2_grpc.RankingServiceServicer):
+    def __init__(
+        self,
+        models: Callable[[], ServingModels],
+        reader: FeatureReader,
+        limits: ServiceLimits | None = None,
+    ) -> None:
+        self._models = models
+        self._reader = reader
+        self.limits = limits or ServiceLimits()
+        self.outcomes: Counter[str] = Counter()  # status code name -> count, for tests and logs
+        self._outcomes_lock = threading.Lock()
+
+    def Rank(
+        self, request: ranking_pb2.RankRequest, context: grpc.ServicerContext
+    ) -> ranking_pb2.RankResponse:
+        request_id = request.request_id or uuid.uuid4().hex
+        try:
+            response = self._rank(request, request_id, context)
+        except RankError as exc:
+            self._count(exc.code)
+            log.info("rank %s: %s %s", request_id, exc.code.name, exc.message)
+            context.abort(exc.code, f"{exc.message} (request_id={request_id})")
+        except DataError as exc:  # corrupt feature record, bundle/store mismatch
+            self._count(Code.INTERNAL)
+            log.exception("rank %s failed", request_id)
+            context.abort(Code.INTERNAL, f"{exc} (request_id={request_id})")
+        self._count(Code.OK)
+        return response
+
+    def _count(self, code: grpc.StatusCode) -> None:
+        with self._outcomes_lock:
+            self.outcomes[code.name] += 1
+
+    # -- the request path -------------------------------------------------------------------------
+
+    def _rank(
+        self, request: ranking_pb2.RankRequest, request_id: str, context: grpc.ServicerContext
+    ) -> ranking_pb2.RankResponse:
+        models = self._models()  # one snapshot: a refresh mid-request does not mix versions
+        candidates = self._validate(request, models)
+        user_id = int(request.user_id)
+
+        read = self._read(lambda t: self._reader.read(user_id, candidates or [], t), context)
+        if read.user is None:
+            raise RankError(
+                Code.NOT_FOUND, f"user {user_id} has no features (feature version {read.version})"
+            )
+        retrieval, ranker = models.retrieval, models.ranker
+        self._check_context_names(request, read.meta, ranker)
+        history_raw = read.user.ids
+        query = retrieval.user_vector(
+            int(retrieval.users.encode([user_id])[0]), _known(retrieval.items.encode(history_raw))
+        )
+
+        if candidates is not None:
+            missing = [c for c, rec in zip(candidates, read.items, strict=True) if rec is None]
+            if missing:
+                raise RankError(
+                    Code.NOT_FOUND,
+                    f"{len(missing)} candidate item(s) have no features "
+                    f"(feature version {read.version}): {_ids_preview(missing)}",
+                )
+            item_raw = np.asarray(candidates, dtype=np.int64)
+            records: list[Record] = list(read.items)  # type: ignore[arg-type]
+            keep = ~np.isin(item_raw, history_raw)
+            item_raw, records = item_raw[keep], [r for r, k in zip(records, keep, strict=True) if k]
+            retrieval_idx = retrieval.items.encode(item_raw)
+            retrieval_scores = np.full(len(item_raw), np.nan, dtype=np.float32)
+            known = retrieval_idx >= 0
+            retrieval_scores[known] = retrieval.index.scores(query, retrieval_idx[known])
+        else:
+            n_history = len(np.unique(history_raw))
+            n_retrieve = min(retrieval.index.size, request.k * self.limits.retrieve_factor + n_history)
+            idx, scores = retrieval.index.search(query[None, :], n_retrieve)
+            item_raw = retrieval.items.decode(idx[0])
+            keep = ~np.isin(item_raw, history_raw)
+            item_raw, retrieval_scores = item_raw[keep], scores[0][keep].astype(np.float32)
+            fetched = self._read(
+                lambda t: self._reader.read_items(read.version, item_raw.tolist(), t), context
+            )
+            present = np.array([r is not None for r in fetched], dtype=bool)
+            if not present.all():
+                log.warning(
+                    "rank %s: %d retrieved item(s) lack features and were skipped: %s",
+                    request_id,
+                    int((~present).sum()),
+                    _ids_preview(item_raw[~present]),
+                )
+            item_raw, retrieval_scores = item_raw[present], retrieval_scores[present]
+            records = [r for r in fetched if r is not None]
+
+        self._check_deadline(context)
+        logits = self._score(request, read.meta, read.user, records, item_raw, history_raw, ranker, user_id)
+        order = np.argsort(-logits, kind="stable")[: request.k]
+        self._check_deadline(context)
+        return ranking_pb2.RankResponse(
+            items=[
+                ranking_pb2.ScoredItem(
+                    item_id=int(item_raw[i]),
+                    score=float(logits[i]),
+                    retrieval_score=None if math.isnan(retrieval_scores[i]) else float(retrieval_scores[i]),
+                )
+                for i in order
+            ],
+            versions=ranking_pb2.ModelVersions(
+                retrieval=retrieval.version, ranker=ranker.version, features=read.version
+            ),
+            request_id=request_id,
+            n_ranked=len(item_raw),
+        )
+
+    def _score(
+        self,
+        request: ranking_pb2.RankRequest,
+        meta: FeatureMeta,
+        user: Record,
+        records: list[Record],
+        item_raw: np.ndarray,
+        history_raw: np.ndarray,
+        ranker: RankerRuntime,
+        user_id: int,
+    ) -> np.ndarray:
+        if len(records) == 0:
+            return np.empty(0, dtype=np.float32)
+        item_dense = np.stack([r.dense for r in records])
+        columns = []
+        for name in ranker.dense_features:
+            if name in request.context:
+                columns.append(np.full(len(records), request.context[name], dtype=np.float32))
+            elif name in meta.user_dense:
+                columns.append(
+                    np.full(len(records), user.dense[meta.user_dense.index(name)], dtype=np.float32)
+                )
+            elif name in meta.item_dense:
+                columns.append(item_dense[:, meta.item_dense.index(name)])
+            else:
+                raise RankError(
+                    Code.FAILED_PRECONDITION,
+                    f"the ranker needs dense feature {name!r}, which feature version lacks "
+                    f"(it has {meta.user_dense + meta.item_dense})",
+                )
+        return ranker.score(
+            int(ranker.users.encode([user_id])[0]),
+            _known(ranker.items.encode(history_raw)),
+            np.stack(columns, axis=1),
+            ranker.items.encode(item_raw),
+            [r.ids for r in records],
+        )
+
+    # -- checks -----------------------------------------------------------------------------------
+
+    def _validate(self, request: ranking_pb2.RankRequest, models: ServingModels) -> list[int] | None:
+        lim = self.limits
+        if not 1 <= request.k <= lim.max_k:
+            raise RankError(Code.INVALID_ARGUMENT, f"k must be in 1..{lim.max_k}, got {request.k}")
+        for name, value in request.context.items():
+            if not math.isfinite(value):
+                raise RankError(Code.INVALID_ARGUMENT, f"context feature {name!r} is not finite: {value}")
+        if not request.HasField("candidates"):
+            return None
+        ids = list(request.candidates.item_ids)
+        if not ids:
+            raise RankError(Code.INVALID_ARGUMENT, "candidates is set but empty; omit it to retrieve")
+        if len(ids) > lim.max_candidates:
+            raise RankError(Code.INVALID_ARGUMENT, f"at most {lim.max_candidates} candidates, got {len(ids)}")
+        unique, counts = np.unique(np.asarray(ids, dtype=np.int64), return_counts=True)
+        if (counts > 1).any():
+            raise RankError(
+                Code.INVALID_ARGUMENT, f"duplicate candidate item ids: {_ids_preview(unique[counts > 1])}"
+            )
+        return ids
+
+    @staticmethod
+    def _check_context_names(
+        request: ranking_pb2.RankRequest, meta: FeatureMeta, ranker: RankerRuntime
+    ) -> None:
+        """Context may override the ranker's user-side dense features, nothing else."""
+        allowed = [n for n in ranker.dense_features if n in meta.user_dense]
+        unknown = sorted(set(request.context) - set(allowed))
+        if unknown:
+            raise RankError(
+                Code.INVALID_ARGUMENT, f"unknown context feature(s) {unknown}; allowed: {allowed}"
+            )
+
+    def _budget(self, context: grpc.ServicerContext) -> float:
+        remaining = context.time_remaining()
+        budget = (
+            self.limits.redis_timeout_s if remaining is None else min(remaining, self.limits.redis_timeout_s)
+        )
+        if budget <= 0:
+            raise RankError(Code.DEADLINE_EXCEEDED, "deadline expired before the feature read")
+        return budget
+
+    def _read(self, call: Callable[[float], T], context: grpc.ServicerContext) -> T:
+        start = time.monotonic()
+        try:
+            return call(self._budget(context))
+        except FeatureStoreUnavailable as exc:
+            remaining = context.time_remaining()
+            if remaining is not None and remaining <= 0:
+                raise RankError(
+                    Code.DEADLINE_EXCEEDED,
+                    f"deadline expired waiting {time.monotonic() - start:.3f}s for the feature store",
+                ) from exc
+            raise RankError(Code.UNAVAILABLE, f"feature store unavailable: {exc}") from exc
+        except FeatureStoreEmpty as exc:
+            raise RankError(Code.FAILED_PRECONDITION, str(exc)) from exc
+
+    @staticmethod
+    def _check_deadline(context: grpc.ServicerContext) -> None:
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            raise RankError(Code.DEADLINE_EXCEEDED, "deadline expired while ranking")
+
+
+def _known(indices: np.ndarray) -> np.ndarray:
+    return indices[indices >= 0]

@@ -1,0 +1,122 @@
+"""The gRPC server: the ranking service plus standard health checking and reflection.
+
+Lifecycle: models are loaded (from the registry or bundle directories) before the port reports
+SERVING; a background thread refreshes them; on SIGTERM/SIGINT health turns NOT_SERVING (so load
+balancers stop routing) and ``server.stop(grace)`` lets in-flight requests finish.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent import futures
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from rankforge.serving.feature_layout import DEFAULT_PREFIX, KeyLayout
+from rankforge.serving.feature_reader import FeatureReader, connect
+from rankforge.serving.model_source import ModelSource, ModelWatcher
+from rankforge.serving.proto import SERVICE_NAME, ranking_pb2, ranking_pb2_grpc
+from rankforge.serving.ranking_service import RankingService, ServiceLimits
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RETRIEVAL = "models:/rankforge-retrieval@champion"
+DEFAULT_RANKER = "models:/rankforge-ranker@champion"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    retrieval: str = DEFAULT_RETRIEVAL  # models:/ URI or bundle directory
+    ranker: str = DEFAULT_RANKER
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    feature_prefix: str = DEFAULT_PREFIX
+    host: str = "127.0.0.1"
+    port: int = 50051  # 0: any free port (see RankingServer.port)
+    workers: int = 8
+    ort_threads: int = 1  # per session; requests run in parallel on the worker threads
+    refresh_interval_s: float = 30.0  # 0 disables model refresh
+    grace_s: float = 5.0
+    limits: ServiceLimits = field(default_factory=ServiceLimits)
+
+
+class RankingServer:
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.watcher = ModelWatcher(
+            ModelSource(config.retrieval), ModelSource(config.ranker), ort_threads=config.ort_threads
+        )
+        client = connect(
+            config.redis_url, timeout_s=config.limits.redis_timeout_s, max_connections=config.workers * 2
+        )
+        self.reader = FeatureReader(client, KeyLayout(config.feature_prefix))
+        self.service = RankingService(lambda: self.watcher.models, self.reader, config.limits)
+        self.health = health.HealthServicer(experimental_non_blocking=True)
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="rankforge-rpc"),
+            options=[("grpc.so_reuseport", 0)],
+        )
+        ranking_pb2_grpc.add_RankingServiceServicer_to_server(self.service, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (
+                ranking_pb2.DESCRIPTOR.services_by_name["RankingService"].full_name,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            self.server,
+        )
+        self.port = self.server.add_insecure_port(f"{config.host}:{config.port}")
+        self._stopping = threading.Event()
+        self._stopped = threading.Event()
+
+    @property
+    def address(self) -> str:
+        return f"{self.config.host}:{self.port}"
+
+    def start(self) -> RankingServer:
+        self.server.start()
+        for service in ("", SERVICE_NAME):
+            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self.watcher.start(self.config.refresh_interval_s)
+        log.info(
+            "serving %s on %s (retrieval %s, ranker %s)",
+            SERVICE_NAME,
+            self.address,
+            self.watcher.models.retrieval.version,
+            self.watcher.models.ranker.version,
+        )
+        return self
+
+    def stop(self, grace_s: float | None = None) -> None:
+        """Report NOT_SERVING, stop accepting RPCs, let running ones finish within the grace."""
+        if self._stopping.is_set():
+            self._stopped.wait()
+            return
+        self._stopping.set()
+        self.health.enter_graceful_shutdown()
+        self.watcher.stop()
+        done = self.server.stop(self.config.grace_s if grace_s is None else grace_s)
+        done.wait()
+        self.reader.client.close()
+        self._stopped.set()
+        log.info("server on %s stopped", self.address)
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT stop the server gracefully (only callable from the main thread)."""
+
+        def handle(signum: int, _frame: object) -> None:
+            log.info(
+                "signal %s: shutting down (grace %.1fs)", signal.Signals(signum).name, self.config.grace_s
+            )
+            threading.Thread(target=self.stop, name="rankforge-shutdown", daemon=True).start()
+
+        signal.signal(signal.SIGTERM, handle)
+        signal.signal(signal.SIGINT, handle)
+
+    def wait(self) -> None:
+        self.server.wait_for_termination()
+        self._stopped.wait()
