@@ -12,7 +12,7 @@ import sys
 
 from rankforge.errors import RankforgeError
 
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("rankforge.serving.cli",)
 
 
 def build_parser() -> argparse.ArgumentParser:
