@@ -1,0 +1,80 @@
+"""The Redis feature store on the real server: layout, versions, pointer switch, TTLs."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+from rankforge.features.aggregates import ITEM_DENSE, USER_DENSE
+from rankforge.serving.feature_layout import KeyLayout, pack, unpack
+from rankforge.serving.feature_reader import (
+    FeatureReader,
+    FeatureStoreEmpty,
+    FeatureStoreUnavailable,
+    connect,
+)
+from rankforge.serving.feature_writer import FeatureWriter
+
+from rankforge.errors import DataError
+
+
+def test_record_round_trip_and_corruption() -> None:
+    record = unpack(pack(np.array([1.5, -2.0]), np.array([7, 3, 9])))
+    assert record.dense.dtype == np.float32 and record.dense.tolist() == [1.5, -2.0]
+    assert record.ids.tolist() == [7, 3, 9]
+    with pytest.raises(DataError, match="does not decode"):
+        unpack(pack(np.array([1.0]), np.array([1]))[:-3])
+
+
+@pytest.mark.parametrize("bad", ["a:b", "has space", "x" * 65])
+def test_versions_and_prefixes_cannot_alias_keys(bad: str, redis_client, serving_data) -> None:
+    with pytest.raises(DataError, match="bad feature-store version"):
+        FeatureWriter(redis_client, KeyLayout("rftest-unused")).write(serving_data, version=bad)
+    with pytest.raises(DataError, match="bad feature-store prefix"):
+        KeyLayout(bad if ":" not in bad else "a::b")
+
+
+@pytest.mark.redis
+def test_write_then_read_matches_the_feature_tables(redis_client, layout, serving_data) -> None:
+    d = serving_data
+    report = FeatureWriter(redis_client, layout, ttl_s=120, batch_size=16).write(d, version="v-one")
+    assert (report.version, report.n_users, report.n_items) == ("v-one", d.n_users, d.n_items)
+    assert redis_client.get(layout.current) == b"v-one"
+    assert 0 < redis_client.ttl(layout.user("v-one", 1)) <= 120
+    assert redis_client.ttl(layout.current) == -1  # the pointer itself never expires
+
+    users = d.user_features.join(d.mapping.users, on="user_idx")
+    row = users.filter(pl.col("history").list.len() > 1).row(0, named=True)
+    item_ids = [int(i) for i in d.item_features["item_id"].head(5)]
+    read = FeatureReader(redis_client, layout).read(row["user_id"], [*item_ids, 10**9], timeout_s=1.0)
+
+    assert read.version == "v-one" and read.meta.user_dense == list(USER_DENSE)
+    np.testing.assert_allclose(read.user.dense, [row[n] for n in USER_DENSE], rtol=1e-6)
+    raw_of = dict(zip(d.mapping.items["item_idx"], d.mapping.items["item_id"], strict=True))
+    assert read.user.ids.tolist() == [raw_of[i] for i in row["history"]]
+    for item_id, record in zip(item_ids, read.items[:5], strict=True):
+        expected = d.item_features.filter(pl.col("item_id") == item_id).row(0, named=True)
+        np.testing.assert_allclose(record.dense, [expected[n] for n in ITEM_DENSE], rtol=1e-6)
+        assert record.ids.tolist() == list(expected["genres"])
+    assert read.items[5] is None
+
+
+@pytest.mark.redis
+def test_reader_follows_the_pointer_to_a_new_version(redis_client, layout, serving_data) -> None:
+    writer = FeatureWriter(redis_client, layout, ttl_s=120)
+    reader = FeatureReader(redis_client, layout)
+    writer.write(serving_data, version="first")
+    assert reader.read(None, [1], 1.0).version == "first"
+    writer.write(serving_data, version="second")
+    assert reader.read(None, [1], 1.0).version == "second"
+    with pytest.raises(DataError, match="is live"):
+        writer.write(serving_data, version="second")
+
+
+@pytest.mark.redis
+def test_empty_store_and_dead_store_errors(redis_client, layout, closed_port) -> None:
+    with pytest.raises(FeatureStoreEmpty):
+        FeatureReader(redis_client, layout).read(1, [], 1.0)
+    dead = FeatureReader(connect(f"redis://127.0.0.1:{closed_port}/0", timeout_s=0.2), layout)
+    with pytest.raises(FeatureStoreUnavailable):
+        dead.read(1, [], 1.0)
