@@ -11,8 +11,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import mlflow
-
 
 @dataclass(frozen=True)
 class Settings:
@@ -41,6 +39,8 @@ def configure_mlflow(settings: Settings, experiment: str) -> str:
     New experiments get an explicit artifact location under ``artifact_root``; otherwise MLflow
     would write ``./mlruns`` relative to whatever directory the job was started from.
     """
+    import mlflow  # imported here: it takes seconds, and most CLI commands never need it
+
     settings.home.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.registry_uri)
