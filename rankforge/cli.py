@@ -12,7 +12,7 @@ import sys
 
 from rankforge.errors import RankforgeError
 
-COMMAND_MODULES: tuple[str, ...] = ("rankforge.serving.cli",)
+COMMAND_MODULES: tuple[str, ...] = ("rankforge.serving.cli", "rankforge.pipelines.train_cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

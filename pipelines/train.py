@@ -1,0 +1,150 @@
+"""The batch training job: config in, trained + tracked + registered model out.
+
+``run_training`` is what ``rankforge train`` and the demo job call. Every rank of a ``torchrun``
+launch calls it; they all train, and rank 0 alone talks to MLflow, validates, exports the ONNX
+bundle and registers it. A job that dies is started again with the same config and continues
+from its last epoch checkpoint, in the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from rankforge.features.pipeline import PreparedData, prepare
+from rankforge.models.ranking import RankingModel
+from rankforge.models.two_tower import TwoTower
+from rankforge.pipelines.registry import BUNDLE_ARTIFACT, RegisteredModel, log_and_register
+from rankforge.pipelines.train_config import TrainConfig
+from rankforge.serving.export_bundle import build_ranker_bundle, build_retrieval_bundle
+from rankforge.settings import Settings, configure_mlflow
+from rankforge.training.sharding import DistEnv, init_distributed, shutdown_distributed
+from rankforge.training.trainer import EpochStats, Trainer
+from rankforge.training.validation import validate
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """On rank 0 everything is filled in; other ranks get the bundle dir and epoch losses only."""
+
+    registered: RegisteredModel | None
+    bundle_dir: Path
+    metrics: dict[str, float]
+    run_id: str | None
+    epochs: list[EpochStats] = field(default_factory=list)
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config -> ``{"model.embedding_dim": "32", ...}`` for MLflow params."""
+    out: dict[str, str] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = str(value)
+    return out
+
+
+def metric_name(name: str) -> str:
+    """MLflow metric names cannot hold "@": ``recall@10`` is logged as ``recall_at_10``."""
+    return name.replace("@", "_at_")
+
+
+def _is_first_version(name: str) -> bool:
+    try:
+        return not MlflowClient().search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return True
+
+
+def _start_run(run_id: str | None) -> mlflow.ActiveRun:
+    """Resume the interrupted job's run if this store knows it, else start a new one."""
+    if run_id:
+        try:
+            return mlflow.start_run(run_id=run_id)
+        except MlflowException:
+            pass
+    return mlflow.start_run()
+
+
+def _log_job_inputs(config: TrainConfig, env: DistEnv, resumed_at: int) -> None:
+    params = flatten(config.model_dump(mode="json", exclude={"source_path"}))
+    params.update({"world_size": str(env.world_size), "device": env.device.type})
+    run = mlflow.active_run()
+    assert run is not None
+    logged = run.data.params  # a resumed run keeps its params; MLflow refuses to re-log them
+    mlflow.log_params({k: v for k, v in params.items() if k not in logged})
+    mlflow.set_tag("rankforge.job", "train")
+    mlflow.set_tag("rankforge.resumed_at_epoch", str(resumed_at))
+    if config.source_path is not None:
+        mlflow.log_artifact(str(config.source_path), "config")
+    mlflow.log_dict(config.model_dump(mode="json", exclude={"source_path"}), "config/resolved.json")
+
+
+def _export(
+    model: TwoTower | RankingModel, data: PreparedData, config: TrainConfig, metrics: dict[str, float]
+) -> Path:
+    bundle_dir = config.output_dir / "bundle"
+    shutil.rmtree(bundle_dir, ignore_errors=True)
+    bundle_dir.mkdir(parents=True)
+    build = build_retrieval_bundle if isinstance(model, TwoTower) else build_ranker_bundle
+    build(model, data, str(bundle_dir), config.model.max_genres, metrics)  # type: ignore[arg-type]
+    return bundle_dir
+
+
+def run_training(config: TrainConfig) -> TrainResult:
+    """Train (or finish training) the model of ``config``, log it to MLflow and register it."""
+    data = prepare(config.data)
+    env = init_distributed()
+    active = False
+    try:
+        trainer = Trainer(config, data, env)
+        resumed = trainer.start(resume=config.checkpoint.resume)
+        if env.is_main:
+            configure_mlflow(Settings.from_env(), config.mlflow.experiment)
+            trainer.run_id = _start_run(trainer.run_id if resumed else None).info.run_id
+            active = True
+            _log_job_inputs(config, env, trainer.epochs_done)
+
+        def on_epoch_end(stats: EpochStats) -> None:
+            model = trainer.unsharded_model()  # collective: every rank gathers, rank 0 receives
+            if model is not None:
+                metrics = {"train_loss": stats.loss, "examples_per_second": stats.examples_per_second}
+                metrics.update(
+                    {f"val_{metric_name(k)}": v for k, v in validate(model, data, trainer.tables).items()}
+                )
+                mlflow.log_metrics(metrics, step=stats.epoch)
+
+        epochs = trainer.fit(on_epoch_end)
+        model = trainer.unsharded_model()
+        bundle_dir = config.output_dir / "bundle"
+        metrics: dict[str, float] = {}
+        registered = None
+        if model is not None:
+            metrics = validate(model, data, trainer.tables)
+            if epochs:
+                metrics["train_loss"] = epochs[-1].loss
+            bundle_dir = _export(model, data, config, metrics)
+            if config.mlflow.register_model:
+                name = config.registered_model
+                alias = config.mlflow.alias if _is_first_version(name) else None
+                registered = log_and_register(bundle_dir, name, alias)
+            else:
+                mlflow.log_artifacts(str(bundle_dir), BUNDLE_ARTIFACT)
+        trainer.mark_finished()
+        run_id = trainer.run_id
+        if active:
+            mlflow.end_run()
+            active = False
+        return TrainResult(registered, bundle_dir, metrics, run_id, list(epochs))
+    finally:
+        if active:
+            mlflow.end_run(status="FAILED")
+        shutdown_distributed(env)

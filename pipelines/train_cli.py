@@ -1,0 +1,38 @@
+"""``rankforge train CONFIG``: the scheduled training job from the command line.
+
+A thin wrapper over :func:`rankforge.pipelines.train.run_training`; launch it under ``torchrun``
+for several processes (see ``infra/torchrun.sh``).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from rankforge.pipelines.train_config import load_config
+
+
+def _run(args: argparse.Namespace) -> int:
+    from rankforge.pipelines.train import run_training  # torch/torchrec load only when training
+
+    config = load_config(args.config)
+    result = run_training(config)
+    if result.run_id is not None:  # rank 0
+        registered = (
+            f"{result.registered.name} version {result.registered.version}"
+            if result.registered
+            else "not registered"
+        )
+        metrics = ", ".join(f"{k}={v:.4f}" for k, v in sorted(result.metrics.items()))
+        print(f"run {result.run_id}: {registered}; bundle {result.bundle_dir}; {metrics}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train, track and register a model from a TOML/YAML config",
+        description="Train a retrieval or ranking model (1..N processes via torchrun), log it to MLflow "
+        "and register its ONNX bundle.",
+    )
+    parser.add_argument("config", help="training config (.toml, .yaml or .yml); see configs/")
+    parser.set_defaults(func=_run)

@@ -1,0 +1,182 @@
+"""The training job's typed configuration: one file (TOML or YAML) describes a whole scheduled run.
+
+Every section forbids unknown keys, so a typo (``epoch = 3``) fails at load time with the key's
+dotted path instead of being silently ignored. The objective is resolved against its registry
+here too, so a wrong loss name or hyper-parameter never reaches a running job.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from rankforge.errors import ConfigError
+from rankforge.features.pipeline import DataConfig
+
+ModelKind = Literal["retrieval", "ranking"]
+#: The objective input contract each model kind feeds (see ``rankforge.training.objectives``).
+OBJECTIVE_KIND: dict[str, str] = {"retrieval": "retrieval", "ranking": "ctr"}
+DEFAULT_REGISTERED_NAME: dict[str, str] = {"retrieval": "rankforge-retrieval", "ranking": "rankforge-ranker"}
+SHARDING_TYPES = ("table_wise", "row_wise", "column_wise", "table_row_wise")
+#: What FBGEMM's CPU kernels (the only ones on a CPU-only host) support.
+CPU_SHARDING_TYPES = ("table_wise", "row_wise")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(_Section):
+    kind: ModelKind
+    embedding_dim: int = Field(32, ge=1)
+    max_genres: int = Field(8, ge=1)
+    # retrieval (two-tower)
+    tower_sizes: list[int] = Field(default_factory=lambda: [64, 32], min_length=1)
+    # ranking (DLRM)
+    dense_sizes: list[int] = Field(default_factory=lambda: [32], min_length=1)
+    over_sizes: list[int] = Field(default_factory=lambda: [64, 1], min_length=1)
+
+    @field_validator("tower_sizes", "dense_sizes", "over_sizes")
+    @classmethod
+    def _positive(cls, sizes: list[int]) -> list[int]:
+        if any(s < 1 for s in sizes):
+            raise ValueError(f"layer sizes must be >= 1, got {sizes}")
+        return sizes
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if self.kind == "ranking" and self.over_sizes[-1] != 1:
+            raise ValueError("over_sizes must end with 1 (a single logit)")
+        return self
+
+
+class ObjectiveConfig(_Section):
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class OptimizerConfig(_Section):
+    dense: Literal["adam", "adamw"] = "adam"
+    dense_lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    sparse: Literal["exact_rowwise_adagrad"] = "exact_rowwise_adagrad"
+    sparse_lr: float = Field(0.05, gt=0)
+    sparse_eps: float = Field(1e-8, gt=0)
+
+
+class TrainingConfig(_Section):
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(256, ge=1)  # global: every step splits it across the ranks
+
+
+class NegativesConfig(_Section):
+    count: int = Field(16, ge=1)  # per example
+    distribution: Literal["uniform", "popularity"] = "uniform"
+    popularity_power: float = Field(0.75, ge=0)  # weights = (train events + 1) ** power
+    # retrieval only: one pool of `count` negatives for the whole batch ([N, D]) instead of per example
+    shared: bool = False
+
+
+class ShardingConfig(_Section):
+    planner: Literal["greedy", "grid_search", "uniform"] = "greedy"  # the planner's proposer
+    compute_kernel: Literal["fused", "fused_uvm", "fused_uvm_caching"] = "fused"
+    sharding_types: list[Literal["table_wise", "row_wise", "column_wise", "table_row_wise"]] = Field(
+        default_factory=lambda: ["table_wise", "row_wise"], min_length=1
+    )
+
+
+class MlflowConfig(_Section):
+    experiment: str = Field("rankforge-training", min_length=1)
+    registered_model: str | None = None  # default: rankforge-retrieval / rankforge-ranker
+    alias: str | None = "champion"  # set only on a model's first version; later ones await evaluation
+    register_model: bool = True  # false: log the bundle as run artifacts only
+
+
+class CheckpointConfig(_Section):
+    resume: bool = True  # pick up an interrupted job's last checkpoint in output_dir
+    keep: int = Field(2, ge=1)
+
+
+class TrainConfig(_Section):
+    data: DataConfig = DataConfig()
+    model: ModelConfig
+    objective: ObjectiveConfig
+    optimizer: OptimizerConfig = OptimizerConfig()
+    training: TrainingConfig = TrainingConfig()
+    negatives: NegativesConfig = NegativesConfig()
+    sharding: ShardingConfig = ShardingConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    seed: int = 0
+    output_dir: Path = Path("runs/train")
+    source_path: Path | None = Field(None, exclude=True)  # the file it was read from, for logging
+
+    @model_validator(mode="after")
+    def _objective_fits_model(self) -> TrainConfig:
+        from rankforge.training.losses import resolve_objective
+
+        try:
+            resolve_objective(self.objective.name, self.objective.params, OBJECTIVE_KIND[self.model.kind])
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from exc
+        return self
+
+    @property
+    def registered_model(self) -> str:
+        return self.mlflow.registered_model or DEFAULT_REGISTERED_NAME[self.model.kind]
+
+    def fingerprint(self) -> str:
+        """What a checkpoint must agree on to be resumed: everything that shapes the weights."""
+        shaping = self.model_dump(
+            mode="json", include={"data", "model", "objective", "optimizer", "negatives", "seed"}
+        )
+        shaping["batch_size"] = self.training.batch_size
+        return json.dumps(shaping, sort_keys=True)
+
+
+def _where(error: dict[str, Any]) -> str:
+    return ".".join(str(p) for p in error["loc"]) or "<root>"
+
+
+def parse_config(raw: dict[str, Any], origin: str = "config") -> TrainConfig:
+    """Validate a mapping; every problem is reported with its dotted key."""
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            if err["type"] == "extra_forbidden":
+                problems.append(f"unknown key {_where(err)!r}")
+            else:
+                problems.append(f"{_where(err)}: {err['msg']} (got {err.get('input')!r})")
+        raise ConfigError(f"{origin}: " + "; ".join(problems)) from exc
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read a ``.toml`` or ``.yaml``/``.yml`` training config.
+
+    Relative paths (data, output_dir) are relative to the working directory, as for any CLI tool;
+    the shipped configs assume the repository root.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"no such config file: {path}")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            raw = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            raw = yaml.safe_load(text) or {}
+        else:
+            raise ConfigError(f"{path}: config must be .toml, .yaml or .yml")
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: not valid {path.suffix[1:].upper()}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    config = parse_config(raw, str(path))
+    return config.model_copy(update={"source_path": path.resolve()})

@@ -1,0 +1,277 @@
+"""Training batches from the feature pipeline, with negatives sampled per batch in tensors.
+
+Every user and item feature is padded once into a tensor indexed by ``user_idx`` / ``item_idx``
+(:class:`FeatureTables`); a batch is then pure indexing, so sampled negatives never exist as rows
+of a table and the whole epoch's negatives are never in memory at once.
+
+Each batch is first drawn *globally* (same generator, same draws on every rank), then every rank
+keeps its own contiguous slice. The random stream therefore does not depend on the number of
+processes, the ranks need no communication to agree on a batch, and the generator state saved in a
+checkpoint is all it takes to continue the exact same stream after a restart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import polars as pl
+import torch
+from torchrec import KeyedJaggedTensor
+
+from rankforge.errors import DataError
+from rankforge.features.aggregates import ITEM_DENSE, USER_DENSE
+from rankforge.features.pipeline import PreparedData
+from rankforge.models.inputs import dense_inputs, pad_lists, padded_to_kjt
+
+USER_KEYS = ["user_id", "user_history"]
+ITEM_KEYS = ["item_id", "item_genres"]
+#: Polars does not promise a row order after joins and group-bys; shuffling a canonical order
+#: is what makes a seed reproduce a run.
+CANONICAL_ORDER = ["user_idx", "timestamp", "item_idx"]
+
+
+@dataclass(frozen=True)
+class FeatureTables:
+    """Padded per-user and per-item features; row ``i`` belongs to index ``i``."""
+
+    user_history: torch.Tensor  # [U, history_len] int64, -1 padded (latest history, as served)
+    user_dense: torch.Tensor  # [U, len(USER_DENSE)]
+    item_genres: torch.Tensor  # [I, max_genres] int64, -1 padded
+    item_dense: torch.Tensor  # [I, len(ITEM_DENSE)]
+    item_events: torch.Tensor  # [I] train events per item (popularity)
+    item_pos_rate: torch.Tensor  # [I] smoothed positive rate: the reference CTR model
+
+    @classmethod
+    def build(cls, data: PreparedData, max_genres: int) -> FeatureTables:
+        users, items = data.user_features, data.item_features
+        for frame, column, n in ((users, "user_idx", data.n_users), (items, "item_idx", data.n_items)):
+            if frame.height != n or not frame[column].equals(pl.Series(column, range(n), dtype=pl.Int64)):
+                raise DataError(f"feature table {column} must hold every index 0..{n - 1} in order")
+        return cls(
+            user_history=pad_lists(users["history"], data.history_len),
+            user_dense=dense_inputs(users, USER_DENSE),
+            item_genres=pad_lists(items["genres"], max_genres),
+            item_dense=dense_inputs(items, ITEM_DENSE),
+            item_events=torch.from_numpy(items["item_events"].cast(pl.Float64).to_numpy().copy()),
+            item_pos_rate=dense_inputs(items, ["item_pos_rate"]).squeeze(1),
+        )
+
+    @property
+    def n_items(self) -> int:
+        return self.item_genres.shape[0]
+
+    def items(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"item_id": idx.reshape(-1, 1), "item_genres": self.item_genres[idx.reshape(-1)]}
+
+    def users(self, idx: torch.Tensor, history: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """``history`` overrides the latest one (point-in-time histories of training examples)."""
+        return {
+            "user_id": idx.reshape(-1, 1),
+            "user_history": self.user_history[idx] if history is None else history,
+        }
+
+    def dense(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Dense ranking features in ``DENSE_FEATURES`` order (user block, then item block)."""
+        return torch.cat([self.user_dense[users], self.item_dense[items]], dim=1)
+
+
+class NegativeSampler:
+    """Item indices drawn uniformly or by popularity, ``(events + 1) ** power``."""
+
+    def __init__(
+        self,
+        item_events: torch.Tensor,
+        distribution: Literal["uniform", "popularity"],
+        popularity_power: float = 0.75,
+    ) -> None:
+        if distribution not in ("uniform", "popularity"):
+            raise ValueError(f"distribution must be 'uniform' or 'popularity', got {distribution!r}")
+        self.n_items = int(item_events.numel())
+        self.distribution = distribution
+        self.weights = (item_events.double() + 1.0).pow(popularity_power)
+
+    def sample(self, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+        n = 1
+        for s in shape:
+            n *= s
+        if self.distribution == "uniform":
+            flat = torch.randint(self.n_items, (n,), generator=generator)
+        else:
+            flat = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        return flat.reshape(shape)
+
+
+def rank_slice(n: int, rank: int, world_size: int) -> slice:
+    """This rank's contiguous part of a global batch of ``n`` rows (``n`` divisible by world size)."""
+    per = n // world_size
+    return slice(rank * per, (rank + 1) * per)
+
+
+@dataclass(frozen=True)
+class RetrievalBatch:
+    user: KeyedJaggedTensor  # b users
+    items: KeyedJaggedTensor  # b positives, then the negatives (b * N, or N when shared)
+    neg_mask: torch.Tensor  # [b, N] bool: False where a negative is the example's positive
+    shared_negatives: bool
+
+    @property
+    def size(self) -> int:
+        return self.neg_mask.shape[0]
+
+    def to(self, device: torch.device) -> RetrievalBatch:
+        return RetrievalBatch(
+            self.user.to(device), self.items.to(device), self.neg_mask.to(device), self.shared_negatives
+        )
+
+
+@dataclass(frozen=True)
+class RankingBatch:
+    dense: torch.Tensor  # [b, 4]
+    sparse: KeyedJaggedTensor  # user then item keys
+    labels: torch.Tensor  # [b] float 0/1
+    reference_logits: torch.Tensor  # [b] logit of the item's smoothed positive rate
+
+    @property
+    def size(self) -> int:
+        return self.labels.shape[0]
+
+    def to(self, device: torch.device) -> RankingBatch:
+        return RankingBatch(
+            self.dense.to(device),
+            self.sparse.to(device),
+            self.labels.to(device),
+            self.reference_logits.to(device),
+        )
+
+
+class _Batches:
+    """Shared epoch mechanics: shuffle with the sampler's generator, split the tail fairly."""
+
+    def __init__(self, n_examples: int, batch_size: int, rank: int, world_size: int, seed: int) -> None:
+        if n_examples < world_size:
+            raise DataError(f"{n_examples} training examples cannot be split over {world_size} processes")
+        if batch_size < world_size:
+            raise DataError(f"batch_size {batch_size} is smaller than the {world_size} processes")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world of size {world_size}")
+        self.n_examples = n_examples
+        self.batch_size = batch_size
+        self.rank = rank
+        self.world_size = world_size
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        full, tail = divmod(self.n_examples, self.batch_size)
+        return full + (1 if tail >= self.world_size else 0)
+
+    def _global_batches(self) -> Iterator[torch.Tensor]:
+        order = torch.randperm(self.n_examples, generator=self.generator)
+        for start in range(0, self.n_examples, self.batch_size):
+            rows = order[start : start + self.batch_size]
+            if len(rows) >= self.world_size:
+                yield rows
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(state["generator"])
+
+
+class RetrievalBatches(_Batches):
+    """(user, positive item, negatives) batches from ``retrieval_examples``."""
+
+    def __init__(
+        self,
+        data: PreparedData,
+        tables: FeatureTables,
+        sampler: NegativeSampler,
+        n_negatives: int,
+        shared_negatives: bool,
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+    ) -> None:
+        examples = data.retrieval_examples.sort(CANONICAL_ORDER)
+        super().__init__(examples.height, batch_size, rank, world_size, seed)
+        self.users = torch.from_numpy(examples["user_idx"].to_numpy().copy())
+        self.positives = torch.from_numpy(examples["item_idx"].to_numpy().copy())
+        self.history = pad_lists(examples["history"], data.history_len)  # point-in-time, no leakage
+        self.tables = tables
+        self.sampler = sampler
+        self.n_negatives = n_negatives
+        self.shared = shared_negatives
+
+    def __iter__(self) -> Iterator[RetrievalBatch]:
+        for rows in self._global_batches():
+            n_rows = len(rows)
+            shape = (self.n_negatives,) if self.shared else (n_rows, self.n_negatives)
+            negatives = self.sampler.sample(shape, self.generator)
+            local = rank_slice(n_rows - n_rows % self.world_size, self.rank, self.world_size)
+            mine = rows[local]
+            positives = self.positives[mine]
+            if self.shared:
+                neg_ids = negatives
+                neg_mask = negatives.unsqueeze(0) != positives.unsqueeze(1)
+            else:
+                neg_ids = negatives[local]
+                neg_mask = neg_ids != positives.unsqueeze(1)
+            users = self.tables.users(self.users[mine], self.history[mine])
+            items = self.tables.items(torch.cat([positives, neg_ids.reshape(-1)]))
+            yield RetrievalBatch(
+                user=padded_to_kjt(users, USER_KEYS),
+                items=padded_to_kjt(items, ITEM_KEYS),
+                neg_mask=neg_mask,
+                shared_negatives=self.shared,
+            )
+
+
+class RankingBatches(_Batches):
+    """Labelled train events plus, per event, sampled items that user never interacted with."""
+
+    def __init__(
+        self,
+        data: PreparedData,
+        tables: FeatureTables,
+        sampler: NegativeSampler,
+        n_negatives: int,
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+    ) -> None:
+        events = data.train_events.sort(CANONICAL_ORDER)
+        super().__init__(events.height, batch_size, rank, world_size, seed)
+        self.users = torch.from_numpy(events["user_idx"].to_numpy().copy())
+        self.items = torch.from_numpy(events["item_idx"].to_numpy().copy())
+        self.labels = torch.from_numpy(events["label"].cast(pl.Float32).to_numpy().copy())
+        self.n_items = data.n_items
+        self.seen = torch.unique(self.users * self.n_items + self.items)  # sorted (user, item) keys
+        self.tables = tables
+        self.sampler = sampler
+        self.n_negatives = n_negatives
+
+    def __iter__(self) -> Iterator[RankingBatch]:
+        for rows in self._global_batches():
+            users = self.users[rows]
+            negatives = self.sampler.sample((len(rows), self.n_negatives), self.generator)
+            neg_users = users.unsqueeze(1).expand_as(negatives)
+            unseen = ~torch.isin(neg_users * self.n_items + negatives, self.seen)
+            all_users = torch.cat([users, neg_users[unseen]])
+            all_items = torch.cat([self.items[rows], negatives[unseen]])
+            all_labels = torch.cat([self.labels[rows], torch.zeros(int(unseen.sum()))])
+            # Mix events and negatives so every rank's slice sees both.
+            order = torch.randperm(len(all_users), generator=self.generator)
+            n = len(order) - len(order) % self.world_size
+            mine = order[rank_slice(n, self.rank, self.world_size)]
+            u, i = all_users[mine], all_items[mine]
+            rate = self.tables.item_pos_rate[i].clamp(1e-6, 1 - 1e-6)
+            yield RankingBatch(
+                dense=self.tables.dense(u, i),
+                sparse=padded_to_kjt({**self.tables.users(u), **self.tables.items(i)}, USER_KEYS + ITEM_KEYS),
+                labels=all_labels[mine],
+                reference_logits=torch.log(rate) - torch.log1p(-rate),
+            )

@@ -1,0 +1,184 @@
+"""Process group, sharding plan, DMP wrapping, optimizers and gathering of the unsharded model.
+
+Everything that depends on how many processes there are lives here, so the trainer reads the same
+on one process as on N: TorchRec's planner places each embedding table (table-wise or row-wise on
+CPU), DistributedModelParallel shards the tables and wraps the dense layers in DDP, the tables'
+optimizer is fused into FBGEMM's backward, and :func:`unsharded_state_dict` reassembles one plain
+state dict on rank 0 for export.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from fbgemm_gpu.split_embedding_configs import EmbOptimType
+from torch import nn
+from torch.distributed._shard.sharded_tensor import ShardedTensor
+from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
+from torchrec.distributed.planner.proposers import GreedyProposer, GridSearchProposer, UniformProposer
+from torchrec.distributed.types import ShardingPlan
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer, KeyedOptimizerWrapper
+from torchrec.optim.optimizers import in_backward_optimizer_filter
+
+from rankforge.errors import ConfigError
+from rankforge.pipelines.train_config import CPU_SHARDING_TYPES, OptimizerConfig, ShardingConfig
+
+PROPOSERS = {"greedy": GreedyProposer, "grid_search": GridSearchProposer, "uniform": UniformProposer}
+SPARSE_OPTIMIZERS = {"exact_rowwise_adagrad": EmbOptimType.EXACT_ROWWISE_ADAGRAD}
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process sits: rank, world, its device and whether it created the group."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str
+    owns_group: bool
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _wants_cuda() -> bool:
+    # RANKFORGE_DEVICE=cpu keeps a GPU host on the CPU path (e.g. to compare with CPU runs).
+    return torch.cuda.is_available() and os.environ.get("RANKFORGE_DEVICE", "").lower() != "cpu"
+
+
+def init_distributed() -> DistEnv:
+    """Join (or create) the default process group: nccl on GPUs, gloo on CPU.
+
+    Under ``torchrun`` the rendezvous comes from the environment (``env://``); a plain single
+    process gets a private in-memory store, so the same code path (DMP included) runs everywhere.
+    An already initialised group (a caller's, a test's) is reused and left for its owner to close.
+    """
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if dist.is_initialized():
+        backend = str(dist.get_backend())
+        device = torch.device(f"cuda:{local_rank}") if backend == "nccl" else torch.device("cpu")
+        return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, device, backend, False)
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    rank = int(os.environ.get("RANK", 0))
+    use_cuda = _wants_cuda()
+    backend = "nccl" if use_cuda else "gloo"
+    device = torch.device(f"cuda:{local_rank}") if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if "MASTER_ADDR" in os.environ:
+        dist.init_process_group(
+            backend, rank=rank, world_size=world_size, device_id=device if use_cuda else None
+        )
+    elif world_size == 1:
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    else:
+        raise ConfigError(
+            f"WORLD_SIZE={world_size} but no MASTER_ADDR: launch multi-process jobs with torchrun"
+        )
+    return DistEnv(rank, world_size, local_rank, device, backend, True)
+
+
+def shutdown_distributed(env: DistEnv) -> None:
+    if env.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def embedding_tables(module: nn.Module) -> list[str]:
+    return [
+        config.name
+        for sub in module.modules()
+        if isinstance(sub, EmbeddingBagCollection)
+        for config in sub.embedding_bag_configs()
+    ]
+
+
+def check_sharding(config: ShardingConfig, device: torch.device) -> None:
+    """Reject plans FBGEMM cannot run here before the planner produces an opaque error."""
+    if device.type == "cpu":
+        unsupported = [t for t in config.sharding_types if t not in CPU_SHARDING_TYPES]
+        if unsupported:
+            raise ConfigError(
+                f"sharding.sharding_types {unsupported} are not supported on CPU; "
+                f"use {list(CPU_SHARDING_TYPES)}"
+            )
+        if config.compute_kernel != "fused":
+            raise ConfigError(
+                f"sharding.compute_kernel {config.compute_kernel!r} needs a GPU; use 'fused' on CPU"
+            )
+
+
+def plan_sharding(
+    module: nn.Module, sharder: EmbeddingBagCollectionSharder, config: ShardingConfig, env: DistEnv
+) -> ShardingPlan:
+    """One plan agreed by every rank (rank 0 plans, the others receive it)."""
+    check_sharding(config, env.device)
+    constraints = {
+        name: ParameterConstraints(
+            sharding_types=list(config.sharding_types), compute_kernels=[config.compute_kernel]
+        )
+        for name in embedding_tables(module)
+    }
+    planner = EmbeddingShardingPlanner(
+        topology=Topology(world_size=env.world_size, compute_device=env.device.type),
+        constraints=constraints,
+        proposer=PROPOSERS[config.planner](),
+    )
+    return planner.collective_plan(module, [sharder], dist.GroupMember.WORLD)
+
+
+def shard(
+    module: nn.Module, sharding: ShardingConfig, optimizer: OptimizerConfig, env: DistEnv
+) -> DistributedModelParallel:
+    """Shard ``module`` (built on the meta device) with its tables' optimizer fused into backward."""
+    sharder = EmbeddingBagCollectionSharder(
+        fused_params={
+            "optimizer": SPARSE_OPTIMIZERS[optimizer.sparse],
+            "learning_rate": optimizer.sparse_lr,
+            "eps": optimizer.sparse_eps,
+        }
+    )
+    plan = plan_sharding(module, sharder, sharding, env)
+    return DistributedModelParallel(module, device=env.device, plan=plan, sharders=[sharder])
+
+
+def build_optimizers(
+    dmp: DistributedModelParallel, config: OptimizerConfig
+) -> tuple[CombinedOptimizer, KeyedOptimizer]:
+    """(combined, dense): the fused table optimizer plus Adam/AdamW over the remaining parameters.
+
+    The dense one is returned too because only it has lazy state that needs ``init_state`` before
+    a checkpoint can be loaded into it.
+    """
+    dense_params = dict(in_backward_optimizer_filter(dmp.named_parameters()))
+    cls = torch.optim.AdamW if config.dense == "adamw" else torch.optim.Adam
+    dense = KeyedOptimizerWrapper(
+        dense_params, lambda params: cls(params, lr=config.dense_lr, weight_decay=config.weight_decay)
+    )
+    return CombinedOptimizer([("sparse", dmp.fused_optimizer), ("dense", dense)]), dense
+
+
+@torch.no_grad()
+def unsharded_state_dict(dmp: DistributedModelParallel, env: DistEnv) -> dict[str, torch.Tensor] | None:
+    """The full state dict on rank 0 (``None`` elsewhere); a collective: every rank must call it.
+
+    Sharded tables are gathered shard by shard into one tensor; dense tensors are identical on
+    every rank (DDP) and taken as they are.
+    """
+    full: dict[str, torch.Tensor] = {}
+    for key, value in dmp.state_dict().items():
+        if isinstance(value, ShardedTensor):
+            out = torch.empty(value.size(), dtype=value.dtype, device=env.device) if env.is_main else None
+            value.gather(dst=0, out=out)
+            if out is not None:
+                full[key] = out.cpu()
+        elif env.is_main:
+            full[key] = value.detach().cpu().clone()
+    return full if env.is_main else None

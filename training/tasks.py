@@ -1,0 +1,88 @@
+"""Model construction and the loss-computing wrappers that DMP shards and trains.
+
+DDP only synchronises gradients of what runs through its ``forward``, so the loss is computed
+inside the wrapped module: the two-tower's separate user/item calls and the objective all happen
+in one ``forward`` call on the DMP.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchrec import KeyedJaggedTensor
+
+from rankforge.features.aggregates import DENSE_FEATURES
+from rankforge.features.pipeline import PreparedData
+from rankforge.models.ranking import RankingModel
+from rankforge.models.two_tower import TwoTower, item_features, user_features
+from rankforge.pipelines.train_config import ModelConfig
+from rankforge.training.batches import RankingBatch, RetrievalBatch
+
+Model = TwoTower | RankingModel
+
+
+def build_model(config: ModelConfig, data: PreparedData, device: torch.device | None = None) -> Model:
+    """The plain model for this config and data; ``device=meta`` leaves the tables for DMP."""
+    users = user_features(data.n_users, data.n_items, data.history_len)
+    items = item_features(data.n_items, data.n_genres, config.max_genres)
+    if config.kind == "retrieval":
+        return TwoTower(users, items, config.embedding_dim, tuple(config.tower_sizes), device=device)
+    return RankingModel(
+        users + items,
+        DENSE_FEATURES,
+        config.embedding_dim,
+        tuple(config.dense_sizes),
+        tuple(config.over_sizes),
+        device=device,
+    )
+
+
+class RetrievalTask(nn.Module):
+    """Two-tower forward + a ``retrieval`` objective; positives and negatives share one item pass."""
+
+    def __init__(self, model: TwoTower, loss: nn.Module, shared_negatives: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.loss = loss
+        self.shared_negatives = shared_negatives
+
+    def forward(
+        self, user: KeyedJaggedTensor, items: KeyedJaggedTensor, neg_mask: torch.Tensor
+    ) -> torch.Tensor:
+        user_emb, item_emb = self.model(user, items)
+        b = user_emb.shape[0]
+        pos, neg = item_emb[:b], item_emb[b:]
+        if not self.shared_negatives:
+            neg = neg.reshape(b, -1, neg.shape[-1])
+        return self.loss(user_emb, pos, neg, neg_mask)
+
+
+class RankingTask(nn.Module):
+    """DLRM forward + a ``ctr`` objective."""
+
+    def __init__(self, model: RankingModel, loss: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.loss = loss
+
+    def forward(
+        self,
+        dense: torch.Tensor,
+        sparse: KeyedJaggedTensor,
+        labels: torch.Tensor,
+        reference_logits: torch.Tensor,
+    ) -> torch.Tensor:
+        return self.loss(self.model(dense, sparse), labels, reference_logits)
+
+
+def make_task(model: Model, loss: nn.Module, shared_negatives: bool = False) -> nn.Module:
+    if isinstance(model, TwoTower):
+        return RetrievalTask(model, loss, shared_negatives)
+    return RankingTask(model, loss)
+
+
+def task_inputs(batch: RetrievalBatch | RankingBatch) -> tuple:
+    """The positional arguments of the matching task's ``forward``."""
+    if isinstance(batch, RetrievalBatch):
+        return batch.user, batch.items, batch.neg_mask
+    return batch.dense, batch.sparse, batch.labels, batch.reference_logits

@@ -1,0 +1,196 @@
+"""The training loop: sharded model, per-rank batches, per-epoch checkpoints, exact resume.
+
+One :class:`Trainer` per process; under ``torchrun`` every rank builds the same one and they meet
+only inside DMP (embedding all-to-alls, DDP gradient all-reduce) and at checkpoints. Everything
+random in a run comes from the seeded model init and the batch sampler's generator, and both are
+in the checkpoint, so "crash and resume" reproduces the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from rankforge.errors import ConfigError
+from rankforge.features.pipeline import PreparedData
+from rankforge.pipelines.train_config import OBJECTIVE_KIND, TrainConfig
+from rankforge.training.batches import FeatureTables, NegativeSampler, RankingBatches, RetrievalBatches
+from rankforge.training.checkpoint import Checkpointer
+from rankforge.training.losses import resolve_objective
+from rankforge.training.sharding import DistEnv, build_optimizers, shard, unsharded_state_dict
+from rankforge.training.tasks import Model, build_model, make_task, task_inputs
+
+#: Written into the checkpoint folder once a job has registered its model: the next scheduled run
+#: then starts from scratch instead of "resuming" a finished job.
+FINISHED = "FINISHED"
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    epoch: int  # 1-based
+    loss: float  # mean over the epoch's examples, all ranks
+    examples: int  # all ranks
+    seconds: float
+
+    @property
+    def examples_per_second(self) -> float:
+        return self.examples / max(self.seconds, 1e-9)
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, data: PreparedData, env: DistEnv) -> None:
+        self.config = config
+        self.data = data
+        self.env = env
+        torch.manual_seed(config.seed)  # same dense init on every rank; DMP materialises tables from it
+        self.tables = FeatureTables.build(data, config.model.max_genres)
+        loss = resolve_objective(
+            config.objective.name, config.objective.params, OBJECTIVE_KIND[config.model.kind]
+        )
+        model = build_model(config.model, data, device=torch.device("meta"))
+        self.dmp = shard(
+            make_task(model, loss, config.negatives.shared), config.sharding, config.optimizer, env
+        )
+        self.optimizer, self._dense_optimizer = build_optimizers(self.dmp, config.optimizer)
+        self.batches = self._batches()
+        self.checkpointer = Checkpointer(config.output_dir / "checkpoints", config.checkpoint.keep, env)
+        self.epochs_done = 0
+        self.history: list[EpochStats] = []
+        self.run_id: str | None = None  # the MLflow run, carried across restarts
+
+    def _batches(self) -> RetrievalBatches | RankingBatches:
+        c = self.config
+        sampler = NegativeSampler(
+            self.tables.item_events, c.negatives.distribution, c.negatives.popularity_power
+        )
+        common = dict(
+            batch_size=c.training.batch_size,
+            rank=self.env.rank,
+            world_size=self.env.world_size,
+            seed=c.seed,
+        )
+        if c.model.kind == "retrieval":
+            return RetrievalBatches(
+                self.data, self.tables, sampler, c.negatives.count, c.negatives.shared, **common
+            )
+        return RankingBatches(self.data, self.tables, sampler, c.negatives.count, **common)
+
+    # -- checkpoint / resume -------------------------------------------------------------------
+
+    def job_state(self) -> dict[str, Any]:
+        return {
+            "epochs_done": self.epochs_done,
+            "fingerprint": self.config.fingerprint(),
+            "batches": self.batches.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "run_id": self.run_id or "",
+            "history": [[s.epoch, s.loss, s.examples, s.seconds] for s in self.history],
+        }
+
+    def start(self, resume: bool = True) -> bool:
+        """Continue from the last checkpoint of an unfinished job in ``output_dir``; True if it did.
+
+        Without ``resume``, or when the job there had finished (a scheduled re-run trains anew),
+        the old checkpoints are cleared; a checkpoint from a job with a different configuration
+        is refused rather than silently mixed in. Collective.
+        """
+        directory = self.checkpointer.directory
+        if not resume or (directory / FINISHED).is_file():
+            dist.barrier()
+            if self.env.is_main:
+                shutil.rmtree(directory, ignore_errors=True)
+            dist.barrier()
+            return False
+        latest = self.checkpointer.latest()
+        if latest is None:
+            return False
+        state = self.checkpointer.read_state(latest)
+        if state["fingerprint"] != self.config.fingerprint():
+            raise ConfigError(
+                f"checkpoint {latest} was written by a job with a different configuration; use another "
+                "output_dir, delete it, or set checkpoint.resume = false"
+            )
+        self.checkpointer.load(latest, self.dmp, self.optimizer, self._dense_optimizer)
+        self.epochs_done = int(state["epochs_done"])
+        self.batches.load_state_dict(state["batches"])
+        torch.set_rng_state(state["torch_rng"])
+        self.run_id = state["run_id"] or None
+        self.history = [EpochStats(int(e), float(lo), int(n), float(s)) for e, lo, n, s in state["history"]]
+        return True
+
+    def mark_finished(self) -> None:
+        dist.barrier()
+        if self.env.is_main:
+            self.checkpointer.directory.mkdir(parents=True, exist_ok=True)
+            (self.checkpointer.directory / FINISHED).write_text(f"{self.epochs_done}\n")
+        dist.barrier()
+
+    # -- training --------------------------------------------------------------------------------
+
+    def train_epoch(self) -> EpochStats:
+        self.dmp.train()
+        epoch = self.epochs_done + 1
+        totals = torch.zeros(2, dtype=torch.float64)  # sum of per-example loss, examples (this rank)
+        start = time.perf_counter()
+        bar = tqdm(
+            total=len(self.batches),
+            desc=f"epoch {epoch}/{self.config.training.epochs}",
+            unit="batch",
+            disable=not self.env.is_main,
+            leave=False,
+        )
+        for batch in self.batches:
+            batch = batch.to(self.env.device)
+            loss = self.dmp(*task_inputs(batch))
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+            value = float(loss.detach())
+            totals += torch.tensor([value * batch.size, batch.size], dtype=torch.float64)
+            elapsed = time.perf_counter() - start
+            bar.update(1)
+            bar.set_postfix(
+                loss=f"{value:.4f}", ex_s=f"{totals[1].item() * self.env.world_size / elapsed:.0f}"
+            )
+        bar.close()
+        reduced = totals.to(self.env.device)
+        dist.all_reduce(reduced)
+        loss_sum, examples = reduced.tolist()
+        return EpochStats(epoch, loss_sum / max(examples, 1.0), int(examples), time.perf_counter() - start)
+
+    def fit(self, on_epoch_end: Callable[[EpochStats], None] | None = None) -> list[EpochStats]:
+        """Train the remaining epochs; each is checkpointed before ``on_epoch_end`` sees it."""
+        while self.epochs_done < self.config.training.epochs:
+            stats = self.train_epoch()
+            self.epochs_done = stats.epoch
+            self.history.append(stats)
+            self.checkpointer.save(self.epochs_done, self.dmp, self.optimizer, self.job_state())
+            if on_epoch_end is not None:
+                on_epoch_end(stats)
+        return self.history
+
+    # -- export ----------------------------------------------------------------------------------
+
+    def unsharded_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """The model's full state dict (tables gathered) on rank 0, ``None`` elsewhere; collective."""
+        full = unsharded_state_dict(self.dmp, self.env)
+        if full is None:
+            return None
+        return {k.removeprefix("model."): v for k, v in full.items() if k.startswith("model.")}
+
+    def unsharded_model(self) -> Model | None:
+        """A plain CPU model with the trained weights on rank 0 (for evaluation and ONNX export)."""
+        state = self.unsharded_state_dict()
+        if state is None:
+            return None
+        with torch.random.fork_rng(devices=[]):  # building a model draws init weights: keep the stream
+            model = build_model(self.config.model, self.data, device=torch.device("cpu"))
+        model.load_state_dict(state)
+        return model.eval()
