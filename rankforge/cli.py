@@ -12,7 +12,11 @@ import sys
 
 from rankforge.errors import RankforgeError
 
-COMMAND_MODULES: tuple[str, ...] = ("rankforge.serving.cli", "rankforge.pipelines.train_cli")
+COMMAND_MODULES: tuple[str, ...] = (
+    "rankforge.pipelines.demo_cli",
+    "rankforge.pipelines.train_cli",
+    "rankforge.serving.cli",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
