@@ -22,9 +22,10 @@ ModelKind = Literal["retrieval", "ranking"]
 #: The objective input contract each model kind feeds (see ``rankforge.training.objectives``).
 OBJECTIVE_KIND: dict[str, str] = {"retrieval": "retrieval", "ranking": "ctr"}
 DEFAULT_REGISTERED_NAME: dict[str, str] = {"retrieval": "rankforge-retrieval", "ranking": "rankforge-ranker"}
-SHARDING_TYPES = ("table_wise", "row_wise", "column_wise", "table_row_wise")
-#: What FBGEMM's CPU kernels (the only ones on a CPU-only host) support.
-CPU_SHARDING_TYPES = ("table_wise", "row_wise")
+SHARDING_TYPES = ("table_wise", "row_wise", "column_wise", "table_row_wise", "table_column_wise")
+#: What TorchRec's EmbeddingBagCollectionSharder offers with a fused kernel on CPU (torchrec 1.8):
+#: row-wise variants are CUDA-only there.
+CPU_SHARDING_TYPES = ("table_wise", "column_wise", "table_column_wise")
 
 
 class _Section(BaseModel):
@@ -85,9 +86,10 @@ class NegativesConfig(_Section):
 class ShardingConfig(_Section):
     planner: Literal["greedy", "grid_search", "uniform"] = "greedy"  # the planner's proposer
     compute_kernel: Literal["fused", "fused_uvm", "fused_uvm_caching"] = "fused"
-    sharding_types: list[Literal["table_wise", "row_wise", "column_wise", "table_row_wise"]] = Field(
-        default_factory=lambda: ["table_wise", "row_wise"], min_length=1
-    )
+    # The types the planner may choose from; on CPU the ones FBGEMM lacks there are dropped.
+    sharding_types: list[
+        Literal["table_wise", "row_wise", "column_wise", "table_row_wise", "table_column_wise"]
+    ] = Field(default_factory=lambda: ["table_wise", "row_wise", "column_wise"], min_length=1)
 
 
 class MlflowConfig(_Section):

@@ -1,10 +1,10 @@
 """Process group, sharding plan, DMP wrapping, optimizers and gathering of the unsharded model.
 
 Everything that depends on how many processes there are lives here, so the trainer reads the same
-on one process as on N: TorchRec's planner places each embedding table (table-wise or row-wise on
-CPU), DistributedModelParallel shards the tables and wraps the dense layers in DDP, the tables'
-optimizer is fused into FBGEMM's backward, and :func:`unsharded_state_dict` reassembles one plain
-state dict on rank 0 for export.
+on one process as on N: TorchRec's planner places each embedding table (table-wise or column-wise
+on CPU, row-wise too on GPUs), DistributedModelParallel shards the tables and wraps the dense
+layers in DDP, the tables' optimizer is fused into FBGEMM's backward, and
+:func:`unsharded_state_dict` reassembles one plain state dict on rank 0 for export.
 """
 
 from __future__ import annotations
@@ -100,30 +100,31 @@ def embedding_tables(module: nn.Module) -> list[str]:
     ]
 
 
-def check_sharding(config: ShardingConfig, device: torch.device) -> None:
-    """Reject plans FBGEMM cannot run here before the planner produces an opaque error."""
-    if device.type == "cpu":
-        unsupported = [t for t in config.sharding_types if t not in CPU_SHARDING_TYPES]
-        if unsupported:
-            raise ConfigError(
-                f"sharding.sharding_types {unsupported} are not supported on CPU; "
-                f"use {list(CPU_SHARDING_TYPES)}"
-            )
-        if config.compute_kernel != "fused":
-            raise ConfigError(
-                f"sharding.compute_kernel {config.compute_kernel!r} needs a GPU; use 'fused' on CPU"
-            )
+def allowed_sharding_types(config: ShardingConfig, device: torch.device) -> list[str]:
+    """The configured types this device can run; an empty choice or a GPU-only kernel is an error
+    here rather than an opaque planner failure."""
+    if device.type != "cpu":
+        return list(config.sharding_types)
+    if config.compute_kernel != "fused":
+        raise ConfigError(
+            f"sharding.compute_kernel {config.compute_kernel!r} needs a GPU; use 'fused' on CPU"
+        )
+    allowed = [t for t in config.sharding_types if t in CPU_SHARDING_TYPES]
+    if not allowed:
+        raise ConfigError(
+            f"sharding.sharding_types {list(config.sharding_types)}: none runs on CPU; "
+            f"use some of {list(CPU_SHARDING_TYPES)}"
+        )
+    return allowed
 
 
 def plan_sharding(
     module: nn.Module, sharder: EmbeddingBagCollectionSharder, config: ShardingConfig, env: DistEnv
 ) -> ShardingPlan:
     """One plan agreed by every rank (rank 0 plans, the others receive it)."""
-    check_sharding(config, env.device)
+    types = allowed_sharding_types(config, env.device)
     constraints = {
-        name: ParameterConstraints(
-            sharding_types=list(config.sharding_types), compute_kernels=[config.compute_kernel]
-        )
+        name: ParameterConstraints(sharding_types=types, compute_kernels=[config.compute_kernel])
         for name in embedding_tables(module)
     }
     planner = EmbeddingShardingPlanner(

@@ -1,0 +1,135 @@
+"""Batch iterators: rank slices partition the global batch, negatives follow their distribution."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+import torch
+
+from rankforge.errors import DataError
+from rankforge.features.pipeline import PreparedData
+from rankforge.models.inputs import item_inputs, user_inputs
+from rankforge.training.batches import (
+    FeatureTables,
+    NegativeSampler,
+    RankingBatches,
+    RetrievalBatches,
+)
+
+MAX_GENRES = 8
+
+
+@pytest.fixture(scope="module")
+def tables(small_data: PreparedData) -> FeatureTables:
+    return FeatureTables.build(small_data, MAX_GENRES)
+
+
+def test_feature_tables_match_the_model_input_helpers(
+    small_data: PreparedData, tables: FeatureTables
+) -> None:
+    d = small_data
+    users = torch.tensor([3, 0, 7])
+    expected_u = user_inputs(d.user_features[users.tolist()], d.history_len)
+    for key, value in tables.users(users).items():
+        assert torch.equal(value, expected_u[key]), key
+    items = torch.tensor([5, 5, 1])
+    expected_i = item_inputs(d.item_features[items.tolist()], MAX_GENRES)
+    for key, value in tables.items(items).items():
+        assert torch.equal(value, expected_i[key]), key
+
+
+def test_popularity_sampler_follows_item_counts(tables: FeatureTables) -> None:
+    counts = torch.tensor([0.0, 9.0, 99.0, 0.0])
+    sampler = NegativeSampler(counts, "popularity", popularity_power=1.0)
+    draws = sampler.sample((20_000,), torch.Generator().manual_seed(0))
+    freq = torch.bincount(draws, minlength=4).double() / draws.numel()
+    expected = (counts + 1) / (counts + 1).sum()
+    torch.testing.assert_close(freq, expected.double(), atol=0.01, rtol=0)
+    uniform = NegativeSampler(counts, "uniform").sample((4, 5), torch.Generator().manual_seed(0))
+    assert uniform.shape == (4, 5) and uniform.min() >= 0 and uniform.max() < 4
+    with pytest.raises(ValueError, match="distribution"):
+        NegativeSampler(counts, "zipf")  # type: ignore[arg-type]
+
+
+def _retrieval(d: PreparedData, t: FeatureTables, rank: int, world: int, shared: bool) -> RetrievalBatches:
+    sampler = NegativeSampler(t.item_events, "popularity")
+    return RetrievalBatches(d, t, sampler, 5, shared, batch_size=100, rank=rank, world_size=world, seed=7)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_retrieval_rank_slices_partition_the_global_batch(
+    small_data: PreparedData, tables: FeatureTables, shared: bool
+) -> None:
+    single = list(_retrieval(small_data, tables, 0, 1, shared))
+    halves = [list(_retrieval(small_data, tables, r, 2, shared)) for r in (0, 1)]
+    assert (
+        len(single) == len(halves[0]) == len(halves[1]) == len(_retrieval(small_data, tables, 0, 2, shared))
+    )
+    n_examples = small_data.retrieval_examples.height
+    assert sum(b.size for b in single) == n_examples  # one process sees every example once
+    for whole, a, b in zip(single, *halves, strict=True):
+        assert a.size == b.size
+        if whole.size % 2 == 0:  # same draws, split: users and negatives line up
+            users = torch.cat([a.user["user_id"].values(), b.user["user_id"].values()])
+            assert torch.equal(users, whole.user["user_id"].values())
+            assert torch.equal(torch.cat([a.neg_mask, b.neg_mask]), whole.neg_mask)
+    first = single[0]
+    n_neg = 5 if shared else first.size * 5
+    assert first.items.stride() == first.size + n_neg
+    positives = first.items["item_id"].values()[: first.size]
+    negatives = first.items["item_id"].values()[first.size :].reshape(-1 if shared else first.size, 5)
+    hits = negatives.unsqueeze(0) == positives.view(-1, 1) if shared else negatives == positives.view(-1, 1)
+    assert torch.equal(first.neg_mask, ~hits.reshape(first.neg_mask.shape))
+
+
+def test_retrieval_positives_and_histories_come_from_the_examples(
+    small_data: PreparedData, tables: FeatureTables
+) -> None:
+    batch = next(iter(_retrieval(small_data, tables, 0, 1, False)))
+    ex = small_data.retrieval_examples
+    users = batch.user["user_id"].values()
+    positives = batch.items["item_id"].values()[: batch.size]
+    pairs = set(zip(ex["user_idx"].to_list(), ex["item_idx"].to_list(), strict=True))
+    assert all((u, i) in pairs for u, i in zip(users.tolist(), positives.tolist(), strict=True))
+
+
+def test_ranking_negatives_are_unseen_and_labels_are_kept(
+    small_data: PreparedData, tables: FeatureTables
+) -> None:
+    d = small_data
+    sampler = NegativeSampler(tables.item_events, "uniform")
+    batches = RankingBatches(d, tables, sampler, 3, batch_size=200, seed=1)
+    seen = set(zip(d.train_events["user_idx"].to_list(), d.train_events["item_idx"].to_list(), strict=True))
+    labelled = dict(
+        zip(
+            zip(d.train_events["user_idx"].to_list(), d.train_events["item_idx"].to_list(), strict=True),
+            d.train_events["label"].to_list(),
+            strict=True,
+        )
+    )
+    n_events = n_negatives = 0
+    for batch in batches:
+        users = batch.sparse["user_id"].values().tolist()
+        items = batch.sparse["item_id"].values().tolist()
+        for u, i, y in zip(users, items, batch.labels.tolist(), strict=True):
+            if (u, i) in seen:
+                n_events += 1
+                assert y == labelled[(u, i)]
+            else:
+                n_negatives += 1
+                assert y == 0.0
+        expected_dense = tables.dense(torch.tensor(users), torch.tensor(items))
+        assert torch.equal(batch.dense, expected_dense)
+        rate = tables.item_pos_rate[torch.tensor(items)]
+        torch.testing.assert_close(torch.sigmoid(batch.reference_logits), rate)
+    assert n_events == d.train_events.height  # every labelled event once per epoch
+    assert 0 < n_negatives <= 3 * n_events
+
+
+def test_bad_inputs_fail_clearly(small_data: PreparedData, tables: FeatureTables) -> None:
+    sampler = NegativeSampler(tables.item_events, "uniform")
+    with pytest.raises(DataError, match="smaller than the 4 processes"):
+        RetrievalBatches(small_data, tables, sampler, 2, False, batch_size=2, world_size=4)
+    broken = small_data.item_features.filter(pl.col("item_idx") != 3)
+    with pytest.raises(DataError, match="every index"):
+        FeatureTables.build(PreparedData(**{**small_data.__dict__, "item_features": broken}), MAX_GENRES)
