@@ -39,9 +39,13 @@ def _fresh(config: TrainConfig, run_dir: Path, name: str) -> TrainConfig:
     return config.model_copy(update={"output_dir": run_dir / name})
 
 
+def _config(source: str | Path | TrainConfig) -> TrainConfig:
+    return source if isinstance(source, TrainConfig) else load_config(source)
+
+
 def run_demo(
-    retrieval_config: str | Path = "configs/retrieval.toml",
-    ranking_config: str | Path = "configs/ranking.toml",
+    retrieval_config: str | Path | TrainConfig = "configs/retrieval.toml",
+    ranking_config: str | Path | TrainConfig = "configs/ranking.toml",
     n_users: int = 3,
     k: int = 5,
     say: Callable[[str], None] = print,
@@ -49,13 +53,13 @@ def run_demo(
     """Train both models, register them, write online features, serve and query a few users."""
     settings = Settings.from_env()
     run_dir = settings.home / "demo" / time.strftime("%Y%m%d-%H%M%S")
-    retrieval_cfg = _fresh(load_config(retrieval_config), run_dir, "retrieval")
-    ranking_cfg = _fresh(load_config(ranking_config), run_dir, "ranking")
+    retrieval_cfg = _fresh(_config(retrieval_config), run_dir, "retrieval")
+    ranking_cfg = _fresh(_config(ranking_config), run_dir, "ranking")
 
-    say(f"[1/4] training the retrieval two-tower ({retrieval_config})")
+    say(f"[1/4] training the retrieval two-tower ({retrieval_cfg.source_path or 'given config'})")
     retrieval = run_training(retrieval_cfg)
     say(f"      {_summary(retrieval)}")
-    say(f"[2/4] training the DLRM ranker ({ranking_config})")
+    say(f"[2/4] training the DLRM ranker ({ranking_cfg.source_path or 'given config'})")
     ranker = run_training(ranking_cfg)
     say(f"      {_summary(ranker)}")
 

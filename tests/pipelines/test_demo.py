@@ -1,0 +1,54 @@
+"""The platform's end-to-end slice: log -> trained models -> registry -> Redis -> gRPC answers."""
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+from mlflow import MlflowClient
+
+from rankforge.pipelines.demo import run_demo
+from rankforge.pipelines.train_config import TrainConfig, load_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def small(path: str, tmp: Path) -> TrainConfig:
+    config = load_config(REPO / path)
+    synthetic = config.data.synthetic.model_copy(update={"n_users": 80, "n_items": 120})
+    return config.model_copy(
+        update={
+            "data": config.data.model_copy(update={"synthetic": synthetic}),
+            "training": config.training.model_copy(update={"epochs": 1}),
+            "output_dir": tmp / Path(path).stem,
+        }
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+def test_demo_end_to_end(rankforge_home: Path, redis_url: str, tmp_path: Path) -> None:
+    lines: list[str] = []
+    result = run_demo(
+        small("configs/retrieval.toml", tmp_path),
+        small("configs/ranking.toml", tmp_path),
+        n_users=3,
+        k=4,
+        say=lines.append,
+    )
+    client = MlflowClient()
+    for name, trained in (("rankforge-retrieval", result.retrieval), ("rankforge-ranker", result.ranker)):
+        assert trained.registered is not None and trained.registered.version == 1
+        assert int(client.get_model_version_by_alias(name, "champion").version) == 1
+        run = client.get_run(trained.run_id)
+        assert "train_loss" in run.data.metrics
+    assert len(result.answers) == 3
+    for user_id, answer in result.answers.items():
+        assert len(answer.items) == 4
+        assert answer.retrieval_version == "rankforge-retrieval/1"
+        assert answer.ranker_version == "rankforge-ranker/1"
+        assert answer.feature_version == result.feature_version
+        scores = [i.score for i in answer.items]
+        assert scores == sorted(scores, reverse=True)
+        assert len({i.item_id for i in answer.items}) == 4
+    assert any(line.startswith("      user ") for line in lines)
+    assert pl.Series(list(result.answers)).is_unique().all()
