@@ -42,7 +42,7 @@ def test_demo_end_to_end(rankforge_home: Path, redis_url: str, tmp_path: Path) -
         run = client.get_run(trained.run_id)
         assert "train_loss" in run.data.metrics
     assert len(result.answers) == 3
-    for user_id, answer in result.answers.items():
+    for answer in result.answers.values():
         assert len(answer.items) == 4
         assert answer.retrieval_version == "rankforge-retrieval/1"
         assert answer.ranker_version == "rankforge-ranker/1"
