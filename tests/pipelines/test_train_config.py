@@ -1,0 +1,71 @@
+"""Training configs: both formats, every shipped example, errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rankforge.errors import ConfigError
+from rankforge.pipelines.train_config import load_config, parse_config
+
+REPO = Path(__file__).resolve().parents[2]
+MINIMAL = {"model": {"kind": "retrieval"}, "objective": {"name": "sampled_softmax"}}
+
+
+@pytest.mark.parametrize("name", ["retrieval.toml", "ranking.toml", "retrieval_movielens.yaml"])
+def test_shipped_configs_load(name: str) -> None:
+    config = load_config(REPO / "configs" / name)
+    assert config.source_path == (REPO / "configs" / name).resolve()
+    assert config.registered_model in ("rankforge-retrieval", "rankforge-ranker")
+
+
+def test_toml_and_yaml_give_the_same_config(tmp_path: Path) -> None:
+    (tmp_path / "a.toml").write_text(
+        '[model]\nkind = "ranking"\n[objective]\nname = "bce"\n[training]\nepochs = 4\n'
+    )
+    (tmp_path / "a.yaml").write_text(
+        "model: {kind: ranking}\nobjective: {name: bce}\ntraining: {epochs: 4}\n"
+    )
+    toml, yaml = load_config(tmp_path / "a.toml"), load_config(tmp_path / "a.yaml")
+    assert toml.model_dump() == yaml.model_dump()
+    assert toml.registered_model == "rankforge-ranker" and toml.training.epochs == 4
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"training": {"epoch": 3}}, "unknown key 'training.epoch'"),
+        ({"data": {"sorce": "synthetic"}}, "unknown key 'data.sorce'"),
+        ({"training": {"batch_size": 0}}, "training.batch_size"),
+        ({"negatives": {"distribution": "zipf"}}, "negatives.distribution"),
+        ({"sharding": {"sharding_types": ["diagonal"]}}, "sharding.sharding_types.0"),
+        ({"model": {"kind": "ranking", "over_sizes": [8, 2]}}, "over_sizes must end with 1"),
+        ({"objective": {"name": "nope"}}, "unknown objective 'nope'"),
+        ({"objective": {"name": "bce"}}, "takes 'ctr' inputs but this model trains on 'retrieval'"),
+        ({"objective": {"name": "ccl", "params": {"margn": 0.5}}}, "unknown hyper-parameter"),
+        ({"objective": {"name": "sampled_softmax", "params": {"temperature": -1}}}, "temperature"),
+    ],
+)
+def test_bad_values_name_their_key(change: dict, message: str) -> None:
+    raw = {**MINIMAL, **change}
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_config(raw)
+
+
+def test_registered_objectives_are_accepted() -> None:
+    config = parse_config({**MINIMAL, "objective": {"name": "psl", "params": {}}})
+    assert config.objective.name == "psl"
+    ranking = parse_config({"model": {"kind": "ranking"}, "objective": {"name": "confidence_ranking"}})
+    assert ranking.objective.name == "confidence_ranking"
+
+
+def test_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "missing.toml")
+    (tmp_path / "c.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"\.toml, \.yaml or \.yml"):
+        load_config(tmp_path / "c.json")
+    (tmp_path / "broken.toml").write_text("[model\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(tmp_path / "broken.toml")

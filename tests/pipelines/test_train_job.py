@@ -1,0 +1,120 @@
+"""End to end: config file -> trained model -> MLflow run with metrics -> registered ONNX bundle."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from rankforge.cli import main
+from rankforge.pipelines.registry import resolve
+from rankforge.pipelines.train import run_training
+from rankforge.pipelines.train_config import load_config
+from rankforge.serving.bundle import load_bundle
+from rankforge.serving.onnx_export import run_onnx
+from rankforge.settings import Settings
+
+HAS_METRICS = importlib.util.find_spec("rankforge.evaluation.metrics") is not None
+
+RETRIEVAL = """
+seed = 1
+output_dir = "{out}"
+[data.synthetic]
+n_users = 60
+n_items = 90
+seed = 3
+[model]
+kind = "retrieval"
+embedding_dim = 8
+tower_sizes = [16, 8]
+[objective]
+name = "sampled_softmax"
+params = {{ temperature = 0.2 }}
+[training]
+epochs = 2
+batch_size = 128
+[negatives]
+count = 8
+distribution = "popularity"
+[mlflow]
+experiment = "train-job-test"
+"""
+
+RANKING_YAML = """
+output_dir: {out}
+data: {{synthetic: {{n_users: 60, n_items: 90, seed: 3}}}}
+model: {{kind: ranking, embedding_dim: 8, dense_sizes: [8], over_sizes: [16, 1]}}
+objective: {{name: bce}}
+training: {{epochs: 1, batch_size: 256}}
+negatives: {{count: 2}}
+mlflow: {{experiment: train-job-test, registered_model: test-ranker}}
+"""
+
+
+@pytest.mark.slow
+def test_retrieval_job_tracks_registers_and_exports(rankforge_home: Path, tmp_path: Path) -> None:
+    path = tmp_path / "retrieval.toml"
+    path.write_text(RETRIEVAL.format(out=tmp_path / "job"))
+    result = run_training(load_config(path))
+
+    assert result.registered is not None
+    assert (result.registered.name, result.registered.version) == ("rankforge-retrieval", 1)
+    assert resolve("rankforge-retrieval", "champion").version == 1  # first version: champion
+    mlflow.set_tracking_uri(Settings.from_env().tracking_uri)
+    client = MlflowClient()
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model.kind"] == "retrieval"
+    assert run.data.params["negatives.count"] == "8"
+    history = client.get_metric_history(result.run_id, "train_loss")
+    assert [m.step for m in history] == [1, 2]
+    assert history[1].value < history[0].value
+    if HAS_METRICS:
+        assert [m.step for m in client.get_metric_history(result.run_id, "val_recall_at_10")] == [1, 2]
+        assert 0.0 <= result.metrics["recall@10"] <= 1.0
+    artifacts = {a.path for a in client.list_artifacts(result.run_id, "config")}
+    assert {"config/retrieval.toml", "config/resolved.json"} <= artifacts
+
+    # the registered bundle's ONNX item tower reproduces the torch item embeddings it shipped with
+    bundle = load_bundle(result.bundle_dir, expect="retrieval")
+    assert bundle.manifest.metrics == result.metrics
+    items = load_config(path).data
+    from rankforge.features.pipeline import prepare
+    from rankforge.models.inputs import item_inputs
+
+    data = prepare(items)
+    feed = {k: v.numpy() for k, v in item_inputs(data.item_features, 8).items()}
+    np.testing.assert_allclose(
+        run_onnx(bundle.path("item_tower.onnx"), feed), bundle.item_embeddings(), atol=1e-5
+    )
+
+    # a second scheduled run registers version 2 and leaves the alias to the evaluation job
+    again = run_training(load_config(path))
+    assert again.registered is not None and again.registered.version == 2
+    assert again.run_id != result.run_id
+    assert resolve("rankforge-retrieval", "champion").version == 1
+
+
+@pytest.mark.slow
+def test_cli_trains_a_ranker_from_yaml(
+    rankforge_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "ranking.yaml"
+    path.write_text(RANKING_YAML.format(out=tmp_path / "job"))
+    assert main(["train", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "test-ranker version 1" in out
+    bundle = load_bundle(tmp_path / "job" / "bundle", expect="ranker")
+    assert bundle.manifest.dense_features
+    assert resolve("test-ranker", "champion").version == 1
+
+
+def test_cli_reports_config_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('[model]\nkind = "retrieval"\nembeding_dim = 8\n[objective]\nname = "sampled_softmax"\n')
+    assert main(["train", str(path)]) == 2
+    assert "unknown key 'model.embeding_dim'" in capsys.readouterr().err
