@@ -7,6 +7,7 @@ with the streaming engine.
 from __future__ import annotations
 
 import polars as pl
+
 from rankforge.features.schema import ITEM_IDX, LABEL, RATING, TIMESTAMP, USER_IDX, require_columns
 
 #: Dense features fed to the ranking model, in this order (user first, then item).

@@ -8,9 +8,9 @@ code with "now" as the time, so offline and online features agree.
 from __future__ import annotations
 
 import polars as pl
-from rankforge.features.schema import ITEM_IDX, LABEL, TIMESTAMP, USER_IDX, require_columns
 
 from rankforge.errors import DataError
+from rankforge.features.schema import ITEM_IDX, LABEL, TIMESTAMP, USER_IDX, require_columns
 
 HISTORY = "history"
 

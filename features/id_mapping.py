@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
-from rankforge.features.schema import ITEM, ITEM_IDX, USER, USER_IDX, require_columns
 
 from rankforge.errors import DataError
+from rankforge.features.schema import ITEM, ITEM_IDX, USER, USER_IDX, require_columns
 
 
 def _dense_ids(values: pl.LazyFrame | pl.DataFrame, column: str, index: str) -> pl.DataFrame:

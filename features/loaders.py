@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Literal
 
 import polars as pl
-from rankforge.features.schema import INTERACTION_SCHEMA, ITEM, RATING, TIMESTAMP, USER, require_columns
 
 from rankforge.errors import DataError
+from rankforge.features.schema import INTERACTION_SCHEMA, ITEM, RATING, TIMESTAMP, USER, require_columns
 
 Layout = Literal["movielens-csv", "movielens-dat", "movielens-100k", "lightgcn", "parquet"]
 

@@ -12,6 +12,8 @@ from typing import Literal
 
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from rankforge.errors import DataError
 from rankforge.features import history as hist
 from rankforge.features.aggregates import item_aggregates, user_aggregates
 from rankforge.features.id_mapping import IdMapping
@@ -20,9 +22,8 @@ from rankforge.features.schema import ITEM, ITEM_IDX, LABEL, RATING, TIMESTAMP, 
 from rankforge.features.splits import global_time_split, leave_last_out, random_leave_out
 from rankforge.features.synthetic import generate_log
 
-from rankforge.errors import DataError
-
 GENRES = "genres"
+ORDER = [TIMESTAMP, USER_IDX, ITEM_IDX]
 
 
 class SyntheticConfig(BaseModel):
@@ -68,6 +69,7 @@ class PreparedData:
     train_events: pl.DataFrame  # user_idx, item_idx, rating, timestamp, label
     test_events: pl.DataFrame
     retrieval_examples: pl.DataFrame  # train positives with point-in-time history
+    ranking_examples: pl.DataFrame  # all labelled train events with point-in-time history
     user_features: pl.DataFrame  # user_idx, history (latest), user aggregates
     item_features: pl.DataFrame  # item_idx (all items, ordered), genres, item aggregates
     history_len: int
@@ -177,7 +179,9 @@ def prepare(config: DataConfig) -> PreparedData:
 
     events = train.lazy()
     positives = events.filter(pl.col(LABEL) > 0).select(USER_IDX, ITEM_IDX, TIMESTAMP)
-    examples = hist.with_point_in_time_history(positives, events, config.history_len).collect()
+    examples = hist.with_point_in_time_history(positives, events, config.history_len)
+    labelled = events.select(USER_IDX, ITEM_IDX, TIMESTAMP, LABEL)
+    ranking_examples = hist.with_point_in_time_history(labelled, events, config.history_len)
     users = (
         user_aggregates(events)
         .join(hist.latest_history(events, config.history_len), on=USER_IDX, how="left")
@@ -196,9 +200,11 @@ def prepare(config: DataConfig) -> PreparedData:
     return PreparedData(
         mapping=mapping,
         genres=vocab,
-        train_events=train.sort(TIMESTAMP),
-        test_events=test.sort(TIMESTAMP),
-        retrieval_examples=examples,
+        # Full sort keys: joins leave row order unspecified, and seeded training must see the same rows.
+        train_events=train.sort(ORDER),
+        test_events=test.sort(ORDER),
+        retrieval_examples=examples.sort(ORDER).collect(),
+        ranking_examples=ranking_examples.sort(ORDER).collect(),
         user_features=users,
         item_features=item_table.select(ITEM_IDX, ITEM, pl.exclude(ITEM_IDX, ITEM)),
         history_len=config.history_len,

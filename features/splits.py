@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import polars as pl
-from rankforge.features.schema import ITEM, TIMESTAMP, USER, require_columns
 
 from rankforge.errors import DataError
+from rankforge.features.schema import ITEM, TIMESTAMP, USER, require_columns
 
 
 def _check_fraction(fraction: float) -> None:

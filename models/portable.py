@@ -7,10 +7,11 @@ lookup for :class:`PaddedEmbeddingBags`, so export parity is a property checked 
 from __future__ import annotations
 
 import torch
+from torch import nn
+
 from rankforge.models.padded_embeddings import PaddedEmbeddingBags
 from rankforge.models.ranking import RankingModel
 from rankforge.models.two_tower import TwoTower
-from torch import nn
 
 
 class TowerTwin(nn.Module):

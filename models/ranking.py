@@ -9,10 +9,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from rankforge.models.inputs import SparseFeature
 from torch import nn
 from torchrec import EmbeddingBagCollection, KeyedJaggedTensor
 from torchrec.models.dlrm import DLRM
+
+from rankforge.models.inputs import SparseFeature
 
 
 class RankingModel(nn.Module):

@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from rankforge.models.inputs import SparseFeature
 from torch import nn
 from torchrec import EmbeddingBagCollection, KeyedJaggedTensor
+
+from rankforge.models.inputs import SparseFeature
 
 
 def tower_mlp(in_features: int, layer_sizes: Sequence[int]) -> nn.Sequential:

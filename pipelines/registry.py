@@ -15,9 +15,9 @@ import mlflow
 import onnx
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
-from rankforge.serving.bundle import Bundle, load_bundle
 
 from rankforge.errors import ConfigError
+from rankforge.serving.bundle import Bundle, load_bundle
 
 MAIN_GRAPH = {"retrieval": "user_tower.onnx", "ranker": "ranker.onnx"}
 BUNDLE_ARTIFACT = "bundle"

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from rankforge.features.id_mapping import IdMapping
 
 from rankforge.errors import DataError
+from rankforge.features.id_mapping import IdMapping
 
 MANIFEST = "manifest.json"
 BundleKind = Literal["retrieval", "ranker"]

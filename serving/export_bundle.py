@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import torch
+
 from rankforge.features.pipeline import PreparedData
 from rankforge.models.inputs import dense_inputs, item_inputs, padded_to_kjt, user_inputs
 from rankforge.models.ranking import RankingModel

@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
+from torch import nn
+
 from rankforge.models.portable import RankerTwin, TowerTwin
 from rankforge.models.ranking import RankingModel
 from rankforge.models.two_tower import TwoTower
-from torch import nn
 
 
 @dataclass(frozen=True)

@@ -230,7 +230,11 @@ class RetrievalBatches(_Batches):
 
 
 class RankingBatches(_Batches):
-    """Labelled train events plus, per event, sampled items that user never interacted with."""
+    """Labelled train events plus, per event, sampled items that user never interacted with.
+
+    Every row carries the user's point-in-time history at its event (negatives share their event's),
+    so an event's own item is never in the history it is scored with, as at serving time.
+    """
 
     def __init__(
         self,
@@ -243,8 +247,9 @@ class RankingBatches(_Batches):
         world_size: int = 1,
         seed: int = 0,
     ) -> None:
-        events = data.train_events.sort(CANONICAL_ORDER)
+        events = data.ranking_examples.sort(CANONICAL_ORDER)
         super().__init__(events.height, batch_size, rank, world_size, seed)
+        self.history = pad_lists(events["history"], data.history_len)
         self.users = torch.from_numpy(events["user_idx"].to_numpy().copy())
         self.items = torch.from_numpy(events["item_idx"].to_numpy().copy())
         self.labels = torch.from_numpy(events["label"].cast(pl.Float32).to_numpy().copy())
@@ -260,6 +265,9 @@ class RankingBatches(_Batches):
             negatives = self.sampler.sample((len(rows), self.n_negatives), self.generator)
             neg_users = users.unsqueeze(1).expand_as(negatives)
             unseen = ~torch.isin(neg_users * self.n_items + negatives, self.seen)
+            history = self.history[rows]
+            neg_history = history.unsqueeze(1).expand(-1, self.n_negatives, -1)[unseen]
+            all_history = torch.cat([history, neg_history])
             all_users = torch.cat([users, neg_users[unseen]])
             all_items = torch.cat([self.items[rows], negatives[unseen]])
             all_labels = torch.cat([self.labels[rows], torch.zeros(int(unseen.sum()))])
@@ -267,11 +275,13 @@ class RankingBatches(_Batches):
             order = torch.randperm(len(all_users), generator=self.generator)
             n = len(order) - len(order) % self.world_size
             mine = order[rank_slice(n, self.rank, self.world_size)]
-            u, i = all_users[mine], all_items[mine]
+            u, i, h = all_users[mine], all_items[mine], all_history[mine]
             rate = self.tables.item_pos_rate[i].clamp(1e-6, 1 - 1e-6)
             yield RankingBatch(
                 dense=self.tables.dense(u, i),
-                sparse=padded_to_kjt({**self.tables.users(u), **self.tables.items(i)}, USER_KEYS + ITEM_KEYS),
+                sparse=padded_to_kjt(
+                    {**self.tables.users(u, h), **self.tables.items(i)}, USER_KEYS + ITEM_KEYS
+                ),
                 labels=all_labels[mine],
                 reference_logits=torch.log(rate) - torch.log1p(-rate),
             )

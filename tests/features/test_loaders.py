@@ -2,6 +2,8 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+
+from rankforge.errors import DataError
 from rankforge.features.loaders import (
     load_interactions,
     load_lightgcn_split,
@@ -9,8 +11,6 @@ from rankforge.features.loaders import (
     scan_interactions,
 )
 from rankforge.features.schema import INTERACTION_SCHEMA
-
-from rankforge.errors import DataError
 
 
 def write(path: Path, text: str) -> Path:

@@ -4,11 +4,11 @@ import numpy as np
 import polars as pl
 import pytest
 from pydantic import ValidationError
+
+from rankforge.errors import DataError
 from rankforge.features.id_mapping import IdMapping
 from rankforge.features.pipeline import DataConfig, PreparedData, SyntheticConfig, prepare
 from rankforge.features.synthetic import generate_log
-
-from rankforge.errors import DataError
 
 
 def test_synthetic_log_is_deterministic_and_valid() -> None:
@@ -89,3 +89,20 @@ def test_movielens_end_to_end_features(movielens_dir: Path) -> None:
 def test_synthetic_config_bounds() -> None:
     with pytest.raises(ValidationError):
         SyntheticConfig(n_users=0)
+
+
+def test_ranking_examples_never_see_their_own_item(small_data: PreparedData) -> None:
+    ex = small_data.ranking_examples
+    assert ex.height == small_data.train_events.height
+    assert set(ex["label"].unique().to_list()) == {0, 1}
+    leaked = ex.filter(pl.col("history").list.contains(pl.col("item_idx")))
+    assert leaked.height == 0
+    # the history is the past: the user's later positives never appear in it
+    assert ex["history"].list.len().min() == 0
+
+
+def test_prepared_row_order_is_fully_determined() -> None:
+    config = DataConfig(synthetic=SyntheticConfig(n_users=40, n_items=60, seed=5))
+    a, b = prepare(config), prepare(config)
+    for name in ("train_events", "test_events", "retrieval_examples", "ranking_examples"):
+        assert getattr(a, name).equals(getattr(b, name)), name

@@ -1,9 +1,9 @@
 import polars as pl
 import pytest
-from rankforge.features.history import latest_history, with_point_in_time_history
-from rankforge.features.splits import global_time_split, leave_last_out, random_leave_out
 
 from rankforge.errors import DataError
+from rankforge.features.history import latest_history, with_point_in_time_history
+from rankforge.features.splits import global_time_split, leave_last_out, random_leave_out
 
 
 def log() -> pl.LazyFrame:

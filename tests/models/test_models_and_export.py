@@ -3,6 +3,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from rankforge.features.aggregates import DENSE_FEATURES
 from rankforge.features.pipeline import PreparedData
 from rankforge.models.inputs import dense_inputs, item_inputs, pad_lists, padded_to_kjt, user_inputs

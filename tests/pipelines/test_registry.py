@@ -4,12 +4,12 @@ import mlflow
 import numpy as np
 import pytest
 import torch
+
+from rankforge.errors import ConfigError, DataError
 from rankforge.features.pipeline import PreparedData
 from rankforge.models.two_tower import TwoTower, item_features, user_features
 from rankforge.pipelines.registry import download_bundle, log_and_register, parse_model_uri, resolve
 from rankforge.serving.export_bundle import build_retrieval_bundle
-
-from rankforge.errors import ConfigError, DataError
 from rankforge.settings import Settings, configure_mlflow
 
 
