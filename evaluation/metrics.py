@@ -47,7 +47,7 @@ def per_user_retrieval_metrics(
         raise ValueError(
             f"relevant must be a bool [users, items] tensor, got {relevant.dtype} {tuple(relevant.shape)}"
         )
-    n_users, n_items = relevant.shape
+    n_items = relevant.shape[1]
     if exclude is not None and (exclude.shape != relevant.shape or exclude.dtype != torch.bool):
         raise ValueError(f"exclude must be a bool tensor shaped like relevant {tuple(relevant.shape)}")
     if isinstance(scores, torch.Tensor) and scores.shape != relevant.shape:
@@ -64,9 +64,8 @@ def per_user_retrieval_metrics(
         users = evaluated[start : start + batch_size]
         block = scores(users) if callable(scores) else scores[users]
         if block.shape != (users.numel(), n_items):
-            raise ValueError(
-                f"scores for {users.numel()} users must be [{users.numel()}, {n_items}], got {tuple(block.shape)}"
-            )
+            expected = [users.numel(), n_items]
+            raise ValueError(f"scores for a chunk of users must be {expected}, got {list(block.shape)}")
         block = block.double()
         mask = _rows(exclude, users)
         if mask is not None:
