@@ -7,6 +7,7 @@ numbers of exactly what would be served. The metric definitions live in
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import torch
@@ -18,7 +19,6 @@ from rankforge.models.two_tower import TwoTower
 from rankforge.training.batches import ITEM_KEYS, USER_KEYS, FeatureTables
 
 KS = (10, 20)
-METRICS_MODULE = "rankforge.evaluation.metrics"
 
 
 def _column(frame, name: str) -> torch.Tensor:
@@ -49,26 +49,25 @@ def retrieval_validation(model: TwoTower, data: PreparedData, tables: FeatureTab
 
 @torch.no_grad()
 def ranking_validation(model: RankingModel, data: PreparedData, tables: FeatureTables) -> dict[str, float]:
-    """AUC and logloss on the labelled test events, with features joined as at serving time."""
-    from rankforge.evaluation.metrics import auc, logloss
+    """AUC, LogLoss, ECE (and GAUC when users have both labels) on the labelled test events, with
+    features joined as at serving time."""
+    from rankforge.evaluation.metrics import gauc, ranking_metrics, sigmoid
 
     test = data.test_events
     users, items = _column(test, "user_idx"), _column(test, "item_idx")
-    labels = _column(test, "label").float()
+    labels = _column(test, "label").numpy()
+    if labels.min() == labels.max():
+        warnings.warn("test events have a single label: no ranking metrics", stacklevel=2)
+        return {}
     sparse = padded_to_kjt({**tables.users(users), **tables.items(items)}, USER_KEYS + ITEM_KEYS)
-    logits = model(tables.dense(users, items), sparse)
-    return {"auc": float(auc(logits, labels)), "logloss": float(logloss(logits, labels))}
+    probs = sigmoid(model(tables.dense(users, items), sparse).numpy())
+    metrics = ranking_metrics(labels, probs)
+    with contextlib.suppress(ValueError):  # e.g. leave-one-out: one test event per user, no GAUC
+        metrics["gauc"] = gauc(labels, probs, users.numpy())
+    return metrics
 
 
 def validate(model: TwoTower | RankingModel, data: PreparedData, tables: FeatureTables) -> dict[str, float]:
-    try:
-        if isinstance(model, TwoTower):
-            return retrieval_validation(model, data, tables)
-        return ranking_validation(model, data, tables)
-    except ModuleNotFoundError as exc:
-        # Transitional: rankforge.evaluation.metrics is being written in parallel; until it lands
-        # the job still trains, exports and registers, with training loss as its only metric.
-        if exc.name != METRICS_MODULE:
-            raise
-        warnings.warn(f"{METRICS_MODULE} is not available yet: no validation metrics", stacklevel=2)
-        return {}
+    if isinstance(model, TwoTower):
+        return retrieval_validation(model, data, tables)
+    return ranking_validation(model, data, tables)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import mlflow
@@ -17,8 +16,6 @@ from rankforge.pipelines.train_config import load_config
 from rankforge.serving.bundle import load_bundle
 from rankforge.serving.onnx_export import run_onnx
 from rankforge.settings import Settings
-
-HAS_METRICS = importlib.util.find_spec("rankforge.evaluation.metrics") is not None
 
 RETRIEVAL = """
 seed = 1
@@ -73,9 +70,9 @@ def test_retrieval_job_tracks_registers_and_exports(rankforge_home: Path, tmp_pa
     history = client.get_metric_history(result.run_id, "train_loss")
     assert [m.step for m in history] == [1, 2]
     assert history[1].value < history[0].value
-    if HAS_METRICS:
-        assert [m.step for m in client.get_metric_history(result.run_id, "val_recall_at_10")] == [1, 2]
-        assert 0.0 <= result.metrics["recall@10"] <= 1.0
+    assert [m.step for m in client.get_metric_history(result.run_id, "val_recall_at_10")] == [1, 2]
+    assert [m.step for m in client.get_metric_history(result.run_id, "val_ndcg_at_20")] == [1, 2]
+    assert 0.0 <= result.metrics["recall@10"] <= result.metrics["recall@20"] <= 1.0
     artifacts = {a.path for a in client.list_artifacts(result.run_id, "config")}
     assert {"config/retrieval.toml", "config/resolved.json"} <= artifacts
 
@@ -111,6 +108,9 @@ def test_cli_trains_a_ranker_from_yaml(
     bundle = load_bundle(tmp_path / "job" / "bundle", expect="ranker")
     assert bundle.manifest.dense_features
     assert resolve("test-ranker", "champion").version == 1
+    # validation metrics of the ranker travel with its bundle
+    assert 0.0 <= bundle.manifest.metrics["auc"] <= 1.0
+    assert bundle.manifest.metrics["logloss"] > 0.0
 
 
 def test_cli_reports_config_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
