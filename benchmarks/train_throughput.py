@@ -20,7 +20,7 @@ from rankforge.models.inputs import padded_to_kjt
 from rankforge.models.two_tower import TwoTower, item_features, tower_mlp, user_features
 from rankforge.pipelines.train_config import OptimizerConfig, ShardingConfig
 from rankforge.training.batches import ITEM_KEYS, USER_KEYS
-from rankforge.training.losses import SampledSoftmaxLoss
+from rankforge.training.objectives import SampledSoftmaxLoss
 from rankforge.training.sharding import build_optimizers, init_distributed, shard, shutdown_distributed
 from rankforge.training.tasks import RetrievalTask
 

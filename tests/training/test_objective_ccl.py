@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+
 from rankforge.training.objectives.ccl import CosineContrastiveLoss
 
 

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+
 from rankforge.training.objectives.confidence_ranking import ConfidenceRankingLoss
 
 

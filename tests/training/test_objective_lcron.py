@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+
 from rankforge.training.objectives.lcron import LCRONLoss
 from rankforge.training.objectives.soft_sort import neural_sort, soft_topk_membership
 

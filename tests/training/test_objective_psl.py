@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+
 from rankforge.training.objectives.psl import PairwiseSoftmaxLoss
 
 SIGMA = {

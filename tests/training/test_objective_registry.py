@@ -1,11 +1,11 @@
 """Tests for selecting objectives by name (rankforge.training.objectives.registry)."""
 
 import pytest
-import rankforge.training.objectives as objectives
 import torch
-from rankforge.training.objectives import OBJECTIVES, build_objective
 
+import rankforge.training.objectives as objectives
 from rankforge.errors import ConfigError
+from rankforge.training.objectives import OBJECTIVES, build_objective
 
 EXPECTED_KINDS = {
     "ccl": "retrieval",
@@ -13,6 +13,8 @@ EXPECTED_KINDS = {
     "confidence_ranking": "ctr",
     "welfare_rankloss": "auction",
     "lcron": "cascade",
+    "sampled_softmax": "retrieval",
+    "bce": "ctr",
 }
 
 PARAMS = {
@@ -21,6 +23,8 @@ PARAMS = {
     "confidence_ranking": {"surrogate": "hinge", "margin": 0.5},
     "welfare_rankloss": {"score": "ecpm", "teacher_weight": 0.5},
     "lcron": {"retrieval_k": 4, "ranking_k": 2, "temperature": 0.5},
+    "sampled_softmax": {"temperature": 0.3},
+    "bce": {},
 }
 
 

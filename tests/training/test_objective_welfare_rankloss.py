@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+
 from rankforge.training.objectives.welfare_rankloss import WelfareRankLoss
 
 

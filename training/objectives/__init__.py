@@ -10,9 +10,11 @@ Each loss is a ``torch.nn.Module`` whose class attribute ``kind`` says which inp
 * ``"cascade"`` -- :class:`LCRONLoss`: ``(retrieval_scores, ranking_scores, labels, mask)``,
   all ``[B, M]``.
 
+Baselines in the same registry: ``sampled_softmax`` (retrieval) and ``bce`` (ctr).
 Use :func:`build_objective` to select one by name from a configuration.
 """
 
+from .baselines import BinaryCrossEntropyLoss, SampledSoftmaxLoss
 from .ccl import CosineContrastiveLoss
 from .confidence_ranking import ConfidenceRankingLoss
 from .lcron import LCRONLoss
@@ -23,10 +25,12 @@ from .welfare_rankloss import WelfareRankLoss
 
 __all__ = [
     "OBJECTIVES",
+    "BinaryCrossEntropyLoss",
     "ConfidenceRankingLoss",
     "CosineContrastiveLoss",
     "LCRONLoss",
     "PairwiseSoftmaxLoss",
+    "SampledSoftmaxLoss",
     "WelfareRankLoss",
     "build_objective",
     "neural_sort",

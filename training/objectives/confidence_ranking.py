@@ -1,6 +1,7 @@
 """Confidence Ranking loss for CTR prediction.
 
-Zhu, Liu, Wang, Zhao, Lin and Shao (JD.com), "Confidence Ranking for CTR Prediction", 2023 (arXiv:2307.01206), Sec. 3.
+Zhu, Liu, Wang, Zhao, Lin and Shao (JD.com), "Confidence Ranking for CTR Prediction", 2023
+(arXiv:2307.01206), Sec. 3.
 A retrained model ``f`` should be at least as confident about the observed label as the
 previous (reference) model ``g`` that it replaces. On each example the two logits form a pair
 ranked by the label: for a click ``f(x)`` should rank above ``g(x)``, for a non-click below.

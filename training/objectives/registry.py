@@ -13,6 +13,7 @@ from torch import nn
 
 from rankforge.errors import ConfigError
 
+from .baselines import BinaryCrossEntropyLoss, SampledSoftmaxLoss
 from .ccl import CosineContrastiveLoss
 from .confidence_ranking import ConfidenceRankingLoss
 from .lcron import LCRONLoss
@@ -25,6 +26,8 @@ OBJECTIVES: dict[str, type[nn.Module]] = {
     "confidence_ranking": ConfidenceRankingLoss,
     "welfare_rankloss": WelfareRankLoss,
     "lcron": LCRONLoss,
+    "sampled_softmax": SampledSoftmaxLoss,
+    "bce": BinaryCrossEntropyLoss,
 }
 
 
@@ -38,7 +41,8 @@ def build_objective(name: str, **params: Any) -> nn.Module:
         raise ConfigError(f"unknown objective {name!r}; valid objectives: {sorted(OBJECTIVES)}")
     cls = OBJECTIVES[name]
     signature = inspect.signature(cls.__init__)
-    accepted = [p for p in signature.parameters.values() if p.name != "self"]
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    accepted = [p for p in signature.parameters.values() if p.name != "self" and p.kind in named]
     valid = [p.name for p in accepted]
     unknown = sorted(set(params) - set(valid))
     if unknown:
