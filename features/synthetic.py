@@ -52,7 +52,9 @@ def generate_log(
         logits = affinity[u] - affinity[u].max()
         p = np.exp(logits)
         p /= p.sum()
-        chosen = rng.choice(n_items, size=n_events[u], replace=False, p=p)
+        # Weighted sampling without replacement draws the favourites first: shuffle, or time
+        # would order events by affinity and every held-out (last) event would be a dislike.
+        chosen = rng.permutation(rng.choice(n_items, size=n_events[u], replace=False, p=p))
         score = affinity[u, chosen]
         # Ratings relative to the user's own choices: about half of them are positives (>= 4).
         rating = np.clip(np.round(3.5 + (score - score.mean()) / (score.std() + 1e-9)), 1, 5)

@@ -106,3 +106,9 @@ def test_prepared_row_order_is_fully_determined() -> None:
     a, b = prepare(config), prepare(config)
     for name in ("train_events", "test_events", "retrieval_examples", "ranking_examples"):
         assert getattr(a, name).equals(getattr(b, name)), name
+
+
+def test_synthetic_held_out_events_are_not_biased_towards_dislikes() -> None:
+    d = prepare(DataConfig(synthetic=SyntheticConfig(n_users=200, n_items=150, seed=11)))
+    train_rate, test_rate = d.train_events["label"].mean(), d.test_events["label"].mean()
+    assert abs(train_rate - test_rate) < 0.12, (train_rate, test_rate)
