@@ -6,14 +6,16 @@ writer all see the same ids, splits and features for a given :class:`DataConfig`
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from rankforge.errors import DataError
+from rankforge.errors import ConfigError, DataError
 from rankforge.features import history as hist
 from rankforge.features.aggregates import item_aggregates, user_aggregates
 from rankforge.features.id_mapping import IdMapping
@@ -50,6 +52,26 @@ class DataConfig(BaseModel):
     n_test_per_user: int = Field(1, ge=1)
     positive_threshold: float = 4.0  # rating >= threshold is a positive; logs without ratings: all
     history_len: int = Field(20, ge=1)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> DataConfig:
+        """A data config from TOML, YAML or JSON: the file's ``data`` section (as in a training
+        config) or, if it has none, the whole file."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"data config not found: {path}")
+        text = path.read_text()
+        try:
+            raw = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+        except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}") from exc
+        raw = raw or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of data settings")
+        try:
+            return cls.model_validate(raw.get("data", raw))
+        except ValidationError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:

@@ -13,7 +13,6 @@ import logging
 from pathlib import Path
 
 import grpc
-import yaml
 
 from rankforge.errors import ConfigError
 from rankforge.settings import Settings, configure_mlflow
@@ -47,7 +46,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     query.set_defaults(func=_query)
 
     mat = subparsers.add_parser("materialize", help="write user/item features to Redis as a new version")
-    mat.add_argument("--data-config", type=Path, default=None, help="YAML/JSON DataConfig (or its data:)")
+    mat.add_argument(
+        "--data-config",
+        type=Path,
+        default=None,
+        help="TOML/YAML/JSON data config, or a training config (its [data] section)",
+    )
     mat.add_argument("--redis-url", default=settings.redis_url)
     mat.add_argument("--feature-prefix", default="rf:v1")
     mat.add_argument("--version", default=None, help="version name (default: UTC time + random suffix)")
@@ -127,17 +131,7 @@ def _materialize(args: argparse.Namespace) -> int:
     from rankforge.serving.feature_reader import connect
     from rankforge.serving.feature_writer import FeatureWriter
 
-    config = DataConfig()
-    if args.data_config is not None:
-        if not args.data_config.is_file():
-            raise ConfigError(f"data config not found: {args.data_config}")
-        raw = yaml.safe_load(args.data_config.read_text()) or {}  # YAML is a superset of JSON
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{args.data_config}: expected a mapping of DataConfig fields")
-        try:
-            config = DataConfig.model_validate(raw.get("data", raw))
-        except ValueError as exc:
-            raise ConfigError(f"{args.data_config}: {exc}") from exc
+    config = DataConfig() if args.data_config is None else DataConfig.from_file(args.data_config)
     data = prepare(config)
     client = connect(args.redis_url, timeout_s=5.0)
     report = FeatureWriter(client, KeyLayout(args.feature_prefix), ttl_s=args.ttl_s).write(data, args.version)

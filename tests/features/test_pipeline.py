@@ -112,3 +112,24 @@ def test_synthetic_held_out_events_are_not_biased_towards_dislikes() -> None:
     d = prepare(DataConfig(synthetic=SyntheticConfig(n_users=200, n_items=150, seed=11)))
     train_rate, test_rate = d.train_events["label"].mean(), d.test_events["label"].mean()
     assert abs(train_rate - test_rate) < 0.12, (train_rate, test_rate)
+
+
+def test_data_config_from_files(tmp_path: Path) -> None:
+    from rankforge.errors import ConfigError
+
+    toml = tmp_path / "train.toml"
+    toml.write_text('[data]\nsource = "synthetic"\nhistory_len = 7\n[model]\nkind = "retrieval"\n')
+    assert DataConfig.from_file(toml).history_len == 7
+    yml = tmp_path / "data.yaml"
+    yml.write_text("split: time\ntest_fraction: 0.3\n")
+    assert DataConfig.from_file(yml).split == "time"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("splitt: time\n")
+    with pytest.raises(ConfigError, match="splitt"):
+        DataConfig.from_file(bad)
+    with pytest.raises(ConfigError, match="not found"):
+        DataConfig.from_file(tmp_path / "missing.toml")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[data\n")
+    with pytest.raises(ConfigError, match="not valid toml"):
+        DataConfig.from_file(broken)
