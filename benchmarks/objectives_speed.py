@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 
 import torch
+
 from rankforge.training.objectives import build_objective
 
 B, N, D = 1024, 500, 64  # users per batch, negatives per positive (SimpleX-style), embedding dim

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
+
 from rankforge.features.aggregates import DENSE_FEATURES
 from rankforge.features.pipeline import DataConfig, PreparedData, SyntheticConfig, prepare
 from rankforge.infra.redis_server import ensure_redis
@@ -31,7 +32,6 @@ from rankforge.serving.feature_layout import KeyLayout
 from rankforge.serving.feature_reader import connect
 from rankforge.serving.feature_writer import FeatureWriter
 from rankforge.serving.server import RankingServer, ServerConfig
-
 from rankforge.settings import Settings
 
 MAX_GENRES = 8

@@ -14,6 +14,7 @@ from rankforge.errors import RankforgeError
 
 COMMAND_MODULES: tuple[str, ...] = (
     "rankforge.pipelines.demo_cli",
+    "rankforge.pipelines.evaluate_cli",
     "rankforge.pipelines.train_cli",
     "rankforge.serving.cli",
 )

@@ -1,0 +1,324 @@
+"""Champion vs challenger on the same held-out data and the same replay log, tracked in MLflow.
+
+Offline metrics (Recall/NDCG/HitRate/MRR@K for retrieval; AUC/LogLoss/ECE for rankers) and
+off-policy replay values (replay, IPS, SNIPS, DR) are computed for both served bundles; every
+delta (challenger − champion) gets a *paired* bootstrap interval over the same users / events.
+One parent MLflow run holds the deltas, the plots and ``report.json``; each model gets a nested
+child run with its own metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import polars as pl
+
+from rankforge.errors import DataError
+from rankforge.evaluation.bootstrap import Interval, paired_bootstrap_difference
+from rankforge.evaluation.metrics import (
+    auc,
+    expected_calibration_error,
+    logloss,
+    per_user_retrieval_metrics,
+    ranking_metrics,
+)
+from rankforge.evaluation.plots import plot_calibration, plot_metric_at_k, plot_roc
+from rankforge.evaluation.replay import ReplayLog, per_event_terms
+from rankforge.features.pipeline import PreparedData
+from rankforge.pipelines.bundle_scoring import (
+    RetrievalScores,
+    ranker_probabilities,
+    score_retrieval,
+    slate_scores,
+)
+from rankforge.pipelines.registry import download_bundle
+from rankforge.pipelines.replay_log import greedy_actions, policy_probabilities
+from rankforge.pipelines.train import metric_name
+from rankforge.serving.bundle import Bundle
+from rankforge.serving.id_lookup import IdLookup
+
+Statistic = Callable[[np.ndarray], float]
+PLOT_KS = (1, 5, 10, 20, 50)
+
+
+@dataclass(frozen=True)
+class ABConfig:
+    ks: tuple[int, ...] = (10, 20)
+    n_resamples: int = 500
+    confidence: float = 0.95
+    seed: int = 0
+    policy_temperature: float = 0.0  # 0: greedy policies on the replay slates
+    experiment: str = "rankforge-evaluation"
+
+
+@dataclass
+class ModelEvaluation:
+    """One model's metrics and, per metric, a statistic over resampled rows (for the bootstrap)."""
+
+    label: str
+    metrics: dict[str, float]
+    statistics: dict[str, Statistic] = field(repr=False)
+    curves: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    notes: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class ABReport:
+    kind: str
+    champion: ModelEvaluation
+    challenger: ModelEvaluation
+    deltas: dict[str, Interval]
+    run_id: str | None = None
+
+    def to_json(self) -> dict:
+        return {
+            "kind": self.kind,
+            "champion": {
+                "model": self.champion.label,
+                "metrics": self.champion.metrics,
+                **self.champion.notes,
+            },
+            "challenger": {
+                "model": self.challenger.label,
+                "metrics": self.challenger.metrics,
+                **self.challenger.notes,
+            },
+            "deltas": {name: asdict(interval) for name, interval in self.deltas.items()},
+            "run_id": self.run_id,
+        }
+
+
+def _retrieval_evaluation(scored: RetrievalScores, users: np.ndarray, ks: tuple[int, ...]) -> ModelEvaluation:
+    """Per-user metrics restricted to ``users`` (those both models can be evaluated on)."""
+    all_ks = tuple(sorted(set(ks) | set(PLOT_KS)))
+    per_user = per_user_retrieval_metrics(scored.scores, scored.relevant, scored.exclude, ks=all_ks)
+    evaluated = scored.users[per_user.pop("user")]
+    if not np.isin(users, evaluated).all():
+        raise DataError("champion and challenger evaluate different users; cannot pair them")
+    aligned = {name: values[np.searchsorted(evaluated, users)] for name, values in per_user.items()}
+    metrics = {name: float(values.mean()) for name, values in aligned.items()}
+    return ModelEvaluation(
+        label="",
+        metrics={k: v for k, v in metrics.items() if int(k.split("@")[1]) in ks},
+        statistics={name: _mean_of(values) for name, values in aligned.items()},
+        curves={name: np.array([metrics[f"{name}@{k}"] for k in PLOT_KS]) for name in ("recall", "ndcg")},
+        notes={"cold_users": scored.cold_users, "dropped_items": scored.dropped_items},
+    )
+
+
+def _mean_of(values: np.ndarray) -> Statistic:
+    return lambda rows: float(values[rows].mean())
+
+
+def _ranker_evaluation(bundle: Bundle, data: PreparedData) -> ModelEvaluation:
+    test = data.test_events
+    labels = test["label"].to_numpy().astype(np.float64)
+    probs = ranker_probabilities(bundle, test, data)
+    metrics = ranking_metrics(labels, probs)
+    stats: dict[str, Statistic] = {
+        "auc": lambda rows: auc(labels[rows], probs[rows]),
+        "logloss": lambda rows: logloss(labels[rows], probs[rows]),
+        "ece": lambda rows: expected_calibration_error(labels[rows], probs[rows]),
+    }
+    return ModelEvaluation(
+        label="", metrics=metrics, statistics=stats, curves={"labels": labels, "probs": probs}
+    )
+
+
+def _replay_evaluation(
+    bundle: Bundle, data: PreparedData, log: pl.DataFrame, temperature: float
+) -> ModelEvaluation:
+    """Replay/IPS/SNIPS/DR of the bundle's policy over the log's slates.
+
+    DR's reward model is the item's smoothed positive rate from the training data: the same for
+    both models, so the DR difference reflects the policies, not two different reward models.
+    """
+    slates_raw = np.stack(log["slate"].to_numpy())
+    scores = slate_scores(bundle, log, data)
+    action_index = np.argmax(slates_raw == log["action"].to_numpy()[:, None], axis=1)
+    probs, target = policy_probabilities(scores, action_index, temperature)
+    rates = data.item_features["item_pos_rate"].to_numpy().astype(np.float64)  # indexed by item_idx
+    items = IdLookup(data.mapping.items, "item_id", "item_idx").encode(slates_raw)
+    r_hat_slate = np.where(items >= 0, rates[np.maximum(items, 0)], 0.0)
+    r_hat_logged = r_hat_slate[np.arange(len(log)), action_index]
+    propensities = log["propensity"].to_numpy()
+    rewards = log["reward"].to_numpy()
+    replay = ReplayLog(log["action"].to_numpy(), propensities, rewards)
+    terms = per_event_terms(replay, target, r_hat_logged, (probs * r_hat_slate).sum(axis=1))
+    matched = greedy_actions(slates_raw, scores) == replay.actions
+
+    def replay_stat(rows: np.ndarray) -> float:
+        m = matched[rows]
+        return float(rewards[rows][m].mean()) if m.any() else float("nan")
+
+    stats: dict[str, Statistic] = {
+        "replay": replay_stat,
+        "ips": lambda rows: float(terms["ips"][rows].mean()),
+        "snips": lambda rows: float(terms["ips"][rows].sum() / max(terms["weight"][rows].sum(), 1e-12)),
+        "dr": lambda rows: float(terms["dr"][rows].mean()),
+    }
+    every = np.arange(len(log))
+    return ModelEvaluation(
+        label="",
+        metrics={name: f(every) for name, f in stats.items()},
+        statistics=stats,
+        notes={"replay_matches": int(matched.sum())},
+    )
+
+
+def evaluate_bundle(
+    bundle: Bundle,
+    data: PreparedData,
+    log: pl.DataFrame,
+    config: ABConfig,
+    scored: RetrievalScores | None = None,
+    users: np.ndarray | None = None,
+) -> ModelEvaluation:
+    """Offline metrics and replay values of one served bundle (retrieval: over ``users``, by
+    default every held-out user it can evaluate)."""
+    if bundle.manifest.kind == "retrieval":
+        scored = scored if scored is not None else score_retrieval(bundle, data)
+        users = users if users is not None else _evaluable(scored)
+        offline = _retrieval_evaluation(scored, users, config.ks)
+    else:
+        offline = _ranker_evaluation(bundle, data)
+    replay = _replay_evaluation(bundle, data, log, config.policy_temperature)
+    return ModelEvaluation(
+        label=str(bundle.directory),
+        metrics={**offline.metrics, **{f"replay_{k}": v for k, v in replay.metrics.items()}},
+        statistics={**offline.statistics, **{f"replay_{k}": v for k, v in replay.statistics.items()}},
+        curves=offline.curves,
+        notes={**offline.notes, **replay.notes},
+    )
+
+
+def _evaluable(scored: RetrievalScores) -> np.ndarray:
+    return scored.users[scored.relevant.any(dim=1).numpy()]
+
+
+def compare(
+    champion: Bundle,
+    challenger: Bundle,
+    data: PreparedData,
+    log: pl.DataFrame,
+    config: ABConfig | None = None,
+) -> ABReport:
+    """Metrics of both bundles and paired-bootstrap intervals of every delta (no MLflow).
+
+    Retrieval metrics are paired over the held-out users both models can be evaluated on, ranker
+    metrics over the held-out events, replay values over the log's events.
+    """
+    config = config or ABConfig()
+    if champion.manifest.kind != challenger.manifest.kind:
+        raise DataError(
+            f"cannot compare a {champion.manifest.kind} bundle with a {challenger.manifest.kind} one"
+        )
+    kind = champion.manifest.kind
+    if kind == "retrieval":
+        scored = [score_retrieval(b, data) for b in (champion, challenger)]
+        users = np.intersect1d(_evaluable(scored[0]), _evaluable(scored[1]))
+        if len(users) == 0:
+            raise DataError("no held-out user can be evaluated by both models")
+        old = evaluate_bundle(champion, data, log, config, scored[0], users)
+        new = evaluate_bundle(challenger, data, log, config, scored[1], users)
+        n_offline = len(users)
+    else:
+        old = evaluate_bundle(champion, data, log, config)
+        new = evaluate_bundle(challenger, data, log, config)
+        n_offline = data.test_events.height
+    deltas = {
+        name: paired_bootstrap_difference(
+            new.statistics[name],
+            old.statistics[name],
+            log.height if name.startswith("replay_") else n_offline,
+            n_resamples=config.n_resamples,
+            confidence=config.confidence,
+            seed=config.seed,
+        )
+        for name in old.metrics
+    }
+    return ABReport(kind=kind, champion=old, challenger=new, deltas=deltas)
+
+
+def _plots(report: ABReport, directory: Path) -> list[Path]:
+    models = {"champion": report.champion, "challenger": report.challenger}
+    if report.kind == "retrieval":
+        return [
+            plot_metric_at_k(
+                {
+                    role: dict(zip(PLOT_KS, ev.curves[metric].tolist(), strict=True))
+                    for role, ev in models.items()
+                },
+                metric,
+                directory / f"{metric}_at_k.png",
+            )
+            for metric in ("recall", "ndcg")
+        ]
+    curves = {role: (ev.curves["labels"], ev.curves["probs"]) for role, ev in models.items()}
+    return [plot_roc(curves, directory / "roc.png"), plot_calibration(curves, directory / "calibration.png")]
+
+
+def run_ab_comparison(
+    champion_uri: str,
+    challenger_uri: str,
+    data: PreparedData,
+    log: pl.DataFrame,
+    config: ABConfig | None = None,
+) -> ABReport:
+    """Compare two served models (registry URIs or bundle paths) and track it all in MLflow.
+
+    Needs MLflow configured (``rankforge.settings.configure_mlflow``).
+    """
+    config = config or ABConfig()
+    champion, challenger = download_bundle(champion_uri), download_bundle(challenger_uri)
+    report = compare(champion, challenger, data, log, config)
+    report.champion.label, report.challenger.label = champion_uri, challenger_uri
+    with mlflow.start_run(run_name=f"ab {champion_uri} vs {challenger_uri}") as parent:
+        report.run_id = parent.info.run_id
+        mlflow.set_tags(
+            {"rankforge.job": "ab_compare", "champion": champion_uri, "challenger": challenger_uri}
+        )
+        mlflow.log_params(
+            {
+                "n_resamples": config.n_resamples,
+                "confidence": config.confidence,
+                "seed": config.seed,
+                "replay_events": log.height,
+                "kind": report.kind,
+            }
+        )
+        for role, evaluation in (("champion", report.champion), ("challenger", report.challenger)):
+            with mlflow.start_run(run_name=role, nested=True):
+                mlflow.set_tags({"role": role, "model": evaluation.label})
+                mlflow.log_metrics(
+                    {metric_name(k): v for k, v in evaluation.metrics.items() if np.isfinite(v)}
+                )
+        for name, interval in report.deltas.items():
+            for suffix, value in (("", interval.estimate), ("_low", interval.low), ("_high", interval.high)):
+                if np.isfinite(value):
+                    mlflow.log_metric(f"delta_{metric_name(name)}{suffix}", value)
+        with tempfile.TemporaryDirectory() as tmp:
+            for path in _plots(report, Path(tmp)):
+                mlflow.log_artifact(str(path), "plots")
+        mlflow.log_dict(report.to_json(), "report.json")
+    return report
+
+
+def format_report(report: ABReport) -> str:
+    lines = [f"{'metric':<18}{'champion':>10}{'challenger':>12}{'delta':>10}  interval"]
+    for name, interval in report.deltas.items():
+        lines.append(
+            f"{name:<18}{report.champion.metrics[name]:>10.4f}{report.challenger.metrics[name]:>12.4f}"
+            f"{interval.estimate:>+10.4f}  [{interval.low:+.4f}, {interval.high:+.4f}]"
+        )
+    return "\n".join(lines)
+
+
+def dumps(report: ABReport) -> str:
+    return json.dumps(report.to_json(), indent=2, sort_keys=True)

@@ -1,0 +1,162 @@
+"""Score held-out data with served model bundles (ONNX Runtime), in each bundle's own id space.
+
+What is evaluated is exactly what would be served: the exported graphs and item embeddings, not
+the torch model they came from. Champion and challenger may have been trained on different
+snapshots, so every raw id is encoded with the bundle's own mapping: a user the bundle never saw
+is scored as a cold-start user (padding id), and a held-out item it never saw cannot be retrieved
+and is dropped from its relevant set (and counted).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import torch
+
+from rankforge.evaluation.metrics import pairs_to_mask, sigmoid
+from rankforge.features.pipeline import PreparedData
+from rankforge.models.inputs import pad_lists
+from rankforge.serving.bundle import Bundle
+from rankforge.serving.export_bundle import ranking_frame
+from rankforge.serving.id_lookup import IdLookup
+from rankforge.serving.model_runtime import open_session
+
+
+def raw_histories(data: PreparedData) -> pl.DataFrame:
+    """``user_id`` -> latest history as raw item ids (model-independent)."""
+    return (
+        data.user_features.select("user_idx", "history")
+        .with_row_index("_row")
+        .explode("history")
+        .join(data.mapping.items, left_on="history", right_on="item_idx", how="left", maintain_order="left")
+        .group_by("_row", maintain_order=True)
+        .agg(pl.col("user_idx").first(), pl.col("item_id").drop_nulls().alias("history"))
+        .join(data.mapping.users, on="user_idx", how="inner")
+        .select("user_id", "history")
+    )
+
+
+@dataclass(frozen=True)
+class BundleIds:
+    """A bundle's raw-id lookups."""
+
+    users: IdLookup
+    items: IdLookup
+
+    @classmethod
+    def of(cls, bundle: Bundle) -> BundleIds:
+        mapping = bundle.id_mapping
+        return cls(
+            IdLookup(mapping.users, "user_id", "user_idx"), IdLookup(mapping.items, "item_id", "item_idx")
+        )
+
+    def encode_lists(self, lists: pl.Series, max_len: int) -> np.ndarray:
+        """Raw item-id lists -> padded bundle indices; unknown items become padding (-1)."""
+        return self.items.encode(pad_lists(lists, max_len).numpy())
+
+
+@dataclass(frozen=True)
+class RetrievalScores:
+    users: np.ndarray  # raw user ids, one row each
+    scores: torch.Tensor  # [users, bundle items]
+    relevant: torch.Tensor  # bool, held-out positives the bundle knows
+    exclude: torch.Tensor  # bool, the users' training items
+    cold_users: int  # evaluated users the bundle has no embedding for
+    dropped_items: int  # held-out positives whose item the bundle does not know
+
+
+def user_vectors(bundle: Bundle, ids: BundleIds, users: np.ndarray, histories: pl.DataFrame) -> np.ndarray:
+    """User-tower vectors ``[n, d]`` for raw user ids, from their raw-id histories."""
+    frame = pl.DataFrame({"user_id": users}, schema={"user_id": pl.Int64}).join(
+        histories, on="user_id", how="left", maintain_order="left"
+    )
+    feed = {
+        "user_id": ids.users.encode(users).reshape(-1, 1),
+        "user_history": ids.encode_lists(frame["history"], bundle.manifest.history_len),
+    }
+    return open_session(str(bundle.path("user_tower.onnx")), threads=0).run(None, feed)[0]
+
+
+def score_retrieval(bundle: Bundle, data: PreparedData) -> RetrievalScores:
+    """Every held-out user's scores over all of the bundle's items."""
+    ids = BundleIds.of(bundle)
+    test = data.test_positives()
+    users = np.unique(test["user_id"].to_numpy())
+    vectors = user_vectors(bundle, ids, users, raw_histories(data))
+    scores = torch.from_numpy(vectors @ bundle.item_embeddings().T)
+    shape = (len(users), len(ids.items))
+
+    def mask(events: pl.DataFrame) -> tuple[torch.Tensor, int]:
+        rows = np.searchsorted(users, events["user_id"].to_numpy())
+        inside = (rows < len(users)) & (
+            users[np.minimum(rows, len(users) - 1)] == events["user_id"].to_numpy()
+        )
+        items = ids.items.encode(events["item_id"].to_numpy())
+        keep = inside & (items >= 0)
+        return pairs_to_mask(rows[keep], items[keep], shape), int((inside & (items < 0)).sum())
+
+    relevant, dropped = mask(test)
+    exclude, _ = mask(data.train_events)
+    return RetrievalScores(
+        users=users,
+        scores=scores,
+        relevant=relevant & ~exclude,
+        exclude=exclude,
+        cold_users=int((ids.users.encode(users) < 0).sum()),
+        dropped_items=dropped,
+    )
+
+
+def ranker_inputs(bundle: Bundle, frame: pl.DataFrame, histories: pl.DataFrame) -> dict[str, np.ndarray]:
+    """ONNX feed for rows with raw ``user_id``/``item_id``, ``genres`` and the dense columns.
+
+    Genre indices are taken as they are: champion and challenger are assumed to share the item
+    catalogue's genre vocabulary.
+    """
+    ids = BundleIds.of(bundle)
+    m = bundle.manifest
+    with_history = frame.select("user_id").join(histories, on="user_id", how="left", maintain_order="left")
+    return {
+        "dense": frame.select(pl.col(m.dense_features).cast(pl.Float32).fill_null(0.0)).to_numpy(),
+        "user_id": ids.users.encode(frame["user_id"].to_numpy()).reshape(-1, 1),
+        "user_history": ids.encode_lists(with_history["history"], m.history_len),
+        "item_id": ids.items.encode(frame["item_id"].to_numpy()).reshape(-1, 1),
+        "item_genres": pad_lists(frame["genres"], m.max_genres).numpy(),
+    }
+
+
+def ranker_probabilities(bundle: Bundle, pairs: pl.DataFrame, data: PreparedData) -> np.ndarray:
+    """P(positive) for (user_idx, item_idx) rows of ``data`` (features as served)."""
+    frame = ranking_frame(pairs.select("user_idx", "item_idx"), data).join(
+        data.mapping.users, on="user_idx", how="left", maintain_order="left"
+    )
+    session = open_session(str(bundle.path("ranker.onnx")), threads=0)
+    logits = session.run(None, ranker_inputs(bundle, frame, raw_histories(data)))[0]
+    return sigmoid(logits.reshape(-1))
+
+
+def slate_scores(bundle: Bundle, log: pl.DataFrame, data: PreparedData) -> np.ndarray:
+    """The bundle's score of every slate item ``[events, slate_size]`` (replay logs).
+
+    Retrieval bundles score by inner product (items they do not know score -inf: they could never
+    be retrieved); rankers score P(positive) with the features of ``data``.
+    """
+    slates = np.stack(log["slate"].to_numpy())
+    if bundle.manifest.kind == "retrieval":
+        ids = BundleIds.of(bundle)
+        users = log["user_id"].to_numpy()
+        vectors = user_vectors(bundle, ids, users, raw_histories(data))
+        items = ids.items.encode(slates)
+        embeddings = bundle.item_embeddings()
+        scores = np.einsum("nd,nsd->ns", vectors, embeddings[np.maximum(items, 0)])
+        return np.where(items >= 0, scores, -np.inf)
+    data_users = IdLookup(data.mapping.users, "user_id", "user_idx").encode(log["user_id"].to_numpy())
+    data_items = IdLookup(data.mapping.items, "item_id", "item_idx").encode(slates)
+    if (data_users < 0).any() or (data_items < 0).any():
+        raise ValueError("the replay log names users or items unknown to the evaluation data")
+    pairs = pl.DataFrame(
+        {"user_idx": np.repeat(data_users, slates.shape[1]), "item_idx": data_items.reshape(-1)}
+    )
+    return ranker_probabilities(bundle, pairs, data).reshape(slates.shape)

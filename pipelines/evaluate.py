@@ -1,0 +1,27 @@
+"""Offline evaluation of one served model (registry URI or bundle path), tracked in MLflow."""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import polars as pl
+
+from rankforge.features.pipeline import PreparedData
+from rankforge.pipelines.ab_compare import ABConfig, ModelEvaluation, evaluate_bundle
+from rankforge.pipelines.registry import download_bundle
+from rankforge.pipelines.train import metric_name
+
+
+def run_evaluation(
+    uri: str, data: PreparedData, log: pl.DataFrame, config: ABConfig | None = None
+) -> ModelEvaluation:
+    """Offline metrics and replay values of ``uri``, logged to one MLflow run (MLflow configured)."""
+    config = config or ABConfig()
+    evaluation = evaluate_bundle(download_bundle(uri), data, log, config)
+    evaluation.label = uri
+    with mlflow.start_run(run_name=f"evaluate {uri}"):
+        mlflow.set_tags({"rankforge.job": "evaluate", "model": uri})
+        mlflow.log_params({"replay_events": log.height, "ks": ",".join(map(str, config.ks))})
+        mlflow.log_metrics({metric_name(k): v for k, v in evaluation.metrics.items() if np.isfinite(v)})
+        mlflow.log_dict({"model": uri, "metrics": evaluation.metrics, **evaluation.notes}, "evaluation.json")
+    return evaluation

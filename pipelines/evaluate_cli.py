@@ -1,0 +1,109 @@
+"""``rankforge evaluate`` and ``rankforge promote``: the jobs that decide what gets served."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # heavy modules load only when a command runs
+    from rankforge.features.pipeline import DataConfig
+    from rankforge.pipelines.ab_compare import ABConfig
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-config",
+        type=Path,
+        default=None,
+        help="held-out data: a data config or a training config ([data] section); default: the synthetic log",
+    )
+    parser.add_argument("--replay-log", default=None, help="replay log parquet; default: built from the data")
+    parser.add_argument("--ks", type=int, nargs="+", default=[10, 20], help="cutoffs for @K metrics")
+    parser.add_argument("--resamples", type=int, default=500, help="bootstrap resamples")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--experiment", default="rankforge-evaluation", help="MLflow experiment")
+
+
+def _setup(args: argparse.Namespace) -> tuple[DataConfig, ABConfig]:
+    """MLflow pointed at the configured store; the data and comparison settings of the command."""
+    from rankforge.features.pipeline import DataConfig
+    from rankforge.pipelines.ab_compare import ABConfig
+    from rankforge.settings import Settings, configure_mlflow
+
+    configure_mlflow(Settings.from_env(), args.experiment)
+    config = ABConfig(
+        ks=tuple(args.ks), n_resamples=args.resamples, seed=args.seed, experiment=args.experiment
+    )
+    data_config = DataConfig() if args.data_config is None else DataConfig.from_file(args.data_config)
+    return data_config, config
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from rankforge.features.pipeline import prepare
+    from rankforge.pipelines.evaluate import run_evaluation
+    from rankforge.pipelines.replay_log import build_replay_log, read_replay_log
+
+    data_config, config = _setup(args)
+    data = prepare(data_config)
+    log = read_replay_log(args.replay_log) if args.replay_log else build_replay_log(data, seed=args.seed)
+    evaluation = run_evaluation(args.model, data, log, config)
+    for name, value in evaluation.metrics.items():
+        print(f"{name:<16}{value:>10.4f}")
+    return 0
+
+
+def _promote(args: argparse.Namespace) -> int:
+    from rankforge.pipelines.promote import Criterion, promote_if_better
+
+    data_config, config = _setup(args)
+    criteria = tuple(Criterion.parse(m) for m in args.metric) if args.metric else None
+    challenger = int(args.challenger) if args.challenger.isdigit() else args.challenger
+    decision = promote_if_better(
+        args.name, challenger, data_config, criteria, config, args.replay_log, dry_run=args.dry_run
+    )
+    verdict = "PROMOTE" if decision.promote else "KEEP CHAMPION"
+    print(
+        f"{verdict}{' (dry run)' if args.dry_run else ''}: {args.name} champion v{decision.champion_version} "
+        f"vs challenger v{decision.challenger_version}"
+    )
+    for reason in decision.reasons:
+        print(f"  - {reason}")
+    if args.json:
+        print(
+            json.dumps(
+                {"promote": decision.promote, "applied": decision.applied, "reasons": decision.reasons}
+            )
+        )
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    ev = subparsers.add_parser(
+        "evaluate", help="offline metrics + replay values of one model, logged to MLflow"
+    )
+    ev.add_argument("model", help="models:/name@alias, models:/name/version, or a bundle directory")
+    _common(ev)
+    ev.set_defaults(func=_evaluate)
+
+    pr = subparsers.add_parser(
+        "promote",
+        help="A/B the challenger against the champion; move the champion alias only if it wins",
+        description="Compare NAME@champion with a challenger on the same held-out data and replay log "
+        "(paired bootstrap intervals), log the comparison to MLflow, and give the challenger the "
+        "champion alias only when every criterion improves beyond its interval.",
+    )
+    pr.add_argument("name", help="registered model name, e.g. rankforge-retrieval")
+    pr.add_argument("--challenger", default="latest", help="version number, alias, or 'latest' (default)")
+    pr.add_argument(
+        "--metric",
+        action="append",
+        default=[],
+        help="criterion metric (repeatable); logloss/ece are lower-is-better. "
+        "Default: recall@20+ndcg@20 (retrieval), auc+logloss (ranker)",
+    )
+    pr.add_argument("--dry-run", action="store_true", help="decide and log, but do not move aliases")
+    pr.add_argument("--json", action="store_true", help="also print the decision as JSON")
+    _common(pr)
+    pr.set_defaults(func=_promote)

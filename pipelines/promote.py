@@ -1,0 +1,151 @@
+"""Registry promotion: the challenger becomes ``champion`` only when it is better beyond doubt.
+
+Rule: for every configured criterion, the paired-bootstrap interval of challenger − champion must
+lie entirely on the better side of zero (low > 0 for higher-is-better metrics, high < 0 for
+lower-is-better ones such as logloss). A tie or an interval straddling zero keeps the champion.
+On promotion the old champion gets the ``previous-champion`` alias, so it stays reachable for a
+rollback; no version is ever deleted. The decision and its reasons are logged to the comparison's
+MLflow run and tagged on the challenger's model version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict, dataclass, field
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from rankforge.errors import ConfigError
+from rankforge.features.pipeline import DataConfig, prepare
+from rankforge.pipelines.ab_compare import ABConfig, ABReport, run_ab_comparison
+from rankforge.pipelines.registry import RegisteredModel, resolve
+from rankforge.pipelines.replay_log import build_replay_log, read_replay_log
+
+CHAMPION = "champion"
+PREVIOUS = "previous-champion"
+LOWER_IS_BETTER = frozenset({"logloss", "ece"})
+
+
+@dataclass(frozen=True)
+class Criterion:
+    metric: str
+    higher_is_better: bool = True
+
+    @classmethod
+    def parse(cls, metric: str) -> Criterion:
+        return cls(metric, higher_is_better=metric not in LOWER_IS_BETTER)
+
+
+DEFAULT_CRITERIA: dict[str, tuple[Criterion, ...]] = {
+    "retrieval": (Criterion("recall@20"), Criterion("ndcg@20")),
+    "ranker": (Criterion("auc"), Criterion("logloss", higher_is_better=False)),
+}
+
+
+@dataclass
+class Decision:
+    promote: bool
+    reasons: list[str]
+    champion_version: int | None = None
+    challenger_version: int | None = None
+    report_run_id: str | None = None
+    applied: bool = False  # False on a dry run or when nothing changed
+    details: dict = field(default_factory=dict)
+
+
+def decide(report: ABReport, criteria: tuple[Criterion, ...]) -> Decision:
+    """Apply the promotion rule to a comparison report."""
+    if not criteria:
+        raise ConfigError("promotion needs at least one criterion")
+    reasons, passed = [], []
+    for c in criteria:
+        if c.metric not in report.deltas:
+            raise ConfigError(
+                f"criterion {c.metric!r} is not a metric of this comparison: {sorted(report.deltas)}"
+            )
+        d = report.deltas[c.metric]
+        ok = d.low > 0 if c.higher_is_better else d.high < 0
+        passed.append(ok)
+        better = "higher" if c.higher_is_better else "lower"
+        verdict = "improves beyond its interval" if ok else "does not improve beyond its interval"
+        before, after = report.champion.metrics[c.metric], report.challenger.metrics[c.metric]
+        reasons.append(
+            f"{c.metric} ({better} is better) {verdict}: {before:.4f} -> {after:.4f}, "
+            f"delta {d.estimate:+.4f} [{d.low:+.4f}, {d.high:+.4f}]"
+        )
+    return Decision(promote=all(passed), reasons=reasons)
+
+
+def _find(name: str, ref: str | int) -> RegisteredModel | None:
+    try:
+        return resolve(name, ref)
+    except ConfigError:
+        return None
+
+
+def latest_version(name: str) -> int:
+    versions = MlflowClient().search_model_versions(f"name = '{name}'")
+    if not versions:
+        raise ConfigError(f"registered model {name!r} has no versions")
+    return max(int(v.version) for v in versions)
+
+
+def promote_if_better(
+    name: str,
+    challenger: str | int = "latest",
+    data_config: DataConfig | None = None,
+    criteria: tuple[Criterion, ...] | None = None,
+    config: ABConfig | None = None,
+    replay_log: str | None = None,
+    dry_run: bool = False,
+) -> Decision:
+    """Compare ``name@champion`` with a challenger version/alias and move the alias if it wins.
+
+    Needs MLflow configured (``rankforge.settings.configure_mlflow``).
+    """
+    config = config or ABConfig()
+    ref = latest_version(name) if challenger == "latest" else challenger
+    new = _find(name, ref)
+    if new is None:
+        raise ConfigError(f"no registered model {name!r} at {ref!r}")
+    old = _find(name, CHAMPION)
+    client = MlflowClient()
+    if old is None:
+        decision = Decision(
+            True, [f"{name} has no champion yet: version {new.version} becomes champion"], None, new.version
+        )
+    elif old.version == new.version:
+        return Decision(False, [f"version {new.version} already is the champion"], old.version, new.version)
+    else:
+        data = prepare(data_config or DataConfig())
+        log = read_replay_log(replay_log) if replay_log else build_replay_log(data, seed=config.seed)
+        report = run_ab_comparison(
+            f"models:/{name}/{old.version}", f"models:/{name}/{new.version}", data, log, config
+        )
+        kind = report.kind
+        decision = decide(report, criteria or DEFAULT_CRITERIA[kind])
+        decision.champion_version, decision.challenger_version = old.version, new.version
+        decision.report_run_id = report.run_id
+    if decision.promote and not dry_run:
+        if old is not None:
+            client.set_registered_model_alias(name, PREVIOUS, str(old.version))
+        client.set_registered_model_alias(name, CHAMPION, str(new.version))
+        decision.applied = True
+    _record(client, name, decision, dry_run)
+    return decision
+
+
+def _record(client: MlflowClient, name: str, decision: Decision, dry_run: bool) -> None:
+    """The decision and its reasons, on the comparison run and on the challenger's version."""
+    verdict = ("promote" if decision.promote else "keep champion") + (" (dry run)" if dry_run else "")
+    summary = {**asdict(decision), "verdict": verdict}
+    if decision.report_run_id is not None:
+        with mlflow.start_run(run_id=decision.report_run_id):
+            mlflow.set_tags(
+                {"promotion.verdict": verdict, "promotion.reasons": " | ".join(decision.reasons)[:5000]}
+            )
+            mlflow.log_dict(summary, "promotion.json")
+    with contextlib.suppress(MlflowException):  # the version vanished meanwhile: the run keeps the record
+        client.set_model_version_tag(name, str(decision.challenger_version), "promotion", verdict)

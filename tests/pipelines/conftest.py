@@ -1,0 +1,40 @@
+"""Trained and untrained bundles shared by the evaluation/promotion tests (built once per module)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from rankforge.features.aggregates import DENSE_FEATURES
+from rankforge.features.pipeline import DataConfig, PreparedData, SyntheticConfig, prepare
+from rankforge.models.ranking import RankingModel
+from rankforge.models.two_tower import TwoTower, item_features, user_features
+from rankforge.serving.export_bundle import build_ranker_bundle, build_retrieval_bundle
+
+EVAL_DATA = DataConfig(synthetic=SyntheticConfig(n_users=120, n_items=150, seed=3))
+
+
+@pytest.fixture(scope="module")
+def eval_data() -> PreparedData:
+    return prepare(EVAL_DATA)
+
+
+def random_retrieval_bundle(data: PreparedData, directory: Path, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    model = TwoTower(
+        user_features(data.n_users, data.n_items, data.history_len),
+        item_features(data.n_items, data.n_genres),
+    )
+    build_retrieval_bundle(model, data, str(directory), max_genres=8)
+    return directory
+
+
+def random_ranker_bundle(data: PreparedData, directory: Path, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    sparse = user_features(data.n_users, data.n_items, data.history_len) + item_features(
+        data.n_items, data.n_genres
+    )
+    build_ranker_bundle(RankingModel(sparse, DENSE_FEATURES), data, str(directory), max_genres=8)
+    return directory
