@@ -1,7 +1,8 @@
 """The main job end to end, on the embedded defaults: log -> models -> registry -> live service.
 
 It chains the jobs a user would otherwise run one by one (``rankforge train`` twice, ``rankforge
-promote``, ``rankforge materialize``, ``rankforge serve``, ``rankforge query``), so one command
+promote`` for each model, ``rankforge materialize``, ``rankforge serve``, ``rankforge query``), so
+one command
 shows the whole platform working against the real parts: an MLflow SQLite store, the model
 registry, Redis and a gRPC server on loopback.
 """
@@ -16,6 +17,8 @@ from pathlib import Path
 import polars as pl
 
 from rankforge.features.pipeline import prepare
+from rankforge.pipelines.ab_compare import ABConfig
+from rankforge.pipelines.promote import Decision, promote_if_better
 from rankforge.pipelines.train import TrainResult, run_training
 from rankforge.pipelines.train_config import TrainConfig, load_config
 from rankforge.serving.client import RankingClient, RankResult
@@ -23,13 +26,14 @@ from rankforge.serving.feature_layout import KeyLayout
 from rankforge.serving.feature_reader import connect
 from rankforge.serving.feature_writer import FeatureWriter
 from rankforge.serving.server import RankingServer, ServerConfig
-from rankforge.settings import Settings
+from rankforge.settings import Settings, configure_mlflow
 
 
 @dataclass
 class DemoResult:
     retrieval: TrainResult
     ranker: TrainResult
+    decisions: dict[str, Decision]
     feature_version: str
     answers: dict[int, RankResult] = field(default_factory=dict)
 
@@ -56,19 +60,32 @@ def run_demo(
     retrieval_cfg = _fresh(_config(retrieval_config), run_dir, "retrieval")
     ranking_cfg = _fresh(_config(ranking_config), run_dir, "ranking")
 
-    say(f"[1/4] training the retrieval two-tower ({retrieval_cfg.source_path or 'given config'})")
+    say(f"[1/5] training the retrieval two-tower ({retrieval_cfg.source_path or 'given config'})")
     retrieval = run_training(retrieval_cfg)
     say(f"      {_summary(retrieval)}")
-    say(f"[2/4] training the DLRM ranker ({ranking_cfg.source_path or 'given config'})")
+    say(f"[2/5] training the DLRM ranker ({ranking_cfg.source_path or 'given config'})")
     ranker = run_training(ranking_cfg)
     say(f"      {_summary(ranker)}")
 
-    say(f"[3/4] materialising online features into Redis at {settings.redis_url}")
+    say("[3/5] champion vs challenger: A/B on held-out data and a replay log, promote if better")
+    configure_mlflow(settings, "rankforge-evaluation")
+    decisions = {}
+    for cfg, trained in ((retrieval_cfg, retrieval), (ranking_cfg, ranker)):
+        decision = promote_if_better(
+            cfg.registered_model, trained.registered.version, cfg.data, config=ABConfig(n_resamples=200)
+        )
+        decisions[cfg.registered_model] = decision
+        verdict = "promoted" if decision.applied else "champion kept"
+        say(f"      {cfg.registered_model} v{trained.registered.version}: {verdict}")
+        for reason in decision.reasons:
+            say(f"        - {reason}")
+
+    say(f"[4/5] materialising online features into Redis at {settings.redis_url}")
     data = prepare(ranking_cfg.data)
     report = FeatureWriter(connect(settings.redis_url), KeyLayout()).write(data)
     say(f"      feature version {report.version}: {report.n_users} users, {report.n_items} items")
 
-    say("[4/4] serving the registry champions over gRPC and querying it")
+    say("[5/5] serving the registry champions over gRPC and querying it")
     server = RankingServer(
         ServerConfig(
             retrieval=f"models:/{retrieval_cfg.registered_model}@champion",
@@ -78,7 +95,7 @@ def run_demo(
             refresh_interval_s=0,
         )
     ).start()
-    result = DemoResult(retrieval=retrieval, ranker=ranker, feature_version=report.version)
+    result = DemoResult(retrieval, ranker, decisions, report.version)
     try:
         users = data.test_events.select("user_id").unique(maintain_order=True).head(n_users)
         with RankingClient(server.address, timeout_s=5.0) as client:

@@ -52,3 +52,21 @@ def test_demo_end_to_end(rankforge_home: Path, redis_url: str, tmp_path: Path) -
         assert len({i.item_id for i in answer.items}) == 4
     assert any(line.startswith("      user ") for line in lines)
     assert pl.Series(list(result.answers)).is_unique().all()
+    assert all(d.reasons == ["version 1 already is the champion"] for d in result.decisions.values())
+
+    # the scheduled re-run: new versions challenge the champions; the service serves whichever won
+    again = run_demo(
+        small("configs/retrieval.toml", tmp_path / "2"),
+        small("configs/ranking.toml", tmp_path / "2"),
+        n_users=2,
+        k=3,
+        say=lines.append,
+    )
+    for name, decision in again.decisions.items():
+        assert (decision.champion_version, decision.challenger_version) == (1, 2)
+        assert decision.report_run_id is not None and decision.reasons
+        champion = int(client.get_model_version_by_alias(name, "champion").version)
+        assert champion == (2 if decision.applied else 1)
+        short = name.removeprefix("rankforge-")
+        served = {getattr(a, f"{short}_version") for a in again.answers.values()}
+        assert served == {f"{name}/{champion}"}
