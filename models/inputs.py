@@ -49,7 +49,7 @@ def pad_lists(values: pl.Series | list[list[int]], max_len: int) -> torch.Tensor
         .list.head(max_len)
         .list.to_array(max_len)
     )
-    return torch.from_numpy(padded.to_numpy().astype(np.int64, copy=False).reshape(len(series), max_len))
+    return torch.from_numpy(np.array(padded.to_numpy(), dtype=np.int64).reshape(len(series), max_len))
 
 
 def ids_column(values: torch.Tensor | np.ndarray | pl.Series) -> torch.Tensor:
