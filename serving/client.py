@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from rankforge.serving.proto import ranking_pb2, ranking_pb2_grpc
 
 

@@ -14,11 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis
-from rankforge.serving.feature_layout import FeatureMeta, KeyLayout, Record, unpack
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from rankforge.errors import RankforgeError
+from rankforge.serving.feature_layout import FeatureMeta, KeyLayout, Record, unpack
 
 
 class FeatureStoreUnavailable(RuntimeError):

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 import redis
+
+from rankforge.errors import DataError
 from rankforge.features.aggregates import ITEM_DENSE, USER_DENSE
 from rankforge.features.pipeline import PreparedData
 from rankforge.serving.feature_layout import FeatureMeta, KeyLayout, check_name, pack
-
-from rankforge.errors import DataError
 
 DEFAULT_TTL_S = 7 * 24 * 3600
 

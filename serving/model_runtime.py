@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
+
+from rankforge.errors import DataError
 from rankforge.serving.bundle import Bundle
 from rankforge.serving.candidate_index import CandidateIndex, ExactInnerProductIndex
 from rankforge.serving.id_lookup import IdLookup
-
-from rankforge.errors import DataError
 
 PAD = -1
 #: The inputs this runtime builds; a bundle whose graphs want others is refused at load time.

@@ -22,13 +22,13 @@ from typing import TypeVar
 
 import grpc
 import numpy as np
+
+from rankforge.errors import DataError
 from rankforge.serving.feature_layout import FeatureMeta, Record
 from rankforge.serving.feature_reader import FeatureReader, FeatureStoreEmpty, FeatureStoreUnavailable
 from rankforge.serving.model_runtime import RankerRuntime
 from rankforge.serving.model_source import ServingModels
 from rankforge.serving.proto import ranking_pb2, ranking_pb2_grpc
-
-from rankforge.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
 from rankforge.serving.feature_layout import DEFAULT_PREFIX, KeyLayout
 from rankforge.serving.feature_reader import FeatureReader, connect
 from rankforge.serving.model_source import ModelSource, ModelWatcher

@@ -13,6 +13,7 @@ import polars as pl
 import pytest
 import redis
 import torch
+
 from rankforge.features.aggregates import DENSE_FEATURES
 from rankforge.features.pipeline import DataConfig, PreparedData, SyntheticConfig, prepare
 from rankforge.models.inputs import dense_inputs, item_inputs, user_inputs

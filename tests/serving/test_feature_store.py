@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
+
+from rankforge.errors import DataError
 from rankforge.features.aggregates import ITEM_DENSE, USER_DENSE
 from rankforge.serving.feature_layout import KeyLayout, pack, unpack
 from rankforge.serving.feature_reader import (
@@ -14,8 +16,6 @@ from rankforge.serving.feature_reader import (
     connect,
 )
 from rankforge.serving.feature_writer import FeatureWriter
-
-from rankforge.errors import DataError
 
 
 def test_record_round_trip_and_corruption() -> None:

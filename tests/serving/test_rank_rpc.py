@@ -7,6 +7,7 @@ import math
 import grpc
 import numpy as np
 import pytest
+
 from rankforge.serving.client import RankingClient
 
 pytestmark = pytest.mark.redis

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+
+from rankforge.errors import DataError
 from rankforge.serving.candidate_index import CandidateIndex, ExactInnerProductIndex
 from rankforge.serving.id_lookup import IdLookup
 from rankforge.serving.model_runtime import pad_row, pad_rows
 from rankforge.serving.proto import codegen
-
-from rankforge.errors import DataError
 
 
 def test_exact_index_matches_a_full_sort() -> None:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
 from rankforge.serving.client import RankingClient
 from rankforge.serving.proto import SERVICE_NAME
 from rankforge.serving.ranking_service import ServiceLimits
