@@ -154,3 +154,28 @@ def test_broken_bundle_keeps_serving_the_old_model(
     assert srv.watcher.models.retrieval.version == version
     with RankingClient(srv.address) as client:
         assert client.rank(user_id, k=3).retrieval_version == version
+
+
+def test_registry_alias_move_is_picked_up_by_a_running_server(
+    make_server, bundles, feature_version, user_id, rankforge_home
+) -> None:
+    """Promotion moves ``champion``; a server started on the alias swaps to the new version."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from rankforge.pipelines.registry import log_and_register
+    from rankforge.settings import Settings, configure_mlflow
+
+    configure_mlflow(Settings.from_env(), "serving-refresh-test")
+    with mlflow.start_run():
+        log_and_register(bundles.retrieval, "rf-serve", alias="champion")
+    with mlflow.start_run():
+        log_and_register(bundles.retrieval_b, "rf-serve")
+    srv = make_server(retrieval="models:/rf-serve@champion", refresh_interval_s=0.1)
+    with RankingClient(srv.address) as client:
+        before = client.rank(user_id, k=5)
+        assert before.retrieval_version == "rf-serve/1"
+        MlflowClient().set_registered_model_alias("rf-serve", "champion", "2")
+        assert _wait_for(lambda: client.rank(user_id, k=5).retrieval_version == "rf-serve/2")
+        after = client.rank(user_id, k=5)
+    assert [i.retrieval_score for i in after.items] != [i.retrieval_score for i in before.items]
