@@ -12,6 +12,12 @@ Conventions (those of LightGCN / most recsys papers):
 * HitRate@K = 1 if any relevant item is in the top K
 * MRR@K    = 1 / rank of the first relevant item in the top K (0 if none)
 Each is averaged over users with at least one relevant item; users without one are skipped.
+Excluded items are scored -inf and can never count as hits, even when fewer than K items remain.
+Ties between scores are broken by ``torch.topk`` (arbitrarily); float scores rarely tie exactly.
+
+Ranking (CTR) metrics work on labels and probabilities (or logits, with ``logits=True``). AUC is
+the Mann–Whitney statistic from average ranks, so tied scores count one half exactly as in
+sklearn's ``roc_auc_score``; GAUC reuses the same rank computation within each group.
 """
 
 from __future__ import annotations
@@ -19,66 +25,100 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
-import polars as pl
+import scipy.sparse as sp
 import torch
-from scipy.stats import rankdata
+from scipy.special import expit
 
 Scores = torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
+# A bool [users, items] mask: dense torch tensor, or any scipy.sparse matrix/array (rows densified
+# one chunk at a time, so 100k users x 10k items never needs a dense mask).
+Mask = torch.Tensor | sp.sparray | sp.spmatrix
 RETRIEVAL_METRICS = ("recall", "ndcg", "hitrate", "mrr")
 
 
-def _rows(matrix: torch.Tensor | None, users: torch.Tensor) -> torch.Tensor | None:
-    return None if matrix is None else matrix[users]
+class _MaskRows:
+    """Row access to a dense or sparse bool mask, returning dense bool tensors."""
+
+    def __init__(self, mask: Mask, name: str, shape: tuple[int, int] | None = None) -> None:
+        if sp.issparse(mask):
+            csr = sp.csr_array(mask, dtype=bool)
+            csr.sum_duplicates()
+            csr.eliminate_zeros()
+            self._csr: sp.csr_array | None = csr
+            self._dense: torch.Tensor | None = None
+            self.shape = (int(csr.shape[0]), int(csr.shape[1]))
+        elif isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.dtype == torch.bool:
+            self._csr, self._dense = None, mask
+            self.shape = (int(mask.shape[0]), int(mask.shape[1]))
+        else:
+            is_tensor = isinstance(mask, torch.Tensor)
+            got = f"{mask.dtype} {tuple(mask.shape)}" if is_tensor else type(mask).__name__
+            raise ValueError(f"{name} must be a bool [users, items] tensor or scipy.sparse matrix, got {got}")
+        if shape is not None and self.shape != shape:
+            raise ValueError(f"{name} {self.shape} must be shaped like relevant {shape}")
+
+    def nonempty_rows(self) -> torch.Tensor:
+        if self._csr is not None:
+            return torch.from_numpy(np.flatnonzero(np.diff(self._csr.indptr))).long()
+        return torch.nonzero(self._dense.any(dim=1)).flatten()
+
+    def __getitem__(self, users: torch.Tensor) -> torch.Tensor:
+        if self._csr is not None:
+            return torch.from_numpy(self._csr[users.numpy()].toarray())
+        return self._dense[users]
 
 
 def per_user_retrieval_metrics(
     scores: Scores,
-    relevant: torch.Tensor,
-    exclude: torch.Tensor | None = None,
+    relevant: Mask,
+    exclude: Mask | None = None,
     ks: Sequence[int] = (10, 20),
     batch_size: int = 1024,
 ) -> dict[str, np.ndarray]:
     """Each metric per evaluated user (users with a relevant item, in index order).
 
     The per-user values are what a paired bootstrap resamples; :func:`retrieval_metrics` averages them.
-    Also returns ``"user"``: the evaluated users' row indices.
+    Also returns ``"user"``: the evaluated users' row indices. Arguments as in :func:`retrieval_metrics`.
     """
-    if relevant.dim() != 2 or relevant.dtype != torch.bool:
-        raise ValueError(
-            f"relevant must be a bool [users, items] tensor, got {relevant.dtype} {tuple(relevant.shape)}"
-        )
-    n_items = relevant.shape[1]
-    if exclude is not None and (exclude.shape != relevant.shape or exclude.dtype != torch.bool):
-        raise ValueError(f"exclude must be a bool tensor shaped like relevant {tuple(relevant.shape)}")
-    if isinstance(scores, torch.Tensor) and scores.shape != relevant.shape:
-        raise ValueError(f"scores {tuple(scores.shape)} and relevant {tuple(relevant.shape)} differ in shape")
+    rel_rows = _MaskRows(relevant, "relevant")
+    n_users, n_items = rel_rows.shape
+    exc_rows = None if exclude is None else _MaskRows(exclude, "exclude", rel_rows.shape)
+    if isinstance(scores, torch.Tensor) and tuple(scores.shape) != (n_users, n_items):
+        raise ValueError(f"scores {tuple(scores.shape)} and relevant {(n_users, n_items)} differ in shape")
     if not ks or min(ks) < 1:
         raise ValueError(f"ks must be positive cutoffs, got {ks}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     k_max = min(max(ks), n_items)
-    evaluated = torch.nonzero(relevant.any(dim=1)).flatten()
+    evaluated = rel_rows.nonempty_rows()
     if evaluated.numel() == 0:
         raise ValueError("no user has a relevant (held-out) item: nothing to evaluate")
     discounts = 1.0 / torch.log2(torch.arange(2, k_max + 2, dtype=torch.float64))
+    ideal_dcg = torch.cumsum(discounts, 0)  # ideal_dcg[m - 1]: DCG of m hits in the first m slots
     out: dict[str, list[torch.Tensor]] = {f"{m}@{k}": [] for k in ks for m in RETRIEVAL_METRICS}
     for start in range(0, evaluated.numel(), batch_size):
         users = evaluated[start : start + batch_size]
         block = scores(users) if callable(scores) else scores[users]
-        if block.shape != (users.numel(), n_items):
+        if tuple(block.shape) != (users.numel(), n_items):
             expected = [users.numel(), n_items]
             raise ValueError(f"scores for a chunk of users must be {expected}, got {list(block.shape)}")
-        block = block.double()
-        mask = _rows(exclude, users)
-        if mask is not None:
-            block = block.masked_fill(mask, float("-inf"))
-        top = torch.topk(block, k_max, dim=1).indices
-        rel = relevant[users]
-        hits = rel.gather(1, top).double()
+        if not block.is_floating_point():
+            block = block.double()
+        if torch.isnan(block).any():
+            raise ValueError("scores contain NaN")
+        rel = rel_rows[users]
         n_rel = rel.sum(dim=1).double()
+        if exc_rows is not None:
+            mask = exc_rows[users]
+            block = block.masked_fill(mask, float("-inf"))
+            rel = rel & ~mask  # an excluded item is never a hit, even if top-k has to reach it
+        top = torch.topk(block, k_max, dim=1).indices
+        hits = rel.gather(1, top).double()
         first_hit = torch.where(hits.any(dim=1), hits.argmax(dim=1).double() + 1, torch.inf)
         for k in ks:
             kk = min(k, k_max)
             h = hits[:, :kk]
-            ideal = torch.cumsum(discounts, 0)[(n_rel.clamp(max=kk) - 1).long()]
+            ideal = ideal_dcg[(n_rel.clamp(max=kk) - 1).long()]
             out[f"recall@{k}"].append(h.sum(1) / n_rel)
             out[f"ndcg@{k}"].append((h * discounts[:kk]).sum(1) / ideal)
             out[f"hitrate@{k}"].append((h.sum(1) > 0).double())
@@ -90,16 +130,24 @@ def per_user_retrieval_metrics(
 
 def retrieval_metrics(
     scores: Scores,
-    relevant: torch.Tensor,
-    exclude: torch.Tensor | None = None,
+    relevant: Mask,
+    exclude: Mask | None = None,
     ks: Sequence[int] = (10, 20),
     batch_size: int = 1024,
 ) -> dict[str, float]:
-    """Recall/NDCG/HitRate/MRR at each K, averaged over users with a held-out item.
+    """``recall@K``, ``ndcg@K``, ``hitrate@K`` and ``mrr@K`` for each K, over the full item set.
 
-    ``scores``: [users, items] tensor, or a callable from user row indices to their score rows.
-    ``relevant``: bool [users, items], the held-out positives. ``exclude``: bool [users, items],
-    items never to recommend (the user's training items); they are scored -inf.
+    ``scores``: float [users, items] tensor, or a callable from a long tensor of user row indices
+    to their [len, items] score rows (called with at most ``batch_size`` users at a time, so the
+    full score matrix never exists). ``relevant``: bool [users, items], the held-out positives.
+    ``exclude``: bool [users, items], items never to recommend (the user's training items); they
+    are scored -inf before the top K. Both masks may be scipy.sparse (see :func:`csr_to_dense_mask`
+    and :func:`lists_to_mask` for building dense ones).
+
+    Recall@K = hits / |relevant| (LightGCN convention, so a user with more than K held-out items
+    cannot reach 1); NDCG@K uses binary gains and the ideal DCG of min(K, |relevant|) hits.
+    Averaged over users with at least one relevant item; users with none are skipped, and a
+    ValueError is raised when no user has one.
     """
     per_user = per_user_retrieval_metrics(scores, relevant, exclude, ks, batch_size)
     return {name: float(values.mean()) for name, values in per_user.items() if name != "user"}
@@ -120,6 +168,26 @@ def pairs_to_mask(
     return mask
 
 
+def csr_to_dense_mask(
+    indptr: np.ndarray | Sequence[int], indices: np.ndarray | Sequence[int], n_items: int
+) -> torch.Tensor:
+    """A bool [users, n_items] mask from CSR rows: row u holds ``indices[indptr[u]:indptr[u + 1]]``."""
+    ptr = np.asarray(indptr, dtype=np.int64)
+    idx = np.asarray(indices, dtype=np.int64)
+    if ptr.ndim != 1 or ptr.size == 0 or ptr[0] != 0 or ptr[-1] != idx.size or (np.diff(ptr) < 0).any():
+        raise ValueError("indptr must start at 0, never decrease and end at len(indices)")
+    rows = np.repeat(np.arange(ptr.size - 1), np.diff(ptr))
+    return pairs_to_mask(rows, idx, (ptr.size - 1, n_items))
+
+
+def lists_to_mask(item_lists: Sequence[Sequence[int]], n_items: int) -> torch.Tensor:
+    """A bool [len(item_lists), n_items] mask from one list of item indices per user."""
+    lengths = np.fromiter((len(items) for items in item_lists), dtype=np.int64, count=len(item_lists))
+    parts = [np.asarray(items, dtype=np.int64) for items in item_lists]
+    flat = np.concatenate(parts) if lengths.sum() else np.zeros(0, dtype=np.int64)
+    return csr_to_dense_mask(np.r_[0, np.cumsum(lengths)], flat, n_items)
+
+
 def _binary(
     labels: np.ndarray | Sequence[float], scores: np.ndarray | Sequence[float]
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -136,15 +204,43 @@ def _binary(
     return y, s
 
 
+def _mann_whitney_auc(y: np.ndarray, s: np.ndarray, codes: np.ndarray, n_groups: int) -> np.ndarray:
+    """AUC of each group from average ranks; NaN for a group with a single class.
+
+    AUC = (R₊ − n₊(n₊ + 1)/2) / (n₊ n₋) with R₊ the sum of the positives' ranks within the group
+    and tied scores sharing their average rank, which counts each tied (pos, neg) pair as 1/2.
+    Ranks come from one lexsort by (group, score): a rank is the position inside the group, and a
+    run of equal scores takes the mean of its first and last position.
+    """
+    order = np.lexsort((s, codes))
+    c, ss, yy = codes[order], s[order], y[order]
+    pos = np.arange(c.size)
+    new_group = np.r_[True, c[1:] != c[:-1]]
+    new_tie = new_group | np.r_[True, ss[1:] != ss[:-1]]
+    group_start = np.maximum.accumulate(np.where(new_group, pos, 0))
+    tie_start = pos[new_tie]
+    tie_mid = (tie_start + np.r_[tie_start[1:], c.size] - 1) / 2
+    rank = tie_mid[np.cumsum(new_tie) - 1] - group_start + 1
+    size = np.bincount(c, minlength=n_groups)
+    n_pos = np.bincount(c, weights=yy, minlength=n_groups)
+    n_neg = size - n_pos
+    rank_sum = np.bincount(c, weights=rank * yy, minlength=n_groups)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(
+            (n_pos > 0) & (n_neg > 0), (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg), np.nan
+        )
+
+
 def auc(labels: np.ndarray | Sequence[float], scores: np.ndarray | Sequence[float]) -> float:
-    """ROC AUC from average ranks (Mann–Whitney U): ties count one half, as in sklearn."""
+    """ROC AUC from average ranks (Mann–Whitney U): ties count one half, as in sklearn.
+
+    Scores may be probabilities or logits (AUC only depends on their order).
+    """
     y, s = _binary(labels, scores)
-    n_pos = y.sum()
-    n_neg = y.size - n_pos
-    if n_pos == 0 or n_neg == 0:
+    value = _mann_whitney_auc(y, s, np.zeros(y.size, dtype=np.int64), 1)[0]
+    if np.isnan(value):
         raise ValueError("AUC needs both positive and negative labels")
-    ranks = rankdata(s)  # average ranks for ties
-    return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(value)
 
 
 def gauc(
@@ -152,80 +248,101 @@ def gauc(
     scores: np.ndarray | Sequence[float],
     groups: np.ndarray | Sequence[int],
 ) -> float:
-    """Group AUC: per-user AUC weighted by the user's number of impressions.
+    """Group AUC: Σ_u n_u AUC_u / Σ_u n_u, per-user AUC weighted by the user's impressions n_u.
 
-    Users whose impressions are all positive or all negative have no AUC and are left out (of
-    the weights too), as in the DIN paper's definition.
+    A global AUC mixes users whose base rates differ; serving only ever ranks items *within* one
+    user's request, which GAUC measures. Users whose impressions are all positive or all negative
+    have no AUC and are left out (of the weights too), as in the DIN paper's definition; a
+    ValueError is raised when no user has both labels.
     """
     y, s = _binary(labels, scores)
     g = np.asarray(groups).ravel()
     if g.shape != y.shape:
         raise ValueError(f"groups {g.shape} and labels {y.shape} differ in length")
-    per_group = (
-        pl.DataFrame({"g": g, "s": s, "y": y})
-        .with_columns(pl.col("s").rank("average").over("g").alias("r"))
-        .group_by("g")
-        .agg(
-            pl.len().alias("n"),
-            pl.col("y").sum().alias("pos"),
-            (pl.col("r") * pl.col("y")).sum().alias("rank_sum"),
-        )
-        .with_columns((pl.col("n") - pl.col("pos")).alias("neg"))
-        .filter((pl.col("pos") > 0) & (pl.col("neg") > 0))
-        .with_columns(
-            (
-                (pl.col("rank_sum") - pl.col("pos") * (pl.col("pos") + 1) / 2)
-                / (pl.col("pos") * pl.col("neg"))
-            ).alias("auc")
-        )
-    )
-    if per_group.height == 0:
+    keys, codes = np.unique(g, return_inverse=True)
+    per_group = _mann_whitney_auc(y, s, codes.ravel(), keys.size)
+    valid = ~np.isnan(per_group)
+    if not valid.any():
         raise ValueError("GAUC needs at least one group with both positive and negative labels")
-    return float((per_group["auc"] * per_group["n"]).sum() / per_group["n"].sum())
+    weights = np.bincount(codes.ravel(), minlength=keys.size)[valid]
+    return float((per_group[valid] * weights).sum() / weights.sum())
+
+
+def _probabilities(p: np.ndarray, logits: bool) -> np.ndarray:
+    if logits:
+        return expit(p)
+    if (p < 0).any() or (p > 1).any():
+        raise ValueError("probabilities must lie in [0, 1] (pass logits=True for logits)")
+    return p
 
 
 def logloss(
-    labels: np.ndarray | Sequence[float], probs: np.ndarray | Sequence[float], eps: float = 1e-7
+    labels: np.ndarray | Sequence[float],
+    probs: np.ndarray | Sequence[float],
+    eps: float = 1e-7,
+    *,
+    logits: bool = False,
 ) -> float:
-    """Mean binary cross-entropy of probabilities, clipped to [eps, 1 - eps]."""
+    """Mean binary cross-entropy −[y log p + (1 − y) log(1 − p)], p clipped to [eps, 1 − eps].
+
+    Clipping keeps one confidently wrong prediction from making the mean infinite. With
+    ``logits=True`` the inputs are logits z, clipped to [logit(eps), logit(1 − eps)] (the same
+    clip) and the loss is computed stably as log(1 + e^z) − y z.
+    """
     y, p = _binary(labels, probs)
-    if (p < 0).any() or (p > 1).any():
-        raise ValueError("probabilities must lie in [0, 1] (pass sigmoid(logits))")
-    p = np.clip(p, eps, 1 - eps)
+    if not 0 < eps < 0.5:
+        raise ValueError("eps must be in (0, 0.5)")
+    if logits:
+        bound = np.log((1 - eps) / eps)
+        z = np.clip(p, -bound, bound)
+        return float((np.logaddexp(0.0, z) - y * z).mean())
+    p = np.clip(_probabilities(p, logits=False), eps, 1 - eps)
     return float(-(y * np.log(p) + (1 - y) * np.log1p(-p)).mean())
 
 
 def expected_calibration_error(
-    labels: np.ndarray | Sequence[float], probs: np.ndarray | Sequence[float], n_bins: int = 15
+    labels: np.ndarray | Sequence[float],
+    probs: np.ndarray | Sequence[float],
+    n_bins: int = 15,
+    *,
+    logits: bool = False,
 ) -> float:
-    """Σ_b (n_b / n) · |mean label_b − mean prob_b| over equal-width probability bins."""
+    """ECE = Σ_b (n_b / n) · |mean label_b − mean prob_b| over ``n_bins`` equal-width bins of [0, 1].
+
+    Count-weighted, so sparsely populated bins barely move it; p = 1 falls in the last bin.
+    """
     y, p = _binary(labels, probs)
-    if (p < 0).any() or (p > 1).any():
-        raise ValueError("probabilities must lie in [0, 1]")
     if n_bins < 1:
         raise ValueError("n_bins must be >= 1")
+    p = _probabilities(p, logits)
     bins = np.minimum((p * n_bins).astype(np.int64), n_bins - 1)
-    count = np.bincount(bins, minlength=n_bins)
     gap = np.abs(
         np.bincount(bins, weights=y, minlength=n_bins) - np.bincount(bins, weights=p, minlength=n_bins)
     )
-    return float(gap.sum() / count.sum())
+    return float(gap.sum() / y.size)
 
 
-def sigmoid(logits: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
+def sigmoid(logits: np.ndarray | Sequence[float]) -> np.ndarray:
+    """1 / (1 + e^−z) without overflow warnings for large |z|."""
+    return expit(np.asarray(logits, dtype=np.float64))
 
 
 def ranking_metrics(
     labels: np.ndarray | Sequence[float],
     probs: np.ndarray | Sequence[float],
     groups: np.ndarray | Sequence[int] | None = None,
+    *,
+    logits: bool = False,
+    n_bins: int = 15,
 ) -> dict[str, float]:
-    """AUC, LogLoss, ECE and (with ``groups``) GAUC of CTR predictions."""
+    """``auc``, ``logloss``, ``ece`` and (with ``groups``, e.g. user ids) ``gauc`` of CTR predictions.
+
+    ``probs`` are probabilities, or logits with ``logits=True``.
+    """
     out = {
         "auc": auc(labels, probs),
-        "logloss": logloss(labels, probs),
-        "ece": expected_calibration_error(labels, probs),
+        "logloss": logloss(labels, probs, logits=logits),
+        "ece": expected_calibration_error(labels, probs, n_bins, logits=logits),
     }
     if groups is not None:
         out["gauc"] = gauc(labels, probs, groups)

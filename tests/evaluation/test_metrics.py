@@ -2,17 +2,21 @@ import math
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 
 from rankforge.evaluation.metrics import (
     auc,
+    csr_to_dense_mask,
     expected_calibration_error,
     gauc,
+    lists_to_mask,
     logloss,
     pairs_to_mask,
     per_user_retrieval_metrics,
     ranking_metrics,
     retrieval_metrics,
+    sigmoid,
 )
 
 
@@ -46,6 +50,25 @@ def test_hand_computed_example() -> None:
     assert got["ndcg@2"] == pytest.approx((1.0 / (1 + 1 / math.log2(3))) / 2)
     assert got["hitrate@2"] == pytest.approx(0.5)
     assert got["mrr@2"] == pytest.approx(0.5)
+    got = retrieval_metrics(scores, relevant, exclude, ks=(5,))
+    # K=5: user 0 ranks [1, 2, 3, 4] (+ excluded 0): hits at ranks 1 and 4; user 1: item 0 at rank 5
+    assert got["recall@5"] == pytest.approx(1.0)
+    ndcg_0 = (1 + 1 / math.log2(5)) / (1 + 1 / math.log2(3))
+    assert got["ndcg@5"] == pytest.approx((ndcg_0 + 1 / math.log2(6)) / 2)
+    assert got["mrr@5"] == pytest.approx((1 + 1 / 5) / 2)
+    # without the exclusion user 0's top 2 is [0, 1]: still one hit, now at rank 2
+    got = retrieval_metrics(scores, relevant, ks=(2,))
+    assert got["ndcg@2"] == pytest.approx(((1 / math.log2(3)) / (1 + 1 / math.log2(3))) / 2)
+    assert got["mrr@2"] == pytest.approx(0.5 / 2)
+
+
+def test_excluded_items_never_count_as_hits_when_k_exceeds_the_candidates() -> None:
+    scores = torch.tensor([[3.0, 2.0, 1.0]])
+    relevant = torch.tensor([[True, True, False]])
+    exclude = torch.tensor([[True, False, False]])  # a relevant item that is also a training item
+    got = retrieval_metrics(scores, relevant, exclude, ks=(3,))
+    assert got["recall@3"] == pytest.approx(0.5)  # item 0 is in the top 3 (at -inf) but not a hit
+    assert got["mrr@3"] == pytest.approx(1.0)  # item 1 is the best-ranked non-excluded item
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -63,6 +86,41 @@ def test_matches_loop_reference_and_chunks_agree(seed: int) -> None:
             assert chunked[name] == pytest.approx(value), name
 
 
+def test_callable_scores_are_requested_in_chunks_of_evaluated_users() -> None:
+    g = torch.Generator().manual_seed(5)
+    scores = torch.randn(25, 12, generator=g)
+    relevant = torch.rand(25, 12, generator=g) < 0.15
+    relevant[3] = False  # a user without held-out items is never scored
+    calls: list[list[int]] = []
+
+    def score(users: torch.Tensor) -> torch.Tensor:
+        calls.append(users.tolist())
+        return scores[users]
+
+    chunked = retrieval_metrics(score, relevant, ks=(3,), batch_size=4)
+    assert max(len(c) for c in calls) <= 4
+    assert [u for c in calls for u in c] == torch.nonzero(relevant.any(1)).flatten().tolist()
+    assert chunked == pytest.approx(retrieval_metrics(scores, relevant, ks=(3,)))
+
+
+def test_sparse_masks_and_mask_builders_agree_with_dense() -> None:
+    g = torch.Generator().manual_seed(6)
+    scores = torch.randn(30, 20, generator=g)
+    relevant = torch.rand(30, 20, generator=g) < 0.1
+    exclude = (torch.rand(30, 20, generator=g) < 0.3) & ~relevant
+    dense = retrieval_metrics(scores, relevant, exclude, ks=(5,))
+    csr_rel, csr_exc = sp.csr_array(relevant.numpy()), sp.coo_array(exclude.numpy())
+    assert retrieval_metrics(scores, csr_rel, csr_exc, ks=(5,), batch_size=7) == pytest.approx(dense)
+    assert torch.equal(csr_to_dense_mask(csr_rel.indptr, csr_rel.indices, 20), relevant)
+    lists = [torch.nonzero(row).flatten().tolist() for row in relevant]
+    assert torch.equal(lists_to_mask(lists, 20), relevant)
+    assert lists_to_mask([[], []], 3).sum() == 0
+    with pytest.raises(ValueError, match="indptr"):
+        csr_to_dense_mask([0, 2], [1], 3)
+    with pytest.raises(ValueError, match="outside"):
+        lists_to_mask([[0, 3]], 3)
+
+
 def test_per_user_values_and_errors() -> None:
     relevant = pairs_to_mask([0, 2], [1, 3], (3, 4))
     per_user = per_user_retrieval_metrics(torch.zeros(3, 4), relevant, ks=(1,))
@@ -73,6 +131,12 @@ def test_per_user_values_and_errors() -> None:
         retrieval_metrics(torch.zeros(2, 4), relevant)
     with pytest.raises(ValueError, match="outside"):
         pairs_to_mask([5], [0], (3, 4))
+    with pytest.raises(ValueError, match="shaped like relevant"):
+        retrieval_metrics(torch.zeros(3, 4), relevant, torch.zeros(3, 5, dtype=torch.bool))
+    with pytest.raises(ValueError, match="bool"):
+        retrieval_metrics(torch.zeros(3, 4), relevant.float())
+    with pytest.raises(ValueError, match="NaN"):
+        retrieval_metrics(torch.full((3, 4), float("nan")), relevant)
 
 
 def slow_auc(y, s):
@@ -96,8 +160,7 @@ def test_gauc_weights_users_by_impressions_and_skips_one_class_users() -> None:
     rng = np.random.default_rng(1)
     g = rng.integers(0, 8, 400)
     y = rng.integers(0, 2, 400)
-    s = rng.normal(size=400) + y * 0.5
-    g[g == 7] = 7
+    s = np.round(rng.normal(size=400) + y * 0.5, 1)  # ties within users
     y[g == 7] = 1  # user 7: all positive, no AUC
     num = den = 0.0
     for user in np.unique(g):
@@ -107,6 +170,12 @@ def test_gauc_weights_users_by_impressions_and_skips_one_class_users() -> None:
         num += slow_auc(y[m], s[m]) * m.sum()
         den += m.sum()
     assert gauc(y, s, g) == pytest.approx(num / den)
+    shuffle = rng.permutation(400)  # order and the groups' type do not matter
+    assert gauc(y[shuffle], s[shuffle], np.char.add("user-", g.astype(str))[shuffle]) == pytest.approx(
+        num / den
+    )
+    with pytest.raises(ValueError, match="at least one group"):
+        gauc([1, 0], [0.3, 0.2], [0, 1])
 
 
 def test_logloss_and_ece_against_loops() -> None:
@@ -125,6 +194,19 @@ def test_logloss_and_ece_against_loops() -> None:
     assert expected_calibration_error([0, 1], [0.0, 1.0]) == 0.0
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         logloss([0, 1], [-0.1, 2.0])
+
+
+def test_logits_give_the_same_metrics_as_their_probabilities() -> None:
+    rng = np.random.default_rng(3)
+    z = rng.normal(scale=3.0, size=300)
+    y = (rng.uniform(size=300) < sigmoid(z)).astype(float)
+    from_logits = ranking_metrics(y, z, groups=rng.integers(0, 5, 300), logits=True)
+    from_probs = ranking_metrics(y, sigmoid(z), groups=rng.integers(0, 5, 300))
+    for name in ("auc", "logloss", "ece"):
+        assert from_logits[name] == pytest.approx(from_probs[name]), name
+    # extreme logits stay finite and are clipped like probabilities
+    assert logloss([1.0, 0.0], [-1000.0, 1000.0], logits=True) == pytest.approx(-math.log(1e-7), rel=1e-6)
+    assert logloss([1.0, 0.0], [0.0, 1.0]) == pytest.approx(-math.log(1e-7), rel=1e-6)
 
 
 def test_ranking_metrics_bundle() -> None:
