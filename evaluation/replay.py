@@ -11,7 +11,14 @@ assumption-hungry in different ways:
 * DR (Dudík et al., ICML 2011): V = mean_i [ Σ_a π(a|x_i) r̂(x_i,a) + w_i (r_i − r̂(x_i,a_i)) ]
   unbiased if either the propensities or the reward model r̂ are right.
 
+Inputs are per logged event: the logged action a_i, its logging propensity μ(a_i|x_i), the reward
+r_i, the target policy's probability π(a_i|x_i) of that same action, and for DR a reward model's
+prediction r̂(x_i, a_i) and its expectation under the target, Σ_a π(a|x_i) r̂(x_i, a). The context
+x_i never enters the formulas directly, so the log does not carry it.
+
 Every estimator returns its value; :func:`per_event_terms` gives per-event terms for bootstraps.
+Bad input (empty log, length mismatch, NaN, propensity outside (0, 1]) raises
+:class:`~rankforge.errors.DataError`, a ValueError.
 """
 
 from __future__ import annotations
@@ -35,6 +42,9 @@ class ReplayLog:
     rewards: np.ndarray
 
     def __post_init__(self) -> None:
+        for name in ("actions", "propensities", "rewards"):
+            if np.ndim(getattr(self, name)) != 1:
+                raise DataError(f"replay log {name} must be one-dimensional")
         n = len(self.actions)
         if n == 0:
             raise DataError("replay log is empty")
@@ -48,6 +58,9 @@ class ReplayLog:
             raise DataError("logged propensities must be finite and in (0, 1]")
         if not np.isfinite(np.asarray(self.rewards, dtype=np.float64)).all():
             raise DataError("logged rewards contain NaN or infinity")
+        actions = np.asarray(self.actions)
+        if actions.dtype.kind == "f" and np.isnan(actions).any():
+            raise DataError("logged actions contain NaN")
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -86,7 +99,12 @@ def _target_probs(log: ReplayLog, target_probs: np.ndarray) -> np.ndarray:
 
 
 def replay_value(log: ReplayLog, target_actions: np.ndarray) -> tuple[float, int]:
-    """(mean reward on matched events, number of matches); NaN value when nothing matches."""
+    """Replay (Li et al. 2011): V = mean of r_i over events where the target's action == a_i.
+
+    ``target_actions``: the (deterministic) candidate's choice for each logged context. Unbiased
+    when logging was uniformly random; only ~n/|actions| events survive, hence the match count.
+    Returns (value, number of matches); the value is NaN when nothing matches.
+    """
     chosen = np.asarray(target_actions)
     if chosen.shape != (len(log),):
         raise DataError(f"target_actions must have one action per logged event ({len(log)})")
@@ -114,10 +132,12 @@ def per_event_terms(
 
 
 def ips_value(log: ReplayLog, target_probs: np.ndarray) -> float:
+    """IPS: mean_i w_i r_i with w_i = π(a_i|x_i) / μ(a_i|x_i); unbiased, high variance."""
     return float(per_event_terms(log, target_probs)["ips"].mean())
 
 
 def snips_value(log: ReplayLog, target_probs: np.ndarray) -> float:
+    """SNIPS: Σ w_i r_i / Σ w_i; NaN when the target gives every logged action probability 0."""
     terms = per_event_terms(log, target_probs)
     total = terms["weight"].sum()
     return float(terms["ips"].sum() / total) if total > 0 else float("nan")
@@ -126,4 +146,8 @@ def snips_value(log: ReplayLog, target_probs: np.ndarray) -> float:
 def dr_value(
     log: ReplayLog, target_probs: np.ndarray, reward_hat_logged: np.ndarray, expected_reward_hat: np.ndarray
 ) -> float:
+    """Doubly robust: mean_i [ V̂_DM(x_i) + w_i (r_i − r̂(x_i, a_i)) ].
+
+    ``reward_hat_logged``: r̂(x_i, a_i); ``expected_reward_hat``: V̂_DM(x_i) = Σ_a π(a|x_i) r̂(x_i, a).
+    """
     return float(per_event_terms(log, target_probs, reward_hat_logged, expected_reward_hat)["dr"].mean())
