@@ -19,7 +19,7 @@ import mlflow
 import numpy as np
 import polars as pl
 
-from rankforge.errors import DataError
+from rankforge.errors import ConfigError, DataError
 from rankforge.evaluation.bootstrap import Interval, paired_bootstrap_difference
 from rankforge.evaluation.metrics import (
     auc,
@@ -33,6 +33,7 @@ from rankforge.evaluation.replay import ReplayLog, per_event_terms
 from rankforge.features.pipeline import PreparedData
 from rankforge.pipelines.bundle_scoring import (
     RetrievalScores,
+    ranker_coverage,
     ranker_probabilities,
     score_retrieval,
     slate_scores,
@@ -45,6 +46,7 @@ from rankforge.serving.id_lookup import IdLookup
 
 Statistic = Callable[[np.ndarray], float]
 PLOT_KS = (1, 5, 10, 20, 50)
+ITEM_RATE = "item positive rate"
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,9 @@ class ABConfig:
     confidence: float = 0.95
     seed: int = 0
     policy_temperature: float = 0.0  # 0: greedy policies on the replay slates
+    # DR's reward model: a ranker bundle (path or models:/ URI). Unset: the champion when it is a
+    # ranker, otherwise each item's smoothed positive rate in training.
+    reward_model: str | None = None
     experiment: str = "rankforge-evaluation"
 
 
@@ -75,6 +80,7 @@ class ABReport:
     challenger: ModelEvaluation
     deltas: dict[str, Interval]
     run_id: str | None = None
+    reward_model: str = ITEM_RATE
 
     def to_json(self) -> dict:
         return {
@@ -90,6 +96,7 @@ class ABReport:
                 **self.challenger.notes,
             },
             "deltas": {name: asdict(interval) for name, interval in self.deltas.items()},
+            "reward_model": self.reward_model,
             "run_id": self.run_id,
         }
 
@@ -116,10 +123,12 @@ def _mean_of(values: np.ndarray) -> Statistic:
     return lambda rows: float(values[rows].mean())
 
 
-def _ranker_evaluation(bundle: Bundle, data: PreparedData) -> ModelEvaluation:
-    test = data.test_events
-    labels = test["label"].to_numpy().astype(np.float64)
-    probs = ranker_probabilities(bundle, test, data)
+def _ranker_evaluation(bundle: Bundle, data: PreparedData, events: pl.DataFrame) -> ModelEvaluation:
+    """CTR metrics over ``events`` (held-out events whose items the compared bundles know)."""
+    if events.height == 0:
+        raise DataError(f"no held-out event has an item known to {bundle.directory}")
+    labels = events["label"].to_numpy().astype(np.float64)
+    probs = ranker_probabilities(bundle, events, data)
     metrics = ranking_metrics(labels, probs)
     stats: dict[str, Statistic] = {
         "auc": lambda rows: auc(labels[rows], probs[rows]),
@@ -131,21 +140,36 @@ def _ranker_evaluation(bundle: Bundle, data: PreparedData) -> ModelEvaluation:
     )
 
 
-def _replay_evaluation(
-    bundle: Bundle, data: PreparedData, log: pl.DataFrame, temperature: float
-) -> ModelEvaluation:
-    """Replay/IPS/SNIPS/DR of the bundle's policy over the log's slates.
+def reward_model_bundle(config: ABConfig, evaluated: Bundle) -> Bundle | None:
+    """The ranker whose P(positive) is DR's reward model: the configured one, else ``evaluated``
+    (the champion, in a comparison) when it is a ranker, else none (item positive rates)."""
+    if config.reward_model is None:
+        return evaluated if evaluated.manifest.kind == "ranker" else None
+    bundle = download_bundle(config.reward_model)
+    if bundle.manifest.kind != "ranker":
+        kind = bundle.manifest.kind
+        raise ConfigError(f"reward model {config.reward_model!r} is a {kind} bundle, not a ranker")
+    return bundle
 
-    DR's reward model is the item's smoothed positive rate from the training data: the same for
-    both models, so the DR difference reflects the policies, not two different reward models.
-    """
+
+def reward_estimates(data: PreparedData, log: pl.DataFrame, ranker: Bundle | None) -> np.ndarray:
+    """r̂ for every slate item ``[events, slate]``, shared by both models of a comparison so the DR
+    difference reflects the policies, not two different reward models."""
+    if ranker is not None:
+        return slate_scores(ranker, log, data)
+    rates = data.item_features["item_pos_rate"].to_numpy().astype(np.float64)  # indexed by item_idx
+    items = IdLookup(data.mapping.items, "item_id", "item_idx").encode(np.stack(log["slate"].to_numpy()))
+    return np.where(items >= 0, rates[np.maximum(items, 0)], 0.0)
+
+
+def _replay_evaluation(
+    bundle: Bundle, data: PreparedData, log: pl.DataFrame, temperature: float, r_hat_slate: np.ndarray
+) -> ModelEvaluation:
+    """Replay/IPS/SNIPS/DR of the bundle's policy over the log's slates (DR with ``r_hat_slate``)."""
     slates_raw = np.stack(log["slate"].to_numpy())
     scores = slate_scores(bundle, log, data)
     action_index = np.argmax(slates_raw == log["action"].to_numpy()[:, None], axis=1)
     probs, target = policy_probabilities(scores, action_index, temperature)
-    rates = data.item_features["item_pos_rate"].to_numpy().astype(np.float64)  # indexed by item_idx
-    items = IdLookup(data.mapping.items, "item_id", "item_idx").encode(slates_raw)
-    r_hat_slate = np.where(items >= 0, rates[np.maximum(items, 0)], 0.0)
     r_hat_logged = r_hat_slate[np.arange(len(log)), action_index]
     propensities = log["propensity"].to_numpy()
     rewards = log["reward"].to_numpy()
@@ -179,16 +203,27 @@ def evaluate_bundle(
     config: ABConfig,
     scored: RetrievalScores | None = None,
     users: np.ndarray | None = None,
+    events: pl.DataFrame | None = None,
+    r_hat_slate: np.ndarray | None = None,
 ) -> ModelEvaluation:
-    """Offline metrics and replay values of one served bundle (retrieval: over ``users``, by
-    default every held-out user it can evaluate)."""
+    """Offline metrics and replay values of one served bundle.
+
+    Retrieval: over ``users``, by default every held-out user it can evaluate. Ranker: over
+    ``events``, by default the held-out events whose item it knows. ``r_hat_slate``: DR's reward
+    estimates for the log's slates, by default from :func:`reward_model_bundle`.
+    """
     if bundle.manifest.kind == "retrieval":
         scored = scored if scored is not None else score_retrieval(bundle, data)
         users = users if users is not None else _evaluable(scored)
         offline = _retrieval_evaluation(scored, users, config.ks)
     else:
-        offline = _ranker_evaluation(bundle, data)
-    replay = _replay_evaluation(bundle, data, log, config.policy_temperature)
+        known, counts = ranker_coverage(bundle, data.test_events)
+        events = events if events is not None else data.test_events.filter(pl.Series(known))
+        offline = _ranker_evaluation(bundle, data, events)
+        offline.notes = {**counts, "evaluated_events": events.height}
+    if r_hat_slate is None:
+        r_hat_slate = reward_estimates(data, log, reward_model_bundle(config, bundle))
+    replay = _replay_evaluation(bundle, data, log, config.policy_temperature, r_hat_slate)
     return ModelEvaluation(
         label=str(bundle.directory),
         metrics={**offline.metrics, **{f"replay_{k}": v for k, v in replay.metrics.items()}},
@@ -212,7 +247,8 @@ def compare(
     """Metrics of both bundles and paired-bootstrap intervals of every delta (no MLflow).
 
     Retrieval metrics are paired over the held-out users both models can be evaluated on, ranker
-    metrics over the held-out events, replay values over the log's events.
+    metrics over the held-out events whose items both know, replay values over the log's events
+    (DR with one reward model for both, see :func:`reward_model_bundle`).
     """
     config = config or ABConfig()
     if champion.manifest.kind != challenger.manifest.kind:
@@ -220,18 +256,22 @@ def compare(
             f"cannot compare a {champion.manifest.kind} bundle with a {challenger.manifest.kind} one"
         )
     kind = champion.manifest.kind
+    reward_model = reward_model_bundle(config, champion)
+    r_hat = reward_estimates(data, log, reward_model)
     if kind == "retrieval":
         scored = [score_retrieval(b, data) for b in (champion, challenger)]
         users = np.intersect1d(_evaluable(scored[0]), _evaluable(scored[1]))
         if len(users) == 0:
             raise DataError("no held-out user can be evaluated by both models")
-        old = evaluate_bundle(champion, data, log, config, scored[0], users)
-        new = evaluate_bundle(challenger, data, log, config, scored[1], users)
+        old = evaluate_bundle(champion, data, log, config, scored[0], users, r_hat_slate=r_hat)
+        new = evaluate_bundle(challenger, data, log, config, scored[1], users, r_hat_slate=r_hat)
         n_offline = len(users)
     else:
-        old = evaluate_bundle(champion, data, log, config)
-        new = evaluate_bundle(challenger, data, log, config)
-        n_offline = data.test_events.height
+        known = [ranker_coverage(b, data.test_events)[0] for b in (champion, challenger)]
+        events = data.test_events.filter(pl.Series(known[0] & known[1]))
+        old = evaluate_bundle(champion, data, log, config, events=events, r_hat_slate=r_hat)
+        new = evaluate_bundle(challenger, data, log, config, events=events, r_hat_slate=r_hat)
+        n_offline = events.height
     deltas = {
         name: paired_bootstrap_difference(
             new.statistics[name],
@@ -243,7 +283,8 @@ def compare(
         )
         for name in old.metrics
     }
-    return ABReport(kind=kind, champion=old, challenger=new, deltas=deltas)
+    described = ITEM_RATE if reward_model is None else str(config.reward_model or "champion ranker")
+    return ABReport(kind=kind, champion=old, challenger=new, deltas=deltas, reward_model=described)
 
 
 def _plots(report: ABReport, directory: Path) -> list[Path]:
@@ -291,6 +332,7 @@ def run_ab_comparison(
                 "seed": config.seed,
                 "replay_events": log.height,
                 "kind": report.kind,
+                "reward_model": report.reward_model,
             }
         )
         for role, evaluation in (("champion", report.champion), ("challenger", report.challenger)):

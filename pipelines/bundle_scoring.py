@@ -127,6 +127,18 @@ def ranker_inputs(bundle: Bundle, frame: pl.DataFrame, histories: pl.DataFrame) 
     }
 
 
+def ranker_coverage(bundle: Bundle, events: pl.DataFrame) -> tuple[np.ndarray, dict[str, int]]:
+    """Which held-out events (raw ``user_id``/``item_id``) a ranker can score, and counts of the rest.
+
+    Mirrors retrieval: a user the bundle never saw is scored as a cold start (padding id, as the
+    server does) and counted; an item it never saw has no embedding, so its events are dropped.
+    """
+    ids = BundleIds.of(bundle)
+    known_item = ids.items.encode(events["item_id"].to_numpy()) >= 0
+    cold = ids.users.encode(events["user_id"].to_numpy()) < 0
+    return known_item, {"cold_user_events": int(cold.sum()), "dropped_item_events": int((~known_item).sum())}
+
+
 def ranker_probabilities(bundle: Bundle, pairs: pl.DataFrame, data: PreparedData) -> np.ndarray:
     """P(positive) for (user_idx, item_idx) rows of ``data`` (features as served)."""
     frame = ranking_frame(pairs.select("user_idx", "item_idx"), data).join(
