@@ -34,8 +34,16 @@ class Criterion:
     higher_is_better: bool = True
 
     @classmethod
-    def parse(cls, metric: str) -> Criterion:
-        return cls(metric, higher_is_better=metric not in LOWER_IS_BETTER)
+    def parse(cls, text: str) -> Criterion:
+        """``metric`` or ``metric:higher``/``metric:lower``; without a direction, logloss and ECE
+        are lower-is-better and everything else higher-is-better."""
+        metric, _, direction = text.strip().partition(":")
+        if not metric:
+            raise ConfigError(f"promotion criterion names no metric: {text!r}")
+        if direction not in ("", "higher", "lower"):
+            raise ConfigError(f"criterion {text!r}: direction must be 'higher' or 'lower', not {direction!r}")
+        higher = metric not in LOWER_IS_BETTER if not direction else direction == "higher"
+        return cls(metric, higher_is_better=higher)
 
 
 DEFAULT_CRITERIA: dict[str, tuple[Criterion, ...]] = {

@@ -1,0 +1,95 @@
+"""Promotion against the real MLflow registry (SQLite) with hand-made bundles of known quality."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from rankforge.errors import ConfigError
+from rankforge.features.pipeline import DataConfig, PreparedData, SyntheticConfig
+from rankforge.pipelines.ab_compare import ABConfig, compare
+from rankforge.pipelines.promote import Criterion, decide, promote_if_better
+from rankforge.pipelines.registry import log_and_register, resolve
+from rankforge.pipelines.replay_log import build_replay_log
+from rankforge.serving.bundle import load_bundle
+from rankforge.settings import Settings, configure_mlflow
+
+from .crafted_bundles import perfect_retrieval_bundle, random_retrieval_bundle
+
+SMALL = DataConfig(synthetic=SyntheticConfig(n_users=60, n_items=90, seed=3))  # = the small_data fixture
+FAST = ABConfig(n_resamples=200)
+NAME = "rf-promote"
+
+
+def _register(bundle: Path, alias: str | None = None) -> int:
+    with mlflow.start_run():
+        return log_and_register(bundle, NAME, alias=alias).version
+
+
+def test_perfect_challenger_is_promoted_and_worse_or_equal_ones_are_not(
+    rankforge_home: Path, small_data: PreparedData, tmp_path: Path
+) -> None:
+    assert small_data.n_users == 60 and small_data.n_items == 90  # SMALL describes the same data
+    configure_mlflow(Settings.from_env(), "promote-test")
+    random = _register(random_retrieval_bundle(small_data, tmp_path / "random"), alias="champion")
+    perfect = _register(perfect_retrieval_bundle(small_data, tmp_path / "perfect"))
+
+    decision = promote_if_better(NAME, perfect, SMALL, config=FAST)
+    assert decision.promote and decision.applied
+    assert (decision.champion_version, decision.challenger_version) == (random, perfect)
+    assert [r.split(" ")[0] for r in decision.reasons] == ["recall@20", "ndcg@20"]
+    assert all("improves beyond its interval" in r and "-> 1.0000" in r for r in decision.reasons)
+    assert resolve(NAME, "champion").version == perfect
+    assert resolve(NAME, "previous-champion").version == random
+    run = MlflowClient().get_run(decision.report_run_id)
+    assert run.data.tags["promotion.verdict"] == "promote"
+    assert run.data.metrics["delta_recall_at_20_low"] > 0
+    promotion = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/promotion.json")
+    assert promotion["promote"] and promotion["reasons"] == decision.reasons
+
+    # the random model challenging the perfect champion: refused, nothing moves
+    worse = promote_if_better(NAME, random, SMALL, config=FAST)
+    assert not worse.promote and not worse.applied
+    assert all("does not improve" in r for r in worse.reasons)
+    assert resolve(NAME, "champion").version == perfect
+    assert resolve(NAME, "previous-champion").version == random  # still reachable
+
+    # an identical copy: every delta is exactly 0, so no interval lies above 0
+    twin = _register(perfect_retrieval_bundle(small_data, tmp_path / "twin"))
+    tie = promote_if_better(NAME, twin, SMALL, config=FAST)
+    assert not tie.promote and "delta +0.0000 [+0.0000, +0.0000]" in tie.reasons[0]
+    assert resolve(NAME, "champion").version == perfect
+    assert MlflowClient().get_model_version(NAME, str(twin)).tags["promotion"] == "keep champion"
+
+
+def test_without_a_champion_the_challenger_becomes_one(
+    rankforge_home: Path, small_data: PreparedData, tmp_path: Path
+) -> None:
+    configure_mlflow(Settings.from_env(), "promote-test")
+    first = _register(random_retrieval_bundle(small_data, tmp_path / "random"))
+    dry = promote_if_better(NAME, "latest", SMALL, config=FAST, dry_run=True)
+    assert dry.promote and not dry.applied and "no champion yet" in dry.reasons[0]
+    with pytest.raises(ConfigError, match="no registered model"):
+        resolve(NAME, "champion")
+    decision = promote_if_better(NAME, "latest", SMALL, config=FAST)
+    assert decision.applied and resolve(NAME, "champion").version == first
+
+
+def test_criteria_directions(small_data: PreparedData, tmp_path: Path) -> None:
+    assert Criterion.parse("logloss") == Criterion("logloss", higher_is_better=False)
+    assert Criterion.parse("ece:higher") == Criterion("ece", higher_is_better=True)
+    assert Criterion.parse("recall@10:lower") == Criterion("recall@10", higher_is_better=False)
+    for bad in ("recall@10:up", ":lower"):
+        with pytest.raises(ConfigError, match=r"direction|names no metric"):
+            Criterion.parse(bad)
+
+    perfect = load_bundle(perfect_retrieval_bundle(small_data, tmp_path / "perfect"))
+    random = load_bundle(random_retrieval_bundle(small_data, tmp_path / "random"))
+    report = compare(random, perfect, small_data, build_replay_log(small_data, seed=0), FAST)
+    assert decide(report, (Criterion.parse("recall@10"),)).promote
+    # the same large improvement, read as lower-is-better, is a regression
+    assert not decide(report, (Criterion.parse("recall@10:lower"),)).promote
+    assert not decide(report, (Criterion.parse("recall@10"), Criterion.parse("ndcg@10:lower"))).promote
