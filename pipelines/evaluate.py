@@ -7,7 +7,7 @@ import numpy as np
 import polars as pl
 
 from rankforge.features.pipeline import PreparedData
-from rankforge.pipelines.ab_compare import ABConfig, ModelEvaluation, evaluate_bundle
+from rankforge.pipelines.ab_compare import ITEM_RATE, ABConfig, ModelEvaluation, evaluate_bundle
 from rankforge.pipelines.registry import download_bundle
 from rankforge.pipelines.train import metric_name
 
@@ -17,11 +17,20 @@ def run_evaluation(
 ) -> ModelEvaluation:
     """Offline metrics and replay values of ``uri``, logged to one MLflow run (MLflow configured)."""
     config = config or ABConfig()
-    evaluation = evaluate_bundle(download_bundle(uri), data, log, config)
+    bundle = download_bundle(uri)
+    evaluation = evaluate_bundle(bundle, data, log, config)
     evaluation.label = uri
+    reward_model = config.reward_model or ("itself" if bundle.manifest.kind == "ranker" else ITEM_RATE)
     with mlflow.start_run(run_name=f"evaluate {uri}"):
         mlflow.set_tags({"rankforge.job": "evaluate", "model": uri})
-        mlflow.log_params({"replay_events": log.height, "ks": ",".join(map(str, config.ks))})
+        mlflow.log_params(
+            {
+                "kind": bundle.manifest.kind,
+                "replay_events": log.height,
+                "ks": ",".join(map(str, config.ks)),
+                "reward_model": reward_model,
+            }
+        )
         mlflow.log_metrics({metric_name(k): v for k, v in evaluation.metrics.items() if np.isfinite(v)})
         mlflow.log_dict({"model": uri, "metrics": evaluation.metrics, **evaluation.notes}, "evaluation.json")
     return evaluation

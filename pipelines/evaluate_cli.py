@@ -19,7 +19,20 @@ def _common(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="held-out data: a data config or a training config ([data] section); default: the synthetic log",
     )
+    parser.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a data setting (repeatable), e.g. source=file, path=log.parquet, synthetic.n_users=60",
+    )
     parser.add_argument("--replay-log", default=None, help="replay log parquet; default: built from the data")
+    parser.add_argument(
+        "--reward-model",
+        default=None,
+        help="ranker (models:/ URI or bundle path) whose P(positive) is DR's reward model; "
+        "default: the (champion) model itself if it is a ranker, else item positive rates",
+    )
     parser.add_argument("--ks", type=int, nargs="+", default=[10, 20], help="cutoffs for @K metrics")
     parser.add_argument("--resamples", type=int, default=500, help="bootstrap resamples")
     parser.add_argument("--seed", type=int, default=0)
@@ -28,16 +41,20 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def _setup(args: argparse.Namespace) -> tuple[DataConfig, ABConfig]:
     """MLflow pointed at the configured store; the data and comparison settings of the command."""
-    from rankforge.features.pipeline import DataConfig
     from rankforge.pipelines.ab_compare import ABConfig
+    from rankforge.pipelines.evaluate_config import data_config
     from rankforge.settings import Settings, configure_mlflow
 
+    data = data_config(args.data_config, args.data)  # config errors before any MLflow work
     configure_mlflow(Settings.from_env(), args.experiment)
     config = ABConfig(
-        ks=tuple(args.ks), n_resamples=args.resamples, seed=args.seed, experiment=args.experiment
+        ks=tuple(args.ks),
+        n_resamples=args.resamples,
+        seed=args.seed,
+        experiment=args.experiment,
+        reward_model=args.reward_model,
     )
-    data_config = DataConfig() if args.data_config is None else DataConfig.from_file(args.data_config)
-    return data_config, config
+    return data, config
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -100,8 +117,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--metric",
         action="append",
         default=[],
-        help="criterion metric (repeatable); logloss/ece are lower-is-better. "
-        "Default: recall@20+ndcg@20 (retrieval), auc+logloss (ranker)",
+        metavar="METRIC[:higher|lower]",
+        help="criterion metric (repeatable), optionally with its direction; without one, logloss/ece "
+        "are lower-is-better. Default: recall@20+ndcg@20 (retrieval), auc+logloss (ranker)",
     )
     pr.add_argument("--dry-run", action="store_true", help="decide and log, but do not move aliases")
     pr.add_argument("--json", action="store_true", help="also print the decision as JSON")

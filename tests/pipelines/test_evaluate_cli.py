@@ -1,0 +1,85 @@
+"""``rankforge evaluate`` / ``rankforge promote``: data flags, MLflow logging, directed criteria."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from rankforge.cli import main
+from rankforge.errors import ConfigError
+from rankforge.features.pipeline import PreparedData
+from rankforge.pipelines.ab_compare import ITEM_RATE
+from rankforge.pipelines.evaluate_config import data_config
+from rankforge.pipelines.registry import log_and_register, resolve
+from rankforge.settings import Settings, configure_mlflow
+
+from .crafted_bundles import perfect_retrieval_bundle, random_retrieval_bundle
+
+SMALL = ["--data", "synthetic.n_users=60", "--data", "synthetic.n_items=90", "--data", "synthetic.seed=3"]
+
+
+def test_data_flags_override_a_file_and_are_validated(tmp_path: Path) -> None:
+    file = tmp_path / "data.toml"
+    file.write_text('[data]\nhistory_len = 7\nsplit = "random"\n[data.synthetic]\nn_users = 80\n')
+    config = data_config(file, ["synthetic.seed=4", "test_fraction=0.3", "split=time"])
+    assert (config.history_len, config.split, config.test_fraction) == (7, "time", 0.3)
+    assert (config.synthetic.n_users, config.synthetic.seed) == (80, 4)
+    assert data_config(None, ["source=file", f"path={tmp_path}/log.parquet"]).path == tmp_path / "log.parquet"
+    for flag, message in [
+        ("source=file", "data.path is required"),
+        ("nope=1", "Extra inputs"),
+        ("history_len=0", "history_len"),
+        ("split.x=1", "not a section"),
+        ("history_len", "KEY=VALUE"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            data_config(None, [flag])
+
+
+def test_evaluate_logs_the_known_metrics_of_a_perfect_bundle(
+    rankforge_home: Path, small_data: PreparedData, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bundle = perfect_retrieval_bundle(small_data, tmp_path / "perfect")
+    args = ["evaluate", str(bundle), *SMALL, "--resamples", "20", "--experiment", "cli-eval"]
+    assert main(args) == 0
+    printed = dict(line.split() for line in capsys.readouterr().out.splitlines())
+    assert printed["recall@10"] == printed["ndcg@20"] == printed["replay_snips"] == "1.0000"
+    (run,) = MlflowClient().search_runs([mlflow.get_experiment_by_name("cli-eval").experiment_id])
+    assert run.data.metrics["recall_at_10"] == 1.0 and run.data.metrics["mrr_at_20"] == 1.0
+    assert run.data.params["reward_model"] == ITEM_RATE and run.data.tags["model"] == str(bundle)
+
+    assert main(["evaluate", str(bundle), *SMALL, "--reward-model", str(tmp_path / "none")]) == 2
+    assert "not a model bundle" in capsys.readouterr().err
+
+
+def test_bad_data_flags_fail_before_touching_mlflow(
+    rankforge_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["evaluate", str(tmp_path), "--data", "source=file"]) == 2
+    assert "data.path is required" in capsys.readouterr().err
+    assert not (rankforge_home / "mlflow.db").exists()
+
+
+def test_promote_with_directed_criteria_and_dry_run(
+    rankforge_home: Path, small_data: PreparedData, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    configure_mlflow(Settings.from_env(), "rankforge-evaluation")
+    with mlflow.start_run():
+        log_and_register(random_retrieval_bundle(small_data, tmp_path / "r"), "rf-cli", alias="champion")
+    with mlflow.start_run():
+        log_and_register(perfect_retrieval_bundle(small_data, tmp_path / "p"), "rf-cli")
+    common = [*SMALL, "--resamples", "50"]
+
+    assert main(["promote", "rf-cli", "--metric", "recall@10:lower", "--json", *common]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("KEEP CHAMPION") and "recall@10 (lower is better)" in out
+    assert '"promote": false' in out
+    assert main(["promote", "rf-cli", "--metric", "recall@10", "--metric", "logloss", *common]) == 2
+    assert "'logloss' is not a metric of this comparison" in capsys.readouterr().err
+    dry_run = ["promote", "rf-cli", "--challenger", "2", "--metric", "recall@10", "--dry-run"]
+    assert main([*dry_run, *common]) == 0
+    assert capsys.readouterr().out.startswith("PROMOTE (dry run)")
+    assert resolve("rf-cli", "champion").version == 1
