@@ -300,6 +300,30 @@ def logloss(
     return float(-(y * np.log(p) + (1 - y) * np.log1p(-p)).mean())
 
 
+def calibration_bins(
+    labels: np.ndarray | Sequence[float],
+    probs: np.ndarray | Sequence[float],
+    n_bins: int = 15,
+    *,
+    logits: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean predicted probability, observed positive rate, count) per equal-width bin of [0, 1].
+
+    Bin b holds b/n_bins <= p < (b+1)/n_bins (p = 1 in the last bin); empty bins have NaN means.
+    The reliability diagram and the ECE are both read off these bins.
+    """
+    y, p = _binary(labels, probs)
+    if n_bins < 1:
+        raise ValueError("n_bins must be >= 1")
+    p = _probabilities(p, logits)
+    bins = np.minimum((p * n_bins).astype(np.int64), n_bins - 1)
+    count = np.bincount(bins, minlength=n_bins)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean_p = np.bincount(bins, weights=p, minlength=n_bins) / count
+        mean_y = np.bincount(bins, weights=y, minlength=n_bins) / count
+    return mean_p, mean_y, count
+
+
 def expected_calibration_error(
     labels: np.ndarray | Sequence[float],
     probs: np.ndarray | Sequence[float],
@@ -309,17 +333,11 @@ def expected_calibration_error(
 ) -> float:
     """ECE = Σ_b (n_b / n) · |mean label_b − mean prob_b| over ``n_bins`` equal-width bins of [0, 1].
 
-    Count-weighted, so sparsely populated bins barely move it; p = 1 falls in the last bin.
+    Count-weighted, so sparsely populated bins barely move it (see :func:`calibration_bins`).
     """
-    y, p = _binary(labels, probs)
-    if n_bins < 1:
-        raise ValueError("n_bins must be >= 1")
-    p = _probabilities(p, logits)
-    bins = np.minimum((p * n_bins).astype(np.int64), n_bins - 1)
-    gap = np.abs(
-        np.bincount(bins, weights=y, minlength=n_bins) - np.bincount(bins, weights=p, minlength=n_bins)
-    )
-    return float(gap.sum() / y.size)
+    mean_p, mean_y, count = calibration_bins(labels, probs, n_bins, logits=logits)
+    seen = count > 0
+    return float((count[seen] * np.abs(mean_y[seen] - mean_p[seen])).sum() / count.sum())
 
 
 def sigmoid(logits: np.ndarray | Sequence[float]) -> np.ndarray:

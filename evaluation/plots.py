@@ -15,15 +15,21 @@ matplotlib.use("Agg")  # files only: jobs run without a display
 import matplotlib.pyplot as plt
 import numpy as np
 
-from rankforge.evaluation.metrics import auc
+from rankforge.evaluation.metrics import auc, calibration_bins
 
 Curves = Mapping[str, tuple[np.ndarray, np.ndarray]]  # model -> (labels, scores or probabilities)
 
 
 def roc_points(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(false positive rate, true positive rate) at every distinct threshold, ties grouped."""
-    y = np.asarray(labels, dtype=np.float64)
-    s = np.asarray(scores, dtype=np.float64)
+    """(false positive rate, true positive rate) at every distinct threshold, ties grouped.
+
+    Tied scores move the curve diagonally in one step, so the trapezoidal area under these points
+    is exactly :func:`~rankforge.evaluation.metrics.auc` (ties counted one half).
+    """
+    y = np.asarray(labels, dtype=np.float64).ravel()
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    if y.shape != s.shape:
+        raise ValueError(f"labels {y.shape} and scores {s.shape} differ in length")
     order = np.argsort(-s, kind="mergesort")
     y, s = y[order], s[order]
     last_of_tie = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]
@@ -42,6 +48,7 @@ def _save(fig: plt.Figure, path: str | Path) -> Path:
 
 
 def plot_roc(curves: Curves, path: str | Path) -> Path:
+    """ROC curves of every model (labels, scores or logits) on one plot, AUC in the legend."""
     fig, ax = plt.subplots(figsize=(5, 5))
     for name, (labels, scores) in curves.items():
         fpr, tpr = roc_points(labels, scores)
@@ -53,16 +60,13 @@ def plot_roc(curves: Curves, path: str | Path) -> Path:
 
 
 def plot_calibration(curves: Curves, path: str | Path, n_bins: int = 10) -> Path:
-    """Mean label against mean predicted probability per equal-width bin (empty bins skipped)."""
+    """Reliability diagram: observed positive rate against mean predicted probability per
+    equal-width bin (the bins of the ECE; empty bins skipped). ``curves``: probabilities in [0, 1]."""
     fig, ax = plt.subplots(figsize=(5, 5))
     for name, (labels, probs) in curves.items():
-        y, p = np.asarray(labels, dtype=np.float64), np.asarray(probs, dtype=np.float64)
-        bins = np.minimum((p * n_bins).astype(int), n_bins - 1)
-        count = np.bincount(bins, minlength=n_bins)
+        mean_p, mean_y, count = calibration_bins(labels, probs, n_bins)
         seen = count > 0
-        mean_p = np.bincount(bins, weights=p, minlength=n_bins)[seen] / count[seen]
-        mean_y = np.bincount(bins, weights=y, minlength=n_bins)[seen] / count[seen]
-        ax.plot(mean_p, mean_y, marker="o", label=name)
+        ax.plot(mean_p[seen], mean_y[seen], marker="o", label=name)
     ax.plot([0, 1], [0, 1], linestyle=":", color="grey", label="perfect")
     ax.set(xlabel="predicted probability", ylabel="observed positive rate", title="Calibration")
     ax.legend(loc="upper left")
@@ -70,7 +74,7 @@ def plot_calibration(curves: Curves, path: str | Path, n_bins: int = 10) -> Path
 
 
 def plot_metric_at_k(values: Mapping[str, Mapping[int, float]], metric: str, path: str | Path) -> Path:
-    """``values[model][k]``: one line per model over the cutoffs."""
+    """``values[model][k]`` (e.g. recall@k): one line per model over the cutoffs."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, by_k in values.items():
         ks = sorted(by_k)
