@@ -81,9 +81,10 @@ def _promote(args: argparse.Namespace) -> int:
         args.name, challenger, data_config, criteria, config, args.replay_log, dry_run=args.dry_run
     )
     verdict = "PROMOTE" if decision.promote else "KEEP CHAMPION"
+    new = args.challenger if decision.challenger_version is None else f"v{decision.challenger_version}"
     print(
         f"{verdict}{' (dry run)' if args.dry_run else ''}: {args.name} champion v{decision.champion_version} "
-        f"vs challenger v{decision.challenger_version}"
+        f"vs challenger {new}"
     )
     for reason in decision.reasons:
         print(f"  - {reason}")
@@ -112,7 +113,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "champion alias only when every criterion improves beyond its interval.",
     )
     pr.add_argument("name", help="registered model name, e.g. rankforge-retrieval")
-    pr.add_argument("--challenger", default="latest", help="version number, alias, or 'latest' (default)")
+    pr.add_argument(
+        "--challenger",
+        default="latest",
+        help="version number, alias, 'latest' (default), or a bundle directory "
+        "(registered as a new version first, unless --dry-run)",
+    )
     pr.add_argument(
         "--metric",
         action="append",

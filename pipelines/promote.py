@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import mlflow
 from mlflow import MlflowClient
@@ -20,8 +21,9 @@ from mlflow.exceptions import MlflowException
 from rankforge.errors import ConfigError
 from rankforge.features.pipeline import DataConfig, prepare
 from rankforge.pipelines.ab_compare import ABConfig, ABReport, run_ab_comparison
-from rankforge.pipelines.registry import RegisteredModel, resolve
+from rankforge.pipelines.registry import RegisteredModel, log_and_register, resolve
 from rankforge.pipelines.replay_log import build_replay_log, read_replay_log
+from rankforge.serving.bundle import load_bundle
 
 CHAMPION = "champion"
 PREVIOUS = "previous-champion"
@@ -100,6 +102,23 @@ def latest_version(name: str) -> int:
     return max(int(v.version) for v in versions)
 
 
+def _challenger(name: str, challenger: str | int, register: bool) -> tuple[RegisteredModel | None, str]:
+    """The challenger's registered version (None for an unregistered directory) and its URI."""
+    if isinstance(challenger, str) and Path(challenger).is_dir():
+        bundle = load_bundle(challenger)  # a bad directory fails here, before anything is registered
+        if not register:
+            return None, str(bundle.directory)
+        with mlflow.start_run(run_name=f"register {bundle.directory}"):
+            mlflow.set_tags({"rankforge.job": "promote", "bundle_dir": str(bundle.directory)})
+            new = log_and_register(bundle.directory, name)
+        return new, new.model_uri
+    ref = latest_version(name) if challenger == "latest" else challenger
+    new = _find(name, ref)
+    if new is None:
+        raise ConfigError(f"no registered model {name!r} at {ref!r} (and no bundle directory of that name)")
+    return new, new.model_uri
+
+
 def promote_if_better(
     name: str,
     challenger: str | int = "latest",
@@ -109,34 +128,38 @@ def promote_if_better(
     replay_log: str | None = None,
     dry_run: bool = False,
 ) -> Decision:
-    """Compare ``name@champion`` with a challenger version/alias and move the alias if it wins.
+    """Compare ``name@champion`` with a challenger and move the alias if it wins.
 
-    Needs MLflow configured (``rankforge.settings.configure_mlflow``).
+    ``challenger``: a version number, an alias, ``"latest"``, or a bundle directory. A directory is
+    registered as a new version first, except on a dry run, which compares it unregistered (so a
+    dry run never changes the registry). Needs MLflow configured
+    (``rankforge.settings.configure_mlflow``).
     """
     config = config or ABConfig()
-    ref = latest_version(name) if challenger == "latest" else challenger
-    new = _find(name, ref)
-    if new is None:
-        raise ConfigError(f"no registered model {name!r} at {ref!r}")
     old = _find(name, CHAMPION)
+    new, new_uri = _challenger(name, challenger, register=not dry_run)
+    new_version = new.version if new is not None else None
     client = MlflowClient()
     if old is None:
         decision = Decision(
-            True, [f"{name} has no champion yet: version {new.version} becomes champion"], None, new.version
+            True, [f"{name} has no champion yet: {new_uri} becomes champion"], None, new_version
         )
-    elif old.version == new.version:
-        return Decision(False, [f"version {new.version} already is the champion"], old.version, new.version)
+    elif old.version == new_version:
+        return Decision(False, [f"version {new_version} already is the champion"], old.version, new_version)
     else:
         data = prepare(data_config or DataConfig())
         log = read_replay_log(replay_log) if replay_log else build_replay_log(data, seed=config.seed)
-        report = run_ab_comparison(
-            f"models:/{name}/{old.version}", f"models:/{name}/{new.version}", data, log, config
-        )
-        kind = report.kind
-        decision = decide(report, criteria or DEFAULT_CRITERIA[kind])
-        decision.champion_version, decision.challenger_version = old.version, new.version
+        report = run_ab_comparison(f"models:/{name}/{old.version}", new_uri, data, log, config)
+        used = criteria or DEFAULT_CRITERIA[report.kind]
+        decision = decide(report, used)
+        decision.champion_version, decision.challenger_version = old.version, new_version
         decision.report_run_id = report.run_id
+        decision.details = {
+            "criteria": [f"{c.metric}:{'higher' if c.higher_is_better else 'lower'}" for c in used],
+            "challenger": new_uri,
+        }
     if decision.promote and not dry_run:
+        assert new is not None  # only a dry run leaves a bundle directory unregistered
         if old is not None:
             client.set_registered_model_alias(name, PREVIOUS, str(old.version))
         client.set_registered_model_alias(name, CHAMPION, str(new.version))
@@ -154,6 +177,15 @@ def _record(client: MlflowClient, name: str, decision: Decision, dry_run: bool) 
             mlflow.set_tags(
                 {"promotion.verdict": verdict, "promotion.reasons": " | ".join(decision.reasons)[:5000]}
             )
+            mlflow.log_params(
+                {
+                    "promotion.criteria": ",".join(decision.details.get("criteria", [])),
+                    "promotion.dry_run": dry_run,
+                    "promotion.applied": decision.applied,
+                }
+            )
             mlflow.log_dict(summary, "promotion.json")
+    if decision.challenger_version is None:  # a dry run of an unregistered bundle: the run has it all
+        return
     with contextlib.suppress(MlflowException):  # the version vanished meanwhile: the run keeps the record
         client.set_model_version_tag(name, str(decision.challenger_version), "promotion", verdict)

@@ -8,10 +8,10 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from rankforge.errors import ConfigError
+from rankforge.errors import ConfigError, DataError
 from rankforge.features.pipeline import DataConfig, PreparedData, SyntheticConfig
 from rankforge.pipelines.ab_compare import ABConfig, compare
-from rankforge.pipelines.promote import Criterion, decide, promote_if_better
+from rankforge.pipelines.promote import Criterion, decide, latest_version, promote_if_better
 from rankforge.pipelines.registry import log_and_register, resolve
 from rankforge.pipelines.replay_log import build_replay_log
 from rankforge.serving.bundle import load_bundle
@@ -93,3 +93,24 @@ def test_criteria_directions(small_data: PreparedData, tmp_path: Path) -> None:
     # the same large improvement, read as lower-is-better, is a regression
     assert not decide(report, (Criterion.parse("recall@10:lower"),)).promote
     assert not decide(report, (Criterion.parse("recall@10"), Criterion.parse("ndcg@10:lower"))).promote
+
+
+def test_a_bundle_directory_challenger(
+    rankforge_home: Path, small_data: PreparedData, tmp_path: Path
+) -> None:
+    configure_mlflow(Settings.from_env(), "promote-test")
+    champion = _register(random_retrieval_bundle(small_data, tmp_path / "random"), alias="champion")
+    perfect = perfect_retrieval_bundle(small_data, tmp_path / "perfect")
+
+    dry = promote_if_better(NAME, str(perfect), SMALL, config=FAST, dry_run=True)
+    assert dry.promote and not dry.applied and dry.challenger_version is None
+    assert latest_version(NAME) == champion  # a dry run registers nothing
+    run = MlflowClient().get_run(dry.report_run_id)
+    assert run.data.tags["promotion.verdict"] == "promote (dry run)"
+    assert run.data.params["promotion.criteria"] == "recall@20:higher,ndcg@20:higher"
+
+    decision = promote_if_better(NAME, str(perfect), SMALL, config=FAST)
+    assert decision.applied and decision.challenger_version == champion + 1
+    assert resolve(NAME, "champion").version == champion + 1
+    with pytest.raises(DataError, match="not a model bundle"):
+        promote_if_better(NAME, str(tmp_path), SMALL, config=FAST)
