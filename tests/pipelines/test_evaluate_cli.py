@@ -16,6 +16,7 @@ from rankforge.pipelines.evaluate_config import data_config
 from rankforge.pipelines.registry import log_and_register, resolve
 from rankforge.settings import Settings, configure_mlflow
 
+from .conftest import random_ranker_bundle
 from .crafted_bundles import perfect_retrieval_bundle, random_retrieval_bundle
 
 SMALL = ["--data", "synthetic.n_users=60", "--data", "synthetic.n_items=90", "--data", "synthetic.seed=3"]
@@ -83,3 +84,18 @@ def test_promote_with_directed_criteria_and_dry_run(
     assert main([*dry_run, *common]) == 0
     assert capsys.readouterr().out.startswith("PROMOTE (dry run)")
     assert resolve("rf-cli", "champion").version == 1
+
+
+def test_evaluate_a_ranker_bundle(
+    rankforge_home: Path, small_data: PreparedData, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bundle = random_ranker_bundle(small_data, tmp_path / "ranker")
+    assert main(["evaluate", str(bundle), *SMALL, "--resamples", "20", "--experiment", "cli-rank"]) == 0
+    printed = dict(line.split() for line in capsys.readouterr().out.splitlines())
+    assert {"auc", "logloss", "ece", "replay_dr"} <= set(printed)
+    (run,) = MlflowClient().search_runs([mlflow.get_experiment_by_name("cli-rank").experiment_id])
+    assert run.data.params["kind"] == "ranker" and run.data.params["reward_model"] == "itself"
+    summary = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/evaluation.json")
+    assert summary["evaluated_events"] == small_data.test_events.height
+    assert summary["dropped_item_events"] == 0
+    assert summary["metrics"]["auc"] == pytest.approx(float(printed["auc"]), abs=1e-4)
