@@ -37,18 +37,24 @@ RETRIEVAL_METRICS = ("recall", "ndcg", "hitrate", "mrr")
 
 
 class _MaskRows:
-    """Row access to a dense or sparse bool mask, returning dense bool tensors."""
+    """Row access to a dense or sparse bool mask, returning dense bool tensors.
+
+    Sparse rows are expanded with torch ops from the CSR arrays rather than scipy's row indexing:
+    a fresh numpy buffer per chunk makes glibc raise its mmap threshold and the heap fragment
+    (gigabytes of RSS over 100k users), while torch-allocated chunks are reused.
+    """
 
     def __init__(self, mask: Mask, name: str, shape: tuple[int, int] | None = None) -> None:
+        self._dense: torch.Tensor | None = None
         if sp.issparse(mask):
             csr = sp.csr_array(mask, dtype=bool)
             csr.sum_duplicates()
             csr.eliminate_zeros()
-            self._csr: sp.csr_array | None = csr
-            self._dense: torch.Tensor | None = None
+            self._indptr = torch.from_numpy(csr.indptr.astype(np.int64))
+            self._indices = torch.from_numpy(csr.indices.astype(np.int64))
             self.shape = (int(csr.shape[0]), int(csr.shape[1]))
         elif isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.dtype == torch.bool:
-            self._csr, self._dense = None, mask
+            self._dense = mask
             self.shape = (int(mask.shape[0]), int(mask.shape[1]))
         else:
             is_tensor = isinstance(mask, torch.Tensor)
@@ -58,14 +64,22 @@ class _MaskRows:
             raise ValueError(f"{name} {self.shape} must be shaped like relevant {shape}")
 
     def nonempty_rows(self) -> torch.Tensor:
-        if self._csr is not None:
-            return torch.from_numpy(np.flatnonzero(np.diff(self._csr.indptr))).long()
-        return torch.nonzero(self._dense.any(dim=1)).flatten()
+        if self._dense is not None:
+            return torch.nonzero(self._dense.any(dim=1)).flatten()
+        return torch.nonzero(torch.diff(self._indptr) > 0).flatten()
 
     def __getitem__(self, users: torch.Tensor) -> torch.Tensor:
-        if self._csr is not None:
-            return torch.from_numpy(self._csr[users.numpy()].toarray())
-        return self._dense[users]
+        if self._dense is not None:
+            return self._dense[users]
+        starts = self._indptr[users]
+        lengths = self._indptr[users + 1] - starts
+        row = torch.repeat_interleave(torch.arange(users.numel()), lengths)
+        # entry j of the gathered rows sits at indices[start of its row + (j − first j of its row)]
+        first = torch.cumsum(lengths, 0) - lengths
+        position = torch.repeat_interleave(starts - first, lengths) + torch.arange(row.numel())
+        out = torch.zeros((users.numel(), self.shape[1]), dtype=torch.bool)
+        out[row, self._indices[position]] = True
+        return out
 
 
 def per_user_retrieval_metrics(

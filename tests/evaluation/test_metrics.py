@@ -112,6 +112,10 @@ def test_sparse_masks_and_mask_builders_agree_with_dense() -> None:
     csr_rel, csr_exc = sp.csr_array(relevant.numpy()), sp.coo_array(exclude.numpy())
     assert retrieval_metrics(scores, csr_rel, csr_exc, ks=(5,), batch_size=7) == pytest.approx(dense)
     assert torch.equal(csr_to_dense_mask(csr_rel.indptr, csr_rel.indices, 20), relevant)
+    # duplicate entries and explicitly stored zeros: user 0 has item 2 (twice), user 1 has nothing
+    messy = sp.coo_array((np.array([1, 1, 0]), (np.array([0, 0, 1]), np.array([2, 2, 0]))), shape=(2, 3))
+    per_user = per_user_retrieval_metrics(torch.tensor([[0.0, 1.0, 2.0]] * 2), messy, ks=(1,))
+    assert per_user["user"].tolist() == [0] and per_user["recall@1"].tolist() == [1.0]
     lists = [torch.nonzero(row).flatten().tolist() for row in relevant]
     assert torch.equal(lists_to_mask(lists, 20), relevant)
     assert lists_to_mask([[], []], 3).sum() == 0
