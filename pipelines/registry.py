@@ -32,25 +32,33 @@ class RegisteredModel:
 
 
 def log_and_register(
-    bundle_dir: str | Path, registered_name: str, alias: str | None = None
+    bundle_dir: str | Path,
+    registered_name: str,
+    alias: str | None = None,
+    artifact_path: str = BUNDLE_ARTIFACT,
 ) -> RegisteredModel:
-    """Inside an active run: log the bundle, register a new version, optionally set an alias."""
+    """Inside an active run: log the bundle, register a new version, optionally set an alias.
+
+    ``artifact_path`` lets one run register several bundles (a cascade's two stages); the version
+    remembers it in its ``bundle_artifact`` tag, which :func:`download_bundle` follows.
+    """
     bundle = load_bundle(bundle_dir)
     run = mlflow.active_run()
     if run is None:
         raise RuntimeError("log_and_register needs an active MLflow run")
     main = onnx.load(str(bundle.path(MAIN_GRAPH[bundle.manifest.kind])))
-    mlflow.log_artifacts(str(bundle.directory), BUNDLE_ARTIFACT)
+    mlflow.log_artifacts(str(bundle.directory), artifact_path)
     info = mlflow.onnx.log_model(
         main,
-        name="model",
+        name="model" if artifact_path == BUNDLE_ARTIFACT else f"{artifact_path}_model",
         registered_model_name=registered_name,
         save_as_external_data=False,
-        metadata={"rankforge_kind": bundle.manifest.kind, "bundle_artifact": BUNDLE_ARTIFACT},
+        metadata={"rankforge_kind": bundle.manifest.kind, "bundle_artifact": artifact_path},
     )
     version = int(info.registered_model_version)
     client = MlflowClient()
     client.set_model_version_tag(registered_name, str(version), "rankforge_kind", bundle.manifest.kind)
+    client.set_model_version_tag(registered_name, str(version), "bundle_artifact", artifact_path)
     if alias:
         client.set_registered_model_alias(registered_name, alias, str(version))
     return RegisteredModel(registered_name, version, run.info.run_id, f"models:/{registered_name}/{version}")
@@ -93,7 +101,10 @@ def download_bundle(uri_or_path: str | Path, destination: str | Path | None = No
     name, ref = parse_model_uri(text)
     registered = resolve(name, ref)
     target = Path(destination) if destination else Path(tempfile.mkdtemp(prefix=f"rankforge-{name}-"))
+    tags = MlflowClient().get_model_version(name, str(registered.version)).tags
     local = mlflow.artifacts.download_artifacts(
-        run_id=registered.run_id, artifact_path=BUNDLE_ARTIFACT, dst_path=str(target)
+        run_id=registered.run_id,
+        artifact_path=tags.get("bundle_artifact", BUNDLE_ARTIFACT),
+        dst_path=str(target),
     )
     return load_bundle(local)

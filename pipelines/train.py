@@ -18,6 +18,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from rankforge.features.pipeline import PreparedData, prepare
+from rankforge.models.cascade import CascadeModel
 from rankforge.models.ranking import RankingModel
 from rankforge.models.two_tower import TwoTower
 from rankforge.pipelines.registry import BUNDLE_ARTIFACT, RegisteredModel, log_and_register
@@ -38,6 +39,7 @@ class TrainResult:
     metrics: dict[str, float]
     run_id: str | None
     epochs: list[EpochStats] = field(default_factory=list)
+    stages: list[RegisteredModel] = field(default_factory=list)  # every registered model (2 for a cascade)
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -89,14 +91,45 @@ def _log_job_inputs(config: TrainConfig, env: DistEnv, resumed_at: int) -> None:
 
 
 def _export(
-    model: TwoTower | RankingModel, data: PreparedData, config: TrainConfig, metrics: dict[str, float]
+    model: TwoTower | RankingModel,
+    data: PreparedData,
+    config: TrainConfig,
+    metrics: dict[str, float],
+    directory: Path,
 ) -> Path:
-    bundle_dir = config.output_dir / "bundle"
-    shutil.rmtree(bundle_dir, ignore_errors=True)
-    bundle_dir.mkdir(parents=True)
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
     build = build_retrieval_bundle if isinstance(model, TwoTower) else build_ranker_bundle
-    build(model, data, str(bundle_dir), config.model.max_genres, metrics)  # type: ignore[arg-type]
-    return bundle_dir
+    build(model, data, str(directory), config.model.max_genres, metrics)  # type: ignore[arg-type]
+    return directory
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One servable model of a job: the model itself, or one stage of a cascade."""
+
+    name: str  # registered model name
+    model: TwoTower | RankingModel
+    artifact_path: str
+    metrics: dict[str, float]
+
+
+def servable_stages(
+    model: TwoTower | RankingModel | CascadeModel, config: TrainConfig, metrics: dict[str, float]
+) -> list[Stage]:
+    """A cascade is served as its two stages, each registered under its own name."""
+    if not isinstance(model, CascadeModel):
+        return [Stage(config.registered_model, model, BUNDLE_ARTIFACT, metrics)]
+    shared = {k: v for k, v in metrics.items() if not k.startswith(("retrieval_", "ranker_"))}
+
+    def of(prefix: str) -> dict[str, float]:
+        return {**shared, **{k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix)}}
+
+    base = config.registered_model
+    return [
+        Stage(f"{base}-retrieval", model.retrieval, f"{BUNDLE_ARTIFACT}_retrieval", of("retrieval_")),
+        Stage(f"{base}-ranker", model.ranker, f"{BUNDLE_ARTIFACT}_ranker", of("ranker_")),
+    ]
 
 
 def run_training(config: TrainConfig) -> TrainResult:
@@ -127,23 +160,29 @@ def run_training(config: TrainConfig) -> TrainResult:
         bundle_dir = config.output_dir / "bundle"
         metrics: dict[str, float] = {}
         registered = None
+        registered_stages: list[RegisteredModel] = []
         if model is not None:
             metrics = validate(model, data, trainer.tables)
             if epochs:
                 metrics["train_loss"] = epochs[-1].loss
-            bundle_dir = _export(model, data, config, metrics)
-            if config.mlflow.register_model:
-                name = config.registered_model
-                alias = config.mlflow.alias if _is_first_version(name) else None
-                registered = log_and_register(bundle_dir, name, alias)
-            else:
-                mlflow.log_artifacts(str(bundle_dir), BUNDLE_ARTIFACT)
+            stages = servable_stages(model, config, metrics)
+            for stage in stages:
+                directory = bundle_dir if len(stages) == 1 else bundle_dir / stage.artifact_path
+                _export(stage.model, data, config, stage.metrics, directory)
+                if config.mlflow.register_model:
+                    alias = config.mlflow.alias if _is_first_version(stage.name) else None
+                    registered_stages.append(
+                        log_and_register(directory, stage.name, alias, stage.artifact_path)
+                    )
+                else:
+                    mlflow.log_artifacts(str(directory), stage.artifact_path)
+            registered = registered_stages[0] if registered_stages else None
         trainer.mark_finished()
         run_id = trainer.run_id
         if active:
             mlflow.end_run()
             active = False
-        return TrainResult(registered, bundle_dir, metrics, run_id, list(epochs))
+        return TrainResult(registered, bundle_dir, metrics, run_id, list(epochs), registered_stages)
     finally:
         if active:
             mlflow.end_run(status="FAILED")

@@ -18,8 +18,8 @@ def _run(args: argparse.Namespace) -> int:
     result = run_training(config)
     if result.run_id is not None:  # rank 0
         registered = (
-            f"{result.registered.name} version {result.registered.version}"
-            if result.registered
+            ", ".join(f"{r.name} version {r.version}" for r in result.stages)
+            if result.stages
             else "not registered"
         )
         metrics = ", ".join(f"{k}={v:.4f}" for k, v in sorted(result.metrics.items()))

@@ -18,10 +18,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from rankforge.errors import ConfigError
 from rankforge.features.pipeline import DataConfig
 
-ModelKind = Literal["retrieval", "ranking"]
+ModelKind = Literal["retrieval", "ranking", "cascade"]
 #: The objective input contract each model kind feeds (see ``rankforge.training.objectives``).
-OBJECTIVE_KIND: dict[str, str] = {"retrieval": "retrieval", "ranking": "ctr"}
-DEFAULT_REGISTERED_NAME: dict[str, str] = {"retrieval": "rankforge-retrieval", "ranking": "rankforge-ranker"}
+OBJECTIVE_KIND: dict[str, str] = {"retrieval": "retrieval", "ranking": "ctr", "cascade": "cascade"}
+#: A cascade registers both stages: ``{registered_model}-retrieval`` and ``{registered_model}-ranker``.
+DEFAULT_REGISTERED_NAME: dict[str, str] = {
+    "retrieval": "rankforge-retrieval",
+    "ranking": "rankforge-ranker",
+    "cascade": "rankforge",
+}
 SHARDING_TYPES = ("table_wise", "row_wise", "column_wise", "table_row_wise", "table_column_wise")
 #: What TorchRec's EmbeddingBagCollectionSharder offers with a fused kernel on CPU (torchrec 1.8):
 #: row-wise variants are CUDA-only there.
@@ -51,7 +56,7 @@ class ModelConfig(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
-        if self.kind == "ranking" and self.over_sizes[-1] != 1:
+        if self.kind in ("ranking", "cascade") and self.over_sizes[-1] != 1:
             raise ValueError("over_sizes must end with 1 (a single logit)")
         return self
 

@@ -146,6 +146,32 @@ class RankingBatch:
         )
 
 
+@dataclass(frozen=True)
+class CascadeBatch:
+    """Candidate lists scored by both cascade stages: row ``i`` of ``labels`` is one list of ``M``."""
+
+    user: KeyedJaggedTensor  # b users (retrieval user tower)
+    items: KeyedJaggedTensor  # b * M list items, list by list (retrieval item tower)
+    dense: torch.Tensor  # [b * M, 4] ranker dense features
+    sparse: KeyedJaggedTensor  # b * M (user, item) pairs, user then item keys (ranker)
+    labels: torch.Tensor  # [b, M] 1 = the list's ground-truth item
+    mask: torch.Tensor  # [b, M] bool, False where a sampled negative hit the positive
+
+    @property
+    def size(self) -> int:
+        return self.labels.shape[0]
+
+    def to(self, device: torch.device) -> CascadeBatch:
+        return CascadeBatch(
+            self.user.to(device),
+            self.items.to(device),
+            self.dense.to(device),
+            self.sparse.to(device),
+            self.labels.to(device),
+            self.mask.to(device),
+        )
+
+
 class _Batches:
     """Shared epoch mechanics: shuffle with the sampler's generator, split the tail fairly."""
 
@@ -284,4 +310,56 @@ class RankingBatches(_Batches):
                 ),
                 labels=all_labels[mine],
                 reference_logits=torch.log(rate) - torch.log1p(-rate),
+            )
+
+
+class CascadeBatches(RetrievalBatches):
+    """LCRON lists: each training positive with its own sampled negatives (``M = 1 + N`` items).
+
+    Both stages see the same lists: the retrieval towers score them by inner product and the
+    ranker scores every (user, item) pair with the user's point-in-time history, as served.
+    """
+
+    def __init__(
+        self,
+        data: PreparedData,
+        tables: FeatureTables,
+        sampler: NegativeSampler,
+        n_negatives: int,
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(data, tables, sampler, n_negatives, False, batch_size, rank, world_size, seed)
+
+    def __iter__(self) -> Iterator[CascadeBatch]:  # type: ignore[override]
+        for rows in self._global_batches():
+            n_rows = len(rows)
+            negatives = self.sampler.sample((n_rows, self.n_negatives), self.generator)
+            local = rank_slice(n_rows - n_rows % self.world_size, self.rank, self.world_size)
+            mine = rows[local]
+            positives = self.positives[mine]
+            lists = torch.cat([positives.unsqueeze(1), negatives[local]], dim=1)  # [b, M]
+            mask = torch.cat(
+                [
+                    torch.ones_like(positives, dtype=torch.bool).unsqueeze(1),
+                    lists[:, 1:] != positives.unsqueeze(1),
+                ],
+                dim=1,
+            )
+            labels = torch.zeros(lists.shape, dtype=torch.float32)
+            labels[:, 0] = 1.0
+            m = lists.shape[1]
+            users, history = self.users[mine], self.history[mine]
+            pair_users, pair_items = users.repeat_interleave(m), lists.reshape(-1)
+            items = self.tables.items(pair_items)
+            pair_user_features = self.tables.users(pair_users, history.repeat_interleave(m, dim=0))
+            yield CascadeBatch(
+                user=padded_to_kjt(self.tables.users(users, history), USER_KEYS),
+                items=padded_to_kjt(items, ITEM_KEYS),
+                dense=self.tables.dense(pair_users, pair_items),
+                sparse=padded_to_kjt({**pair_user_features, **items}, USER_KEYS + ITEM_KEYS),
+                labels=labels,
+                mask=mask,
             )

@@ -13,28 +13,32 @@ from torchrec import KeyedJaggedTensor
 
 from rankforge.features.aggregates import DENSE_FEATURES
 from rankforge.features.pipeline import PreparedData
+from rankforge.models.cascade import CascadeModel
 from rankforge.models.ranking import RankingModel
 from rankforge.models.two_tower import TwoTower, item_features, user_features
 from rankforge.pipelines.train_config import ModelConfig
-from rankforge.training.batches import RankingBatch, RetrievalBatch
+from rankforge.training.batches import CascadeBatch, RankingBatch, RetrievalBatch
 
-Model = TwoTower | RankingModel
+Model = TwoTower | RankingModel | CascadeModel
 
 
 def build_model(config: ModelConfig, data: PreparedData, device: torch.device | None = None) -> Model:
     """The plain model for this config and data; ``device=meta`` leaves the tables for DMP."""
     users = user_features(data.n_users, data.n_items, data.history_len)
     items = item_features(data.n_items, data.n_genres, config.max_genres)
-    if config.kind == "retrieval":
+
+    def two_tower() -> TwoTower:
         return TwoTower(users, items, config.embedding_dim, tuple(config.tower_sizes), device=device)
-    return RankingModel(
-        users + items,
-        DENSE_FEATURES,
-        config.embedding_dim,
-        tuple(config.dense_sizes),
-        tuple(config.over_sizes),
-        device=device,
-    )
+
+    def ranker() -> RankingModel:
+        dense, over = tuple(config.dense_sizes), tuple(config.over_sizes)
+        return RankingModel(users + items, DENSE_FEATURES, config.embedding_dim, dense, over, device=device)
+
+    if config.kind == "retrieval":
+        return two_tower()
+    if config.kind == "ranking":
+        return ranker()
+    return CascadeModel(two_tower(), ranker())
 
 
 class RetrievalTask(nn.Module):
@@ -75,14 +79,43 @@ class RankingTask(nn.Module):
         return self.loss(self.model(dense, sparse), labels, reference_logits)
 
 
+class CascadeTask(nn.Module):
+    """Both stages score the same candidate lists; a ``cascade`` objective (LCRON) trains them as one."""
+
+    def __init__(self, model: CascadeModel, loss: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.loss = loss
+
+    def forward(
+        self,
+        user: KeyedJaggedTensor,
+        items: KeyedJaggedTensor,
+        dense: torch.Tensor,
+        sparse: KeyedJaggedTensor,
+        labels: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> torch.Tensor:
+        b, m = labels.shape
+        user_emb = self.model.retrieval.user_embedding(user)
+        item_emb = self.model.retrieval.item_embedding(items).reshape(b, m, -1)
+        retrieval_scores = (user_emb.unsqueeze(1) * item_emb).sum(-1)
+        ranking_scores = self.model.ranker(dense, sparse).reshape(b, m)
+        return self.loss(retrieval_scores, ranking_scores, labels, mask)
+
+
 def make_task(model: Model, loss: nn.Module, shared_negatives: bool = False) -> nn.Module:
     if isinstance(model, TwoTower):
         return RetrievalTask(model, loss, shared_negatives)
+    if isinstance(model, CascadeModel):
+        return CascadeTask(model, loss)
     return RankingTask(model, loss)
 
 
-def task_inputs(batch: RetrievalBatch | RankingBatch) -> tuple:
+def task_inputs(batch: RetrievalBatch | RankingBatch | CascadeBatch) -> tuple:
     """The positional arguments of the matching task's ``forward``."""
     if isinstance(batch, RetrievalBatch):
         return batch.user, batch.items, batch.neg_mask
+    if isinstance(batch, CascadeBatch):
+        return batch.user, batch.items, batch.dense, batch.sparse, batch.labels, batch.mask
     return batch.dense, batch.sparse, batch.labels, batch.reference_logits

@@ -21,7 +21,13 @@ from tqdm import tqdm
 from rankforge.errors import ConfigError
 from rankforge.features.pipeline import PreparedData
 from rankforge.pipelines.train_config import OBJECTIVE_KIND, TrainConfig
-from rankforge.training.batches import FeatureTables, NegativeSampler, RankingBatches, RetrievalBatches
+from rankforge.training.batches import (
+    CascadeBatches,
+    FeatureTables,
+    NegativeSampler,
+    RankingBatches,
+    RetrievalBatches,
+)
 from rankforge.training.checkpoint import Checkpointer
 from rankforge.training.losses import resolve_objective
 from rankforge.training.sharding import DistEnv, build_optimizers, shard, unsharded_state_dict
@@ -65,7 +71,7 @@ class Trainer:
         self.history: list[EpochStats] = []
         self.run_id: str | None = None  # the MLflow run, carried across restarts
 
-    def _batches(self) -> RetrievalBatches | RankingBatches:
+    def _batches(self) -> RetrievalBatches | RankingBatches | CascadeBatches:
         c = self.config
         sampler = NegativeSampler(
             self.tables.item_events, c.negatives.distribution, c.negatives.popularity_power
@@ -76,6 +82,8 @@ class Trainer:
             world_size=self.env.world_size,
             seed=c.seed,
         )
+        if c.model.kind == "cascade":
+            return CascadeBatches(self.data, self.tables, sampler, c.negatives.count, **common)
         if c.model.kind == "retrieval":
             return RetrievalBatches(
                 self.data, self.tables, sampler, c.negatives.count, c.negatives.shared, **common

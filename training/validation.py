@@ -13,6 +13,7 @@ import warnings
 import torch
 
 from rankforge.features.pipeline import PreparedData
+from rankforge.models.cascade import CascadeModel
 from rankforge.models.inputs import padded_to_kjt
 from rankforge.models.ranking import RankingModel
 from rankforge.models.two_tower import TwoTower
@@ -67,7 +68,15 @@ def ranking_validation(model: RankingModel, data: PreparedData, tables: FeatureT
     return metrics
 
 
-def validate(model: TwoTower | RankingModel, data: PreparedData, tables: FeatureTables) -> dict[str, float]:
+def validate(
+    model: TwoTower | RankingModel | CascadeModel, data: PreparedData, tables: FeatureTables
+) -> dict[str, float]:
+    """Validation metrics; a cascade reports each stage's under ``retrieval_``/``ranker_`` names."""
+    if isinstance(model, CascadeModel):
+        return {
+            **{f"retrieval_{k}": v for k, v in retrieval_validation(model.retrieval, data, tables).items()},
+            **{f"ranker_{k}": v for k, v in ranking_validation(model.ranker, data, tables).items()},
+        }
     if isinstance(model, TwoTower):
         return retrieval_validation(model, data, tables)
     return ranking_validation(model, data, tables)
