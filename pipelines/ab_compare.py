@@ -20,7 +20,7 @@ import numpy as np
 import polars as pl
 
 from rankforge.errors import ConfigError, DataError
-from rankforge.evaluation.bootstrap import Interval, paired_bootstrap_difference
+from rankforge.evaluation.bootstrap import Interval, bootstrap, paired_bootstrap_difference
 from rankforge.evaluation.metrics import (
     auc,
     expected_calibration_error,
@@ -71,6 +71,15 @@ class ModelEvaluation:
     statistics: dict[str, Statistic] = field(repr=False)
     curves: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     notes: dict[str, int] = field(default_factory=dict)
+    intervals: dict[str, Interval] = field(default_factory=dict)  # per metric, over its rows
+
+    def to_json(self) -> dict:
+        return {
+            "model": self.label,
+            "metrics": self.metrics,
+            "intervals": {name: asdict(interval) for name, interval in self.intervals.items()},
+            **self.notes,
+        }
 
 
 @dataclass
@@ -85,16 +94,8 @@ class ABReport:
     def to_json(self) -> dict:
         return {
             "kind": self.kind,
-            "champion": {
-                "model": self.champion.label,
-                "metrics": self.champion.metrics,
-                **self.champion.notes,
-            },
-            "challenger": {
-                "model": self.challenger.label,
-                "metrics": self.challenger.metrics,
-                **self.challenger.notes,
-            },
+            "champion": self.champion.to_json(),
+            "challenger": self.challenger.to_json(),
             "deltas": {name: asdict(interval) for name, interval in self.deltas.items()},
             "reward_model": self.reward_model,
             "run_id": self.run_id,
@@ -115,7 +116,11 @@ def _retrieval_evaluation(scored: RetrievalScores, users: np.ndarray, ks: tuple[
         metrics={k: v for k, v in metrics.items() if int(k.split("@")[1]) in ks},
         statistics={name: _mean_of(values) for name, values in aligned.items()},
         curves={name: np.array([metrics[f"{name}@{k}"] for k in PLOT_KS]) for name in ("recall", "ndcg")},
-        notes={"cold_users": scored.cold_users, "dropped_items": scored.dropped_items},
+        notes={
+            "cold_users": scored.cold_users,
+            "dropped_items": scored.dropped_items,
+            "evaluated_users": len(users),
+        },
     )
 
 
@@ -224,13 +229,25 @@ def evaluate_bundle(
     if r_hat_slate is None:
         r_hat_slate = reward_estimates(data, log, reward_model_bundle(config, bundle))
     replay = _replay_evaluation(bundle, data, log, config.policy_temperature, r_hat_slate)
-    return ModelEvaluation(
+    evaluation = ModelEvaluation(
         label=str(bundle.directory),
         metrics={**offline.metrics, **{f"replay_{k}": v for k, v in replay.metrics.items()}},
         statistics={**offline.statistics, **{f"replay_{k}": v for k, v in replay.statistics.items()}},
         curves=offline.curves,
         notes={**offline.notes, **replay.notes},
     )
+    n_offline = len(users) if users is not None else len(events) if events is not None else 0
+    evaluation.intervals = {
+        name: bootstrap(
+            evaluation.statistics[name],
+            len(log) if name.startswith("replay_") else n_offline,
+            n_resamples=config.n_resamples,
+            confidence=config.confidence,
+            seed=config.seed,
+        )
+        for name in evaluation.metrics
+    }
+    return evaluation
 
 
 def _evaluable(scored: RetrievalScores) -> np.ndarray:
@@ -338,9 +355,7 @@ def run_ab_comparison(
         for role, evaluation in (("champion", report.champion), ("challenger", report.challenger)):
             with mlflow.start_run(run_name=role, nested=True):
                 mlflow.set_tags({"role": role, "model": evaluation.label})
-                mlflow.log_metrics(
-                    {metric_name(k): v for k, v in evaluation.metrics.items() if np.isfinite(v)}
-                )
+                mlflow.log_metrics(metrics_with_intervals(evaluation))
         for name, interval in report.deltas.items():
             for suffix, value in (("", interval.estimate), ("_low", interval.low), ("_high", interval.high)):
                 if np.isfinite(value):
@@ -350,6 +365,17 @@ def run_ab_comparison(
                 mlflow.log_artifact(str(path), "plots")
         mlflow.log_dict(report.to_json(), "report.json")
     return report
+
+
+def metrics_with_intervals(evaluation: ModelEvaluation) -> dict[str, float]:
+    """MLflow metrics of one model: each value and its bootstrap bounds (``_low``/``_high``)."""
+    out: dict[str, float] = {}
+    for name, value in evaluation.metrics.items():
+        interval = evaluation.intervals.get(name, Interval(value, float("nan"), float("nan")))
+        for suffix, v in (("", value), ("_low", interval.low), ("_high", interval.high)):
+            if np.isfinite(v):
+                out[f"{metric_name(name)}{suffix}"] = v
+    return out
 
 
 def format_report(report: ABReport) -> str:

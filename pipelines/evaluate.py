@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import mlflow
-import numpy as np
 import polars as pl
 
 from rankforge.features.pipeline import PreparedData
-from rankforge.pipelines.ab_compare import ITEM_RATE, ABConfig, ModelEvaluation, evaluate_bundle
+from rankforge.pipelines.ab_compare import (
+    ITEM_RATE,
+    ABConfig,
+    ModelEvaluation,
+    evaluate_bundle,
+    metrics_with_intervals,
+)
 from rankforge.pipelines.registry import download_bundle
-from rankforge.pipelines.train import metric_name
 
 
 def run_evaluation(
@@ -31,6 +35,6 @@ def run_evaluation(
                 "reward_model": reward_model,
             }
         )
-        mlflow.log_metrics({metric_name(k): v for k, v in evaluation.metrics.items() if np.isfinite(v)})
-        mlflow.log_dict({"model": uri, "metrics": evaluation.metrics, **evaluation.notes}, "evaluation.json")
+        mlflow.log_metrics(metrics_with_intervals(evaluation))
+        mlflow.log_dict(evaluation.to_json(), "evaluation.json")
     return evaluation

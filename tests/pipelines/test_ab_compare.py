@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 
 from rankforge.errors import ConfigError
+from rankforge.evaluation.bootstrap import Interval
 from rankforge.evaluation.replay import dr_value
 from rankforge.features.pipeline import PreparedData
 from rankforge.pipelines.ab_compare import ABConfig, compare
@@ -41,6 +42,11 @@ def test_perfect_challenger_against_random_champion(small_data: PreparedData, tm
     assert report.challenger.metrics["replay_snips"] == 1.0
     assert report.challenger.metrics["replay_ips"] == pytest.approx(SLATE * log["reward"].mean())
     assert report.reward_model == "item positive rate"
+    # each model's own bootstrap intervals: a constant per-user value has a zero-width interval
+    assert report.challenger.intervals["recall@10"] == Interval(1.0, 1.0, 1.0)
+    old = report.champion.intervals["ndcg@20"]
+    assert old.low < old.estimate == report.champion.metrics["ndcg@20"] < old.high
+    assert report.to_json()["champion"]["intervals"]["ndcg@20"]["low"] == old.low
     assert report.to_json()["challenger"]["dropped_items"] == 0
 
     same = compare(perfect, perfect, small_data, log, FAST)

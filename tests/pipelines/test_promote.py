@@ -47,6 +47,12 @@ def test_perfect_challenger_is_promoted_and_worse_or_equal_ones_are_not(
     run = MlflowClient().get_run(decision.report_run_id)
     assert run.data.tags["promotion.verdict"] == "promote"
     assert run.data.metrics["delta_recall_at_20_low"] > 0
+    children = MlflowClient().search_runs(
+        [run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'"
+    )
+    child = {c.data.tags["role"]: c.data.metrics for c in children}
+    assert child["challenger"]["recall_at_20"] == child["challenger"]["recall_at_20_low"] == 1.0
+    assert child["champion"]["recall_at_20_low"] < child["champion"]["recall_at_20"] < 1.0
     promotion = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/promotion.json")
     assert promotion["promote"] and promotion["reasons"] == decision.reasons
 
