@@ -350,6 +350,7 @@ def run_ab_comparison(
                 "replay_events": log.height,
                 "kind": report.kind,
                 "reward_model": report.reward_model,
+                "policy_temperature": config.policy_temperature,
             }
         )
         for role, evaluation in (("champion", report.champion), ("challenger", report.challenger)):

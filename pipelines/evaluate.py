@@ -33,6 +33,7 @@ def run_evaluation(
                 "replay_events": log.height,
                 "ks": ",".join(map(str, config.ks)),
                 "reward_model": reward_model,
+                "policy_temperature": config.policy_temperature,
             }
         )
         mlflow.log_metrics(metrics_with_intervals(evaluation))

@@ -34,6 +34,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "default: the (champion) model itself if it is a ranker, else item positive rates",
     )
     parser.add_argument("--ks", type=int, nargs="+", default=[10, 20], help="cutoffs for @K metrics")
+    parser.add_argument(
+        "--policy-temperature",
+        type=float,
+        default=0.0,
+        help="replay policies: 0 = greedy over the slate (default), > 0 = softmax(score / T)",
+    )
     parser.add_argument("--resamples", type=int, default=500, help="bootstrap resamples")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--experiment", default="rankforge-evaluation", help="MLflow experiment")
@@ -53,6 +59,7 @@ def _setup(args: argparse.Namespace) -> tuple[DataConfig, ABConfig]:
         seed=args.seed,
         experiment=args.experiment,
         reward_model=args.reward_model,
+        policy_temperature=args.policy_temperature,
     )
     return data, config
 

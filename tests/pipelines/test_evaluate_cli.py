@@ -90,11 +90,13 @@ def test_evaluate_a_ranker_bundle(
     rankforge_home: Path, small_data: PreparedData, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     bundle = random_ranker_bundle(small_data, tmp_path / "ranker")
-    assert main(["evaluate", str(bundle), *SMALL, "--resamples", "20", "--experiment", "cli-rank"]) == 0
+    args = ["evaluate", str(bundle), *SMALL, "--resamples", "20", "--policy-temperature", "0.5"]
+    assert main([*args, "--experiment", "cli-rank"]) == 0
     printed = dict(line.split() for line in capsys.readouterr().out.splitlines())
     assert {"auc", "logloss", "ece", "replay_dr"} <= set(printed)
     (run,) = MlflowClient().search_runs([mlflow.get_experiment_by_name("cli-rank").experiment_id])
     assert run.data.params["kind"] == "ranker" and run.data.params["reward_model"] == "itself"
+    assert run.data.params["policy_temperature"] == "0.5"
     summary = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/evaluation.json")
     assert summary["evaluated_events"] == small_data.test_events.height
     assert summary["dropped_item_events"] == 0
