@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -20,7 +21,7 @@ from rankforge.features import history as hist
 from rankforge.features.aggregates import item_aggregates, user_aggregates
 from rankforge.features.id_mapping import IdMapping
 from rankforge.features.loaders import load_interactions, load_lightgcn_split, load_movielens_items
-from rankforge.features.schema import ITEM, ITEM_IDX, LABEL, RATING, TIMESTAMP, USER_IDX
+from rankforge.features.schema import ITEM, ITEM_IDX, LABEL, RATING, TIMESTAMP, USER, USER_IDX
 from rankforge.features.splits import global_time_split, leave_last_out, random_leave_out
 from rankforge.features.synthetic import generate_log
 
@@ -107,6 +108,23 @@ class PreparedData:
     @property
     def n_genres(self) -> int:
         return max(self.genres.height, 1)
+
+    @cached_property
+    def raw_histories(self) -> pl.DataFrame:
+        """``user_id`` -> latest history as raw item ids: model-independent, so any model's id
+        mapping can encode it. Computed once per prepared dataset."""
+        return (
+            self.user_features.select(USER_IDX, hist.HISTORY)
+            .with_row_index("_row")
+            .explode(hist.HISTORY)
+            .join(
+                self.mapping.items, left_on=hist.HISTORY, right_on=ITEM_IDX, how="left", maintain_order="left"
+            )
+            .group_by("_row", maintain_order=True)
+            .agg(pl.col(USER_IDX).first(), pl.col(ITEM).drop_nulls().alias(hist.HISTORY))
+            .join(self.mapping.users, on=USER_IDX, how="inner")
+            .select(USER, hist.HISTORY)
+        )
 
     def test_positives(self) -> pl.DataFrame:
         return self.test_events.filter(pl.col(LABEL) > 0)

@@ -24,20 +24,6 @@ from rankforge.serving.id_lookup import IdLookup
 from rankforge.serving.model_runtime import open_session
 
 
-def raw_histories(data: PreparedData) -> pl.DataFrame:
-    """``user_id`` -> latest history as raw item ids (model-independent)."""
-    return (
-        data.user_features.select("user_idx", "history")
-        .with_row_index("_row")
-        .explode("history")
-        .join(data.mapping.items, left_on="history", right_on="item_idx", how="left", maintain_order="left")
-        .group_by("_row", maintain_order=True)
-        .agg(pl.col("user_idx").first(), pl.col("item_id").drop_nulls().alias("history"))
-        .join(data.mapping.users, on="user_idx", how="inner")
-        .select("user_id", "history")
-    )
-
-
 @dataclass(frozen=True)
 class BundleIds:
     """A bundle's raw-id lookups."""
@@ -84,7 +70,7 @@ def score_retrieval(bundle: Bundle, data: PreparedData) -> RetrievalScores:
     ids = BundleIds.of(bundle)
     test = data.test_positives()
     users = np.unique(test["user_id"].to_numpy())
-    vectors = user_vectors(bundle, ids, users, raw_histories(data))
+    vectors = user_vectors(bundle, ids, users, data.raw_histories)
     scores = torch.from_numpy(vectors @ bundle.item_embeddings().T)
     shape = (len(users), len(ids.items))
 
@@ -145,7 +131,7 @@ def ranker_probabilities(bundle: Bundle, pairs: pl.DataFrame, data: PreparedData
         data.mapping.users, on="user_idx", how="left", maintain_order="left"
     )
     session = open_session(str(bundle.path("ranker.onnx")), threads=0)
-    logits = session.run(None, ranker_inputs(bundle, frame, raw_histories(data)))[0]
+    logits = session.run(None, ranker_inputs(bundle, frame, data.raw_histories))[0]
     return sigmoid(logits.reshape(-1))
 
 
@@ -159,7 +145,7 @@ def slate_scores(bundle: Bundle, log: pl.DataFrame, data: PreparedData) -> np.nd
     if bundle.manifest.kind == "retrieval":
         ids = BundleIds.of(bundle)
         users = log["user_id"].to_numpy()
-        vectors = user_vectors(bundle, ids, users, raw_histories(data))
+        vectors = user_vectors(bundle, ids, users, data.raw_histories)
         items = ids.items.encode(slates)
         embeddings = bundle.item_embeddings()
         scores = np.einsum("nd,nsd->ns", vectors, embeddings[np.maximum(items, 0)])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import polars as pl
 import pytest
 import torch
@@ -132,4 +134,4 @@ def test_bad_inputs_fail_clearly(small_data: PreparedData, tables: FeatureTables
         RetrievalBatches(small_data, tables, sampler, 2, False, batch_size=2, world_size=4)
     broken = small_data.item_features.filter(pl.col("item_idx") != 3)
     with pytest.raises(DataError, match="every index"):
-        FeatureTables.build(PreparedData(**{**small_data.__dict__, "item_features": broken}), MAX_GENRES)
+        FeatureTables.build(dataclasses.replace(small_data, item_features=broken), MAX_GENRES)
