@@ -10,7 +10,7 @@ from rankforge.features.pipeline import PreparedData
 from rankforge.models.inputs import dense_inputs, item_inputs, padded_to_kjt, user_inputs
 from rankforge.models.ranking import RankingModel
 from rankforge.models.two_tower import TwoTower
-from rankforge.serving.bundle import Manifest, write_manifest
+from rankforge.serving.bundle import BundleKind, Manifest, write_manifest
 from rankforge.serving.onnx_export import export_ranker, export_two_tower
 
 EXAMPLE_ROWS = 4
@@ -47,19 +47,8 @@ def build_retrieval_bundle(
     items = item_inputs(data.item_features.head(EXAMPLE_ROWS), max_genres)
     user_art, item_art = export_two_tower(model.eval(), users, items, directory)
     np.save(f"{directory}/item_embeddings.npy", item_embedding_matrix(model, data, max_genres))
-    data.mapping.save(f"{directory}/id_mapping")
-    manifest = Manifest(
-        kind="retrieval",
-        inputs={"user_tower.onnx": user_art.input_names, "item_tower.onnx": item_art.input_names},
-        history_len=data.history_len,
-        max_genres=max_genres,
-        n_users=data.n_users,
-        n_items=data.n_items,
-        n_genres=data.n_genres,
-        metrics=dict(metrics or {}),
-    )
-    write_manifest(directory, manifest)
-    return manifest
+    inputs = {"user_tower.onnx": user_art.input_names, "item_tower.onnx": item_art.input_names}
+    return _finish(directory, data, "retrieval", inputs, max_genres, metrics)
 
 
 def build_ranker_bundle(
@@ -74,13 +63,27 @@ def build_ranker_bundle(
     art = export_ranker(
         model.eval(), dense_inputs(rows, model.dense_features), sparse, f"{directory}/ranker.onnx"
     )
+    inputs = {"ranker.onnx": art.input_names}
+    return _finish(directory, data, "ranker", inputs, max_genres, metrics, list(model.dense_features))
+
+
+def _finish(
+    directory: str,
+    data: PreparedData,
+    kind: BundleKind,
+    inputs: dict[str, list[str]],
+    max_genres: int,
+    metrics: dict[str, float] | None,
+    dense_features: list[str] | None = None,
+) -> Manifest:
+    """What every bundle carries besides its graphs: the id mapping and the manifest."""
     data.mapping.save(f"{directory}/id_mapping")
     manifest = Manifest(
-        kind="ranker",
-        inputs={"ranker.onnx": art.input_names},
+        kind=kind,
+        inputs=inputs,
         history_len=data.history_len,
         max_genres=max_genres,
-        dense_features=list(model.dense_features),
+        dense_features=dense_features or [],
         n_users=data.n_users,
         n_items=data.n_items,
         n_genres=data.n_genres,
