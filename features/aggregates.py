@@ -6,8 +6,10 @@ with the streaming engine.
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 
+from rankforge.errors import DataError
 from rankforge.features.schema import ITEM_IDX, LABEL, RATING, TIMESTAMP, USER_IDX, require_columns
 
 #: Dense features fed to the ranking model, in this order (user first, then item).
@@ -47,3 +49,13 @@ def item_aggregates(events: pl.LazyFrame, n_items: int) -> pl.LazyFrame:
         )
         .sort(ITEM_IDX)
     )
+
+
+def dense_matrix(frame: pl.DataFrame, names: tuple[str, ...] | list[str]) -> np.ndarray:
+    """Dense features ``[n, len(names)]`` float32, nulls and NaNs as 0: the one conversion shared
+    by training, export and the online feature store, so every side sees the same numbers."""
+    missing = [n for n in names if n not in frame.columns]
+    if missing:
+        raise DataError(f"missing dense feature column(s) {missing}")
+    values = frame.select(pl.col(list(names)).cast(pl.Float32).fill_null(0.0).fill_nan(0.0)).to_numpy()
+    return np.ascontiguousarray(values, dtype=np.float32)

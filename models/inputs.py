@@ -15,6 +15,8 @@ import torch
 from torchrec import KeyedJaggedTensor
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 
+from rankforge.features.aggregates import dense_matrix
+
 PAD = -1
 
 
@@ -96,8 +98,4 @@ def item_inputs(items: pl.DataFrame, max_genres: int) -> dict[str, torch.Tensor]
 
 def dense_inputs(frame: pl.DataFrame, names: tuple[str, ...] | list[str]) -> torch.Tensor:
     """Dense features ``[n, len(names)]`` float32; missing values become 0."""
-    missing = [n for n in names if n not in frame.columns]
-    if missing:
-        raise ValueError(f"missing dense feature column(s) {missing}")
-    values = frame.select(pl.col(list(names)).cast(pl.Float32).fill_null(0.0).fill_nan(0.0)).to_numpy()
-    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
+    return torch.from_numpy(dense_matrix(frame, names))

@@ -14,11 +14,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-import polars as pl
 import redis
 
 from rankforge.errors import DataError
-from rankforge.features.aggregates import ITEM_DENSE, USER_DENSE
+from rankforge.features.aggregates import ITEM_DENSE, USER_DENSE, dense_matrix
 from rankforge.features.pipeline import PreparedData
 from rankforge.serving.feature_layout import FeatureMeta, KeyLayout, check_name, pack
 
@@ -41,7 +40,7 @@ def user_records(data: PreparedData) -> Iterator[tuple[int, bytes]]:
     """(raw user id, record): dense user aggregates and the latest history as raw item ids."""
     item_id_of = _raw_item_ids(data)
     users = data.user_features.join(data.mapping.users, on="user_idx", how="inner")
-    dense = _dense(users, USER_DENSE)
+    dense = dense_matrix(users, USER_DENSE)
     for row, (user_id, history) in enumerate(zip(users["user_id"], users["history"], strict=True)):
         idx = np.asarray(history if history is not None else [], dtype=np.int64)
         yield int(user_id), pack(dense[row], item_id_of[idx])
@@ -50,17 +49,9 @@ def user_records(data: PreparedData) -> Iterator[tuple[int, bytes]]:
 def item_records(data: PreparedData) -> Iterator[tuple[int, bytes]]:
     """(raw item id, record): dense item aggregates and genre indices."""
     items = data.item_features
-    dense = _dense(items, ITEM_DENSE)
+    dense = dense_matrix(items, ITEM_DENSE)
     for row, (item_id, genres) in enumerate(zip(items["item_id"], items["genres"], strict=True)):
         yield int(item_id), pack(dense[row], np.asarray(genres if genres is not None else [], np.int64))
-
-
-def _dense(frame: pl.DataFrame, names: tuple[str, ...]) -> np.ndarray:
-    missing = [n for n in names if n not in frame.columns]
-    if missing:
-        raise DataError(f"feature table lacks dense column(s) {missing}")
-    values = frame.select(pl.col(list(names)).cast(pl.Float32).fill_null(0.0).fill_nan(0.0)).to_numpy()
-    return np.ascontiguousarray(values, dtype=np.float32)
 
 
 def _raw_item_ids(data: PreparedData) -> np.ndarray:
