@@ -53,6 +53,17 @@ class DataConfig(BaseModel):
     n_test_per_user: int = Field(1, ge=1)
     positive_threshold: float = 4.0  # rating >= threshold is a positive; logs without ratings: all
     history_len: int = Field(20, ge=1)
+    # Model selection data, carved from the *training* part (the test set is never looked at while
+    # training): > 0 holds out that fraction of each user's training events at random (split
+    # random/provided), the last fraction of training time (split time), or each user's last
+    # n_test_per_user training events (split leave_last_out).
+    validation_fraction: float = Field(0.0, ge=0, lt=1)
+    validation_seed: int = 1
+    # Which history a retrieval training example carries: the user's positives strictly before
+    # the example ("point_in_time", leakage-free, the default) or the user's whole latest training
+    # history as served ("latest": SimpleX's reference code, which feeds every example the user's
+    # interacted items; right for logs without meaningful time such as the LightGCN splits).
+    training_history: Literal["point_in_time", "latest"] = "point_in_time"
 
     @classmethod
     def from_file(cls, path: str | Path) -> DataConfig:
@@ -96,6 +107,9 @@ class PreparedData:
     user_features: pl.DataFrame  # user_idx, history (latest), user aggregates
     item_features: pl.DataFrame  # item_idx (all items, ordered), genres, item aggregates
     history_len: int
+    # carved from training for model selection (empty without data.validation_fraction)
+    validation_events: pl.DataFrame | None = None
+    training_history: str = "point_in_time"
 
     @property
     def n_users(self) -> int:
@@ -129,6 +143,18 @@ class PreparedData:
     def test_positives(self) -> pl.DataFrame:
         return self.test_events.filter(pl.col(LABEL) > 0)
 
+    def validation_positives(self) -> pl.DataFrame:
+        if self.validation_events is None:
+            raise DataError("no validation split: set data.validation_fraction > 0")
+        return self.validation_events.filter(pl.col(LABEL) > 0)
+
+    def known_events(self) -> pl.DataFrame:
+        """Every event of the training part (train plus the carved validation): what a user is
+        known to have interacted with when the test set is scored, so never recommended then."""
+        if self.validation_events is None:
+            return self.train_events
+        return pl.concat([self.train_events, self.validation_events], how="vertical_relaxed")
+
 
 def _raw_log(config: DataConfig) -> tuple[pl.DataFrame, pl.DataFrame | None, pl.DataFrame | None]:
     """(log, provided test log or None, item catalogue or None)."""
@@ -155,14 +181,17 @@ def _raw_log(config: DataConfig) -> tuple[pl.DataFrame, pl.DataFrame | None, pl.
     return load_interactions(config.path, config.layout), None, items
 
 
-def _split(log: pl.DataFrame, config: DataConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
+def _split(
+    log: pl.DataFrame, config: DataConfig, fraction: float | None = None, seed: int = 0
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     lazy = log.lazy()
+    fraction = config.test_fraction if fraction is None else fraction
     if config.split == "leave_last_out":
         train, test = leave_last_out(lazy, n_last=config.n_test_per_user)
     elif config.split == "time":
-        train, test = global_time_split(lazy, config.test_fraction)
-    else:
-        train, test = random_leave_out(lazy, config.test_fraction)
+        train, test = global_time_split(lazy, fraction)
+    else:  # random, and provided splits (their validation is carved at random, as SimpleX does)
+        train, test = random_leave_out(lazy, fraction, seed=seed)
     return train.collect(), test.collect()
 
 
@@ -211,9 +240,30 @@ def prepare(config: DataConfig) -> PreparedData:
         raise DataError("the split left no training events")
     if test_raw.height == 0:
         raise DataError("the split left no test events; lower n_test_per_user or raise test_fraction")
-    mapping = IdMapping.fit(train_raw, items)
+    validation = validation_raw = None
+    if config.validation_fraction > 0:
+        train_raw, validation_raw = _split(
+            train_raw, config, config.validation_fraction, seed=config.validation_seed
+        )
+        if validation_raw.height == 0 or train_raw.height == 0:
+            raise DataError(
+                f"data.validation_fraction={config.validation_fraction} left an empty validation or "
+                "training part"
+            )
+    # Ids are fitted on the whole training part: an item seen only in the carved validation events
+    # is still in the catalogue (untrained, like a cold item), so the test set loses nothing to it.
+    known = (
+        train_raw if validation is None else pl.concat([train_raw, validation_raw], how="vertical_relaxed")
+    )
+    mapping = IdMapping.fit(known, items)
     train = _with_label(mapping.encode(train_raw.lazy()), config.positive_threshold).collect()
     test = _with_label(mapping.encode(test_raw.lazy()), config.positive_threshold).collect()
+    if config.validation_fraction > 0:
+        validation = (
+            _with_label(mapping.encode(validation_raw.lazy()), config.positive_threshold)
+            .collect()
+            .sort(ORDER)
+        )
     if train.filter(pl.col(LABEL) > 0).height == 0:
         raise DataError(f"no positive training events (rating >= {config.positive_threshold})")
 
@@ -223,7 +273,9 @@ def prepare(config: DataConfig) -> PreparedData:
     labelled = events.select(USER_IDX, ITEM_IDX, TIMESTAMP, LABEL)
     ranking_examples = hist.with_point_in_time_history(labelled, events, config.history_len)
     users = (
-        user_aggregates(events)
+        mapping.users.lazy()
+        .select(USER_IDX)  # every known user, also one whose events all went to validation
+        .join(user_aggregates(events), on=USER_IDX, how="left")
         .join(hist.latest_history(events, config.history_len), on=USER_IDX, how="left")
         .with_columns(pl.col(hist.HISTORY).fill_null(pl.lit([], dtype=pl.List(pl.Int64))))
         .sort(USER_IDX)
@@ -248,4 +300,6 @@ def prepare(config: DataConfig) -> PreparedData:
         user_features=users,
         item_features=item_table.select(ITEM_IDX, ITEM, pl.exclude(ITEM_IDX, ITEM)),
         history_len=config.history_len,
+        validation_events=validation,
+        training_history=config.training_history,
     )

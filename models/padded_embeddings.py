@@ -14,8 +14,14 @@ from torchrec.modules.embedding_configs import PoolingType
 
 
 class PaddedEmbeddingBags(nn.Module):
-    def __init__(self, ebc: EmbeddingBagCollection, state: dict[str, torch.Tensor] | None = None) -> None:
-        """Copy the tables of ``ebc`` (or of ``state``, an unsharded EBC state dict)."""
+    def __init__(
+        self,
+        ebc: EmbeddingBagCollection,
+        state: dict[str, torch.Tensor] | None = None,
+        features: list[str] | None = None,
+    ) -> None:
+        """Copy the tables of ``ebc`` (or of ``state``, an unsharded EBC state dict); with
+        ``features``, only those features (in EBC order), e.g. one side of a shared collection."""
         super().__init__()
         state = state if state is not None else ebc.state_dict()
         self.feature_names: list[str] = []
@@ -24,6 +30,8 @@ class PaddedEmbeddingBags(nn.Module):
         for config in ebc.embedding_bag_configs():
             weight = state[f"embedding_bags.{config.name}.weight"].detach().clone().float().cpu()
             for feature in config.feature_names:
+                if features is not None and feature not in features:
+                    continue
                 self.feature_names.append(feature)
                 self._mean.append(config.pooling == PoolingType.MEAN)
                 self.tables.append(nn.Parameter(weight, requires_grad=False))

@@ -11,13 +11,14 @@ from torch import nn
 
 from rankforge.models.padded_embeddings import PaddedEmbeddingBags
 from rankforge.models.ranking import RankingModel
-from rankforge.models.two_tower import TwoTower
+from rankforge.models.retrieval import RetrievalModel
+from rankforge.models.scoring import Scoring
 
 
 class TowerTwin(nn.Module):
     """One tower of a :class:`TwoTower`: padded ids in, embedding out."""
 
-    def __init__(self, model: TwoTower, side: str) -> None:
+    def __init__(self, model: nn.Module, side: str) -> None:
         super().__init__()
         if side not in ("user", "item"):
             raise ValueError(f"side must be 'user' or 'item', got {side!r}")
@@ -29,6 +30,24 @@ class TowerTwin(nn.Module):
     def forward(self, *ids: torch.Tensor) -> torch.Tensor:
         pooled = self.embeddings(dict(zip(self.input_names, ids, strict=True)))
         return self.tower(pooled.flatten(1))
+
+
+class ScoringSpaceTwin(nn.Module):
+    """One side of a retrieval model over padded ids, returning scoring-space vectors: the graph
+    that is exported, so every inner product downstream is the model's own score."""
+
+    def __init__(self, model: RetrievalModel, side: str) -> None:
+        super().__init__()
+        if side not in ("user", "item"):
+            raise ValueError(f"side must be 'user' or 'item', got {side!r}")
+        self.twin = model.portable(side)
+        self.input_names: list[str] = list(self.twin.input_names)
+        self.side = side
+        self.scoring: Scoring = model.scoring
+
+    def forward(self, *ids: torch.Tensor) -> torch.Tensor:
+        raw = self.twin(*ids)
+        return self.scoring.query(raw) if self.side == "user" else self.scoring.candidate(raw)
 
 
 class RankerTwin(nn.Module):

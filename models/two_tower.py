@@ -1,6 +1,7 @@
 """Retrieval two-tower model: user and item towers over TorchRec embedding tables.
 
-The towers meet only through an inner product, so item vectors can be computed once and searched
+The towers meet only through the model's scoring function (inner product of scoring-space
+vectors, see :mod:`rankforge.models.scoring`), so item vectors can be computed once and searched
 with top-K at serving time. Each tower has its own EmbeddingBagCollection, so the sharding planner
 can place user and item tables independently.
 """
@@ -14,6 +15,8 @@ from torch import nn
 from torchrec import EmbeddingBagCollection, KeyedJaggedTensor
 
 from rankforge.models.inputs import SparseFeature
+from rankforge.models.retrieval import RetrievalModel
+from rankforge.models.scoring import DOT, Scoring
 
 
 def tower_mlp(in_features: int, layer_sizes: Sequence[int]) -> nn.Sequential:
@@ -41,7 +44,7 @@ def item_features(n_items: int, n_genres: int, max_genres: int = 8) -> list[Spar
     ]
 
 
-class TwoTower(nn.Module):
+class TwoTower(RetrievalModel):
     def __init__(
         self,
         user_sparse: list[SparseFeature],
@@ -49,8 +52,10 @@ class TwoTower(nn.Module):
         embedding_dim: int = 32,
         tower_sizes: Sequence[int] = (64, 32),
         device: torch.device | None = None,
+        scoring: Scoring = DOT,
     ) -> None:
         super().__init__()
+        self.scoring = scoring
         if not tower_sizes:
             raise ValueError("tower_sizes must name at least one layer")
         self.user_sparse = list(user_sparse)
@@ -81,9 +86,7 @@ class TwoTower(nn.Module):
     def item_embedding(self, item_kjt: KeyedJaggedTensor) -> torch.Tensor:
         return self.item_tower(self.item_ebc(item_kjt).values())
 
-    def forward(
-        self, user_kjt: KeyedJaggedTensor, item_kjt: KeyedJaggedTensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """User vectors ``[B, d]`` and item vectors ``[M, d]``; the item batch may differ in size
-        (e.g. positives followed by sampled negatives)."""
-        return self.user_embedding(user_kjt), self.item_embedding(item_kjt)
+    def portable(self, side: str) -> nn.Module:
+        from rankforge.models.portable import TowerTwin
+
+        return TowerTwin(self, side)

@@ -54,7 +54,8 @@ class RetrievalScores:
 
 
 def user_vectors(bundle: Bundle, ids: BundleIds, users: np.ndarray, histories: pl.DataFrame) -> np.ndarray:
-    """User-tower vectors ``[n, d]`` for raw user ids, from their raw-id histories."""
+    """User-tower vectors ``[n, d]`` for raw user ids, from their raw-id histories, in the
+    model's scoring space (so ``vectors @ bundle.item_embeddings().T`` are its scores)."""
     frame = pl.DataFrame({"user_id": users}, schema={"user_id": pl.Int64}).join(
         histories, on="user_id", how="left", maintain_order="left"
     )
@@ -62,7 +63,9 @@ def user_vectors(bundle: Bundle, ids: BundleIds, users: np.ndarray, histories: p
         "user_id": ids.users.encode(users).reshape(-1, 1),
         "user_history": ids.encode_lists(frame["history"], bundle.manifest.history_len),
     }
-    return open_session(str(bundle.path("user_tower.onnx")), threads=0).run(None, feed)[0]
+    wanted = bundle.manifest.inputs["user_tower.onnx"]
+    session = open_session(str(bundle.path("user_tower.onnx")), threads=0)
+    return session.run(None, {k: feed[k] for k in wanted})[0]
 
 
 def score_retrieval(bundle: Bundle, data: PreparedData) -> RetrievalScores:

@@ -9,18 +9,21 @@ from its last epoch checkpoint, in the same MLflow run.
 from __future__ import annotations
 
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import torch
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from rankforge.errors import ConfigError
 from rankforge.features.pipeline import PreparedData, prepare
 from rankforge.models.cascade import CascadeModel
 from rankforge.models.ranking import RankingModel
-from rankforge.models.two_tower import TwoTower
+from rankforge.models.retrieval import RetrievalModel
 from rankforge.pipelines.registry import BUNDLE_ARTIFACT, RegisteredModel, log_and_register
 from rankforge.pipelines.train_config import TrainConfig
 from rankforge.serving.export_bundle import build_ranker_bundle, build_retrieval_bundle
@@ -59,6 +62,18 @@ def metric_name(name: str) -> str:
     return name.replace("@", "_at_")
 
 
+#: What the end of a job (test scoring aside) takes at most: gathering, ONNX export, registering.
+EXPORT_SECONDS = 60.0
+
+
+def selection_value(scores: dict[str, float], metric: str) -> float:
+    """The validation number model selection maximises; a metric the model does not report is a
+    configuration error, named with what it does report."""
+    if metric not in scores:
+        raise ConfigError(f"training.selection_metric {metric!r} is not among {sorted(scores)}")
+    return scores[metric]
+
+
 def _is_first_version(name: str) -> bool:
     try:
         return not MlflowClient().search_model_versions(f"name = '{name}'")
@@ -78,7 +93,13 @@ def _start_run(run_id: str | None) -> mlflow.ActiveRun:
 
 def _log_job_inputs(config: TrainConfig, env: DistEnv, resumed_at: int) -> None:
     params = flatten(config.model_dump(mode="json", exclude={"source_path"}))
-    params.update({"world_size": str(env.world_size), "device": env.device.type})
+    params.update(
+        {
+            "world_size": str(env.world_size),
+            "device": env.device.type,
+            "torch_threads": str(torch.get_num_threads()),
+        }
+    )
     run = mlflow.active_run()
     assert run is not None
     logged = run.data.params  # a resumed run keeps its params; MLflow refuses to re-log them
@@ -91,7 +112,7 @@ def _log_job_inputs(config: TrainConfig, env: DistEnv, resumed_at: int) -> None:
 
 
 def _export(
-    model: TwoTower | RankingModel,
+    model: RetrievalModel | RankingModel,
     data: PreparedData,
     config: TrainConfig,
     metrics: dict[str, float],
@@ -99,7 +120,7 @@ def _export(
 ) -> Path:
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
-    build = build_retrieval_bundle if isinstance(model, TwoTower) else build_ranker_bundle
+    build = build_retrieval_bundle if isinstance(model, RetrievalModel) else build_ranker_bundle
     build(model, data, str(directory), config.model.max_genres, metrics)  # type: ignore[arg-type]
     return directory
 
@@ -109,13 +130,13 @@ class Stage:
     """One servable model of a job: the model itself, or one stage of a cascade."""
 
     name: str  # registered model name
-    model: TwoTower | RankingModel
+    model: RetrievalModel | RankingModel
     artifact_path: str
     metrics: dict[str, float]
 
 
 def servable_stages(
-    model: TwoTower | RankingModel | CascadeModel, config: TrainConfig, metrics: dict[str, float]
+    model: RetrievalModel | RankingModel | CascadeModel, config: TrainConfig, metrics: dict[str, float]
 ) -> list[Stage]:
     """A cascade is served as its two stages, each registered under its own name."""
     if not isinstance(model, CascadeModel):
@@ -134,6 +155,9 @@ def servable_stages(
 
 def run_training(config: TrainConfig) -> TrainResult:
     """Train (or finish training) the model of ``config``, log it to MLflow and register it."""
+    started = time.monotonic()
+    if config.training.threads is not None:
+        torch.set_num_threads(config.training.threads)
     data = prepare(config.data)
     env = init_distributed()
     active = False
@@ -146,23 +170,54 @@ def run_training(config: TrainConfig) -> TrainResult:
             active = True
             _log_job_inputs(config, env, trainer.epochs_done)
 
-        def on_epoch_end(stats: EpochStats) -> None:
-            model = trainer.unsharded_model()  # collective: every rank gathers, rank 0 receives
+        select = data.validation_events is not None
+        every = config.training.validate_every
+
+        def on_epoch_end(stats: EpochStats) -> bool:
+            """Log the epoch; with a validation split, score it there, keep the best weights and
+            say whether to stop (no improvement for ``patience`` epochs)."""
+            validating = select and (stats.epoch % every == 0 or stats.epoch == config.training.epochs)
+            # collective: every rank gathers, rank 0 receives
+            model = trainer.unsharded_model() if validating else None
+            if not env.is_main:
+                return False
+            metrics = {
+                "train_loss": stats.loss,
+                "examples_per_second": stats.examples_per_second,
+                "epoch_seconds": stats.seconds,
+            }
+            stop = False
+            validation_started = time.monotonic()
             if model is not None:
-                metrics = {"train_loss": stats.loss, "examples_per_second": stats.examples_per_second}
-                metrics.update(
-                    {f"val_{metric_name(k)}": v for k, v in validate(model, data, trainer.tables).items()}
-                )
-                mlflow.log_metrics(metrics, step=stats.epoch)
+                scores = validate(model, data, trainer.tables, split="validation")
+                metrics.update({f"val_{metric_name(k)}": v for k, v in scores.items()})
+                value = selection_value(scores, config.training.selection_metric)
+                trainer.keep_if_best(model, stats.epoch, value)
+                patience = config.training.patience
+                stop = patience is not None and stats.epoch - trainer.best_epoch >= patience
+            budget = config.training.time_budget_minutes
+            if budget is not None:
+                # the next epoch, its validation and the final test (about one more validation)
+                validation = time.monotonic() - validation_started
+                needed = stats.seconds + 2.0 * validation + EXPORT_SECONDS
+                stop = stop or time.monotonic() - started + needed > budget * 60.0
+            mlflow.log_metrics(metrics, step=stats.epoch)
+            return stop
 
         epochs = trainer.fit(on_epoch_end)
-        model = trainer.unsharded_model()
+        model = trainer.selected_model()
         bundle_dir = config.output_dir / "bundle"
         metrics: dict[str, float] = {}
         registered = None
         registered_stages: list[RegisteredModel] = []
         if model is not None:
-            metrics = validate(model, data, trainer.tables)
+            # The test set, scored once, with the selected weights.
+            metrics = validate(model, data, trainer.tables, split="test")
+            mlflow.log_metrics({f"test_{metric_name(k)}": v for k, v in metrics.items()})
+            if select:
+                metrics["best_epoch"] = float(trainer.best_epoch)
+                metrics[f"best_val_{config.training.selection_metric}"] = trainer.best_value
+                mlflow.log_metrics({"best_epoch": trainer.best_epoch, "epochs_run": trainer.epochs_done})
             if epochs:
                 metrics["train_loss"] = epochs[-1].loss
             stages = servable_stages(model, config, metrics)

@@ -18,12 +18,23 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from rankforge.errors import ConfigError
 from rankforge.features.pipeline import DataConfig
 
-ModelKind = Literal["retrieval", "ranking", "cascade"]
+#: ``retrieval`` is the two-tower; ``mf`` (matrix factorisation) and ``simplex`` are the retrieval
+#: models of the SimpleX/LightGCN benchmarks. All three are served as retrieval bundles.
+ModelKind = Literal["retrieval", "mf", "simplex", "ranking", "cascade"]
+RETRIEVAL_KINDS = ("retrieval", "mf", "simplex")
 #: The objective input contract each model kind feeds (see ``rankforge.training.objectives``).
-OBJECTIVE_KIND: dict[str, str] = {"retrieval": "retrieval", "ranking": "ctr", "cascade": "cascade"}
+OBJECTIVE_KIND: dict[str, str] = {
+    "retrieval": "retrieval",
+    "mf": "retrieval",
+    "simplex": "retrieval",
+    "ranking": "ctr",
+    "cascade": "cascade",
+}
 #: A cascade registers both stages: ``{registered_model}-retrieval`` and ``{registered_model}-ranker``.
 DEFAULT_REGISTERED_NAME: dict[str, str] = {
     "retrieval": "rankforge-retrieval",
+    "mf": "rankforge-retrieval",
+    "simplex": "rankforge-retrieval",
     "ranking": "rankforge-ranker",
     "cascade": "rankforge",
 }
@@ -43,6 +54,11 @@ class ModelConfig(_Section):
     max_genres: int = Field(8, ge=1)
     # retrieval (two-tower)
     tower_sizes: list[int] = Field(default_factory=lambda: [64, 32], min_length=1)
+    # mf / simplex: N(0, init_std) table init (None: TorchRec's default uniform)
+    init_std: float | None = Field(None, gt=0)
+    # simplex: the gating weight g of h_u = g e_u + (1 - g) V mean(history), and dropout on h_u
+    gamma: float = Field(0.5, ge=0, le=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
     # ranking (DLRM)
     dense_sizes: list[int] = Field(default_factory=lambda: [32], min_length=1)
     over_sizes: list[int] = Field(default_factory=lambda: [64, 1], min_length=1)
@@ -70,14 +86,33 @@ class OptimizerConfig(_Section):
     dense: Literal["adam", "adamw"] = "adam"
     dense_lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    sparse: Literal["exact_rowwise_adagrad"] = "exact_rowwise_adagrad"
+    # Embedding tables: FBGEMM's row-wise Adagrad fused into the backward, or Adam as the papers
+    # use it (FBGEMM's fused Adam on GPUs; on CPU, where FBGEMM has no Adam, the tables are
+    # replicated data-parallel and stepped by torch's fused Adam with the dense layers).
+    sparse: Literal["exact_rowwise_adagrad", "adam"] = "exact_rowwise_adagrad"
     sparse_lr: float = Field(0.05, gt=0)
     sparse_eps: float = Field(1e-8, gt=0)
+    # L2 penalty on the embeddings a batch looks up: l2 * sum ||e||^2 / batch (LightGCN, SimpleX)
+    embedding_l2: float = Field(0.0, ge=0)
+    # learning-rate schedule over the configured epochs, applied to every optimizer each step
+    schedule: Literal["constant", "cosine", "linear"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
 
 
 class TrainingConfig(_Section):
     epochs: int = Field(3, ge=1)
     batch_size: int = Field(256, ge=1)  # global: every step splits it across the ranks
+    # Model selection on the validation split (data.validation_fraction > 0), never on the test set:
+    # the best epoch by `selection_metric` is kept; training stops after `patience` epochs without
+    # improvement (None: run every epoch).
+    selection_metric: str = "recall@20"
+    patience: int | None = Field(None, ge=1)
+    validate_every: int = Field(1, ge=1)
+    # Wall-clock budget of the whole job (data preparation to registered bundle): no epoch starts
+    # that would not finish, with its validation and the final test, inside it. None: no budget.
+    time_budget_minutes: float | None = Field(None, gt=0)
+    # torch intra-op threads for this job (None: torch's default). Recorded with the run.
+    threads: int | None = Field(None, ge=1)
 
 
 class NegativesConfig(_Section):

@@ -16,6 +16,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "rankforge.pipelines.demo_cli",
     "rankforge.pipelines.evaluate_cli",
     "rankforge.pipelines.train_cli",
+    "rankforge.pipelines.quality_cli",
     "rankforge.serving.cli",
 )
 

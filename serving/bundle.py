@@ -9,6 +9,10 @@ Layout::
     manifest.json
     id_mapping/users.parquet, id_mapping/items.parquet
     retrieval:  user_tower.onnx, item_tower.onnx, item_embeddings.npy  ([n_items, d] float32)
+
+A retrieval bundle's towers and item matrix are in the model's *scoring space* (see
+``rankforge.models.scoring``): the inner product of a user-tower vector and an item row is the
+model's score, whatever similarity it was trained with. ``manifest.scoring`` records which.
     ranker:     ranker.onnx
 """
 
@@ -44,6 +48,8 @@ class Manifest:
     n_genres: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
     version: int = 1  # bundle format version
+    # retrieval: {"similarity": "dot" | "cosine", "temperature": t}, already applied to the vectors
+    scoring: dict[str, object] = field(default_factory=dict)
 
 
 def write_manifest(directory: str | Path, manifest: Manifest) -> Path:

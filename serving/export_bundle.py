@@ -9,23 +9,24 @@ import torch
 from rankforge.features.pipeline import PreparedData
 from rankforge.models.inputs import dense_inputs, item_inputs, padded_to_kjt, user_inputs
 from rankforge.models.ranking import RankingModel
-from rankforge.models.two_tower import TwoTower
+from rankforge.models.retrieval import RetrievalModel
 from rankforge.serving.bundle import BundleKind, Manifest, write_manifest
-from rankforge.serving.onnx_export import export_ranker, export_two_tower
+from rankforge.serving.onnx_export import export_ranker, export_retrieval_towers
 
 EXAMPLE_ROWS = 4
 
 
 @torch.no_grad()
 def item_embedding_matrix(
-    model: TwoTower, data: PreparedData, max_genres: int, batch_size: int = 4096
+    model: RetrievalModel, data: PreparedData, max_genres: int, batch_size: int = 4096
 ) -> np.ndarray:
-    """Every item's vector ``[n_items, d]`` in item-index order, computed once for serving."""
+    """Every item's vector ``[n_items, d]`` in item-index order and in the model's scoring space
+    (unit vectors for a cosine model), computed once for serving."""
     model.eval()
     chunks = []
     for start in range(0, data.item_features.height, batch_size):
         batch = item_inputs(data.item_features.slice(start, batch_size), max_genres)
-        chunks.append(model.item_embedding(padded_to_kjt(batch, model.item_keys)))
+        chunks.append(model.candidate(padded_to_kjt(batch, model.item_keys)))
     return torch.cat(chunks).float().numpy()
 
 
@@ -37,7 +38,7 @@ def ranking_frame(pairs: pl.DataFrame, data: PreparedData) -> pl.DataFrame:
 
 
 def build_retrieval_bundle(
-    model: TwoTower,
+    model: RetrievalModel,
     data: PreparedData,
     directory: str,
     max_genres: int,
@@ -45,10 +46,10 @@ def build_retrieval_bundle(
 ) -> Manifest:
     users = user_inputs(data.user_features.head(EXAMPLE_ROWS), data.history_len)
     items = item_inputs(data.item_features.head(EXAMPLE_ROWS), max_genres)
-    user_art, item_art = export_two_tower(model.eval(), users, items, directory)
+    user_art, item_art = export_retrieval_towers(model.eval(), users, items, directory)
     np.save(f"{directory}/item_embeddings.npy", item_embedding_matrix(model, data, max_genres))
     inputs = {"user_tower.onnx": user_art.input_names, "item_tower.onnx": item_art.input_names}
-    return _finish(directory, data, "retrieval", inputs, max_genres, metrics)
+    return _finish(directory, data, "retrieval", inputs, max_genres, metrics, scoring=model.scoring.to_dict())
 
 
 def build_ranker_bundle(
@@ -75,6 +76,7 @@ def _finish(
     max_genres: int,
     metrics: dict[str, float] | None,
     dense_features: list[str] | None = None,
+    scoring: dict[str, object] | None = None,
 ) -> Manifest:
     """What every bundle carries besides its graphs: the id mapping and the manifest."""
     data.mapping.save(f"{directory}/id_mapping")
@@ -88,6 +90,7 @@ def _finish(
         n_items=data.n_items,
         n_genres=data.n_genres,
         metrics=dict(metrics or {}),
+        scoring=dict(scoring or {}),
     )
     write_manifest(directory, manifest)
     return manifest

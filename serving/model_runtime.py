@@ -48,10 +48,17 @@ def open_session(path: str, threads: int) -> ort.InferenceSession:
 
 
 def _check_inputs(
-    session: ort.InferenceSession, manifest: list[str], built: tuple[str, ...], graph: str
+    session: ort.InferenceSession,
+    manifest: list[str],
+    built: tuple[str, ...],
+    graph: str,
+    subset: bool = False,
 ) -> None:
+    """The graph's inputs must be the manifest's and ones the server builds (all of them, or
+    with ``subset`` some: a matrix-factorisation user tower reads ``user_id`` alone)."""
     names = [i.name for i in session.get_inputs()]
-    if sorted(names) != sorted(manifest) or sorted(names) != sorted(built):
+    fits = set(names) <= set(built) if subset else sorted(names) == sorted(built)
+    if sorted(names) != sorted(manifest) or not fits:
         raise DataError(
             f"{graph}: graph inputs {names}, manifest inputs {manifest}; the server builds {list(built)}"
         )
@@ -67,12 +74,14 @@ class RetrievalRuntime:
     items: IdLookup
 
     def user_vector(self, user_idx: int, history_idx: np.ndarray) -> np.ndarray:
-        """The user tower's vector ``[d]``; ``user_idx`` -1 (unknown user) embeds as padding."""
+        """The user tower's vector ``[d]`` in the model's scoring space; ``user_idx`` -1 (unknown
+        user) embeds as padding."""
         feed = {
             "user_id": np.array([[user_idx]], dtype=np.int64),
             "user_history": pad_row(history_idx, self.bundle.manifest.history_len)[None, :],
         }
-        return self.user_tower.run(None, feed)[0][0]
+        wanted = self.bundle.manifest.inputs["user_tower.onnx"]
+        return self.user_tower.run(None, {k: feed[k] for k in wanted})[0][0]
 
 
 @dataclass(frozen=True)
@@ -112,7 +121,9 @@ def load_retrieval(bundle: Bundle, version: str, threads: int = 1) -> RetrievalR
     if bundle.manifest.kind != "retrieval":
         raise DataError(f"bundle {bundle.directory} is a {bundle.manifest.kind} bundle, expected retrieval")
     session = open_session(str(bundle.path("user_tower.onnx")), threads)
-    _check_inputs(session, bundle.manifest.inputs["user_tower.onnx"], USER_TOWER_INPUTS, "user_tower.onnx")
+    _check_inputs(
+        session, bundle.manifest.inputs["user_tower.onnx"], USER_TOWER_INPUTS, "user_tower.onnx", subset=True
+    )
     mapping = bundle.id_mapping
     embeddings = bundle.item_embeddings()
     items = IdLookup(mapping.items, "item_id", "item_idx")

@@ -15,9 +15,9 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from rankforge.models.portable import RankerTwin, TowerTwin
+from rankforge.models.portable import RankerTwin, ScoringSpaceTwin
 from rankforge.models.ranking import RankingModel
-from rankforge.models.two_tower import TwoTower
+from rankforge.models.retrieval import RetrievalModel
 
 
 @dataclass(frozen=True)
@@ -52,21 +52,22 @@ def export_module(
     return OnnxArtifact(path=path, input_names=names, output_name=output_name)
 
 
-def export_two_tower(
-    model: TwoTower,
+def export_retrieval_towers(
+    model: RetrievalModel,
     user_batch: dict[str, torch.Tensor],
     item_batch: dict[str, torch.Tensor],
     directory: str | Path,
 ) -> tuple[OnnxArtifact, OnnxArtifact]:
-    """``user_tower.onnx`` and ``item_tower.onnx`` (ids -> vector)."""
+    """``user_tower.onnx`` and ``item_tower.onnx``: ids -> vectors in the model's scoring space
+    (normalised for cosine, queries over the temperature), so ``user . item`` is its score."""
     d = Path(directory)
-    user = export_module(
-        TowerTwin(model, "user"), _ordered(user_batch, model.user_keys), "vector", d / "user_tower.onnx"
-    )
-    item = export_module(
-        TowerTwin(model, "item"), _ordered(item_batch, model.item_keys), "vector", d / "item_tower.onnx"
-    )
-    return user, item
+    artifacts = []
+    for side, batch in (("user", user_batch), ("item", item_batch)):
+        twin = ScoringSpaceTwin(model, side)
+        artifacts.append(
+            export_module(twin, _ordered(batch, twin.input_names), "vector", d / f"{side}_tower.onnx")
+        )
+    return artifacts[0], artifacts[1]
 
 
 def export_ranker(

@@ -220,16 +220,24 @@ class RetrievalBatches(_Batches):
         rank: int = 0,
         world_size: int = 1,
         seed: int = 0,
+        user_keys: list[str] | None = None,
+        item_keys: list[str] | None = None,
     ) -> None:
         examples = data.retrieval_examples.sort(CANONICAL_ORDER)
         super().__init__(examples.height, batch_size, rank, world_size, seed)
         self.users = torch.from_numpy(examples["user_idx"].to_numpy().copy())
         self.positives = torch.from_numpy(examples["item_idx"].to_numpy().copy())
-        self.history = pad_lists(examples["history"], data.history_len)  # point-in-time, no leakage
+        # point-in-time (no leakage), or None: the served latest history for every example (SimpleX)
+        self.history: torch.Tensor | None = (
+            None if data.training_history == "latest" else pad_lists(examples["history"], data.history_len)
+        )
         self.tables = tables
         self.sampler = sampler
         self.n_negatives = n_negatives
         self.shared = shared_negatives
+        # the sparse inputs the model reads (matrix factorisation reads ids only)
+        self.user_keys = list(user_keys or USER_KEYS)
+        self.item_keys = list(item_keys or ITEM_KEYS)
 
     def __iter__(self) -> Iterator[RetrievalBatch]:
         for rows in self._global_batches():
@@ -245,11 +253,12 @@ class RetrievalBatches(_Batches):
             else:
                 neg_ids = negatives[local]
                 neg_mask = neg_ids != positives.unsqueeze(1)
-            users = self.tables.users(self.users[mine], self.history[mine])
+            history = None if self.history is None else self.history[mine]
+            users = self.tables.users(self.users[mine], history)
             items = self.tables.items(torch.cat([positives, neg_ids.reshape(-1)]))
             yield RetrievalBatch(
-                user=padded_to_kjt(users, USER_KEYS),
-                items=padded_to_kjt(items, ITEM_KEYS),
+                user=padded_to_kjt(users, self.user_keys),
+                items=padded_to_kjt(items, self.item_keys),
                 neg_mask=neg_mask,
                 shared_negatives=self.shared,
             )
@@ -351,7 +360,8 @@ class CascadeBatches(RetrievalBatches):
             labels = torch.zeros(lists.shape, dtype=torch.float32)
             labels[:, 0] = 1.0
             m = lists.shape[1]
-            users, history = self.users[mine], self.history[mine]
+            users = self.users[mine]
+            history = self.tables.user_history[users] if self.history is None else self.history[mine]
             pair_users, pair_items = users.repeat_interleave(m), lists.reshape(-1)
             items = self.tables.items(pair_items)
             pair_user_features = self.tables.users(pair_users, history.repeat_interleave(m, dim=0))

@@ -68,6 +68,12 @@ class Checkpointer:
         dist.barrier()
         return target
 
+    def update_state(self, path: Path, extra: dict[str, Any]) -> None:
+        """Rank 0: replace the job state of finished checkpoint ``path`` (atomically)."""
+        partial = path / f".{EXTRA}.partial"
+        torch.save(extra, partial)
+        partial.replace(path / EXTRA)
+
     def read_state(self, path: Path) -> dict[str, Any]:
         """The job state of checkpoint ``path`` (cheap: read before deciding to load weights)."""
         return torch.load(path / EXTRA, weights_only=True)

@@ -14,41 +14,68 @@ from torchrec import KeyedJaggedTensor
 from rankforge.features.aggregates import DENSE_FEATURES
 from rankforge.features.pipeline import PreparedData
 from rankforge.models.cascade import CascadeModel
+from rankforge.models.matrix_factorization import MatrixFactorization
 from rankforge.models.ranking import RankingModel
+from rankforge.models.retrieval import RetrievalModel
+from rankforge.models.scoring import DOT, Scoring
+from rankforge.models.simplex import SimpleX
 from rankforge.models.two_tower import TwoTower, item_features, user_features
 from rankforge.pipelines.train_config import ModelConfig
 from rankforge.training.batches import CascadeBatch, RankingBatch, RetrievalBatch
 
-Model = TwoTower | RankingModel | CascadeModel
+Model = RetrievalModel | RankingModel | CascadeModel
 
 
-def build_model(config: ModelConfig, data: PreparedData, device: torch.device | None = None) -> Model:
-    """The plain model for this config and data; ``device=meta`` leaves the tables for DMP."""
+def build_model(
+    config: ModelConfig,
+    data: PreparedData,
+    device: torch.device | None = None,
+    scoring: Scoring = DOT,
+) -> Model:
+    """The plain model for this config and data; ``device=meta`` leaves the tables for DMP.
+
+    ``scoring`` is the similarity the objective trains with (``Scoring.of(objective)``); a
+    retrieval model keeps it, and everything that scores the model afterwards reads it there.
+    """
     users = user_features(data.n_users, data.n_items, data.history_len)
     items = item_features(data.n_items, data.n_genres, config.max_genres)
 
     def two_tower() -> TwoTower:
-        return TwoTower(users, items, config.embedding_dim, tuple(config.tower_sizes), device=device)
+        return TwoTower(
+            users, items, config.embedding_dim, tuple(config.tower_sizes), device=device, scoring=scoring
+        )
 
     def ranker() -> RankingModel:
         dense, over = tuple(config.dense_sizes), tuple(config.over_sizes)
         return RankingModel(users + items, DENSE_FEATURES, config.embedding_dim, dense, over, device=device)
 
+    dim, init = config.embedding_dim, config.init_std
     if config.kind == "retrieval":
         return two_tower()
+    if config.kind == "mf":
+        return MatrixFactorization(data.n_users, data.n_items, dim, scoring, init, device=device)
+    if config.kind == "simplex":
+        return SimpleX(
+            data.n_users, data.n_items, dim, config.gamma, config.dropout, scoring, init, device=device
+        )
     if config.kind == "ranking":
         return ranker()
     return CascadeModel(two_tower(), ranker())
 
 
 class RetrievalTask(nn.Module):
-    """Two-tower forward + a ``retrieval`` objective; positives and negatives share one item pass."""
+    """Retrieval model forward + a ``retrieval`` objective; positives and negatives share one item
+    pass. ``embedding_l2`` adds ``l2 * (sum of squared looked-up vectors) / batch`` — the batch L2
+    regulariser of LightGCN and SimpleX (only rows a batch touches are penalised)."""
 
-    def __init__(self, model: TwoTower, loss: nn.Module, shared_negatives: bool) -> None:
+    def __init__(
+        self, model: RetrievalModel, loss: nn.Module, shared_negatives: bool, embedding_l2: float = 0.0
+    ) -> None:
         super().__init__()
         self.model = model
         self.loss = loss
         self.shared_negatives = shared_negatives
+        self.embedding_l2 = float(embedding_l2)
 
     def forward(
         self, user: KeyedJaggedTensor, items: KeyedJaggedTensor, neg_mask: torch.Tensor
@@ -58,7 +85,10 @@ class RetrievalTask(nn.Module):
         pos, neg = item_emb[:b], item_emb[b:]
         if not self.shared_negatives:
             neg = neg.reshape(b, -1, neg.shape[-1])
-        return self.loss(user_emb, pos, neg, neg_mask)
+        loss = self.loss(user_emb, pos, neg, neg_mask)
+        if self.embedding_l2 > 0:
+            loss = loss + self.embedding_l2 * (user_emb.square().sum() + item_emb.square().sum()) / b
+        return loss
 
 
 class RankingTask(nn.Module):
@@ -104,9 +134,11 @@ class CascadeTask(nn.Module):
         return self.loss(retrieval_scores, ranking_scores, labels, mask)
 
 
-def make_task(model: Model, loss: nn.Module, shared_negatives: bool = False) -> nn.Module:
-    if isinstance(model, TwoTower):
-        return RetrievalTask(model, loss, shared_negatives)
+def make_task(
+    model: Model, loss: nn.Module, shared_negatives: bool = False, embedding_l2: float = 0.0
+) -> nn.Module:
+    if isinstance(model, RetrievalModel):
+        return RetrievalTask(model, loss, shared_negatives, embedding_l2)
     if isinstance(model, CascadeModel):
         return CascadeTask(model, loss)
     return RankingTask(model, loss)

@@ -12,6 +12,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,6 +21,8 @@ from tqdm import tqdm
 
 from rankforge.errors import ConfigError
 from rankforge.features.pipeline import PreparedData
+from rankforge.models.retrieval import RetrievalModel
+from rankforge.models.scoring import Scoring
 from rankforge.pipelines.train_config import OBJECTIVE_KIND, TrainConfig
 from rankforge.training.batches import (
     CascadeBatches,
@@ -30,6 +33,7 @@ from rankforge.training.batches import (
 )
 from rankforge.training.checkpoint import Checkpointer
 from rankforge.training.losses import resolve_objective
+from rankforge.training.schedule import LearningRateSchedule
 from rankforge.training.sharding import DistEnv, build_optimizers, shard, unsharded_state_dict
 from rankforge.training.tasks import Model, build_model, make_task, task_inputs
 
@@ -60,16 +64,28 @@ class Trainer:
         loss = resolve_objective(
             config.objective.name, config.objective.params, OBJECTIVE_KIND[config.model.kind]
         )
-        model = build_model(config.model, data, device=torch.device("meta"))
-        self.dmp = shard(
-            make_task(model, loss, config.negatives.shared), config.sharding, config.optimizer, env
-        )
+        # The objective declares the similarity it trains with; the model keeps it from here on.
+        self.scoring = Scoring.of(loss)
+        model = build_model(config.model, data, device=torch.device("meta"), scoring=self.scoring)
+        task = make_task(model, loss, config.negatives.shared, config.optimizer.embedding_l2)
+        self.dmp = shard(task, config.sharding, config.optimizer, env)
         self.optimizer, self._dense_optimizer = build_optimizers(self.dmp, config.optimizer)
+        self._keys = (model.user_keys, model.item_keys) if isinstance(model, RetrievalModel) else None
         self.batches = self._batches()
+        self.schedule = LearningRateSchedule(
+            self.optimizer,
+            config.optimizer.schedule,
+            total_steps=len(self.batches) * config.training.epochs,
+            warmup_steps=config.optimizer.warmup_steps,
+        )
         self.checkpointer = Checkpointer(config.output_dir / "checkpoints", config.checkpoint.keep, env)
         self.epochs_done = 0
         self.history: list[EpochStats] = []
         self.run_id: str | None = None  # the MLflow run, carried across restarts
+        # model selection on the validation split (see pipelines.train)
+        self.best_epoch = 0
+        self.best_value = float("-inf")
+        self.stopped_early = False
 
     def _batches(self) -> RetrievalBatches | RankingBatches | CascadeBatches:
         c = self.config
@@ -84,9 +100,16 @@ class Trainer:
         )
         if c.model.kind == "cascade":
             return CascadeBatches(self.data, self.tables, sampler, c.negatives.count, **common)
-        if c.model.kind == "retrieval":
+        if self._keys is not None:
             return RetrievalBatches(
-                self.data, self.tables, sampler, c.negatives.count, c.negatives.shared, **common
+                self.data,
+                self.tables,
+                sampler,
+                c.negatives.count,
+                c.negatives.shared,
+                **common,
+                user_keys=self._keys[0],
+                item_keys=self._keys[1],
             )
         return RankingBatches(self.data, self.tables, sampler, c.negatives.count, **common)
 
@@ -100,6 +123,7 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "run_id": self.run_id or "",
             "history": [[s.epoch, s.loss, s.examples, s.seconds] for s in self.history],
+            "best": [self.best_epoch, self.best_value, int(self.stopped_early)],
         }
 
     def start(self, resume: bool = True) -> bool:
@@ -131,6 +155,12 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
         self.run_id = state["run_id"] or None
         self.history = [EpochStats(int(e), float(lo), int(n), float(s)) for e, lo, n, s in state["history"]]
+        best_epoch, best_value, stopped = state.get("best", [0, float("-inf"), 0])
+        self.best_epoch, self.best_value, self.stopped_early = (
+            int(best_epoch),
+            float(best_value),
+            bool(stopped),
+        )
         return True
 
     def mark_finished(self) -> None:
@@ -154,7 +184,10 @@ class Trainer:
             disable=not self.env.is_main,
             leave=False,
         )
+        step = self.epochs_done * len(self.batches)
         for batch in self.batches:
+            self.schedule.set(step)
+            step += 1
             batch = batch.to(self.env.device)
             loss = self.dmp(*task_inputs(batch))
             self.optimizer.zero_grad()
@@ -173,16 +206,41 @@ class Trainer:
         loss_sum, examples = reduced.tolist()
         return EpochStats(epoch, loss_sum / max(examples, 1.0), int(examples), time.perf_counter() - start)
 
-    def fit(self, on_epoch_end: Callable[[EpochStats], None] | None = None) -> list[EpochStats]:
-        """Train the remaining epochs; each is checkpointed before ``on_epoch_end`` sees it."""
-        while self.epochs_done < self.config.training.epochs:
+    def fit(self, on_epoch_end: Callable[[EpochStats], bool | None] | None = None) -> list[EpochStats]:
+        """Train the remaining epochs; each is checkpointed before ``on_epoch_end`` sees it.
+
+        ``on_epoch_end`` may record the best epoch and returns True to stop early (rank 0 decides,
+        every rank follows); its outcome is then written into that epoch's checkpoint state."""
+        while self.epochs_done < self.config.training.epochs and not self.stopped_early:
             stats = self.train_epoch()
             self.epochs_done = stats.epoch
             self.history.append(stats)
-            self.checkpointer.save(self.epochs_done, self.dmp, self.optimizer, self.job_state())
-            if on_epoch_end is not None:
-                on_epoch_end(stats)
+            path = self.checkpointer.save(self.epochs_done, self.dmp, self.optimizer, self.job_state())
+            if on_epoch_end is None:
+                continue
+            stop = bool(on_epoch_end(stats))
+            flag = torch.tensor([1 if stop else 0], device=self.env.device)
+            dist.broadcast(flag, src=0)
+            self.stopped_early = bool(flag.item())
+            if self.env.is_main:  # what model selection decided belongs to this epoch's checkpoint
+                self.checkpointer.update_state(path, self.job_state())
         return self.history
+
+    @property
+    def best_path(self) -> Path:
+        """The selected epoch's unsharded weights (rank 0), beside the checkpoints."""
+        return self.checkpointer.directory / "best_model.pt"
+
+    def keep_if_best(self, model: Model, epoch: int, value: float) -> bool:
+        """Rank 0: remember ``model`` as the best so far if ``value`` beats the best; True if so."""
+        if not value > self.best_value:
+            return False
+        self.best_epoch, self.best_value = epoch, value
+        self.best_path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.best_path.with_suffix(".partial")
+        torch.save(model.state_dict(), partial)
+        partial.replace(self.best_path)
+        return True
 
     # -- export ----------------------------------------------------------------------------------
 
@@ -199,6 +257,16 @@ class Trainer:
         if state is None:
             return None
         with torch.random.fork_rng(devices=[]):  # building a model draws init weights: keep the stream
-            model = build_model(self.config.model, self.data, device=torch.device("cpu"))
+            model = build_model(
+                self.config.model, self.data, device=torch.device("cpu"), scoring=self.scoring
+            )
         model.load_state_dict(state)
         return model.eval()
+
+    def selected_model(self) -> Model | None:
+        """The model to export and test (collective): the best validation epoch's weights when
+        model selection ran, else the last epoch's; ``None`` on ranks other than 0."""
+        model = self.unsharded_model()
+        if model is not None and self.best_epoch > 0 and self.best_path.is_file():
+            model.load_state_dict(torch.load(self.best_path, weights_only=True))
+        return model

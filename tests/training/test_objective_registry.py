@@ -15,6 +15,7 @@ EXPECTED_KINDS = {
     "lcron": "cascade",
     "sampled_softmax": "retrieval",
     "bce": "ctr",
+    "bpr": "retrieval",
 }
 
 PARAMS = {
@@ -25,6 +26,7 @@ PARAMS = {
     "lcron": {"retrieval_k": 4, "ranking_k": 2, "temperature": 0.5},
     "sampled_softmax": {"temperature": 0.3},
     "bce": {},
+    "bpr": {"similarity": "cosine"},
 }
 
 
@@ -59,8 +61,8 @@ def test_build_each_objective_and_run_it(name):
 
 
 def test_unknown_name_lists_valid_ones():
-    with pytest.raises(ValueError, match=r"unknown objective 'bpr'.*'ccl'.*'lcron'") as info:
-        build_objective("bpr")
+    with pytest.raises(ValueError, match=r"unknown objective 'warp'.*'bpr'.*'ccl'.*'lcron'") as info:
+        build_objective("warp")
     assert isinstance(info.value, ConfigError)
 
 

@@ -10,11 +10,14 @@ Each loss is a ``torch.nn.Module`` whose class attribute ``kind`` says which inp
 * ``"cascade"`` -- :class:`LCRONLoss`: ``(retrieval_scores, ranking_scores, labels, mask)``,
   all ``[B, M]``.
 
-Baselines in the same registry: ``sampled_softmax`` (retrieval) and ``bce`` (ctr).
+Baselines in the same registry: ``sampled_softmax`` and ``bpr`` (retrieval), ``bce`` (ctr).
+Every retrieval objective declares the ``similarity`` it trains with (and PSL a
+``score_temperature``); the trained model keeps that scoring function (``models.scoring``).
 Use :func:`build_objective` to select one by name from a configuration.
 """
 
 from .baselines import BinaryCrossEntropyLoss, SampledSoftmaxLoss
+from .bpr import BPRLoss
 from .ccl import CosineContrastiveLoss
 from .confidence_ranking import ConfidenceRankingLoss
 from .lcron import LCRONLoss
@@ -25,6 +28,7 @@ from .welfare_rankloss import WelfareRankLoss
 
 __all__ = [
     "OBJECTIVES",
+    "BPRLoss",
     "BinaryCrossEntropyLoss",
     "ConfidenceRankingLoss",
     "CosineContrastiveLoss",

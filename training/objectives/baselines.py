@@ -13,14 +13,17 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from ._retrieval import Similarity
 from .psl import PairwiseSoftmaxLoss
 
 
 class SampledSoftmaxLoss(PairwiseSoftmaxLoss):
     kind: ClassVar[str] = "retrieval"
 
-    def __init__(self, temperature: float = 0.1) -> None:
-        super().__init__(activation="exp", temperature=temperature, similarity="dot", include_positive=True)
+    def __init__(self, temperature: float = 0.1, similarity: Similarity = "dot") -> None:
+        super().__init__(
+            activation="exp", temperature=temperature, similarity=similarity, include_positive=True
+        )
 
 
 class BinaryCrossEntropyLoss(nn.Module):

@@ -39,6 +39,8 @@ class CosineContrastiveLoss(nn.Module):
     """
 
     kind: ClassVar[str] = "retrieval"
+    #: CCL is defined on cosine similarity: the trained model scores by cosine.
+    similarity: ClassVar[str] = "cosine"
 
     def __init__(self, margin: float = 0.8, negative_weight: float | None = None) -> None:
         super().__init__()

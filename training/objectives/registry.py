@@ -14,6 +14,7 @@ from torch import nn
 from rankforge.errors import ConfigError
 
 from .baselines import BinaryCrossEntropyLoss, SampledSoftmaxLoss
+from .bpr import BPRLoss
 from .ccl import CosineContrastiveLoss
 from .confidence_ranking import ConfidenceRankingLoss
 from .lcron import LCRONLoss
@@ -27,6 +28,7 @@ OBJECTIVES: dict[str, type[nn.Module]] = {
     "welfare_rankloss": WelfareRankLoss,
     "lcron": LCRONLoss,
     "sampled_softmax": SampledSoftmaxLoss,
+    "bpr": BPRLoss,
     "bce": BinaryCrossEntropyLoss,
 }
 
