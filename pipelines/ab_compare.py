@@ -251,7 +251,7 @@ def evaluate_bundle(
 
 
 def _evaluable(scored: RetrievalScores) -> np.ndarray:
-    return scored.users[scored.relevant.any(dim=1).numpy()]
+    return scored.evaluable()
 
 
 def compare(

@@ -9,13 +9,15 @@ and is dropped from its relevant set (and counted).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
+import scipy.sparse as sp
 import torch
 
-from rankforge.evaluation.metrics import pairs_to_mask, sigmoid
+from rankforge.evaluation.metrics import sigmoid
 from rankforge.features.pipeline import PreparedData
 from rankforge.models.inputs import pad_lists
 from rankforge.serving.bundle import Bundle
@@ -46,11 +48,15 @@ class BundleIds:
 @dataclass(frozen=True)
 class RetrievalScores:
     users: np.ndarray  # raw user ids, one row each
-    scores: torch.Tensor  # [users, bundle items]
-    relevant: torch.Tensor  # bool, held-out positives the bundle knows
-    exclude: torch.Tensor  # bool, the users' training items
+    scores: Callable[[torch.Tensor], torch.Tensor]  # user rows -> their [rows, bundle items] scores
+    relevant: sp.csr_matrix  # bool [users, bundle items], held-out positives the bundle knows
+    exclude: sp.csr_matrix  # bool, the users' known (training) items
     cold_users: int  # evaluated users the bundle has no embedding for
     dropped_items: int  # held-out positives whose item the bundle does not know
+
+    def evaluable(self) -> np.ndarray:
+        """Raw ids of the users with at least one relevant item."""
+        return self.users[np.diff(self.relevant.indptr) > 0]
 
 
 def user_vectors(bundle: Bundle, ids: BundleIds, users: np.ndarray, histories: pl.DataFrame) -> np.ndarray:
@@ -69,29 +75,35 @@ def user_vectors(bundle: Bundle, ids: BundleIds, users: np.ndarray, histories: p
 
 
 def score_retrieval(bundle: Bundle, data: PreparedData) -> RetrievalScores:
-    """Every held-out user's scores over all of the bundle's items."""
+    """Every held-out user's scores over all of the bundle's items, computed per user chunk when
+    read (users x dim in memory, never users x items), with sparse relevant/known masks."""
     ids = BundleIds.of(bundle)
     test = data.test_positives()
     users = np.unique(test["user_id"].to_numpy())
-    vectors = user_vectors(bundle, ids, users, data.raw_histories)
-    scores = torch.from_numpy(vectors @ bundle.item_embeddings().T)
+    vectors = torch.from_numpy(user_vectors(bundle, ids, users, data.raw_histories))
+    items = torch.from_numpy(bundle.item_embeddings())
     shape = (len(users), len(ids.items))
 
-    def mask(events: pl.DataFrame) -> tuple[torch.Tensor, int]:
+    def mask(events: pl.DataFrame) -> tuple[sp.csr_matrix, int]:
         rows = np.searchsorted(users, events["user_id"].to_numpy())
         inside = (rows < len(users)) & (
             users[np.minimum(rows, len(users) - 1)] == events["user_id"].to_numpy()
         )
-        items = ids.items.encode(events["item_id"].to_numpy())
-        keep = inside & (items >= 0)
-        return pairs_to_mask(rows[keep], items[keep], shape), int((inside & (items < 0)).sum())
+        encoded = ids.items.encode(events["item_id"].to_numpy())
+        keep = inside & (encoded >= 0)
+        matrix = sp.csr_matrix(
+            (np.ones(int(keep.sum()), dtype=bool), (rows[keep], encoded[keep])), shape=shape
+        )
+        return matrix, int((inside & (encoded < 0)).sum())
 
     relevant, dropped = mask(test)
-    exclude, _ = mask(data.train_events)
+    exclude, _ = mask(data.known_events())
+    relevant = (relevant.astype(np.int8) - relevant.multiply(exclude).astype(np.int8)).astype(bool)
+    relevant.eliminate_zeros()
     return RetrievalScores(
         users=users,
-        scores=scores,
-        relevant=relevant & ~exclude,
+        scores=lambda rows: vectors[rows] @ items.T,
+        relevant=relevant.tocsr(),
         exclude=exclude,
         cold_users=int((ids.users.encode(users) < 0).sum()),
         dropped_items=dropped,

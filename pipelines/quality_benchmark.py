@@ -13,8 +13,11 @@ import datetime as dt
 import json
 import os
 import platform
+import resource
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
+from multiprocessing import get_context
 from pathlib import Path
 
 from rankforge.errors import ConfigError, DataError
@@ -50,6 +53,7 @@ class QualityRow:
     best_epoch: int
     epochs_run: int
     wall_minutes: float
+    peak_rss_gb: float  # the whole job's process: data, training, validation, test, export
     paper_recall_at_20: float | None
     paper_ndcg_at_20: float | None
     run_id: str | None
@@ -64,11 +68,14 @@ def with_overrides(config: TrainConfig, **training: object) -> TrainConfig:
 
 
 def run_one(name: str, config: TrainConfig) -> QualityRow:
+    """One model, in this process (the benchmark gives each model a fresh one)."""
     from rankforge.pipelines.train import run_training
 
+    os.environ.setdefault("TQDM_DISABLE", "1")  # one table row per model, not a bar per batch
     started = time.monotonic()
     result = run_training(config)
     minutes = (time.monotonic() - started) / 60.0
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
     paper = PAPER.get(name)
     return QualityRow(
         name=name,
@@ -80,6 +87,7 @@ def run_one(name: str, config: TrainConfig) -> QualityRow:
         best_epoch=int(result.metrics.get("best_epoch", len(result.epochs))),
         epochs_run=len(result.epochs),
         wall_minutes=minutes,
+        peak_rss_gb=peak_gb,
         paper_recall_at_20=paper[0] if paper else None,
         paper_ndcg_at_20=paper[1] if paper else None,
         run_id=result.run_id,
@@ -90,7 +98,7 @@ def machine() -> str:
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.system()}"
 
 
-def table(rows: list[QualityRow], threads: int | None, budget: float | None) -> str:
+def table(rows: list[QualityRow], threads: int | None, budget: float | None, parallel: int = 1) -> str:
     """The markdown table the benchmark prints and ``benchmarks/README.md`` records."""
 
     def paper(value: float | None) -> str:
@@ -98,16 +106,18 @@ def table(rows: list[QualityRow], threads: int | None, budget: float | None) -> 
 
     lines = [
         f"Gowalla (LightGCN split), {dt.date.today().isoformat()}, {machine()}, "
-        f"torch threads {threads}, budget {budget} min per model",
+        f"torch threads {threads} per job, {parallel} job(s) at a time, "
+        f"budget {budget if budget is not None else 'per config'} min per model",
         "",
-        "| model | objective | Recall@20 | paper | NDCG@20 | paper | best epoch / run | wall min |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| model | objective | Recall@20 | paper | NDCG@20 | paper | best epoch / run | wall min "
+        "| peak RSS GB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         lines.append(
             f"| {r.name} ({r.model}) | {r.objective} | {r.recall_at_20:.4f} | {paper(r.paper_recall_at_20)} "
             f"| {r.ndcg_at_20:.4f} | {paper(r.paper_ndcg_at_20)} | {r.best_epoch} / {r.epochs_run} "
-            f"| {r.wall_minutes:.1f} |"
+            f"| {r.wall_minutes:.1f} | {r.peak_rss_gb:.2f} |"
         )
     return "\n".join(lines)
 
@@ -118,23 +128,33 @@ def run_benchmark(
     budget_minutes: float | None,
     threads: int | None,
     output: Path | None = None,
+    parallel: int = 1,
 ) -> list[QualityRow]:
-    """Train every named configuration in turn (alone: they would fight over cores) and print
-    the table after each, so a partial run still leaves its numbers."""
+    """Train every named configuration, each in a fresh process, ``parallel`` at a time (with one
+    torch thread each, two jobs on two cores do not slow each other), printing the table as
+    models finish so a partial run still leaves its numbers. ``budget_minutes`` replaces each
+    config's ``training.time_budget_minutes``; ``None`` keeps the configs' own."""
+    if parallel < 1:
+        raise ConfigError(f"parallel must be >= 1, got {parallel}")
     configs = {}
     for name in names:
         path = config_dir / f"{name}.toml"
         if not path.is_file():
             raise ConfigError(f"no benchmark config {path}")
         configs[name] = with_overrides(load_config(path), time_budget_minutes=budget_minutes, threads=threads)
-    data_dir = next(iter(configs.values())).data.path
-    if data_dir is not None and not Path(data_dir).is_dir():
-        raise DataError(f"benchmark data not found: {data_dir} (see ../shared/README.md)")
+    for config in configs.values():
+        if config.data.path is not None and not Path(config.data.path).is_dir():
+            raise DataError(f"benchmark data not found: {config.data.path} (see ../shared/README.md)")
     rows: list[QualityRow] = []
-    for name, config in configs.items():
-        rows.append(run_one(name, config))
-        print(table(rows, threads, budget_minutes), flush=True)
-        if output is not None:
-            output.parent.mkdir(parents=True, exist_ok=True)
-            output.write_text(json.dumps([asdict(r) for r in rows], indent=2))
+    with ProcessPoolExecutor(
+        max_workers=parallel, mp_context=get_context("spawn"), max_tasks_per_child=1
+    ) as pool:
+        futures = {pool.submit(run_one, name, config): name for name, config in configs.items()}
+        for future in as_completed(futures):
+            rows.append(future.result())
+            rows.sort(key=lambda r: names.index(r.name))
+            print(table(rows, threads, budget_minutes, parallel), flush=True)
+            if output is not None:
+                output.parent.mkdir(parents=True, exist_ok=True)
+                output.write_text(json.dumps([asdict(r) for r in rows], indent=2))
     return rows

@@ -13,7 +13,9 @@ from rankforge.pipelines.quality_benchmark import GOWALLA_MODELS, run_benchmark
 
 def _run(args: argparse.Namespace) -> int:
     os.environ.setdefault("TQDM_DISABLE", "1")  # one line per model, not per batch
-    run_benchmark(Path(args.configs), list(args.models), args.budget, args.threads, args.output)
+    run_benchmark(
+        Path(args.configs), list(args.models), args.budget, args.threads, args.output, args.parallel
+    )
     return 0
 
 
@@ -29,8 +31,15 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--budget",
         type=float,
-        default=30.0,
-        help="wall-clock minutes per model, data preparation to bundle (default: %(default)s)",
+        default=None,
+        help="wall-clock minutes per model, data preparation to bundle "
+        "(default: each config's training.time_budget_minutes)",
+    )
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        default=1,
+        help="models trained at once, each in its own process with --threads threads (default: %(default)s)",
     )
     parser.add_argument(
         "--threads",

@@ -21,7 +21,10 @@ class LearningRateSchedule:
         self.kind = kind
         self.total_steps = max(int(total_steps), 1)
         self.warmup_steps = int(warmup_steps)
-        self.base = [float(group["lr"]) for group in optimizer.param_groups]
+        # the base rate lives in the group (as torch's schedulers keep it), so a second schedule
+        # over the same optimizer, or one after a checkpoint load, starts from it, not from a decayed lr
+        for group in optimizer.param_groups:
+            group.setdefault("initial_lr", float(group["lr"]))
 
     def factor(self, step: int) -> float:
         if step < self.warmup_steps:
@@ -37,5 +40,5 @@ class LearningRateSchedule:
         if self.kind == "constant" and self.warmup_steps == 0:
             return
         f = self.factor(step)
-        for group, base in zip(self.optimizer.param_groups, self.base, strict=True):
-            group["lr"] = base * f
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * f

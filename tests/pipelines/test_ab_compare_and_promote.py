@@ -59,16 +59,18 @@ def test_bundle_scores_match_the_torch_model(eval_data: PreparedData, tmp_path: 
     with torch.no_grad():
         u = model.user_embedding(padded_to_kjt(user_inputs(rows, d.history_len), model.user_keys))
         i = model.item_embedding(padded_to_kjt(item_inputs(d.item_features, 8), model.item_keys))
-    torch.testing.assert_close(scored.scores.float(), u @ i.T, atol=1e-5, rtol=1e-5)
+    all_rows = torch.arange(len(scored.users))
+    torch.testing.assert_close(scored.scores(all_rows).float(), u @ i.T, atol=1e-5, rtol=1e-5)
     assert scored.cold_users == 0 and scored.dropped_items == 0
-    assert not (scored.relevant & scored.exclude).any()
+    assert scored.relevant.multiply(scored.exclude).nnz == 0
 
 
 def test_unknown_users_and_items_are_counted(eval_data: PreparedData, tmp_path: Path) -> None:
     other = prepare(DataConfig(synthetic=SyntheticConfig(n_users=50, n_items=60, seed=9)))
     scored = score_retrieval(load_bundle(random_retrieval_bundle(other, tmp_path)), eval_data)
     assert scored.cold_users > 0 and scored.dropped_items > 0
-    assert scored.scores.shape[1] == 60
+    assert scored.scores(torch.arange(2)).shape == (2, 60)
+    assert scored.relevant.shape[1] == 60
 
 
 def test_trained_challenger_beats_random_champion_and_ties_do_not(

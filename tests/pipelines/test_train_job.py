@@ -20,6 +20,8 @@ from rankforge.settings import Settings
 RETRIEVAL = """
 seed = 1
 output_dir = "{out}"
+[data]
+validation_fraction = 0.1
 [data.synthetic]
 n_users = 60
 n_items = 90
@@ -70,8 +72,12 @@ def test_retrieval_job_tracks_registers_and_exports(rankforge_home: Path, tmp_pa
     history = client.get_metric_history(result.run_id, "train_loss")
     assert [m.step for m in history] == [1, 2]
     assert history[1].value < history[0].value
+    # validation (carved from training) every epoch; the test set once, at the end
     assert [m.step for m in client.get_metric_history(result.run_id, "val_recall_at_10")] == [1, 2]
     assert [m.step for m in client.get_metric_history(result.run_id, "val_ndcg_at_20")] == [1, 2]
+    assert len(client.get_metric_history(result.run_id, "test_recall_at_20")) == 1
+    assert run.data.metrics["test_recall_at_20"] == pytest.approx(result.metrics["recall@20"])
+    assert run.data.metrics["best_epoch"] == result.metrics["best_epoch"] in (1.0, 2.0)
     assert 0.0 <= result.metrics["recall@10"] <= result.metrics["recall@20"] <= 1.0
     artifacts = {a.path for a in client.list_artifacts(result.run_id, "config")}
     assert {"config/retrieval.toml", "config/resolved.json"} <= artifacts

@@ -1,9 +1,8 @@
 """User/item scoring shared by the retrieval losses (CCL, PSL).
 
 Both losses see the same inputs: one positive per user and a large pool of negatives, either
-per-example ``[B, N, D]`` or shared by the whole batch ``[N, D]``. Scoring is done with one
-batched matmul and the norms are applied afterwards, so the ``[B, N, D]`` tensor is never copied
-(hundreds of negatives per positive stay cheap).
+per-example ``[B, N, D]`` or shared by the whole batch ``[N, D]``. Scoring is one batched matmul;
+for cosine the vectors are normalised first (``B + N`` rows), never the ``[B, N]`` score matrix.
 """
 
 from typing import Literal
@@ -58,17 +57,17 @@ def retrieval_scores(
         require_bool("neg_mask", neg_mask)
         require_shape("neg_mask", neg_mask, ["B", "N"], sizes)
 
+    if similarity == "cosine":
+        # Normalise the vectors (B + N rows), not the [B, N] scores: same cosine, and the widest
+        # tensors of the loss (and their backward) skip two elementwise passes.
+        user_emb = user_emb / user_emb.norm(dim=-1, keepdim=True).clamp_min(_NORM_EPS)
+        pos_emb = pos_emb / pos_emb.norm(dim=-1, keepdim=True).clamp_min(_NORM_EPS)
+        neg_emb = neg_emb / neg_emb.norm(dim=-1, keepdim=True).clamp_min(_NORM_EPS)
+    elif similarity != "dot":
+        raise ValueError(f"similarity must be one of {list(SIMILARITIES)}, got {similarity!r}")
     pos = (user_emb * pos_emb).sum(dim=-1)
     if shared:
         neg = user_emb @ neg_emb.transpose(0, 1)  # [B, N]
     else:
         neg = torch.bmm(neg_emb, user_emb.unsqueeze(-1)).squeeze(-1)  # [B, N]
-
-    if similarity == "cosine":
-        user_norm = user_emb.norm(dim=-1).clamp_min(_NORM_EPS)  # [B]
-        pos = pos / (user_norm * pos_emb.norm(dim=-1).clamp_min(_NORM_EPS))
-        neg_norm = neg_emb.norm(dim=-1).clamp_min(_NORM_EPS)  # [N] or [B, N]
-        neg = neg / (user_norm.unsqueeze(-1) * neg_norm)
-    elif similarity != "dot":
-        raise ValueError(f"similarity must be one of {list(SIMILARITIES)}, got {similarity!r}")
     return pos, neg, neg_mask
