@@ -9,23 +9,21 @@ Matrix factorisation plus a *behaviour aggregation* of the user's interacted ite
 ``H_u`` is read from the *item* table (``user_history`` is a second feature of the item table), as
 in the authors' code where history and candidate items share one embedding matrix. The gating
 weight ``g`` is the paper's fixed hyper-parameter (0.5 in the reference implementation; ``g = 1``
-reduces SimpleX to MF). Users and items live in one EmbeddingBagCollection, so one training step is
-one lookup.
+reduces SimpleX to MF).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torchrec import EmbeddingBagCollection, KeyedJaggedTensor
+from torchrec import EmbeddingBagCollection
 
-from rankforge.models.matrix_factorization import id_table
+from rankforge.models.id_tables import IdTableModel, IdTwin, id_table
 from rankforge.models.padded_embeddings import PaddedEmbeddingBags
-from rankforge.models.retrieval import RetrievalModel, ebc_keys, merged_kjt
 from rankforge.models.scoring import COSINE, Scoring
 
 
-class SimpleX(RetrievalModel):
+class SimpleX(IdTableModel):
     def __init__(
         self,
         n_users: int,
@@ -50,7 +48,7 @@ class SimpleX(RetrievalModel):
             ],
             device=device,
         )
-        self.ebc_keys = ebc_keys(self.ebc)  # fixed at build: a sharded EBC no longer lists its configs
+        self._collection_built()
         dense_device = device if device is not None and device.type != "meta" else None
         self.history_map = nn.Linear(embedding_dim, embedding_dim, bias=False, device=dense_device)
         self.dropout = nn.Dropout(dropout)
@@ -59,38 +57,15 @@ class SimpleX(RetrievalModel):
     def user_keys(self) -> list[str]:
         return ["user_id", "user_history"]
 
-    @property
-    def item_keys(self) -> list[str]:
-        return ["item_id"]
-
     def aggregate(self, user: torch.Tensor, history_mean: torch.Tensor) -> torch.Tensor:
         """``g * e_u + (1 - g) * V p_u``; an empty history pools to zero and leaves ``g * e_u``."""
         return self.gamma * user + (1.0 - self.gamma) * self.history_map(history_mean)
 
-    def _pooled(self, *parts: KeyedJaggedTensor) -> dict[str, torch.Tensor]:
-        return self.ebc(merged_kjt(list(parts), self.ebc_keys)).to_dict()
-
     def _user(self, pooled: dict[str, torch.Tensor], n: int) -> torch.Tensor:
         return self.dropout(self.aggregate(pooled["user_id"][:n], pooled["user_history"][:n]))
 
-    def user_embedding(self, user_kjt: KeyedJaggedTensor) -> torch.Tensor:
-        return self._user(self._pooled(user_kjt), user_kjt.stride())
-
-    def item_embedding(self, item_kjt: KeyedJaggedTensor) -> torch.Tensor:
-        return self._pooled(item_kjt)["item_id"][: item_kjt.stride()]
-
-    def forward(
-        self, user_kjt: KeyedJaggedTensor, item_kjt: KeyedJaggedTensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        pooled = self._pooled(user_kjt, item_kjt)  # one lookup per step
-        return self._user(pooled, user_kjt.stride()), pooled["item_id"][: item_kjt.stride()]
-
     def portable(self, side: str) -> nn.Module:
-        if side == "item":
-            from rankforge.models.matrix_factorization import _IdTwin
-
-            return _IdTwin(self.ebc, "item_id")
-        return _SimpleXUserTwin(self)
+        return IdTwin(self.ebc, "item_id") if side == "item" else _SimpleXUserTwin(self)
 
 
 class _SimpleXUserTwin(nn.Module):

@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import resource
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from rankforge.errors import ConfigError, DataError
 from rankforge.pipelines.train_config import TrainConfig, load_config
+from rankforge.settings import Settings, configure_mlflow
 
 #: Published numbers on the LightGCN split of Gowalla (Recall@20, NDCG@20): SimpleX (Mao et al.,
 #: CIKM 2021, Table 3), LightGCN (He et al., SIGIR 2020) and its MF-BPR baseline.
@@ -145,13 +147,22 @@ def run_benchmark(
     for config in configs.values():
         if config.data.path is not None and not Path(config.data.path).is_dir():
             raise DataError(f"benchmark data not found: {config.data.path} (see ../shared/README.md)")
+    # Create the tracking store and experiments here, once: jobs starting together on a new
+    # SQLite store would race through its schema migration.
+    settings = Settings.from_env()
+    for experiment in sorted({c.mlflow.experiment for c in configs.values()}):
+        configure_mlflow(settings, experiment)
     rows: list[QualityRow] = []
     with ProcessPoolExecutor(
         max_workers=parallel, mp_context=get_context("spawn"), max_tasks_per_child=1
     ) as pool:
         futures = {pool.submit(run_one, name, config): name for name, config in configs.items()}
         for future in as_completed(futures):
-            rows.append(future.result())
+            try:
+                rows.append(future.result())
+            except Exception as exc:  # one failed model must not cost the others their numbers
+                print(f"{futures[future]}: failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+                continue
             rows.sort(key=lambda r: names.index(r.name))
             print(table(rows, threads, budget_minutes, parallel), flush=True)
             if output is not None:

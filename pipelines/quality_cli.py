@@ -13,10 +13,10 @@ from rankforge.pipelines.quality_benchmark import GOWALLA_MODELS, run_benchmark
 
 def _run(args: argparse.Namespace) -> int:
     os.environ.setdefault("TQDM_DISABLE", "1")  # one line per model, not per batch
-    run_benchmark(
+    rows = run_benchmark(
         Path(args.configs), list(args.models), args.budget, args.threads, args.output, args.parallel
     )
-    return 0
+    return 0 if len(rows) == len(args.models) else 1  # a failed model was reported on stderr
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
