@@ -66,12 +66,13 @@ def metric_name(name: str) -> str:
 EXPORT_SECONDS = 60.0
 
 
-def selection_value(scores: dict[str, float], metric: str) -> float:
-    """The validation number model selection maximises; a metric the model does not report is a
-    configuration error, named with what it does report."""
+def selection_value(scores: dict[str, float], metric: str, higher_is_better: bool = True) -> float:
+    """The validation number model selection maximises (a lower-is-better metric, negated); one
+    the validation did not report (e.g. GAUC without users of both labels) is an error naming
+    what it did report."""
     if metric not in scores:
         raise ConfigError(f"training.selection_metric {metric!r} is not among {sorted(scores)}")
-    return scores[metric]
+    return scores[metric] if higher_is_better else -scores[metric]
 
 
 def _is_first_version(name: str) -> bool:
@@ -191,8 +192,8 @@ def run_training(config: TrainConfig) -> TrainResult:
             if model is not None:
                 scores = validate(model, data, trainer.tables, split="validation")
                 metrics.update({f"val_{metric_name(k)}": v for k, v in scores.items()})
-                value = selection_value(scores, config.training.selection_metric)
-                trainer.keep_if_best(model, stats.epoch, value)
+                if scores:  # e.g. a validation split with a single label has no ranking metrics
+                    trainer.keep_if_best(model, stats.epoch, selection_value(scores, *config.selection))
                 patience = config.training.patience
                 stop = patience is not None and stats.epoch - trainer.best_epoch >= patience
             budget = config.training.time_budget_minutes
@@ -216,7 +217,8 @@ def run_training(config: TrainConfig) -> TrainResult:
             mlflow.log_metrics({f"test_{metric_name(k)}": v for k, v in metrics.items()})
             if select:
                 metrics["best_epoch"] = float(trainer.best_epoch)
-                metrics[f"best_val_{config.training.selection_metric}"] = trainer.best_value
+                name, higher = config.selection
+                metrics[f"best_val_{name}"] = trainer.best_value if higher else -trainer.best_value
                 mlflow.log_metrics({"best_epoch": trainer.best_epoch, "epochs_run": trainer.epochs_done})
             if epochs:
                 metrics["train_loss"] = epochs[-1].loss

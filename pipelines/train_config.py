@@ -38,6 +38,20 @@ DEFAULT_REGISTERED_NAME: dict[str, str] = {
     "ranking": "rankforge-ranker",
     "cascade": "rankforge",
 }
+_RETRIEVAL_METRICS = {f"{m}@{k}" for m in ("recall", "ndcg", "hitrate", "mrr") for k in (10, 20)}
+_RANKING_METRICS = {"auc", "gauc", "logloss", "ece"}
+#: What each model kind's validation reports, so a selection metric is checked when the config loads.
+SELECTION_METRICS: dict[str, set[str]] = {
+    **{kind: _RETRIEVAL_METRICS for kind in RETRIEVAL_KINDS},
+    "ranking": _RANKING_METRICS,
+    "cascade": {f"retrieval_{m}" for m in _RETRIEVAL_METRICS} | {f"ranker_{m}" for m in _RANKING_METRICS},
+}
+DEFAULT_SELECTION = {
+    **dict.fromkeys(RETRIEVAL_KINDS, "recall@20"),
+    "ranking": "auc",
+    "cascade": "retrieval_recall@20",
+}
+LOWER_IS_BETTER = {"logloss", "ece"}
 SHARDING_TYPES = ("table_wise", "row_wise", "column_wise", "table_row_wise", "table_column_wise")
 #: What TorchRec's EmbeddingBagCollectionSharder offers with a fused kernel on CPU (torchrec 1.8):
 #: row-wise variants are CUDA-only there.
@@ -105,7 +119,7 @@ class TrainingConfig(_Section):
     # Model selection on the validation split (data.validation_fraction > 0), never on the test set:
     # the best epoch by `selection_metric` is kept; training stops after `patience` epochs without
     # improvement (None: run every epoch).
-    selection_metric: str = "recall@20"
+    selection_metric: str | None = None  # default: recall@20 (retrieval), auc (ranking), retrieval_recall@20
     patience: int | None = Field(None, ge=1)
     validate_every: int = Field(1, ge=1)
     # Wall-clock budget of the whole job (data preparation to registered bundle): no epoch starts
@@ -168,6 +182,22 @@ class TrainConfig(_Section):
             raise ValueError(str(exc)) from exc
         return self
 
+    @model_validator(mode="after")
+    def _selection_metric_is_reported(self) -> TrainConfig:
+        name = self.training.selection_metric
+        if name is not None and name not in SELECTION_METRICS[self.model.kind]:
+            raise ValueError(
+                f"training.selection_metric {name!r} is not a {self.model.kind} validation metric; "
+                f"use one of {sorted(SELECTION_METRICS[self.model.kind])}"
+            )
+        return self
+
+    @property
+    def selection(self) -> tuple[str, bool]:
+        """(validation metric that selects the best epoch, whether higher is better)."""
+        name = self.training.selection_metric or DEFAULT_SELECTION[self.model.kind]
+        return name, name.removeprefix("ranker_") not in LOWER_IS_BETTER
+
     @property
     def registered_model(self) -> str:
         return self.mlflow.registered_model or DEFAULT_REGISTERED_NAME[self.model.kind]
@@ -194,6 +224,8 @@ def parse_config(raw: dict[str, Any], origin: str = "config") -> TrainConfig:
         for err in exc.errors():
             if err["type"] == "extra_forbidden":
                 problems.append(f"unknown key {_where(err)!r}")
+            elif not err["loc"]:  # a whole-config check: its message names the keys, the input is all of it
+                problems.append(str(err["msg"]).removeprefix("Value error, "))
             else:
                 problems.append(f"{_where(err)}: {err['msg']} (got {err.get('input')!r})")
         raise ConfigError(f"{origin}: " + "; ".join(problems)) from exc

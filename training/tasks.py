@@ -127,9 +127,10 @@ class CascadeTask(nn.Module):
         mask: torch.Tensor,
     ) -> torch.Tensor:
         b, m = labels.shape
-        user_emb = self.model.retrieval.user_embedding(user)
-        item_emb = self.model.retrieval.item_embedding(items).reshape(b, m, -1)
-        retrieval_scores = (user_emb.unsqueeze(1) * item_emb).sum(-1)
+        # the retrieval stage's own scoring function (the one it is exported and served with)
+        query = self.model.retrieval.query(user)
+        candidates = self.model.retrieval.candidate(items).reshape(b, m, -1)
+        retrieval_scores = (query.unsqueeze(1) * candidates).sum(-1)
         ranking_scores = self.model.ranker(dense, sparse).reshape(b, m)
         return self.loss(retrieval_scores, ranking_scores, labels, mask)
 

@@ -69,3 +69,29 @@ def test_file_errors(tmp_path: Path) -> None:
     (tmp_path / "broken.toml").write_text("[model\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(tmp_path / "broken.toml")
+
+
+def test_selection_metric_must_be_one_the_model_kind_validates() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(
+            {
+                "model": {"kind": "ranking"},
+                "objective": {"name": "bce"},
+                "training": {"selection_metric": "recall@20"},
+            }
+        )
+    message = str(info.value)
+    assert "'recall@20' is not a ranking validation metric" in message and "'auc'" in message
+    assert "{'model'" not in message  # one line naming the problem, not the whole config echoed
+    ranker = parse_config({"model": {"kind": "ranking"}, "objective": {"name": "bce"}})
+    assert ranker.selection == ("auc", True)
+    lower = parse_config(
+        {
+            "model": {"kind": "ranking"},
+            "objective": {"name": "bce"},
+            "training": {"selection_metric": "logloss"},
+        }
+    )
+    assert lower.selection == ("logloss", False)
+    mf = parse_config({"model": {"kind": "mf"}, "objective": {"name": "ccl"}})
+    assert mf.selection == ("recall@20", True)

@@ -45,7 +45,7 @@ experiment = "train-job-test"
 
 RANKING_YAML = """
 output_dir: {out}
-data: {{synthetic: {{n_users: 60, n_items: 90, seed: 3}}}}
+data: {{synthetic: {{n_users: 60, n_items: 90, seed: 3}}, validation_fraction: 0.2}}
 model: {{kind: ranking, embedding_dim: 8, dense_sizes: [8], over_sizes: [16, 1]}}
 objective: {{name: bce}}
 training: {{epochs: 1, batch_size: 256}}
@@ -114,7 +114,9 @@ def test_cli_trains_a_ranker_from_yaml(
     bundle = load_bundle(tmp_path / "job" / "bundle", expect="ranker")
     assert bundle.manifest.dense_features
     assert resolve("test-ranker", "champion").version == 1
-    # validation metrics of the ranker travel with its bundle
+    # test metrics of the ranker (the epoch selected by validation AUC) travel with its bundle
+    assert bundle.manifest.metrics["best_epoch"] == 1.0
+    assert 0.0 <= bundle.manifest.metrics["best_val_auc"] <= 1.0
     assert 0.0 <= bundle.manifest.metrics["auc"] <= 1.0
     assert bundle.manifest.metrics["logloss"] > 0.0
 

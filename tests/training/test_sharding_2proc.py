@@ -20,6 +20,18 @@ TORCHRUN = Path(sys.executable).with_name("torchrun")
 def _config(output_dir: Path, kind: str, sharding_types: list[str]):
     from rankforge.pipelines.train_config import parse_config
 
+    if kind == "mf":  # Adam tables: replicated data-parallel on CPU, gradients all-reduced by DDP
+        return parse_config(
+            {
+                "data": {"synthetic": {"n_users": 60, "n_items": 90, "seed": 3}},
+                "model": {"kind": "mf", "embedding_dim": 8, "init_std": 0.1},
+                "objective": {"name": "ccl", "params": {"margin": 0.5}},
+                "optimizer": {"sparse": "adam", "sparse_lr": 0.01, "embedding_l2": 1e-4},
+                "training": {"epochs": 1, "batch_size": 128},
+                "negatives": {"count": 16, "shared": True},
+                "output_dir": str(output_dir),
+            }
+        )
     return parse_config(
         {
             "data": {"synthetic": {"n_users": 60, "n_items": 90, "seed": 3}},
@@ -123,6 +135,17 @@ def test_two_rank_ranking_dlrm(tmp_path: Path) -> None:
     # row_wise is CUDA-only in TorchRec and is dropped on CPU: the planner picks among the rest
     r0, r1 = _launch(tmp_path, "ranking", ["table_wise", "row_wise", "column_wise"])
     _check_replicas(r0, r1)
+
+
+@pytest.mark.slow
+def test_two_rank_mf_with_adam_tables_stays_replicated(tmp_path: Path) -> None:
+    r0, r1 = _launch(tmp_path, "mf", [])
+    tables = [k for k in r0["dense"] if "embedding_bags" in k]
+    assert len(tables) == 2 and not r0["shards"]  # user and item tables, none sharded
+    for key in r0["dense"]:  # every replica took the same all-reduced Adam steps
+        torch.testing.assert_close(r0["dense"][key], r1["dense"][key], rtol=0, atol=0)
+        torch.testing.assert_close(r0["export"][key.removeprefix("model.")], r0["dense"][key], rtol=0, atol=0)
+    assert r0["loss"] == r1["loss"]
 
 
 if __name__ == "__main__":
