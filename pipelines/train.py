@@ -82,14 +82,23 @@ def _is_first_version(name: str) -> bool:
         return True
 
 
-def _start_run(run_id: str | None) -> mlflow.ActiveRun:
+def run_name(config: TrainConfig) -> str:
+    """What a run is, readable in the MLflow UI: model kind, objective and data, e.g.
+    ``simplex ccl lightgcn:gowalla``."""
+    data = config.data.source
+    if config.data.path is not None:
+        data += f":{config.data.path.stem if config.data.path.suffix else config.data.path.name}"
+    return f"{config.model.kind} {config.objective.name} {data}"
+
+
+def _start_run(run_id: str | None, name: str) -> mlflow.ActiveRun:
     """Resume the interrupted job's run if this store knows it, else start a new one."""
     if run_id:
         try:
             return mlflow.start_run(run_id=run_id)
         except MlflowException:
             pass
-    return mlflow.start_run()
+    return mlflow.start_run(run_name=name)
 
 
 def _log_job_inputs(config: TrainConfig, env: DistEnv, resumed_at: int) -> None:
@@ -167,7 +176,7 @@ def run_training(config: TrainConfig) -> TrainResult:
         resumed = trainer.start(resume=config.checkpoint.resume)
         if env.is_main:
             configure_mlflow(Settings.from_env(), config.mlflow.experiment)
-            trainer.run_id = _start_run(trainer.run_id if resumed else None).info.run_id
+            trainer.run_id = _start_run(trainer.run_id if resumed else None, run_name(config)).info.run_id
             active = True
             _log_job_inputs(config, env, trainer.epochs_done)
 

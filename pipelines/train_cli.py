@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from rankforge.pipelines.train_config import load_config
+from rankforge.settings import Settings
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -24,6 +25,8 @@ def _run(args: argparse.Namespace) -> int:
         )
         metrics = ", ".join(f"{k}={v:.4f}" for k, v in sorted(result.metrics.items()))
         print(f"run {result.run_id}: {registered}; bundle {result.bundle_dir}; {metrics}")
+        uri = Settings.from_env().tracking_uri
+        print(f"browse it: mlflow ui --backend-store-uri {uri}")
     return 0
 
 

@@ -68,6 +68,7 @@ def test_retrieval_job_tracks_registers_and_exports(rankforge_home: Path, tmp_pa
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["model.kind"] == "retrieval"
+    assert run.data.tags["mlflow.runName"] == "retrieval sampled_softmax synthetic"
     assert run.data.params["negatives.count"] == "8"
     history = client.get_metric_history(result.run_id, "train_loss")
     assert [m.step for m in history] == [1, 2]
@@ -111,6 +112,7 @@ def test_cli_trains_a_ranker_from_yaml(
     assert main(["train", str(path)]) == 0
     out = capsys.readouterr().out
     assert "test-ranker version 1" in out
+    assert out.splitlines()[-1].startswith("browse it: mlflow ui --backend-store-uri sqlite:")
     bundle = load_bundle(tmp_path / "job" / "bundle", expect="ranker")
     assert bundle.manifest.dense_features
     assert resolve("test-ranker", "champion").version == 1
