@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 
 import grpc
@@ -22,41 +23,82 @@ DEFAULT_ADDRESS = "127.0.0.1:50051"
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     settings = Settings.from_env()
+    fmt = argparse.ArgumentDefaultsHelpFormatter
 
-    serve = subparsers.add_parser("serve", help="run the gRPC retrieval-then-rank server")
-    serve.add_argument("--retrieval", default="models:/rankforge-retrieval@champion", help="URI or dir")
-    serve.add_argument("--ranker", default="models:/rankforge-ranker@champion", help="URI or bundle dir")
-    serve.add_argument("--redis-url", default=settings.redis_url)
-    serve.add_argument("--feature-prefix", default="rf:v1")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=50051)
-    serve.add_argument("--workers", type=int, default=8)
-    serve.add_argument("--redis-timeout-s", type=float, default=0.25)
-    serve.add_argument("--refresh-interval-s", type=float, default=30.0, help="0 disables model refresh")
-    serve.add_argument("--grace-s", type=float, default=5.0)
+    serve = subparsers.add_parser(
+        "serve",
+        help="run the gRPC retrieval-then-rank server",
+        description="Serve the registry champions (or bundle directories) over gRPC: retrieval by the "
+        "model's own scoring function, then the ONNX ranker, with features from Redis.",
+        formatter_class=fmt,
+    )
+    serve.add_argument(
+        "--retrieval", default="models:/rankforge-retrieval@champion", help="model URI or bundle dir"
+    )
+    serve.add_argument(
+        "--ranker", default="models:/rankforge-ranker@champion", help="model URI or bundle dir"
+    )
+    serve.add_argument(
+        "--redis-url", default=settings.redis_url, help="online feature store (RANKFORGE_REDIS_URL)"
+    )
+    serve.add_argument("--feature-prefix", default="rf:v1", help="Redis key prefix written by materialize")
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: every interface)"
+    )
+    serve.add_argument("--port", type=int, default=50051, help="TCP port (0: any free port)")
+    serve.add_argument("--workers", type=int, default=8, help="request threads")
+    serve.add_argument("--redis-timeout-s", type=float, default=0.25, help="Redis budget per request")
+    serve.add_argument("--refresh-interval-s", type=float, default=30.0, help="model refresh; 0 disables it")
+    serve.add_argument("--grace-s", type=float, default=5.0, help="drain time for in-flight calls on SIGTERM")
     serve.set_defaults(func=_serve)
 
-    query = subparsers.add_parser("query", help="ask a running server for a user's top K")
-    query.add_argument("--address", default=DEFAULT_ADDRESS)
+    query = subparsers.add_parser(
+        "query",
+        help="ask a running server for a user's top K",
+        description="Send one Rank request to a running `rankforge serve` and print the ranking.",
+        formatter_class=fmt,
+    )
+    query.add_argument("--address", default=DEFAULT_ADDRESS, help="host:port of `rankforge serve`")
     query.add_argument("--user", type=int, required=True, help="raw user id")
-    query.add_argument("--k", type=int, default=10)
-    query.add_argument("--candidates", type=_id_list, default=None, help="comma-separated raw item ids")
-    query.add_argument("--context", action="append", default=[], metavar="NAME=VALUE")
-    query.add_argument("--timeout-s", type=float, default=2.0)
+    query.add_argument("--k", type=int, default=10, help="items to return")
+    query.add_argument(
+        "--candidates", type=_id_list, default=None, help="comma-separated raw item ids to rank"
+    )
+    query.add_argument("--context", action="append", default=[], metavar="NAME=VALUE", help="request context")
+    query.add_argument("--timeout-s", type=float, default=2.0, help="request deadline")
     query.set_defaults(func=_query)
 
-    mat = subparsers.add_parser("materialize", help="write user/item features to Redis as a new version")
+    mat = subparsers.add_parser(
+        "materialize",
+        help="write user/item features to Redis as a new version",
+        description="Compute online features from a data config and write them to Redis as a new "
+        "version, switched to atomically once complete.",
+        formatter_class=fmt,
+    )
     mat.add_argument(
         "--data-config",
         type=Path,
         default=None,
-        help="TOML/YAML/JSON data config, or a training config (its [data] section)",
+        help="TOML/YAML/JSON data config, or a training config (its [data] section); default: synthetic",
     )
-    mat.add_argument("--redis-url", default=settings.redis_url)
-    mat.add_argument("--feature-prefix", default="rf:v1")
+    mat.add_argument(
+        "--redis-url", default=settings.redis_url, help="online feature store (RANKFORGE_REDIS_URL)"
+    )
+    mat.add_argument("--feature-prefix", default="rf:v1", help="Redis key prefix the server reads")
     mat.add_argument("--version", default=None, help="version name (default: UTC time + random suffix)")
-    mat.add_argument("--ttl-s", type=int, default=7 * 24 * 3600)
+    mat.add_argument("--ttl-s", type=int, default=7 * 24 * 3600, help="expiry of the written keys")
     mat.set_defaults(func=_materialize)
+
+
+def _redis_answers(url: str) -> bool:
+    import redis
+
+    from rankforge.serving.feature_reader import connect
+
+    try:
+        return bool(connect(url, timeout_s=1.0).ping())
+    except (redis.RedisError, OSError, ValueError):
+        return False
 
 
 def _id_list(text: str) -> list[int]:
@@ -98,7 +140,17 @@ def _serve(args: argparse.Namespace) -> int:
         grace_s=args.grace_s,
         limits=ServiceLimits(redis_timeout_s=args.redis_timeout_s),
     )
-    server = RankingServer(config)
+    try:
+        server = RankingServer(config)
+    except RuntimeError as exc:  # grpc: "Failed to bind to address ..."
+        raise ConfigError(f"cannot listen on {args.host}:{args.port} (in use? try --port): {exc}") from exc
+    if not _redis_answers(args.redis_url):
+        print(
+            f"rankforge serve: warning: Redis at {args.redis_url} is not answering; requests fail with "
+            "UNAVAILABLE until it does (start redis-server, then rankforge materialize)",
+            file=sys.stderr,
+            flush=True,
+        )
     server.install_signal_handlers()
     server.start()
     print(f"rankforge serve: listening on {server.address}", flush=True)
@@ -113,7 +165,10 @@ def _query(args: argparse.Namespace) -> int:
         try:
             result = client.rank(args.user, args.k, args.candidates, _context(args.context))
         except grpc.RpcError as exc:
-            raise ConfigError(f"{exc.code().name}: {exc.details()}") from exc
+            hint = ""
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                hint = f" (is `rankforge serve` running at {args.address}? see --address)"
+            raise ConfigError(f"{exc.code().name}: {exc.details()}{hint}") from exc
     print(
         f"request {result.request_id}: retrieval {result.retrieval_version}, ranker "
         f"{result.ranker_version}, features {result.feature_version}, {result.n_ranked} ranked"
@@ -132,6 +187,11 @@ def _materialize(args: argparse.Namespace) -> int:
     from rankforge.serving.feature_writer import FeatureWriter
 
     config = DataConfig() if args.data_config is None else DataConfig.from_file(args.data_config)
+    if not _redis_answers(args.redis_url):
+        raise ConfigError(
+            f"Redis at {args.redis_url} is not answering: start redis-server, or point --redis-url "
+            "(RANKFORGE_REDIS_URL) at one"
+        )
     data = prepare(config)
     client = connect(args.redis_url, timeout_s=5.0)
     report = FeatureWriter(client, KeyLayout(args.feature_prefix), ttl_s=args.ttl_s).write(data, args.version)

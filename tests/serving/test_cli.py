@@ -33,3 +33,42 @@ def test_materialize_writes_a_new_current_version(redis_url, redis_client, layou
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["users"] == 20 and report["items"] == 60
     assert redis_client.get(layout.current).decode() == report["feature_version"]
+
+
+def test_materialize_with_redis_down_says_so_in_one_line(closed_port, capsys) -> None:
+    url = f"redis://127.0.0.1:{closed_port}/0"
+    assert main(["materialize", "--redis-url", url]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        f"rankforge materialize: error: Redis at {url} is not answering"
+    )
+
+
+def test_query_without_a_server_hints_at_serve_and_address(closed_port, capsys) -> None:
+    address = f"127.0.0.1:{closed_port}"
+    assert main(["query", "--address", address, "--user", "1", "--timeout-s", "0.5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("rankforge query: error: ")
+    assert f"is `rankforge serve` running at {address}? see --address" in err[0]
+
+
+def test_serve_on_a_taken_port_fails_cleanly(bundles, redis_url, capsys) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = ["serve", "--retrieval", str(bundles.retrieval), "--ranker", str(bundles.ranker)]
+        assert main([*args, "--redis-url", redis_url, "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"rankforge serve: error: cannot listen on 127.0.0.1:{port}")
+
+
+def test_serving_commands_explain_their_options(capsys) -> None:
+    for command in ("serve", "query", "materialize"):
+        with pytest.raises(SystemExit) as done:
+            main([command, "--help"])
+        assert done.value.code == 0
+        text = capsys.readouterr().out
+        assert "(default:" in text, command
