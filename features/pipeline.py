@@ -16,6 +16,7 @@ import polars as pl
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from rankforge.config_errors import describe
 from rankforge.errors import ConfigError, DataError
 from rankforge.features import history as hist
 from rankforge.features.aggregates import item_aggregates, user_aggregates
@@ -83,7 +84,7 @@ class DataConfig(BaseModel):
         try:
             return cls.model_validate(raw.get("data", raw))
         except ValidationError as exc:
-            raise ConfigError(f"{path}: {exc}") from exc
+            raise ConfigError(f"{path}: {describe(exc, cls)}") from exc
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:

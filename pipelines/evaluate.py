@@ -25,7 +25,8 @@ def run_evaluation(
     evaluation = evaluate_bundle(bundle, data, log, config)
     evaluation.label = uri
     reward_model = config.reward_model or ("itself" if bundle.manifest.kind == "ranker" else ITEM_RATE)
-    with mlflow.start_run(run_name=f"evaluate {uri}"):
+    with mlflow.start_run(run_name=f"evaluate {uri}") as run:
+        evaluation.run_id = run.info.run_id
         mlflow.set_tags({"rankforge.job": "evaluate", "model": uri})
         mlflow.log_params(
             {

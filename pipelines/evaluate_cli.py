@@ -75,7 +75,15 @@ def _evaluate(args: argparse.Namespace) -> int:
     evaluation = run_evaluation(args.model, data, log, config)
     for name, value in evaluation.metrics.items():
         print(f"{name:<16}{value:>10.4f}")
+    _where_logged(evaluation.run_id)
     return 0
+
+
+def _where_logged(run_id: str | None) -> None:
+    """The closing lines of a tracked command: its MLflow run and how to look at it."""
+    from rankforge.settings import Settings
+
+    print(f"run {run_id}; browse it: mlflow ui --backend-store-uri {Settings.from_env().tracking_uri}")
 
 
 def _promote(args: argparse.Namespace) -> int:
@@ -101,12 +109,17 @@ def _promote(args: argparse.Namespace) -> int:
                 {"promote": decision.promote, "applied": decision.applied, "reasons": decision.reasons}
             )
         )
+    _where_logged(decision.report_run_id)
     return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     ev = subparsers.add_parser(
-        "evaluate", help="offline metrics + replay values of one model, logged to MLflow"
+        "evaluate",
+        help="offline metrics + replay values of one model, logged to MLflow",
+        description="Score one served bundle (ONNX Runtime, the bundle's own id mapping) on held-out "
+        "data: Recall/NDCG@K for retrieval, AUC/GAUC/LogLoss/ECE for rankers, and replay/IPS/SNIPS/DR "
+        "values of its policy, with bootstrap intervals; everything goes to one MLflow run.",
     )
     ev.add_argument("model", help="models:/name@alias, models:/name/version, or a bundle directory")
     _common(ev)

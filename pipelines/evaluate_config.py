@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from rankforge.config_errors import describe
 from rankforge.errors import ConfigError
 from rankforge.features.pipeline import DataConfig
 
@@ -49,4 +50,6 @@ def data_config(path: str | Path | None = None, overrides: list[str] | None = No
         return DataConfig.model_validate(merged)
     except ValidationError as exc:
         origin = f"{path} with " if path is not None else ""
-        raise ConfigError(f"data config ({origin}--data {' '.join(overrides)}): {exc}") from exc
+        raise ConfigError(
+            f"data config ({origin}--data {' '.join(overrides)}): {describe(exc, DataConfig)}"
+        ) from exc

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from rankforge.config_errors import describe
 from rankforge.errors import ConfigError
 from rankforge.features.pipeline import DataConfig
 
@@ -211,24 +212,12 @@ class TrainConfig(_Section):
         return json.dumps(shaping, sort_keys=True)
 
 
-def _where(error: dict[str, Any]) -> str:
-    return ".".join(str(p) for p in error["loc"]) or "<root>"
-
-
 def parse_config(raw: dict[str, Any], origin: str = "config") -> TrainConfig:
-    """Validate a mapping; every problem is reported with its dotted key."""
+    """Validate a mapping; every problem is reported with its dotted key, on one line."""
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            if err["type"] == "extra_forbidden":
-                problems.append(f"unknown key {_where(err)!r}")
-            elif not err["loc"]:  # a whole-config check: its message names the keys, the input is all of it
-                problems.append(str(err["msg"]).removeprefix("Value error, "))
-            else:
-                problems.append(f"{_where(err)}: {err['msg']} (got {err.get('input')!r})")
-        raise ConfigError(f"{origin}: " + "; ".join(problems)) from exc
+        raise ConfigError(f"{origin}: {describe(exc, TrainConfig)}") from exc
 
 
 def load_config(path: str | Path) -> TrainConfig:

@@ -22,7 +22,11 @@ COMMAND_MODULES: tuple[str, ...] = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rankforge", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="rankforge",
+        description="Recommender ranking platform: train, evaluate, promote and serve retrieval and "
+        "ranking models. `rankforge demo` runs everything once; `rankforge COMMAND --help` explains one.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)

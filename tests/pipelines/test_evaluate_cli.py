@@ -31,7 +31,11 @@ def test_data_flags_override_a_file_and_are_validated(tmp_path: Path) -> None:
     assert data_config(None, ["source=file", f"path={tmp_path}/log.parquet"]).path == tmp_path / "log.parquet"
     for flag, message in [
         ("source=file", "data.path is required"),
-        ("nope=1", "Extra inputs"),
+        ("nope=1", r"unknown key 'nope'; valid keys: \['history_len'"),
+        (
+            "split=weird",
+            r"split: Input should be 'leave_last_out', 'time', 'random' or 'provided' \(got 'weird'\)",
+        ),
         ("history_len=0", "history_len"),
         ("split.x=1", "not a section"),
         ("history_len", "KEY=VALUE"),
@@ -46,8 +50,10 @@ def test_evaluate_logs_the_known_metrics_of_a_perfect_bundle(
     bundle = perfect_retrieval_bundle(small_data, tmp_path / "perfect")
     args = ["evaluate", str(bundle), *SMALL, "--resamples", "20", "--experiment", "cli-eval"]
     assert main(args) == 0
-    printed = dict(line.split() for line in capsys.readouterr().out.splitlines())
+    *lines, last = capsys.readouterr().out.splitlines()
+    printed = dict(line.split() for line in lines)
     assert printed["recall@10"] == printed["ndcg@20"] == printed["replay_snips"] == "1.0000"
+    assert last.startswith("run ") and "browse it: mlflow ui --backend-store-uri sqlite:" in last
     (run,) = MlflowClient().search_runs([mlflow.get_experiment_by_name("cli-eval").experiment_id])
     assert run.data.metrics["recall_at_10"] == 1.0 and run.data.metrics["mrr_at_20"] == 1.0
     assert run.data.params["reward_model"] == ITEM_RATE and run.data.tags["model"] == str(bundle)
@@ -84,6 +90,8 @@ def test_promote_with_directed_criteria_and_dry_run(
     assert main([*dry_run, *common]) == 0
     assert capsys.readouterr().out.startswith("PROMOTE (dry run)")
     assert resolve("rf-cli", "champion").version == 1
+    assert main([*dry_run, *common]) == 0
+    assert "browse it: mlflow ui" in capsys.readouterr().out.splitlines()[-1]
 
 
 def test_evaluate_a_ranker_bundle(
@@ -92,7 +100,7 @@ def test_evaluate_a_ranker_bundle(
     bundle = random_ranker_bundle(small_data, tmp_path / "ranker")
     args = ["evaluate", str(bundle), *SMALL, "--resamples", "20", "--policy-temperature", "0.5"]
     assert main([*args, "--experiment", "cli-rank"]) == 0
-    printed = dict(line.split() for line in capsys.readouterr().out.splitlines())
+    printed = dict(line.split() for line in capsys.readouterr().out.splitlines()[:-1])
     assert {"auc", "logloss", "ece", "replay_dr"} <= set(printed)
     (run,) = MlflowClient().search_runs([mlflow.get_experiment_by_name("cli-rank").experiment_id])
     assert run.data.params["kind"] == "ranker" and run.data.params["reward_model"] == "itself"
