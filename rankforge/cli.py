@@ -11,6 +11,7 @@ import importlib
 import sys
 
 from rankforge.errors import RankforgeError
+from rankforge.quiet import quiet_third_party
 
 COMMAND_MODULES: tuple[str, ...] = (
     "rankforge.pipelines.demo_cli",
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_third_party()
     args = build_parser().parse_args(argv)
     try:
         result = args.func(args)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import mlflow
@@ -128,3 +129,24 @@ def test_cli_reports_config_errors(tmp_path: Path, capsys: pytest.CaptureFixture
     path.write_text('[model]\nkind = "retrieval"\nembeding_dim = 8\n[objective]\nname = "sampled_softmax"\n')
     assert main(["train", str(path)]) == 2
     assert "unknown key 'model.embeding_dim'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_train_command_prints_its_result_not_library_chatter(rankforge_home: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "retrieval.toml"
+    path.write_text(RETRIEVAL.format(out=tmp_path / "job"))
+    env = {k: v for k, v in os.environ.items() if k != "RANKFORGE_VERBOSE"}
+    done = subprocess.run(
+        [sys.executable, "-m", "rankforge.cli", "train", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**env, "TQDM_DISABLE": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines()[0].startswith("run ")
+    noise = [line for line in done.stderr.splitlines() if "Warning" in line or "torchvision" in line]
+    assert noise == [], noise[:5]
