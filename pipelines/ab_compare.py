@@ -24,6 +24,7 @@ from rankforge.evaluation.bootstrap import Interval, bootstrap, paired_bootstrap
 from rankforge.evaluation.metrics import (
     auc,
     expected_calibration_error,
+    gauc,
     logloss,
     per_user_retrieval_metrics,
     ranking_metrics,
@@ -134,15 +135,29 @@ def _ranker_evaluation(bundle: Bundle, data: PreparedData, events: pl.DataFrame)
         raise DataError(f"no held-out event has an item known to {bundle.directory}")
     labels = events["label"].to_numpy().astype(np.float64)
     probs = ranker_probabilities(bundle, events, data)
+    users = events["user_idx"].to_numpy()
     metrics = ranking_metrics(labels, probs)
     stats: dict[str, Statistic] = {
         "auc": lambda rows: auc(labels[rows], probs[rows]),
         "logloss": lambda rows: logloss(labels[rows], probs[rows]),
         "ece": lambda rows: expected_calibration_error(labels[rows], probs[rows]),
     }
+    try:  # GAUC needs users with both labels among the held-out events
+        metrics["gauc"] = gauc(labels, probs, users)
+        stats["gauc"] = lambda rows: _gauc_or_nan(labels[rows], probs[rows], users[rows])
+    except ValueError:
+        pass
     return ModelEvaluation(
         label="", metrics=metrics, statistics=stats, curves={"labels": labels, "probs": probs}
     )
+
+
+def _gauc_or_nan(labels: np.ndarray, probs: np.ndarray, users: np.ndarray) -> float:
+    """GAUC of a bootstrap resample; NaN when the resample has no user with both labels."""
+    try:
+        return gauc(labels, probs, users)
+    except ValueError:
+        return float("nan")
 
 
 def reward_model_bundle(config: ABConfig, evaluated: Bundle) -> Bundle | None:

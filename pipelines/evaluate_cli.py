@@ -75,6 +75,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     evaluation = run_evaluation(args.model, data, log, config)
     for name, value in evaluation.metrics.items():
         print(f"{name:<16}{value:>10.4f}")
+    matches = evaluation.notes.get("replay_matches")
+    print(f"{'replay_matched':<16}{matches:>10} of {log.height} logged events (replay averages over these)")
     _where_logged(evaluation.run_id)
     return 0
 

@@ -50,8 +50,9 @@ def test_evaluate_logs_the_known_metrics_of_a_perfect_bundle(
     bundle = perfect_retrieval_bundle(small_data, tmp_path / "perfect")
     args = ["evaluate", str(bundle), *SMALL, "--resamples", "20", "--experiment", "cli-eval"]
     assert main(args) == 0
-    *lines, last = capsys.readouterr().out.splitlines()
+    *lines, matched, last = capsys.readouterr().out.splitlines()
     printed = dict(line.split() for line in lines)
+    assert matched.startswith("replay_matched") and "logged events" in matched
     assert printed["recall@10"] == printed["ndcg@20"] == printed["replay_snips"] == "1.0000"
     assert last.startswith("run ") and "browse it: mlflow ui --backend-store-uri sqlite:" in last
     (run,) = MlflowClient().search_runs([mlflow.get_experiment_by_name("cli-eval").experiment_id])
@@ -100,8 +101,9 @@ def test_evaluate_a_ranker_bundle(
     bundle = random_ranker_bundle(small_data, tmp_path / "ranker")
     args = ["evaluate", str(bundle), *SMALL, "--resamples", "20", "--policy-temperature", "0.5"]
     assert main([*args, "--experiment", "cli-rank"]) == 0
-    printed = dict(line.split() for line in capsys.readouterr().out.splitlines()[:-1])
-    assert {"auc", "logloss", "ece", "replay_dr"} <= set(printed)
+    printed = dict(line.split() for line in capsys.readouterr().out.splitlines()[:-2])
+    # leave-one-out holds out one event per user: no user has both labels, so no GAUC
+    assert {"auc", "logloss", "ece", "replay_dr"} <= set(printed) and "gauc" not in printed
     (run,) = MlflowClient().search_runs([mlflow.get_experiment_by_name("cli-rank").experiment_id])
     assert run.data.params["kind"] == "ranker" and run.data.params["reward_model"] == "itself"
     assert run.data.params["policy_temperature"] == "0.5"
@@ -109,3 +111,16 @@ def test_evaluate_a_ranker_bundle(
     assert summary["evaluated_events"] == small_data.test_events.height
     assert summary["dropped_item_events"] == 0
     assert summary["metrics"]["auc"] == pytest.approx(float(printed["auc"]), abs=1e-4)
+    # held-out events with both labels per user: GAUC is reported too
+    random_split = [
+        *args,
+        "--data",
+        "split=random",
+        "--data",
+        "test_fraction=0.5",
+        "--experiment",
+        "cli-rank2",
+    ]
+    assert main(random_split) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.split()[0] == "gauc" and 0.0 <= float(line.split()[1]) <= 1.0 for line in lines[:-2])
