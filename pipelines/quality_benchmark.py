@@ -35,6 +35,7 @@ PAPER: dict[str, tuple[float, float, str]] = {
 }
 #: The configurations of the Gowalla table, in order (files ``configs/gowalla/NAME.toml``).
 GOWALLA_MODELS = (
+    "popularity",
     "mf_bpr",
     "mf_sampled_softmax",
     "mf_ccl",
@@ -69,6 +70,13 @@ def with_overrides(config: TrainConfig, **training: object) -> TrainConfig:
     return updated.model_copy(update={"source_path": config.source_path})
 
 
+def objective_label(config: TrainConfig) -> str:
+    if config.objective is None:
+        return "none (counted)"
+    activation = config.objective.params.get("activation")
+    return config.objective.name + (f"({activation})" if activation else "")
+
+
 def run_one(name: str, config: TrainConfig) -> QualityRow:
     """One model, in this process (the benchmark gives each model a fresh one)."""
     from rankforge.pipelines.train import run_training
@@ -82,8 +90,7 @@ def run_one(name: str, config: TrainConfig) -> QualityRow:
     return QualityRow(
         name=name,
         model=config.model.kind,
-        objective=config.objective.name
-        + (f"({config.objective.params['activation']})" if "activation" in config.objective.params else ""),
+        objective=objective_label(config),
         recall_at_20=result.metrics.get("recall@20", float("nan")),
         ndcg_at_20=result.metrics.get("ndcg@20", float("nan")),
         best_epoch=int(result.metrics.get("best_epoch", len(result.epochs))),

@@ -22,12 +22,14 @@ from mlflow.exceptions import MlflowException
 from rankforge.errors import ConfigError
 from rankforge.features.pipeline import PreparedData, prepare
 from rankforge.models.cascade import CascadeModel
+from rankforge.models.popularity import MostPopular
 from rankforge.models.ranking import RankingModel
 from rankforge.models.retrieval import RetrievalModel
 from rankforge.pipelines.registry import BUNDLE_ARTIFACT, RegisteredModel, log_and_register
-from rankforge.pipelines.train_config import TrainConfig
+from rankforge.pipelines.train_config import UNTRAINED_KINDS, TrainConfig
 from rankforge.serving.export_bundle import build_ranker_bundle, build_retrieval_bundle
 from rankforge.settings import Settings, configure_mlflow
+from rankforge.training.batches import FeatureTables
 from rankforge.training.sharding import DistEnv, init_distributed, shutdown_distributed
 from rankforge.training.trainer import EpochStats, Trainer
 from rankforge.training.validation import validate
@@ -88,7 +90,8 @@ def run_name(config: TrainConfig) -> str:
     data = config.data.source
     if config.data.path is not None:
         data += f":{config.data.path.stem if config.data.path.suffix else config.data.path.name}"
-    return f"{config.model.kind} {config.objective.name} {data}"
+    objective = config.objective.name if config.objective is not None else "counted"
+    return f"{config.model.kind} {objective} {data}"
 
 
 def _start_run(run_id: str | None, name: str) -> mlflow.ActiveRun:
@@ -101,12 +104,12 @@ def _start_run(run_id: str | None, name: str) -> mlflow.ActiveRun:
     return mlflow.start_run(run_name=name)
 
 
-def _log_job_inputs(config: TrainConfig, env: DistEnv, resumed_at: int) -> None:
+def _log_job_inputs(config: TrainConfig, env: DistEnv | None, resumed_at: int) -> None:
     params = flatten(config.model_dump(mode="json", exclude={"source_path"}))
     params.update(
         {
-            "world_size": str(env.world_size),
-            "device": env.device.type,
+            "world_size": str(env.world_size if env is not None else 1),
+            "device": env.device.type if env is not None else "cpu",
             "torch_threads": str(torch.get_num_threads()),
         }
     )
@@ -163,12 +166,53 @@ def servable_stages(
     ]
 
 
+def publish(
+    model: RetrievalModel | RankingModel | CascadeModel,
+    data: PreparedData,
+    config: TrainConfig,
+    metrics: dict[str, float],
+    bundle_dir: Path,
+) -> list[RegisteredModel]:
+    """Export every servable stage to a bundle and log it to the active run: registered as a new
+    version (the model's first becomes ``champion``), or as run artifacts only."""
+    registered: list[RegisteredModel] = []
+    stages = servable_stages(model, config, metrics)
+    for stage in stages:
+        directory = bundle_dir if len(stages) == 1 else bundle_dir / stage.artifact_path
+        _export(stage.model, data, config, stage.metrics, directory)
+        if config.mlflow.register_model:
+            alias = config.mlflow.alias if _is_first_version(stage.name) else None
+            registered.append(log_and_register(directory, stage.name, alias, stage.artifact_path))
+        else:
+            mlflow.log_artifacts(str(directory), stage.artifact_path)
+    return registered
+
+
+def run_counting(config: TrainConfig, data: PreparedData) -> TrainResult:
+    """An untrained model (most popular items): counted from the training events, tested once,
+    exported, tracked and registered like a trained one."""
+    tables = FeatureTables.build(data, config.model.max_genres)
+    model = MostPopular(tables.item_events)
+    configure_mlflow(Settings.from_env(), config.mlflow.experiment)
+    with mlflow.start_run(run_name=run_name(config)) as run:
+        _log_job_inputs(config, None, 0)
+        metrics = validate(model, data, tables, split="test")
+        mlflow.log_metrics({f"test_{metric_name(k)}": v for k, v in metrics.items()})
+        bundle_dir = config.output_dir / "bundle"
+        registered = publish(model, data, config, metrics, bundle_dir)
+    return TrainResult(
+        registered[0] if registered else None, bundle_dir, metrics, run.info.run_id, [], registered
+    )
+
+
 def run_training(config: TrainConfig) -> TrainResult:
     """Train (or finish training) the model of ``config``, log it to MLflow and register it."""
     started = time.monotonic()
     if config.training.threads is not None:
         torch.set_num_threads(config.training.threads)
     data = prepare(config.data)
+    if config.model.kind in UNTRAINED_KINDS:
+        return run_counting(config, data)
     env = init_distributed()
     active = False
     try:
@@ -231,17 +275,7 @@ def run_training(config: TrainConfig) -> TrainResult:
                 mlflow.log_metrics({"best_epoch": trainer.best_epoch, "epochs_run": trainer.epochs_done})
             if epochs:
                 metrics["train_loss"] = epochs[-1].loss
-            stages = servable_stages(model, config, metrics)
-            for stage in stages:
-                directory = bundle_dir if len(stages) == 1 else bundle_dir / stage.artifact_path
-                _export(stage.model, data, config, stage.metrics, directory)
-                if config.mlflow.register_model:
-                    alias = config.mlflow.alias if _is_first_version(stage.name) else None
-                    registered_stages.append(
-                        log_and_register(directory, stage.name, alias, stage.artifact_path)
-                    )
-                else:
-                    mlflow.log_artifacts(str(directory), stage.artifact_path)
+            registered_stages = publish(model, data, config, metrics, bundle_dir)
             registered = registered_stages[0] if registered_stages else None
         trainer.mark_finished()
         run_id = trainer.run_id

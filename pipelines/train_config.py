@@ -21,13 +21,16 @@ from rankforge.features.pipeline import DataConfig
 
 #: ``retrieval`` is the two-tower; ``mf`` (matrix factorisation) and ``simplex`` are the retrieval
 #: models of the SimpleX/LightGCN benchmarks. All three are served as retrieval bundles.
-ModelKind = Literal["retrieval", "mf", "simplex", "ranking", "cascade"]
-RETRIEVAL_KINDS = ("retrieval", "mf", "simplex")
+ModelKind = Literal["retrieval", "mf", "simplex", "popularity", "ranking", "cascade"]
+RETRIEVAL_KINDS = ("retrieval", "mf", "simplex", "popularity")
+#: Counted, not trained: no objective, optimizer or epochs (the floor of every quality table).
+UNTRAINED_KINDS = ("popularity",)
 #: The objective input contract each model kind feeds (see ``rankforge.training.objectives``).
 OBJECTIVE_KIND: dict[str, str] = {
     "retrieval": "retrieval",
     "mf": "retrieval",
     "simplex": "retrieval",
+    "popularity": "retrieval",
     "ranking": "ctr",
     "cascade": "cascade",
 }
@@ -36,6 +39,7 @@ DEFAULT_REGISTERED_NAME: dict[str, str] = {
     "retrieval": "rankforge-retrieval",
     "mf": "rankforge-retrieval",
     "simplex": "rankforge-retrieval",
+    "popularity": "rankforge-retrieval",
     "ranking": "rankforge-ranker",
     "cascade": "rankforge",
 }
@@ -162,7 +166,7 @@ class CheckpointConfig(_Section):
 class TrainConfig(_Section):
     data: DataConfig = DataConfig()
     model: ModelConfig
-    objective: ObjectiveConfig
+    objective: ObjectiveConfig | None = None  # required, except for untrained kinds (popularity)
     optimizer: OptimizerConfig = OptimizerConfig()
     training: TrainingConfig = TrainingConfig()
     negatives: NegativesConfig = NegativesConfig()
@@ -177,6 +181,16 @@ class TrainConfig(_Section):
     def _objective_fits_model(self) -> TrainConfig:
         from rankforge.training.losses import resolve_objective
 
+        if self.model.kind in UNTRAINED_KINDS:
+            if self.objective is not None:
+                raise ValueError(
+                    f"model kind {self.model.kind!r} trains nothing: drop the [objective] section"
+                )
+            return self
+        if self.objective is None:
+            raise ValueError(
+                f"objective is required for model kind {self.model.kind!r} ([objective] name = ...)"
+            )
         try:
             resolve_objective(self.objective.name, self.objective.params, OBJECTIVE_KIND[self.model.kind])
         except ConfigError as exc:

@@ -49,6 +49,8 @@ def build_model(
         dense, over = tuple(config.dense_sizes), tuple(config.over_sizes)
         return RankingModel(users + items, DENSE_FEATURES, config.embedding_dim, dense, over, device=device)
 
+    if config.kind == "popularity":
+        raise ValueError("model kind 'popularity' is counted from the data, not built for training")
     dim, init = config.embedding_dim, config.init_std
     if config.kind == "retrieval":
         return two_tower()
