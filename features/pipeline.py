@@ -6,6 +6,7 @@ writer all see the same ids, splits and features for a given :class:`DataConfig`
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass
 from functools import cached_property
@@ -28,6 +29,13 @@ from rankforge.features.synthetic import generate_log
 
 GENRES = "genres"
 ORDER = [TIMESTAMP, USER_IDX, ITEM_IDX]
+
+
+def under(folder: Path, path: Path | None) -> Path | None:
+    """``path`` if absolute (or None), else ``folder / path`` normalised."""
+    if path is None or path.is_absolute():
+        return path
+    return Path(os.path.normpath(folder / path))
 
 
 class SyntheticConfig(BaseModel):
@@ -82,9 +90,16 @@ class DataConfig(BaseModel):
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping of data settings")
         try:
-            return cls.model_validate(raw.get("data", raw))
+            return cls.model_validate(raw.get("data", raw)).relative_to(path.parent)
         except ValidationError as exc:
             raise ConfigError(f"{path}: {describe(exc, cls)}") from exc
+
+    def relative_to(self, folder: Path) -> DataConfig:
+        """This config with its relative file paths taken from ``folder`` (the config file's), so a
+        config works from any working directory."""
+        return self.model_copy(
+            update={"path": under(folder, self.path), "items_path": under(folder, self.items_path)}
+        )
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from rankforge.config_errors import describe
 from rankforge.errors import ConfigError
-from rankforge.features.pipeline import DataConfig
+from rankforge.features.pipeline import DataConfig, under
 
 #: ``retrieval`` is the two-tower; ``mf`` (matrix factorisation) and ``simplex`` are the retrieval
 #: models of the SimpleX/LightGCN benchmarks. All three are served as retrieval bundles.
@@ -237,8 +237,8 @@ def parse_config(raw: dict[str, Any], origin: str = "config") -> TrainConfig:
 def load_config(path: str | Path) -> TrainConfig:
     """Read a ``.toml`` or ``.yaml``/``.yml`` training config.
 
-    Relative paths (data, output_dir) are relative to the working directory, as for any CLI tool;
-    the shipped configs assume the repository root.
+    Relative paths in it (``data.path``, ``data.items_path``, ``output_dir``) are relative to the
+    config file's folder, so a config means the same from any working directory.
     """
     path = Path(path)
     if not path.is_file():
@@ -256,4 +256,11 @@ def load_config(path: str | Path) -> TrainConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     config = parse_config(raw, str(path))
-    return config.model_copy(update={"source_path": path.resolve()})
+    folder = path.parent
+    return config.model_copy(
+        update={
+            "source_path": path.resolve(),
+            "data": config.data.relative_to(folder),
+            "output_dir": under(folder, config.output_dir),
+        }
+    )

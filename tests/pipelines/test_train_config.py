@@ -95,3 +95,46 @@ def test_selection_metric_must_be_one_the_model_kind_validates() -> None:
     assert lower.selection == ("logloss", False)
     mf = parse_config({"model": {"kind": "mf"}, "objective": {"name": "ccl"}})
     assert mf.selection == ("recall@20", True)
+
+
+def test_relative_paths_are_relative_to_the_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rankforge.features.pipeline import DataConfig
+
+    folder = tmp_path / "project" / "configs"
+    folder.mkdir(parents=True)
+    (folder / "job.toml").write_text(
+        'output_dir = "../runs/job"\n[data]\nsource = "movielens"\npath = "../data/ml"\n'
+        '[model]\nkind = "mf"\n[objective]\nname = "bpr"\n'
+    )
+    monkeypatch.chdir(tmp_path)  # anywhere but the config's folder
+    config = load_config("project/configs/job.toml")
+    assert config.data.path == Path("project/data/ml")
+    assert config.output_dir == Path("project/runs/job")
+    (folder / "data.yaml").write_text(
+        "data:\n  source: movielens\n  path: /abs/ml\n  items_path: movies.csv\n"
+    )
+    data = DataConfig.from_file(folder / "data.yaml")
+    assert data.path == Path("/abs/ml") and data.items_path == folder / "movies.csv"
+
+
+@pytest.mark.slow
+def test_train_from_another_directory_writes_beside_the_config(
+    rankforge_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rankforge.cli import main
+
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "job.toml").write_text(
+        'output_dir = "out"\n[data.synthetic]\nn_users = 30\nn_items = 40\n[model]\nkind = "popularity"\n'
+        '[mlflow]\nexperiment = "paths-test"\nregister_model = false\n'
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["train", "../project/job.toml"]) == 0
+    assert capsys.readouterr().out.startswith("run ")
+    assert (folder / "out" / "bundle" / "manifest.json").is_file()
+    assert not (elsewhere / "out").exists()
