@@ -7,6 +7,7 @@ their rows are dropped, since no embedding was ever learned for them.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +52,16 @@ class IdMapping:
         if mapping.n_users == 0 or mapping.n_items == 0:
             raise DataError("id mapping: no users or no items in the training data")
         return mapping
+
+    def digest(self) -> str:
+        """A short hash of both id spaces (which raw id has which row): two models with the same
+        digest index the same users and items the same way."""
+        h = hashlib.sha256()
+        for frame, raw, idx in ((self.users, USER, USER_IDX), (self.items, ITEM, ITEM_IDX)):
+            ordered = frame.sort(idx)
+            h.update(ordered[raw].cast(pl.String).str.join("\x1f").item().encode())
+            h.update(b"\x1e")
+        return h.hexdigest()[:16]
 
     def encode(self, frame: pl.LazyFrame) -> pl.LazyFrame:
         """Add ``user_idx``/``item_idx``; rows with an id unseen at fit time are dropped."""

@@ -101,6 +101,15 @@ class DataConfig(BaseModel):
             update={"path": under(folder, self.path), "items_path": under(folder, self.items_path)}
         )
 
+    def describe(self) -> str:
+        """The data set in words: source (with its path or generator settings) and split."""
+        if self.source == "synthetic":
+            s = self.synthetic
+            origin = f"synthetic(users={s.n_users}, items={s.n_items}, seed={s.seed})"
+        else:
+            origin = f"{self.source}:{self.path.resolve() if self.path is not None else ''}"
+        return f"{origin} split={self.split}"
+
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
         if self.source != "synthetic" and self.path is None:
@@ -126,6 +135,12 @@ class PreparedData:
     # carved from training for model selection (empty without data.validation_fraction)
     validation_events: pl.DataFrame | None = None
     training_history: str = "point_in_time"
+    source: str = ""  # where the log came from and how it was split (see DataConfig.describe)
+
+    def fingerprint(self) -> dict[str, str]:
+        """What a model trained on this data carries: the data set and the id-mapping digest. Models
+        with different fingerprints come from different data and are not compared."""
+        return {"source": self.source, "id_mapping": self.mapping.digest()}
 
     @property
     def n_users(self) -> int:
@@ -318,4 +333,5 @@ def prepare(config: DataConfig) -> PreparedData:
         history_len=config.history_len,
         validation_events=validation,
         training_history=config.training_history,
+        source=config.describe(),
     )

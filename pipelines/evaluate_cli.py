@@ -95,7 +95,14 @@ def _promote(args: argparse.Namespace) -> int:
     criteria = tuple(Criterion.parse(m) for m in args.metric) if args.metric else None
     challenger = int(args.challenger) if args.challenger.isdigit() else args.challenger
     decision = promote_if_better(
-        args.name, challenger, data_config, criteria, config, args.replay_log, dry_run=args.dry_run
+        args.name,
+        challenger,
+        data_config,
+        criteria,
+        config,
+        args.replay_log,
+        dry_run=args.dry_run,
+        allow_different_data=args.allow_different_data,
     )
     verdict = "PROMOTE" if decision.promote else "KEEP CHAMPION"
     new = args.challenger if decision.challenger_version is None else f"v{decision.challenger_version}"
@@ -150,6 +157,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "are lower-is-better. Default: recall@20+ndcg@20 (retrieval), auc+logloss (ranker)",
     )
     pr.add_argument("--dry-run", action="store_true", help="decide and log, but do not move aliases")
+    pr.add_argument(
+        "--allow-different-data",
+        action="store_true",
+        help="compare even when champion and challenger were trained on different data sets "
+        "(refused by default: their ids and metrics are not comparable)",
+    )
     pr.add_argument("--json", action="store_true", help="also print the decision as JSON")
     _common(pr)
     pr.set_defaults(func=_promote)

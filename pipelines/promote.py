@@ -21,7 +21,7 @@ from mlflow.exceptions import MlflowException
 from rankforge.errors import ConfigError
 from rankforge.features.pipeline import DataConfig, prepare
 from rankforge.pipelines.ab_compare import ABConfig, ABReport, run_ab_comparison
-from rankforge.pipelines.registry import RegisteredModel, log_and_register, resolve
+from rankforge.pipelines.registry import DATA_TAG, ID_MAPPING_TAG, RegisteredModel, log_and_register, resolve
 from rankforge.pipelines.replay_log import build_replay_log, read_replay_log
 from rankforge.serving.bundle import load_bundle
 
@@ -119,6 +119,27 @@ def _challenger(name: str, challenger: str | int, register: bool) -> tuple[Regis
     return new, new.model_uri
 
 
+def _trained_on(name: str, version: int | None, uri: str) -> dict[str, str]:
+    """The data fingerprint a model was trained on (version tags, or a bundle directory's
+    manifest); empty for models registered before fingerprints existed."""
+    if version is None:
+        return dict(load_bundle(uri).manifest.data_fingerprint)
+    tags = MlflowClient().get_model_version(name, str(version)).tags
+    if ID_MAPPING_TAG not in tags:
+        return {}
+    return {"source": tags.get(DATA_TAG, ""), "id_mapping": tags[ID_MAPPING_TAG]}
+
+
+def check_same_data(champion: dict[str, str], challenger: dict[str, str], what: str) -> None:
+    """Models trained on different data sets (other ids, other rows) are not comparable: refuse."""
+    if champion and challenger and champion["id_mapping"] != challenger["id_mapping"]:
+        raise ConfigError(
+            f"{what}: champion trained on {champion['source']!r} (ids {champion['id_mapping']}), "
+            f"challenger on {challenger['source']!r} (ids {challenger['id_mapping']}): different data "
+            "sets; compare models of one data set, or pass --allow-different-data"
+        )
+
+
 def promote_if_better(
     name: str,
     challenger: str | int = "latest",
@@ -127,6 +148,7 @@ def promote_if_better(
     config: ABConfig | None = None,
     replay_log: str | None = None,
     dry_run: bool = False,
+    allow_different_data: bool = False,
 ) -> Decision:
     """Compare ``name@champion`` with a challenger and move the alias if it wins.
 
@@ -147,11 +169,20 @@ def promote_if_better(
     elif old.version == new_version:
         return Decision(False, [f"version {new_version} already is the champion"], old.version, new_version)
     else:
+        champion_data = _trained_on(name, old.version, old.model_uri)
+        challenger_data = _trained_on(name, new_version, new_uri)
+        if not allow_different_data:
+            check_same_data(champion_data, challenger_data, f"{name} v{old.version} vs {new_uri}")
         data = prepare(data_config or DataConfig())
         log = read_replay_log(replay_log) if replay_log else build_replay_log(data, seed=config.seed)
         report = run_ab_comparison(f"models:/{name}/{old.version}", new_uri, data, log, config)
         used = criteria or DEFAULT_CRITERIA[report.kind]
         decision = decide(report, used)
+        if champion_data and champion_data["id_mapping"] != data.mapping.digest():
+            decision.reasons.append(
+                f"note: evaluated on {data.source!r}, not on the champion's training data "
+                f"{champion_data['source']!r}"
+            )
         decision.champion_version, decision.challenger_version = old.version, new_version
         decision.report_run_id = report.run_id
         decision.details = {

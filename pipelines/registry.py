@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from rankforge.errors import ConfigError
-from rankforge.serving.bundle import Bundle, load_bundle
+from rankforge.serving.bundle import Bundle, bundle_digest, load_bundle
 
 MAIN_GRAPH = {"retrieval": "user_tower.onnx", "ranker": "ranker.onnx"}
 BUNDLE_ARTIFACT = "bundle"
@@ -29,6 +29,28 @@ class RegisteredModel:
     version: int
     run_id: str
     model_uri: str
+    duplicate: bool = False  # the bundle was identical to this (existing) version: nothing registered
+
+
+#: Version tags: the bundle's content digest (duplicates are not registered twice) and its data.
+BUNDLE_DIGEST_TAG = "rankforge.bundle_sha256"
+DATA_TAG = "rankforge.data"
+ID_MAPPING_TAG = "rankforge.id_mapping"
+
+
+def _identical_version(name: str, digest: str) -> RegisteredModel | None:
+    """The latest version of ``name`` if its bundle has exactly this digest."""
+    client = MlflowClient()
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return None
+    if not versions:
+        return None
+    latest = max(versions, key=lambda v: int(v.version))
+    if latest.tags.get(BUNDLE_DIGEST_TAG) != digest:
+        return None
+    return RegisteredModel(name, int(latest.version), latest.run_id, f"models:/{name}/{latest.version}", True)
 
 
 def log_and_register(
@@ -46,6 +68,12 @@ def log_and_register(
     run = mlflow.active_run()
     if run is None:
         raise RuntimeError("log_and_register needs an active MLflow run")
+    digest = bundle_digest(bundle.directory)
+    same = _identical_version(registered_name, digest)
+    if same is not None:  # a re-run that produced the very same model: no duplicate version
+        mlflow.set_tag(f"rankforge.duplicate_of.{artifact_path}", same.model_uri)
+        mlflow.log_artifacts(str(bundle.directory), artifact_path)
+        return same
     main = onnx.load(str(bundle.path(MAIN_GRAPH[bundle.manifest.kind])))
     mlflow.log_artifacts(str(bundle.directory), artifact_path)
     info = mlflow.onnx.log_model(
@@ -59,6 +87,13 @@ def log_and_register(
     client = MlflowClient()
     client.set_model_version_tag(registered_name, str(version), "rankforge_kind", bundle.manifest.kind)
     client.set_model_version_tag(registered_name, str(version), "bundle_artifact", artifact_path)
+    client.set_model_version_tag(registered_name, str(version), BUNDLE_DIGEST_TAG, digest)
+    fingerprint = bundle.manifest.data_fingerprint
+    if fingerprint:
+        client.set_model_version_tag(registered_name, str(version), DATA_TAG, fingerprint.get("source", ""))
+        client.set_model_version_tag(
+            registered_name, str(version), ID_MAPPING_TAG, fingerprint.get("id_mapping", "")
+        )
     if alias:
         client.set_registered_model_alias(registered_name, alias, str(version))
     return RegisteredModel(registered_name, version, run.info.run_id, f"models:/{registered_name}/{version}")

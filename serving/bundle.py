@@ -18,6 +18,7 @@ model's score, whatever similarity it was trained with. ``manifest.scoring`` rec
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -50,6 +51,8 @@ class Manifest:
     version: int = 1  # bundle format version
     # retrieval: {"similarity": "dot" | "cosine", "temperature": t}, already applied to the vectors
     scoring: dict[str, object] = field(default_factory=dict)
+    # the data it was trained on: {"source": ..., "id_mapping": digest} (PreparedData.fingerprint)
+    data_fingerprint: dict[str, str] = field(default_factory=dict)
 
 
 def write_manifest(directory: str | Path, manifest: Manifest) -> Path:
@@ -75,6 +78,16 @@ class Bundle:
         if self.manifest.kind != "retrieval":
             raise DataError(f"bundle {self.directory} is a {self.manifest.kind} bundle: no item embeddings")
         return np.load(self.path("item_embeddings.npy"))
+
+
+def bundle_digest(directory: str | Path) -> str:
+    """SHA-256 of every file of a bundle (names and bytes): equal digests, identical models."""
+    root = Path(directory)
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(str(path.relative_to(root)).encode() + b"\0")
+        h.update(path.read_bytes())
+    return h.hexdigest()
 
 
 def load_bundle(directory: str | Path, expect: BundleKind | None = None) -> Bundle:

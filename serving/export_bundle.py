@@ -91,6 +91,7 @@ def _finish(
         n_genres=data.n_genres,
         metrics=dict(metrics or {}),
         scoring=dict(scoring or {}),
+        data_fingerprint=data.fingerprint(),
     )
     write_manifest(directory, manifest)
     return manifest

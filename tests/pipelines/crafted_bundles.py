@@ -58,6 +58,7 @@ def write_retrieval_bundle(
         n_users=data.n_users,
         n_items=data.n_items,
         n_genres=data.n_genres,
+        data_fingerprint=data.fingerprint(),
     )
     write_manifest(directory, manifest)
     return directory

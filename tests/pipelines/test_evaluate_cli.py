@@ -124,3 +124,25 @@ def test_evaluate_a_ranker_bundle(
     assert main(random_split) == 0
     lines = capsys.readouterr().out.splitlines()
     assert any(line.split()[0] == "gauc" and 0.0 <= float(line.split()[1]) <= 1.0 for line in lines[:-2])
+
+
+def test_promote_refuses_models_trained_on_different_data(
+    rankforge_home: Path, small_data: PreparedData, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rankforge.features.pipeline import DataConfig, SyntheticConfig, prepare
+
+    other = prepare(DataConfig(synthetic=SyntheticConfig(n_users=50, n_items=70, seed=9)))
+    configure_mlflow(Settings.from_env(), "rankforge-evaluation")
+    with mlflow.start_run():
+        log_and_register(random_retrieval_bundle(small_data, tmp_path / "a"), "rf-data", alias="champion")
+    with mlflow.start_run():
+        log_and_register(perfect_retrieval_bundle(other, tmp_path / "b"), "rf-data")
+    capsys.readouterr()  # MLflow's own registration lines
+    assert main(["promote", "rf-data", *SMALL]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("rankforge promote: error: rf-data v1 vs models:/rf-data/2")
+    assert "different data sets" in err[0] and "--allow-different-data" in err[0]
+    assert resolve("rf-data", "champion").version == 1
+    forced = ["promote", "rf-data", *SMALL, "--allow-different-data", "--resamples", "20", "--dry-run"]
+    assert main(forced) == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith("champion v1 vs challenger v2")

@@ -63,8 +63,14 @@ def test_perfect_challenger_is_promoted_and_worse_or_equal_ones_are_not(
     assert resolve(NAME, "champion").version == perfect
     assert resolve(NAME, "previous-champion").version == random  # still reachable
 
-    # an identical copy: every delta is exactly 0, so no interval lies above 0
-    twin = _register(perfect_retrieval_bundle(small_data, tmp_path / "twin"))
+    # a byte-identical copy is not registered again: the registry returns the existing version
+    assert _register(perfect_retrieval_bundle(small_data, tmp_path / "copy")) == perfect
+    # the same model in a different bundle (an extra file): every delta is exactly 0, so no
+    # interval lies above 0
+    twin_dir = perfect_retrieval_bundle(small_data, tmp_path / "twin")
+    (twin_dir / "NOTES.txt").write_text("same weights, rebuilt\n")
+    twin = _register(twin_dir)
+    assert twin != perfect
     tie = promote_if_better(NAME, twin, SMALL, config=FAST)
     assert not tie.promote and "delta +0.0000 [+0.0000, +0.0000]" in tie.reasons[0]
     assert resolve(NAME, "champion").version == perfect

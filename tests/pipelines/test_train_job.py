@@ -97,9 +97,18 @@ def test_retrieval_job_tracks_registers_and_exports(rankforge_home: Path, tmp_pa
         run_onnx(bundle.path("item_tower.onnx"), feed), bundle.item_embeddings(), atol=1e-5
     )
 
-    # a second scheduled run registers version 2 and leaves the alias to the evaluation job
+    # the version carries its data: source and id-mapping digest
+    version = client.get_model_version("rankforge-retrieval", "1")
+    assert version.tags["rankforge.id_mapping"] == bundle.manifest.data_fingerprint["id_mapping"]
+    assert version.tags["rankforge.data"].startswith("synthetic(users=60, items=90, seed=3)")
+
+    # the same config again trains the very same model: no duplicate version
+    same = run_training(load_config(path))
+    assert same.registered is not None and same.registered.duplicate and same.registered.version == 1
+    # a changed job (another seed) registers version 2 and leaves the alias to the evaluation job
+    path.write_text(RETRIEVAL.format(out=tmp_path / "job").replace("seed = 1", "seed = 2", 1))
     again = run_training(load_config(path))
-    assert again.registered is not None and again.registered.version == 2
+    assert again.registered is not None and again.registered.version == 2 and not again.registered.duplicate
     assert again.run_id != result.run_id
     assert resolve("rankforge-retrieval", "champion").version == 1
 
