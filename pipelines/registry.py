@@ -12,11 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import onnx
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from rankforge.errors import ConfigError
+from rankforge.pipelines.pyfunc_model import BundleModel, signature_and_example
 from rankforge.serving.bundle import Bundle, bundle_digest, load_bundle
 
 MAIN_GRAPH = {"retrieval": "user_tower.onnx", "ranker": "ranker.onnx"}
@@ -36,6 +38,29 @@ class RegisteredModel:
 BUNDLE_DIGEST_TAG = "rankforge.bundle_sha256"
 DATA_TAG = "rankforge.data"
 ID_MAPPING_TAG = "rankforge.id_mapping"
+
+
+ONNX_MODEL_TAG = "rankforge.onnx_model"
+
+
+def onnx_example(bundle: Bundle) -> dict[str, np.ndarray]:
+    """One row of the main graph's inputs (padding ids, zero dense features)."""
+    m = bundle.manifest
+    shapes = {"user_id": 1, "item_id": 1, "user_history": m.history_len, "item_genres": m.max_genres}
+    graph = MAIN_GRAPH[m.kind]
+    example = {}
+    for name in m.inputs[graph]:
+        if name == "dense":
+            example[name] = np.zeros((1, len(m.dense_features)), dtype=np.float32)
+        else:
+            example[name] = np.full((1, shapes[name]), -1, dtype=np.int64)
+    return example
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{p}=={version(p)}" for p in ("mlflow", "onnxruntime", "polars", "numpy", "pandas")]
 
 
 def _identical_version(name: str, digest: str) -> RegisteredModel | None:
@@ -76,11 +101,26 @@ def log_and_register(
         return same
     main = onnx.load(str(bundle.path(MAIN_GRAPH[bundle.manifest.kind])))
     mlflow.log_artifacts(str(bundle.directory), artifact_path)
-    info = mlflow.onnx.log_model(
+    prefix = "" if artifact_path == BUNDLE_ARTIFACT else f"{artifact_path}_"
+    # The main graph as an ONNX-flavor model for ONNX tooling (CPU provider: this is a CPU build).
+    onnx_info = mlflow.onnx.log_model(
         main,
-        name="model" if artifact_path == BUNDLE_ARTIFACT else f"{artifact_path}_model",
-        registered_model_name=registered_name,
+        name=f"{prefix}onnx",
         save_as_external_data=False,
+        onnx_execution_providers=["CPUExecutionProvider"],
+        input_example=onnx_example(bundle),
+        metadata={"rankforge_kind": bundle.manifest.kind},
+    )
+    # The registered model: raw ids in, scores out (pipelines.pyfunc_model), as MLflow users expect.
+    signature, example = signature_and_example(bundle)
+    info = mlflow.pyfunc.log_model(
+        name=f"{prefix}model",
+        python_model=BundleModel(),
+        artifacts={"bundle": str(bundle.directory)},
+        signature=signature,
+        input_example=example,
+        registered_model_name=registered_name,
+        pip_requirements=_requirements(),
         metadata={"rankforge_kind": bundle.manifest.kind, "bundle_artifact": artifact_path},
     )
     version = int(info.registered_model_version)
@@ -88,6 +128,7 @@ def log_and_register(
     client.set_model_version_tag(registered_name, str(version), "rankforge_kind", bundle.manifest.kind)
     client.set_model_version_tag(registered_name, str(version), "bundle_artifact", artifact_path)
     client.set_model_version_tag(registered_name, str(version), BUNDLE_DIGEST_TAG, digest)
+    client.set_model_version_tag(registered_name, str(version), ONNX_MODEL_TAG, onnx_info.model_uri)
     fingerprint = bundle.manifest.data_fingerprint
     if fingerprint:
         client.set_model_version_tag(registered_name, str(version), DATA_TAG, fingerprint.get("source", ""))

@@ -2,6 +2,8 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
+import polars as pl
 import pytest
 import torch
 
@@ -9,6 +11,7 @@ from rankforge.errors import ConfigError, DataError
 from rankforge.features.pipeline import PreparedData
 from rankforge.models.two_tower import TwoTower, item_features, user_features
 from rankforge.pipelines.registry import download_bundle, log_and_register, parse_model_uri, resolve
+from rankforge.serving.bundle import load_bundle
 from rankforge.serving.export_bundle import build_retrieval_bundle
 from rankforge.settings import Settings, configure_mlflow
 
@@ -35,16 +38,38 @@ def test_register_resolve_and_download(
     with mlflow.start_run():
         first = log_and_register(bundle_dir, "rf-test", alias="champion")
     with mlflow.start_run():
-        second = log_and_register(bundle_dir, "rf-test")
+        duplicate = log_and_register(bundle_dir, "rf-test")
+    assert (duplicate.version, duplicate.duplicate) == (1, True)  # the same bundle: no new version
+    changed = tmp_path / "changed"
+    build_retrieval_bundle(model, d, str(changed), max_genres=8, metrics={"recall@10": 0.6})
+    with mlflow.start_run():
+        second = log_and_register(changed, "rf-test")
     assert (first.version, second.version) == (1, 2)
     assert resolve("rf-test", "champion").version == 1
     assert resolve("rf-test", 2).run_id == second.run_id
     fetched = download_bundle("models:/rf-test@champion", tmp_path / "dl")
     assert fetched.manifest.metrics == {"recall@10": 0.5}
     np.testing.assert_array_equal(fetched.item_embeddings(), np.load(bundle_dir / "item_embeddings.npy"))
-    # the ONNX flavor is loadable by MLflow itself
-    onnx_model = mlflow.onnx.load_model(f"models:/rf-test/{first.version}")
+    # the ONNX graph is loadable by MLflow's ONNX flavor (its URI is tagged on the version)
+    version = mlflow.MlflowClient().get_model_version("rf-test", str(first.version))
+    onnx_model = mlflow.onnx.load_model(version.tags["rankforge.onnx_model"])
     assert [i.name for i in onnx_model.graph.input] == ["user_id", "user_history"]
+    # and the registered model takes raw ids, as MLflow users expect
+    loaded = mlflow.pyfunc.load_model(f"models:/rf-test/{first.version}")
+    assert loaded.metadata.signature is not None
+    assert [c.name for c in loaded.metadata.signature.inputs] == ["user_id", "k", "history"]
+    raw_user = int(d.mapping.users["user_id"][0])
+    top = loaded.predict(pd.DataFrame({"user_id": [raw_user], "k": [3]}))
+    assert list(top.columns) == ["user_id", "rank", "item_id", "score"] and list(top["rank"]) == [1, 2, 3]
+    best = int(top["item_id"][0])  # a known item is never recommended back
+    again = loaded.predict(pd.DataFrame({"user_id": [raw_user], "k": [3], "history": [[best]]}))
+    assert best not in set(again["item_id"])
+    vectors = fetched.item_embeddings()
+    known = set(d.mapping.items["item_id"].to_list())
+    assert set(top["item_id"]) <= known and top["score"].is_monotonic_decreasing
+    with pytest.raises(mlflow.exceptions.MlflowException, match="missing inputs \\['user_id'\\]"):
+        loaded.predict(pd.DataFrame({"user": [raw_user]}))  # the signature names what is missing
+    assert vectors.shape[0] == d.n_items
     with pytest.raises(ConfigError, match="no registered model 'rf-test' at 'nope'"):
         resolve("rf-test", "nope")
 
@@ -52,3 +77,34 @@ def test_register_resolve_and_download(
 def test_download_bundle_from_bad_path(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="not a model bundle"):
         download_bundle(tmp_path)
+
+
+def test_registered_ranker_predicts_from_raw_ids(
+    rankforge_home: Path, small_data: PreparedData, tmp_path: Path
+) -> None:
+    from rankforge.pipelines.bundle_scoring import ranker_probabilities
+
+    from .conftest import random_ranker_bundle
+
+    d = small_data
+    bundle_dir = random_ranker_bundle(d, tmp_path / "ranker")
+    configure_mlflow(Settings.from_env(), "registry-test")
+    with mlflow.start_run():
+        registered = log_and_register(bundle_dir, "rf-ranker")
+    loaded = mlflow.pyfunc.load_model(registered.model_uri)
+    pairs = d.test_events.head(6).select("user_idx", "item_idx")
+    keep = {"how": "left", "maintain_order": "left"}  # rows stay in the order of `pairs`
+    features = pairs.join(d.user_features, on="user_idx", **keep).join(
+        d.item_features, on="item_idx", suffix="_item", **keep
+    )
+    raw = features.join(d.mapping.users, on="user_idx", **keep)
+    frame = raw.select("user_id", "item_id", *load_bundle(bundle_dir).manifest.dense_features).to_pandas()
+    frame["genres"] = [list(g) for g in raw["genres"].to_list()]
+    frame["history"] = [
+        d.mapping.items.filter(pl.col("item_idx").is_in(h))["item_id"].to_list()
+        for h in raw["history"].to_list()
+    ]
+    got = loaded.predict(frame)
+    assert list(got.columns) == ["logit", "probability"]
+    expected = ranker_probabilities(load_bundle(bundle_dir), pairs, d)
+    np.testing.assert_allclose(got["probability"].to_numpy(), expected, rtol=1e-5)
