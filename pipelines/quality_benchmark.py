@@ -157,7 +157,7 @@ def run_benchmark(
     # Create the tracking store and experiments here, once: jobs starting together on a new
     # SQLite store would race through its schema migration.
     settings = Settings.from_env()
-    for experiment in sorted({c.mlflow.experiment for c in configs.values()}):
+    for experiment in sorted({c.experiment for c in configs.values()}):
         configure_mlflow(settings, experiment)
     rows: list[QualityRow] = []
     with ProcessPoolExecutor(

@@ -193,7 +193,7 @@ def run_counting(config: TrainConfig, data: PreparedData) -> TrainResult:
     exported, tracked and registered like a trained one."""
     tables = FeatureTables.build(data, config.model.max_genres)
     model = MostPopular(tables.item_events)
-    configure_mlflow(Settings.from_env(), config.mlflow.experiment)
+    configure_mlflow(Settings.from_env(), config.experiment)
     with mlflow.start_run(run_name=run_name(config)) as run:
         _log_job_inputs(config, None, 0)
         metrics = validate(model, data, tables, split="test")
@@ -219,7 +219,7 @@ def run_training(config: TrainConfig) -> TrainResult:
         trainer = Trainer(config, data, env)
         resumed = trainer.start(resume=config.checkpoint.resume)
         if env.is_main:
-            configure_mlflow(Settings.from_env(), config.mlflow.experiment)
+            configure_mlflow(Settings.from_env(), config.experiment)
             trainer.run_id = _start_run(trainer.run_id if resumed else None, run_name(config)).info.run_id
             active = True
             _log_job_inputs(config, env, trainer.epochs_done)

@@ -19,7 +19,11 @@ def _run(args: argparse.Namespace) -> int:
     result = run_training(config)
     if result.run_id is not None:  # rank 0
         registered = (
-            ", ".join(f"{r.name} version {r.version}" for r in result.stages)
+            ", ".join(
+                f"{r.name} version {r.version}"
+                + (" (identical model: not registered again)" if r.duplicate else "")
+                for r in result.stages
+            )
             if result.stages
             else "not registered"
         )

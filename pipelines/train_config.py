@@ -152,7 +152,8 @@ class ShardingConfig(_Section):
 
 
 class MlflowConfig(_Section):
-    experiment: str = Field("rankforge-training", min_length=1)
+    # default: one experiment per model kind and data source, e.g. rankforge-mf-lightgcn
+    experiment: str | None = Field(None, min_length=1)
     registered_model: str | None = None  # default: rankforge-retrieval / rankforge-ranker
     alias: str | None = "champion"  # set only on a model's first version; later ones await evaluation
     register_model: bool = True  # false: log the bundle as run artifacts only
@@ -212,6 +213,15 @@ class TrainConfig(_Section):
         """(validation metric that selects the best epoch, whether higher is better)."""
         name = self.training.selection_metric or DEFAULT_SELECTION[self.model.kind]
         return name, name.removeprefix("ranker_") not in LOWER_IS_BETTER
+
+    @property
+    def experiment(self) -> str:
+        """The MLflow experiment: the configured one, else ``rankforge-{kind}[-{source}]``, so
+        retrieval, ranking, cascade and own-data runs do not pile up in one list."""
+        if self.mlflow.experiment:
+            return self.mlflow.experiment
+        source = "" if self.data.source == "synthetic" else f"-{self.data.source}"
+        return f"rankforge-{self.model.kind}{source}"
 
     @property
     def registered_model(self) -> str:

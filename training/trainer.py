@@ -181,8 +181,9 @@ class Trainer:
             total=len(self.batches),
             desc=f"epoch {epoch}/{self.config.training.epochs}",
             unit="batch",
-            disable=not self.env.is_main,
             leave=False,
+            # rank 0 only; not passing `disable` there lets tqdm's TQDM_DISABLE=1 switch it off
+            **({} if self.env.is_main else {"disable": True}),
         )
         step = self.epochs_done * len(self.batches)
         for batch in self.batches:

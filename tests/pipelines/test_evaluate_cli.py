@@ -146,3 +146,12 @@ def test_promote_refuses_models_trained_on_different_data(
     forced = ["promote", "rf-data", *SMALL, "--allow-different-data", "--resamples", "20", "--dry-run"]
     assert main(forced) == 0
     assert capsys.readouterr().out.splitlines()[0].endswith("champion v1 vs challenger v2")
+
+
+def test_help_describes_the_platform_and_evaluate(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv, expected in (([], "Recommender ranking platform"), (["evaluate"], "Score one served bundle")):
+        with pytest.raises(SystemExit) as done:
+            main([*argv, "--help"])
+        assert done.value.code == 0
+        text = capsys.readouterr().out
+        assert expected in text and "``" not in text  # plain text, not raw RST

@@ -138,3 +138,12 @@ def test_train_from_another_directory_writes_beside_the_config(
     assert capsys.readouterr().out.startswith("run ")
     assert (folder / "out" / "bundle" / "manifest.json").is_file()
     assert not (elsewhere / "out").exists()
+
+
+def test_runs_go_to_one_experiment_per_model_kind_and_source() -> None:
+    assert parse_config({"model": {"kind": "mf"}, "objective": {"name": "ccl"}}).experiment == "rankforge-mf"
+    gowalla = load_config(REPO / "configs/gowalla/mf_ccl.toml")
+    assert gowalla.experiment == "rankforge-gowalla"  # configured
+    raw = {"model": {"kind": "mf"}, "objective": {"name": "ccl"}, "data": {"source": "lightgcn", "path": "x"}}
+    assert parse_config(raw).experiment == "rankforge-mf-lightgcn"
+    assert load_config(REPO / "configs/ranking.toml").experiment == "rankforge-ranking"

@@ -56,7 +56,9 @@ mlflow: {{experiment: train-job-test, registered_model: test-ranker}}
 
 
 @pytest.mark.slow
-def test_retrieval_job_tracks_registers_and_exports(rankforge_home: Path, tmp_path: Path) -> None:
+def test_retrieval_job_tracks_registers_and_exports(
+    rankforge_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = tmp_path / "retrieval.toml"
     path.write_text(RETRIEVAL.format(out=tmp_path / "job"))
     result = run_training(load_config(path))
@@ -103,6 +105,8 @@ def test_retrieval_job_tracks_registers_and_exports(rankforge_home: Path, tmp_pa
     assert version.tags["rankforge.data"].startswith("synthetic(users=60, items=90, seed=3)")
 
     # the same config again trains the very same model: no duplicate version
+    assert main(["train", str(path)]) == 0  # the same config again trains the very same model
+    assert "rankforge-retrieval version 1 (identical model: not registered again)" in capsys.readouterr().out
     same = run_training(load_config(path))
     assert same.registered is not None and same.registered.duplicate and same.registered.version == 1
     # a changed job (another seed) registers version 2 and leaves the alias to the evaluation job
