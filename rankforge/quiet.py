@@ -24,6 +24,8 @@ THIRD_PARTY_LOGGERS = (
     "torch._export",
     "onnxscript",
     "mlflow.store.db.utils",
+    "mlflow.pyfunc",
+    "mlflow.models",
     "alembic",
 )
 #: Modules whose FutureWarning/DeprecationWarning/UserWarning concern their own internals.
