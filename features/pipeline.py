@@ -284,7 +284,9 @@ def prepare(config: DataConfig) -> PreparedData:
     # Ids are fitted on the whole training part: an item seen only in the carved validation events
     # is still in the catalogue (untrained, like a cold item), so the test set loses nothing to it.
     known = (
-        train_raw if validation is None else pl.concat([train_raw, validation_raw], how="vertical_relaxed")
+        train_raw
+        if validation_raw is None
+        else pl.concat([train_raw, validation_raw], how="vertical_relaxed")
     )
     mapping = IdMapping.fit(known, items)
     train = _with_label(mapping.encode(train_raw.lazy()), config.positive_threshold).collect()

@@ -10,6 +10,7 @@ from rankforge.features.pipeline import DataConfig, PreparedData, SyntheticConfi
 
 REPO = Path(__file__).resolve().parents[1]
 MOVIELENS = REPO.parent / "shared" / "data" / "ml-latest-small"
+GOWALLA = REPO.parent / "shared" / "data" / "gowalla"
 
 
 @pytest.fixture
@@ -37,6 +38,15 @@ def movielens_dir() -> Path:
     if not (MOVIELENS / "ratings.csv").is_file():
         pytest.fail(f"MovieLens data not found at {MOVIELENS} (the shared/ folder next to the repository)")
     return MOVIELENS
+
+
+@pytest.fixture(scope="session")
+def gowalla_dir() -> Path:
+    if not (GOWALLA / "train.txt").is_file():
+        pytest.fail(
+            f"Gowalla (LightGCN split) not found at {GOWALLA} (the shared/ folder next to the repository)"
+        )
+    return GOWALLA
 
 
 @pytest.fixture(scope="session")
