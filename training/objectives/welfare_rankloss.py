@@ -10,8 +10,10 @@ a pairwise logistic loss over ads of the same auction by the bid-weighted label:
 
 where ``P`` holds the ordered pairs ``i != j`` of valid ads in the same auction and ``s`` is
 the model's eCPM score. ``score="log_ecpm"`` (default) uses ``s_i = log b_i + log sigmoid(f_i)``:
-then ``sigmoid(s_i - s_j) = b_i p_i / (b_i p_i + b_j p_j)``, the loss does not depend on the unit
-of the bids, and (in expectation over clicks) it is minimised when predicted CTR ratios equal
+then ``sigmoid(s_i - s_j) = b_i p_i / (b_i p_i + b_j p_j)``, so its *minimiser* does not depend
+on the unit of the bids (the loss value and its gradients do: they scale linearly with the
+``b_i`` weights, so scaling bids by 100 scales both by 100 — normalise bids, or the learning rate,
+when bid units change), and (in expectation over clicks) it is minimised when predicted CTR ratios equal
 true CTR ratios, i.e. when the auction picks the welfare-maximising ad. ``score="ecpm"`` uses the
 raw ``s_i = b_i * sigmoid(f_i)`` instead (sensitive to the bid scale).
 
