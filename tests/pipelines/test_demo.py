@@ -12,7 +12,7 @@ from rankforge.pipelines.train_config import TrainConfig, load_config
 REPO = Path(__file__).resolve().parents[2]
 
 
-def small(path: str, tmp: Path) -> TrainConfig:
+def small(path: str, tmp: Path, seed: int = 0) -> TrainConfig:
     config = load_config(REPO / path)
     synthetic = config.data.synthetic.model_copy(update={"n_users": 80, "n_items": 120})
     return config.model_copy(
@@ -20,6 +20,7 @@ def small(path: str, tmp: Path) -> TrainConfig:
             "data": config.data.model_copy(update={"synthetic": synthetic}),
             "training": config.training.model_copy(update={"epochs": 1}),
             "output_dir": tmp / Path(path).stem,
+            "seed": seed,
         }
     )
 
@@ -54,10 +55,12 @@ def test_demo_end_to_end(rankforge_home: Path, redis_url: str, tmp_path: Path) -
     assert pl.Series(list(result.answers)).is_unique().all()
     assert all(d.reasons == ["version 1 already is the champion"] for d in result.decisions.values())
 
-    # the scheduled re-run: new versions challenge the champions; the service serves whichever won
+    # the scheduled re-run trains different models (another seed, as new data would; a
+    # byte-identical model is not registered again): new versions challenge the champions and the
+    # service serves whichever won
     again = run_demo(
-        small("configs/retrieval.toml", tmp_path / "2"),
-        small("configs/ranking.toml", tmp_path / "2"),
+        small("configs/retrieval.toml", tmp_path / "2", seed=1),
+        small("configs/ranking.toml", tmp_path / "2", seed=1),
         n_users=2,
         k=3,
         say=lines.append,
