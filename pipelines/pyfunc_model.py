@@ -28,8 +28,13 @@ from mlflow.types.schema import Array
 
 from rankforge.errors import DataError
 from rankforge.serving.bundle import Bundle, load_bundle
-from rankforge.serving.id_lookup import IdLookup
-from rankforge.serving.model_runtime import open_session, pad_rows
+from rankforge.serving.model_runtime import (
+    RankerRuntime,
+    RetrievalRuntime,
+    load_ranker,
+    load_retrieval,
+    pad_rows,
+)
 
 DEFAULT_K = 10
 
@@ -41,68 +46,62 @@ def _lists(frame: pd.DataFrame, column: str) -> list[np.ndarray]:
 
 
 class BundleModel(mlflow.pyfunc.PythonModel):
-    """A rankforge bundle behind MLflow's pyfunc interface (see the module docstring)."""
+    """A rankforge bundle behind MLflow's pyfunc interface (see the module docstring). It runs the
+    server's own runtimes (``serving.model_runtime``): the same user tower, index and ranker feed."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        self.bundle: Bundle = load_bundle(context.artifacts["bundle"])
-        mapping = self.bundle.id_mapping
-        self.users = IdLookup(mapping.users, "user_id", "user_idx")
-        self.items = IdLookup(mapping.items, "item_id", "item_idx")
-        graph = "user_tower.onnx" if self.bundle.manifest.kind == "retrieval" else "ranker.onnx"
-        self.session = open_session(str(self.bundle.path(graph)), threads=1)
-        self.inputs = [i.name for i in self.session.get_inputs()]
-        if self.bundle.manifest.kind == "retrieval":
-            self.item_vectors = self.bundle.item_embeddings()
+        bundle = load_bundle(context.artifacts["bundle"])
+        self.kind = bundle.manifest.kind
+        self.runtime: RetrievalRuntime | RankerRuntime = (
+            load_retrieval(bundle, "pyfunc") if self.kind == "retrieval" else load_ranker(bundle, "pyfunc")
+        )
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         if "user_id" not in model_input:
             raise DataError(f"predict needs a user_id column; got {list(model_input.columns)}")
-        if self.bundle.manifest.kind == "retrieval":
-            return self._recommend(model_input)
-        return self._score(model_input)
+        if isinstance(self.runtime, RetrievalRuntime):
+            return self._recommend(self.runtime, model_input)
+        return self._score(self.runtime, model_input)
 
-    def _history(self, frame: pd.DataFrame) -> np.ndarray:
-        rows = [self.items.encode(ids) for ids in _lists(frame, "history")]
-        return pad_rows([r[r >= 0] for r in rows], self.bundle.manifest.history_len)
-
-    def _recommend(self, frame: pd.DataFrame) -> pd.DataFrame:
-        users = self.users.encode(frame["user_id"].to_numpy()).reshape(-1, 1)
-        feed = {"user_id": users, "user_history": self._history(frame)}
-        queries = self.session.run(None, {k: feed[k] for k in self.inputs})[0]
-        scores = queries @ self.item_vectors.T
+    @staticmethod
+    def _recommend(runtime: RetrievalRuntime, frame: pd.DataFrame) -> pd.DataFrame:
+        """Top k per row, as the server retrieves: the index's best, the user's history removed."""
+        users = runtime.users.encode(frame["user_id"].to_numpy())
         ks = frame["k"].to_numpy() if "k" in frame else np.full(len(frame), DEFAULT_K)
         rows = []
-        for row, (user, k, seen) in enumerate(
-            zip(frame["user_id"], ks, _lists(frame, "history"), strict=True)
+        for user, user_idx, k, seen in zip(
+            frame["user_id"], users, ks, _lists(frame, "history"), strict=True
         ):
-            known = self.items.encode(seen)
-            scores[row, known[known >= 0]] = -np.inf
-            top = np.argsort(-scores[row], kind="stable")[: int(k)]
-            ids = self.items.decode(top)
-            rows += [
-                (user, rank, item, float(scores[row, i]))
-                for rank, (i, item) in enumerate(zip(top, ids, strict=True), 1)
-            ]
+            history = runtime.items.encode(seen)
+            query = runtime.user_vector(int(user_idx), history[history >= 0])
+            n = min(runtime.index.size, int(k) + len(np.unique(seen)))
+            idx, scores = runtime.index.search(query[None, :], n)
+            items = runtime.items.decode(idx[0])
+            keep = ~np.isin(items, seen)
+            for rank, (item, score) in enumerate(
+                zip(items[keep][: int(k)], scores[0][keep], strict=False), 1
+            ):
+                rows.append((user, rank, item, float(score)))
         return pd.DataFrame(rows, columns=["user_id", "rank", "item_id", "score"])
 
-    def _score(self, frame: pd.DataFrame) -> pd.DataFrame:
-        m = self.bundle.manifest
-        missing = [c for c in ("item_id", *m.dense_features) if c not in frame]
+    @staticmethod
+    def _score(runtime: RankerRuntime, frame: pd.DataFrame) -> pd.DataFrame:
+        dense = runtime.dense_features
+        missing = [c for c in ("item_id", *dense) if c not in frame]
         if missing:
             raise DataError(f"predict needs column(s) {missing} for this ranker")
-        items = self.items.encode(frame["item_id"].to_numpy())
+        items = runtime.items.encode(frame["item_id"].to_numpy())
         if (items < 0).any():
             unknown = frame["item_id"].to_numpy()[items < 0][:5].tolist()
             raise DataError(f"items unknown to this model: {unknown}")
-        n = len(frame)
-        feed = {
-            "dense": frame[list(m.dense_features)].to_numpy(dtype=np.float32).reshape(n, -1),
-            "user_id": self.users.encode(frame["user_id"].to_numpy()).reshape(-1, 1),
-            "user_history": self._history(frame),
-            "item_id": items.reshape(-1, 1),
-            "item_genres": pad_rows(_lists(frame, "genres"), m.max_genres),
-        }
-        logits = self.session.run(None, {k: feed[k] for k in self.inputs})[0].reshape(-1)
+        histories = [runtime.items.encode(ids) for ids in _lists(frame, "history")]
+        logits = runtime.score_rows(
+            runtime.users.encode(frame["user_id"].to_numpy()),
+            pad_rows([h[h >= 0] for h in histories], runtime.bundle.manifest.history_len),
+            frame[dense].to_numpy(dtype=np.float32),
+            items,
+            _lists(frame, "genres"),
+        )
         return pd.DataFrame({"logit": logits, "probability": 1.0 / (1.0 + np.exp(-logits))})
 
 

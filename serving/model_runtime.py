@@ -106,11 +106,26 @@ class RankerRuntime:
     ) -> np.ndarray:
         """Logits ``[n]`` for one user and ``n`` candidates, one ORT call."""
         n = len(item_idx)
+        history = pad_row(history_idx, self.bundle.manifest.history_len)
+        return self.score_rows(
+            np.full(n, user_idx), np.broadcast_to(history, (n, len(history))), dense, item_idx, item_genres
+        )
+
+    def score_rows(
+        self,
+        user_idx: np.ndarray,
+        histories: np.ndarray,
+        dense: np.ndarray,
+        item_idx: np.ndarray,
+        item_genres: list[np.ndarray],
+    ) -> np.ndarray:
+        """Logits ``[n]`` of ``n`` (user, item) rows, each with its own padded history row."""
+        n = len(item_idx)
         m = self.bundle.manifest
         feed = {
             "dense": np.ascontiguousarray(dense, dtype=np.float32).reshape(n, len(m.dense_features)),
-            "user_id": np.full((n, 1), user_idx, dtype=np.int64),
-            "user_history": np.broadcast_to(pad_row(history_idx, m.history_len), (n, m.history_len)).copy(),
+            "user_id": np.asarray(user_idx, dtype=np.int64).reshape(n, 1),
+            "user_history": np.ascontiguousarray(histories, dtype=np.int64).reshape(n, m.history_len),
             "item_id": np.asarray(item_idx, dtype=np.int64).reshape(n, 1),
             "item_genres": pad_rows(item_genres, m.max_genres),
         }
