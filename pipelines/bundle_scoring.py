@@ -23,7 +23,7 @@ from rankforge.models.inputs import pad_lists
 from rankforge.serving.bundle import Bundle
 from rankforge.serving.export_bundle import ranking_frame
 from rankforge.serving.id_lookup import IdLookup
-from rankforge.serving.model_runtime import open_session
+from rankforge.serving.model_runtime import load_ranker, load_retrieval
 
 
 @dataclass(frozen=True)
@@ -65,13 +65,10 @@ def user_vectors(bundle: Bundle, ids: BundleIds, users: np.ndarray, histories: p
     frame = pl.DataFrame({"user_id": users}, schema={"user_id": pl.Int64}).join(
         histories, on="user_id", how="left", maintain_order="left"
     )
-    feed = {
-        "user_id": ids.users.encode(users).reshape(-1, 1),
-        "user_history": ids.encode_lists(frame["history"], bundle.manifest.history_len),
-    }
-    wanted = bundle.manifest.inputs["user_tower.onnx"]
-    session = open_session(str(bundle.path("user_tower.onnx")), threads=0)
-    return session.run(None, {k: feed[k] for k in wanted})[0]
+    runtime = load_retrieval(bundle, "evaluation", threads=0)  # the server's own user tower feed
+    return runtime.user_vectors(
+        ids.users.encode(users), ids.encode_lists(frame["history"], bundle.manifest.history_len)
+    )
 
 
 def score_retrieval(bundle: Bundle, data: PreparedData) -> RetrievalScores:
@@ -110,8 +107,9 @@ def score_retrieval(bundle: Bundle, data: PreparedData) -> RetrievalScores:
     )
 
 
-def ranker_inputs(bundle: Bundle, frame: pl.DataFrame, histories: pl.DataFrame) -> dict[str, np.ndarray]:
-    """ONNX feed for rows with raw ``user_id``/``item_id``, ``genres`` and the dense columns.
+def ranker_logits(bundle: Bundle, frame: pl.DataFrame, histories: pl.DataFrame) -> np.ndarray:
+    """Logits for rows with raw ``user_id``/``item_id``, ``genres`` and the dense columns, scored
+    through the server's ranker runtime (one feed builder for serving and evaluation).
 
     Genre indices are taken as they are: champion and challenger are assumed to share the item
     catalogue's genre vocabulary.
@@ -119,13 +117,13 @@ def ranker_inputs(bundle: Bundle, frame: pl.DataFrame, histories: pl.DataFrame) 
     ids = BundleIds.of(bundle)
     m = bundle.manifest
     with_history = frame.select("user_id").join(histories, on="user_id", how="left", maintain_order="left")
-    return {
-        "dense": frame.select(pl.col(m.dense_features).cast(pl.Float32).fill_null(0.0)).to_numpy(),
-        "user_id": ids.users.encode(frame["user_id"].to_numpy()).reshape(-1, 1),
-        "user_history": ids.encode_lists(with_history["history"], m.history_len),
-        "item_id": ids.items.encode(frame["item_id"].to_numpy()).reshape(-1, 1),
-        "item_genres": pad_lists(frame["genres"], m.max_genres).numpy(),
-    }
+    return load_ranker(bundle, "evaluation", threads=0).score_rows(
+        ids.users.encode(frame["user_id"].to_numpy()),
+        ids.encode_lists(with_history["history"], m.history_len),
+        frame.select(pl.col(m.dense_features).cast(pl.Float32).fill_null(0.0)).to_numpy(),
+        ids.items.encode(frame["item_id"].to_numpy()),
+        list(pad_lists(frame["genres"], m.max_genres).numpy()),
+    )
 
 
 def ranker_coverage(bundle: Bundle, events: pl.DataFrame) -> tuple[np.ndarray, dict[str, int]]:
@@ -145,9 +143,7 @@ def ranker_probabilities(bundle: Bundle, pairs: pl.DataFrame, data: PreparedData
     frame = ranking_frame(pairs.select("user_idx", "item_idx"), data).join(
         data.mapping.users, on="user_idx", how="left", maintain_order="left"
     )
-    session = open_session(str(bundle.path("ranker.onnx")), threads=0)
-    logits = session.run(None, ranker_inputs(bundle, frame, data.raw_histories))[0]
-    return sigmoid(logits.reshape(-1))
+    return sigmoid(ranker_logits(bundle, frame, data.raw_histories))
 
 
 def slate_scores(bundle: Bundle, log: pl.DataFrame, data: PreparedData) -> np.ndarray:

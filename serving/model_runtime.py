@@ -76,12 +76,18 @@ class RetrievalRuntime:
     def user_vector(self, user_idx: int, history_idx: np.ndarray) -> np.ndarray:
         """The user tower's vector ``[d]`` in the model's scoring space; ``user_idx`` -1 (unknown
         user) embeds as padding."""
+        history = pad_row(history_idx, self.bundle.manifest.history_len)[None, :]
+        return self.user_vectors(np.array([user_idx]), history)[0]
+
+    def user_vectors(self, user_idx: np.ndarray, histories: np.ndarray) -> np.ndarray:
+        """Vectors ``[n, d]`` of ``n`` users with padded history rows, fed to whichever inputs the
+        tower reads (a matrix-factorisation tower reads ``user_id`` alone)."""
         feed = {
-            "user_id": np.array([[user_idx]], dtype=np.int64),
-            "user_history": pad_row(history_idx, self.bundle.manifest.history_len)[None, :],
+            "user_id": np.asarray(user_idx, dtype=np.int64).reshape(-1, 1),
+            "user_history": np.ascontiguousarray(histories, dtype=np.int64),
         }
         wanted = self.bundle.manifest.inputs["user_tower.onnx"]
-        return self.user_tower.run(None, {k: feed[k] for k in wanted})[0][0]
+        return self.user_tower.run(None, {k: feed[k] for k in wanted})[0]
 
 
 @dataclass(frozen=True)
