@@ -74,13 +74,8 @@ class BundleModel(mlflow.pyfunc.PythonModel):
         ):
             history = runtime.items.encode(seen)
             query = runtime.user_vector(int(user_idx), history[history >= 0])
-            n = min(runtime.index.size, int(k) + len(np.unique(seen)))
-            idx, scores = runtime.index.search(query[None, :], n)
-            items = runtime.items.decode(idx[0])
-            keep = ~np.isin(items, seen)
-            for rank, (item, score) in enumerate(
-                zip(items[keep][: int(k)], scores[0][keep], strict=False), 1
-            ):
+            items, scores = runtime.retrieve(query, seen, int(k))  # as the server retrieves
+            for rank, (item, score) in enumerate(zip(items[: int(k)], scores[: int(k)], strict=True), 1):
                 rows.append((user, rank, item, float(score)))
         return pd.DataFrame(rows, columns=["user_id", "rank", "item_id", "score"])
 

@@ -79,6 +79,16 @@ class RetrievalRuntime:
         history = pad_row(history_idx, self.bundle.manifest.history_len)[None, :]
         return self.user_vectors(np.array([user_idx]), history)[0]
 
+    def retrieve(self, query: np.ndarray, history_raw: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The index's best items for ``query`` [d] with the user's history (raw ids) removed:
+        (raw item ids, scores), best first; ``n`` plus the history are searched, so at least ``n``
+        remain whenever the catalogue has them."""
+        total = min(self.index.size, n + len(np.unique(history_raw)))
+        idx, scores = self.index.search(query[None, :], total)
+        items = self.items.decode(idx[0])
+        keep = ~np.isin(items, history_raw)
+        return items[keep], scores[0][keep]
+
     def user_vectors(self, user_idx: np.ndarray, histories: np.ndarray) -> np.ndarray:
         """Vectors ``[n, d]`` of ``n`` users with padded history rows, fed to whichever inputs the
         tower reads (a matrix-factorisation tower reads ``user_id`` alone)."""

@@ -132,12 +132,8 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
             known = retrieval_idx >= 0
             retrieval_scores[known] = retrieval.index.scores(query, retrieval_idx[known])
         else:
-            n_history = len(np.unique(history_raw))
-            n_retrieve = min(retrieval.index.size, request.k * self.limits.retrieve_factor + n_history)
-            idx, scores = retrieval.index.search(query[None, :], n_retrieve)
-            item_raw = retrieval.items.decode(idx[0])
-            keep = ~np.isin(item_raw, history_raw)
-            item_raw, retrieval_scores = item_raw[keep], scores[0][keep].astype(np.float32)
+            item_raw, scores = retrieval.retrieve(query, history_raw, request.k * self.limits.retrieve_factor)
+            retrieval_scores = scores.astype(np.float32)
             fetched = self._read(
                 lambda t: self._reader.read_items(read.version, item_raw.tolist(), t), context
             )
