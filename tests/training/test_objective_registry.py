@@ -23,7 +23,7 @@ PARAMS = {
     "psl": {"activation": "relu", "temperature": 0.3, "similarity": "dot"},
     "confidence_ranking": {"surrogate": "hinge", "margin": 0.5},
     "welfare_rankloss": {"score": "ecpm", "teacher_weight": 0.5},
-    "lcron": {"retrieval_k": 4, "ranking_k": 2, "temperature": 0.5},
+    "lcron": {"retrieval_k": 4, "ranking_k": 2, "temperature": 0.5, "uncertainty_weighting": False},
     "sampled_softmax": {"temperature": 0.3},
     "bce": {},
     "bpr": {"similarity": "cosine"},
@@ -71,9 +71,14 @@ def test_unknown_hyper_parameter_is_named():
         build_objective("psl", temprature=0.1)
 
 
-def test_missing_required_hyper_parameter():
-    with pytest.raises(ValueError, match=r"objective 'lcron': missing .*\['retrieval_k', 'ranking_k'\]"):
-        build_objective("lcron")
+def test_missing_required_hyper_parameter(monkeypatch):
+    class NeedsK(torch.nn.Module):
+        def __init__(self, k: int, temperature: float = 1.0) -> None:
+            super().__init__()
+
+    monkeypatch.setitem(OBJECTIVES, "needs_k", NeedsK)
+    with pytest.raises(ValueError, match=r"objective 'needs_k': missing .*\['k'\]"):
+        build_objective("needs_k")
 
 
 def test_invalid_value_is_reported_with_the_objective_name():

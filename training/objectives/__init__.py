@@ -23,7 +23,7 @@ from .confidence_ranking import ConfidenceRankingLoss
 from .lcron import LCRONLoss
 from .psl import PairwiseSoftmaxLoss
 from .registry import OBJECTIVES, build_objective
-from .soft_sort import neural_sort, soft_topk_membership
+from .soft_sort import neural_sort, top_k_shares
 from .welfare_rankloss import WelfareRankLoss
 
 __all__ = [
@@ -38,5 +38,5 @@ __all__ = [
     "WelfareRankLoss",
     "build_objective",
     "neural_sort",
-    "soft_topk_membership",
+    "top_k_shares",
 ]

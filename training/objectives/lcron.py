@@ -1,33 +1,43 @@
 """LCRON: Learning Cascade Ranking as One Network.
 
-Wang et al., "Learning Cascade Ranking as One Network", ICML 2025 (arXiv:2503.09492), Sec. 3.
-A two-stage cascade keeps the top ``k1`` candidates by the retrieval score, then the top ``k2``
-of those by the ranking score; the system succeeds when the ground-truth items ``T`` survive both
-stages. With NeuralSort (see :mod:`soft_sort`) the probability that item ``j`` is in a stage's
-top ``k`` is relaxed to the soft membership ``m_k(s)[j]``, and the survival probability of ``j``
-is lower-bounded by the product over stages. LCRON's end-to-end loss is the negative log of that
-bound over the ground truth::
+Wang et al., "Learning Cascade Ranking as One Network", ICML 2025 (arXiv:2503.09492), Sec. 3, as
+the authors' code writes it (github.com/kwai/LCRON, ``deep_components/loss/two_stage/lcron.py``
+and ``sorting.py``). A two-stage cascade keeps the top ``k1`` candidates of a list by the
+retrieval score, then the top ``k2`` by the ranking score; it succeeds when the ground-truth
+items ``T`` survive both. NeuralSort (:mod:`soft_sort`, temperature ``tau``) relaxes each stage's
+sort into ``P [rank x item]``; with the detached column total ``c_j = sum_i P_ij`` an item's
+chance to be in a stage's top ``k`` is ``in_k(j) = sum_{i<k} P_ij / (c_j + eps)`` and its
+complement is read from the bottom rows, ``out_k(j) = sum_{i>=k} P_ij / (c_j + eps)``.
 
-    L_e2e    = -1/|T| * sum_{j in T} log( m_{k1}(s_retrieval)[j] * m_{k2}(s_ranking)[j] )
+Per list of ``n`` valid items (``g = |T|``, ``k1 = k2 = g`` by default)::
 
-The bound is tight only if each stage also ranks the ground truth well on its own, and its
-gradient vanishes for a stage when the other stage's membership is near 0, so every stage gets
-an auxiliary "single" loss: its own relaxed Recall@|T| over the full candidate set::
+    L_joint  = 1/n [ sum_{j in T}     -log( in_k1^ret(j) * in_k2^rank(j) + eps )
+                   + sum_{j not in T} -log( 1 - (1 - out_k1^ret(j)) (1 - out_k2^rank(j)) + eps ) ]
 
-    L_single^s = -1/|T| * sum_{j in T} log( m_{|T|}(s_s)[j] )
+    L_single^s = 1[n > g] / n [ sum_{j in T} -log( in_g^s(j) + eps )
+                              + sum_{j not in T} -log( out_g^s(j) + eps ) ]
 
-    L = e2e_weight * L_e2e + retrieval_aux_weight * L_single^ret + ranking_aux_weight * L_single^rank
+each averaged over the lists of the batch. The ground-truth part pulls the truth through both
+stages; the other part pushes every other item out of at least one stage (in the forward pass
+``1 - out = in``, but the gradient flows through the bottom rows). The single-stage terms are each
+stage's own relaxed Recall@g. They are combined by the learned uncertainty weighting of the
+authors' ``LcronLossModel`` (Kendall et al., 2018), with ``w`` parameters starting at 1::
 
-With ``uncertainty_weighting=True`` each auxiliary term is instead balanced by a learnable
-``sigma_s`` as ``aux_weight * L_single^s / (2 sigma_s^2) + log sigma_s`` (Kendall et al., 2018),
-as the paper and its public code do; the module then owns two parameters the optimiser must
-include. Logs are taken as ``log((x + eps) / (1 + eps))`` so a membership of exactly 1 costs 0.
+    L = L_joint + 0.5 / w_rank^2 * L_single^rank + 0.5 / w_ret^2 * L_single^ret + log(w_rank * w_ret)
 
-Conventions: lists are rows of a padded ``[B, M]`` batch; ``T`` is the set of valid items with
-label 1. A list without any ground-truth item contributes nothing and is excluded from the mean;
-if no list has ground truth the loss is 0 (not NaN). When ``k`` is at least the number of valid
-items, the membership is 1 (everything survives). Both stages score all ``M`` candidates, as in
-the paper's training setup.
+Defaults are the authors' (their ``run_x2.sh``): ``temperature = 50``, both stages' ``k`` = the
+number of ground-truth items of each list, uncertainty weighting on. Deliberate options, off by
+default: ``retrieval_k``/``ranking_k`` fix each stage's ``k`` to the cascade's real funnel sizes
+(the paper's Eq. with ``q1``, ``q2``); ``uncertainty_weighting=False`` uses the fixed weights
+``e2e_weight``, ``retrieval_aux_weight``, ``ranking_aux_weight`` (which also scale the terms when
+weighting is on; all 1 by default).
+
+Where this differs from the authors' code, only for padded lists: their NeuralSort runs over the
+padded width and their means divide by it (and a padded column adds the constant
+``-log(1e-6)/M`` to ``L_joint``); here padded items are excluded from the sort and every mean
+divides by the list's valid count ``n``, so a padded list gives exactly the loss of the unpadded
+one. On full lists the two agree to floating-point precision (see the tests). A ground truth is
+``label == 1`` (binary labels; the authors' graded ``rank_index`` labels mark the top ``g``).
 """
 
 import math
@@ -37,19 +47,24 @@ import torch
 from torch import nn
 
 from ._validation import require_binary, require_bool, require_float, require_positive, require_shape
-from .soft_sort import neural_sort, soft_topk_membership
+from .soft_sort import neural_sort, top_k_shares
+
+
+def _optional_k(name: str, k: int | None) -> None:
+    if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
+        raise ValueError(f"{name} must be an int >= 1 or unset (the list's ground-truth count), got {k!r}")
 
 
 class LCRONLoss(nn.Module):
-    """LCRON end-to-end cascade loss plus per-stage auxiliary losses.
+    """LCRON end-to-end cascade loss plus per-stage single losses (see the module docstring).
 
     Args:
-        retrieval_k: ``k1``, how many candidates the retrieval stage passes on.
-        ranking_k: ``k2 <= k1``, how many items the ranking stage finally selects.
-        temperature: NeuralSort temperature ``tau`` (smaller = closer to a hard sort).
-        e2e_weight, retrieval_aux_weight, ranking_aux_weight: weights of the three terms.
-        uncertainty_weighting: learn the auxiliary balance as in the paper (see module doc).
-        eps: smoothing inside the logarithms.
+        temperature: NeuralSort temperature ``tau`` (the authors use 50).
+        retrieval_k, ranking_k: each stage's ``k``; unset (default) = the list's ground-truth
+            count, as in the authors' code. Set both to the cascade's funnel sizes to train for it.
+        uncertainty_weighting: learn the single-loss balance as the authors' code does (default).
+        e2e_weight, retrieval_aux_weight, ranking_aux_weight: multipliers of the three terms.
+        eps: the authors' ``1e-6`` inside logarithms and normalisers.
 
     ``forward(retrieval_scores [B, M], ranking_scores [B, M], labels [B, M] in {0, 1},
     mask [B, M] bool | None) -> scalar``. ``forward_components`` returns the total and the
@@ -60,20 +75,23 @@ class LCRONLoss(nn.Module):
 
     def __init__(
         self,
-        retrieval_k: int,
-        ranking_k: int,
-        temperature: float = 1.0,
+        temperature: float = 50.0,
+        retrieval_k: int | None = None,
+        ranking_k: int | None = None,
+        uncertainty_weighting: bool = True,
         e2e_weight: float = 1.0,
         retrieval_aux_weight: float = 1.0,
         ranking_aux_weight: float = 1.0,
-        uncertainty_weighting: bool = False,
         eps: float = 1e-6,
     ) -> None:
         super().__init__()
-        for name, k in (("retrieval_k", retrieval_k), ("ranking_k", ranking_k)):
-            if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {k!r}")
-        if ranking_k > retrieval_k:
+        _optional_k("retrieval_k", retrieval_k)
+        _optional_k("ranking_k", ranking_k)
+        if (retrieval_k is None) != (ranking_k is None):
+            raise ValueError(
+                f"set both retrieval_k and ranking_k or neither, got {retrieval_k!r} and {ranking_k!r}"
+            )
+        if retrieval_k is not None and ranking_k is not None and ranking_k > retrieval_k:
             raise ValueError(
                 f"ranking_k ({ranking_k}) must not exceed retrieval_k ({retrieval_k}): "
                 "the ranking stage selects from what retrieval passes on"
@@ -98,9 +116,9 @@ class LCRONLoss(nn.Module):
         self.uncertainty_weighting = uncertainty_weighting
         self.eps = float(eps)
         if uncertainty_weighting:
-            # log(sigma_s), initialised at sigma = 1 like the authors' code.
-            self.log_sigma_retrieval = nn.Parameter(torch.zeros(()))
-            self.log_sigma_ranking = nn.Parameter(torch.zeros(()))
+            # the authors' LcronLossModel: recall_weight / prerank_weight, both starting at 1
+            self.weight_retrieval = nn.Parameter(torch.ones(()))
+            self.weight_ranking = nn.Parameter(torch.ones(()))
         self.components: dict[str, torch.Tensor] = {}
 
     def forward(
@@ -123,46 +141,55 @@ class LCRONLoss(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Return ``{"loss", "e2e", "retrieval_aux", "ranking_aux"}`` (terms detached)."""
         mask = self._validate(retrieval_scores, ranking_scores, labels, mask)
-        truth = (labels == 1) & mask
-        n_truth = truth.sum(dim=-1)  # |T| per list
-        has_truth = n_truth > 0
         dtype = retrieval_scores.dtype
+        truth = (labels == 1) & mask
+        n_truth = truth.sum(dim=-1)  # g per list
+        n_valid = mask.sum(dim=-1).clamp_min(1).to(dtype)
+        batch = retrieval_scores.shape[0]
+        k1 = n_truth if self.retrieval_k is None else torch.full((batch,), self.retrieval_k)
+        k2 = n_truth if self.ranking_k is None else torch.full((batch,), self.ranking_k)
 
         perm_ret = neural_sort(retrieval_scores, mask, self.temperature)
         perm_rank = neural_sort(ranking_scores, mask, self.temperature)
-        batch = retrieval_scores.shape[0]
-        k1 = torch.full((batch,), self.retrieval_k, device=mask.device)
-        k2 = torch.full((batch,), self.ranking_k, device=mask.device)
-        survive = soft_topk_membership(perm_ret, k1, mask) * soft_topk_membership(perm_rank, k2, mask)
-        recall_ret = soft_topk_membership(perm_ret, n_truth, mask)
-        recall_rank = soft_topk_membership(perm_rank, n_truth, mask)
 
-        def neg_log_over_truth(prob: torch.Tensor) -> torch.Tensor:
-            nll = -torch.log((prob + self.eps) / (1.0 + self.eps))
-            per_list = torch.where(truth, nll, 0.0).sum(dim=-1) / n_truth.clamp_min(1).to(dtype)
-            return per_list.sum() / has_truth.sum().clamp_min(1).to(dtype)
+        def nll(prob: torch.Tensor) -> torch.Tensor:
+            return -torch.log(prob + self.eps)
 
-        e2e = neg_log_over_truth(survive)
-        aux_ret = neg_log_over_truth(recall_ret)
-        aux_rank = neg_log_over_truth(recall_rank)
+        def mean_over_lists(per_item: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+            per_list = torch.where(keep, per_item, 0.0).sum(dim=-1) / n_valid
+            return per_list.mean()
 
+        in_ret, out_ret = top_k_shares(perm_ret, k1, self.eps)
+        in_rank, out_rank = top_k_shares(perm_rank, k2, self.eps)
+        survive_down = (1.0 - out_ret) * (1.0 - out_rank)
+        joint = torch.where(truth, nll(in_ret * in_rank), nll(1.0 - survive_down))
+        e2e = mean_over_lists(joint, mask)
+
+        def single(perm: torch.Tensor) -> torch.Tensor:
+            inside, outside = top_k_shares(perm, n_truth, self.eps)
+            per_item = torch.where(truth, nll(inside), nll(outside))
+            longer = (mask.sum(dim=-1) > n_truth).unsqueeze(-1)  # the authors' count > support_m
+            return mean_over_lists(per_item, mask & longer)
+
+        aux_ret, aux_rank = single(perm_ret), single(perm_rank)
         if self.uncertainty_weighting:
-            aux_total = self._uncertain(aux_ret, self.retrieval_aux_weight, self.log_sigma_retrieval)
-            aux_total = aux_total + self._uncertain(aux_rank, self.ranking_aux_weight, self.log_sigma_ranking)
+            w_ret = self.weight_retrieval.to(dtype)
+            w_rank = self.weight_ranking.to(dtype)
+            loss = (
+                self.e2e_weight * e2e
+                + self.ranking_aux_weight * (0.5 / w_rank.square()) * aux_rank
+                + self.retrieval_aux_weight * (0.5 / w_ret.square()) * aux_ret
+                + torch.log(w_rank * w_ret)
+            )
         else:
-            aux_total = self.retrieval_aux_weight * aux_ret + self.ranking_aux_weight * aux_rank
-        loss = self.e2e_weight * e2e + aux_total
+            aux = self.retrieval_aux_weight * aux_ret + self.ranking_aux_weight * aux_rank
+            loss = self.e2e_weight * e2e + aux
         return {
             "loss": loss,
             "e2e": e2e.detach(),
             "retrieval_aux": aux_ret.detach(),
             "ranking_aux": aux_rank.detach(),
         }
-
-    @staticmethod
-    def _uncertain(term: torch.Tensor, weight: float, log_sigma: torch.Tensor) -> torch.Tensor:
-        log_sigma = log_sigma.to(term.dtype)
-        return weight * 0.5 * torch.exp(-2.0 * log_sigma) * term + log_sigma
 
     @staticmethod
     def _validate(
@@ -192,8 +219,7 @@ class LCRONLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"retrieval_k={self.retrieval_k}, ranking_k={self.ranking_k}, temperature={self.temperature}, "
-            f"e2e_weight={self.e2e_weight}, retrieval_aux_weight={self.retrieval_aux_weight}, "
-            f"ranking_aux_weight={self.ranking_aux_weight}, "
-            f"uncertainty_weighting={self.uncertainty_weighting}"
+            f"temperature={self.temperature}, retrieval_k={self.retrieval_k}, ranking_k={self.ranking_k}, "
+            f"uncertainty_weighting={self.uncertainty_weighting}, e2e_weight={self.e2e_weight}, "
+            f"retrieval_aux_weight={self.retrieval_aux_weight}, ranking_aux_weight={self.ranking_aux_weight}"
         )

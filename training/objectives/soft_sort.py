@@ -1,4 +1,4 @@
-"""Differentiable sorting (NeuralSort) and the soft top-k membership built on it.
+"""Differentiable sorting (NeuralSort) and the soft top-k shares LCRON builds on it.
 
 NeuralSort: Grover, Wang, Zweig, Ermon, "Stochastic Optimization of Sorting Networks via
 Continuous Relaxations", ICLR 2019, Sec. 3 (Theorem 1 and its softmax relaxation). For scores
@@ -39,18 +39,19 @@ def neural_sort(scores: torch.Tensor, mask: torch.Tensor, temperature: float) ->
     return perm * (row_valid.unsqueeze(-1) & mask.unsqueeze(-2)).to(perm.dtype)
 
 
-def soft_topk_membership(perm: torch.Tensor, k: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Soft probability ``[B, M]`` that each item is among the top ``k[b]`` of its list.
+def top_k_shares(perm: torch.Tensor, k: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each item's share of its NeuralSort mass in the top ``k[b]`` rank rows and in the rest.
 
-    ``m_k[j] = sum_{i <= k} P[i, j] / sum_{i <= n} P[i, j]``: the column normalisation (as in the
-    LCRON authors' code) turns NeuralSort's row-stochastic matrix into a per-item distribution
-    over ranks, so ``m_k`` lies in ``[0, 1]`` and equals 1 when ``k >= n``. Padded items get 0.
+    ``inside_j = sum_{i < k} P[i, j] / (c_j + eps)`` and ``outside_j = sum_{i >= k} P[i, j] / (c_j + eps)``
+    with the column total ``c_j = sum_i P[i, j]`` *detached*, exactly as the LCRON authors' code
+    (``deep_components/loss/two_stage/lcron.py``) normalises: the normaliser turns NeuralSort's
+    row-stochastic matrix into a per-item distribution over ranks in the forward pass, while the
+    gradient reaches an item only through the rows its share is read from (top rows for
+    ``inside``, bottom rows for ``outside``). Padded items (zero columns) get 0 for both.
     """
-    n = mask.sum(dim=-1)
-    k_eff = torch.minimum(k.to(n.dtype), n)
     rows = torch.arange(perm.shape[-2], device=perm.device)
-    top = (rows.unsqueeze(0) < k_eff.unsqueeze(-1)).to(perm.dtype)  # [B, M] over rank rows
-    in_top = (perm * top.unsqueeze(-1)).sum(dim=-2)
-    total = perm.sum(dim=-2)  # invalid rows are already 0
-    safe_total = torch.where(mask, total, 1.0)
-    return torch.where(mask, in_top / safe_total, 0.0)
+    top = (rows.unsqueeze(0) < k.to(perm.device).unsqueeze(-1)).to(perm.dtype)  # [B, M] over rank rows
+    total = perm.detach().sum(dim=-2) + eps
+    inside = (perm * top.unsqueeze(-1)).sum(dim=-2) / total
+    outside = (perm * (1.0 - top).unsqueeze(-1)).sum(dim=-2) / total
+    return inside, outside
