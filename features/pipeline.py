@@ -59,6 +59,9 @@ class DataConfig(BaseModel):
     synthetic: SyntheticConfig = SyntheticConfig()
     split: Literal["leave_last_out", "time", "random", "provided"] = "leave_last_out"
     test_fraction: float = Field(0.2, gt=0, lt=1)
+    # split=time: events at or after this timestamp (the log's unit) are the test set, instead of
+    # the last test_fraction of time
+    test_from: int | None = None
     n_test_per_user: int = Field(1, ge=1)
     positive_threshold: float = 4.0  # rating >= threshold is a positive; logs without ratings: all
     history_len: int = Field(20, ge=1)
@@ -114,6 +117,8 @@ class DataConfig(BaseModel):
     def _check(self) -> DataConfig:
         if self.source != "synthetic" and self.path is None:
             raise ValueError(f"data.path is required for source={self.source!r}")
+        if self.test_from is not None and self.split != "time":
+            raise ValueError(f"data.test_from only applies to split='time', got split={self.split!r}")
         if self.split == "provided" and self.source != "lightgcn":
             raise ValueError("split='provided' only applies to source='lightgcn' (train.txt/test.txt)")
         return self
@@ -213,14 +218,18 @@ def _raw_log(config: DataConfig) -> tuple[pl.DataFrame, pl.DataFrame | None, pl.
 
 
 def _split(
-    log: pl.DataFrame, config: DataConfig, fraction: float | None = None, seed: int = 0
+    log: pl.DataFrame,
+    config: DataConfig,
+    fraction: float | None = None,
+    seed: int = 0,
+    test_from: int | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     lazy = log.lazy()
     fraction = config.test_fraction if fraction is None else fraction
     if config.split == "leave_last_out":
         train, test = leave_last_out(lazy, n_last=config.n_test_per_user)
     elif config.split == "time":
-        train, test = global_time_split(lazy, fraction)
+        train, test = global_time_split(lazy, fraction, test_from)
     else:  # random, and provided splits (their validation is carved at random, as SimpleX does)
         train, test = random_leave_out(lazy, fraction, seed=seed)
     return train.collect(), test.collect()
@@ -266,7 +275,7 @@ def prepare(config: DataConfig) -> PreparedData:
     if provided_test is not None:
         train_raw, test_raw = log, provided_test
     else:
-        train_raw, test_raw = _split(log, config)
+        train_raw, test_raw = _split(log, config, test_from=config.test_from)
     if train_raw.height == 0:
         raise DataError("the split left no training events")
     if test_raw.height == 0:

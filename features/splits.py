@@ -13,10 +13,16 @@ def _check_fraction(fraction: float) -> None:
         raise DataError(f"test fraction must be in (0, 1), got {fraction}")
 
 
-def global_time_split(log: pl.LazyFrame, test_fraction: float = 0.2) -> tuple[pl.LazyFrame, pl.LazyFrame]:
-    """Everything after the (1 - f) time quantile is test: no leakage of future events."""
-    _check_fraction(test_fraction)
+def global_time_split(
+    log: pl.LazyFrame, test_fraction: float = 0.2, test_from: int | None = None
+) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+    """Everything after the (1 - f) time quantile is test: no leakage of future events. With
+    ``test_from`` the cut is that timestamp instead: events at or after it are test (a fixed
+    calendar cut that several logs, e.g. of a previous and a new model, can share)."""
     require_columns(log, [TIMESTAMP], "global time split")
+    if test_from is not None:
+        return log.filter(pl.col(TIMESTAMP) < test_from), log.filter(pl.col(TIMESTAMP) >= test_from)
+    _check_fraction(test_fraction)
     cutoff = (
         log.select(pl.col(TIMESTAMP).quantile(1.0 - test_fraction, interpolation="lower")).collect().item()
     )

@@ -124,6 +124,16 @@ def _log_job_inputs(config: TrainConfig, env: DistEnv | None, resumed_at: int) -
     mlflow.log_dict(config.model_dump(mode="json", exclude={"source_path"}), "config/resolved.json")
 
 
+def _log_starting_points(trainer: Trainer) -> None:
+    """What the job trains against and starts from: the reference model's coverage of this data
+    (Confidence Ranking) and the rows a warm start copied, so a run shows how much it inherited."""
+    coverage = getattr(trainer.reference, "coverage", None)
+    if coverage is not None:
+        mlflow.log_metrics(coverage())
+    if trainer.warm_rows:
+        mlflow.log_metrics({f"warm_start_{space}": float(n) for space, n in trainer.warm_rows.items()})
+
+
 def _export(
     model: RetrievalModel | RankingModel,
     data: PreparedData,
@@ -223,6 +233,7 @@ def run_training(config: TrainConfig) -> TrainResult:
             trainer.run_id = _start_run(trainer.run_id if resumed else None, run_name(config)).info.run_id
             active = True
             _log_job_inputs(config, env, trainer.epochs_done)
+            _log_starting_points(trainer)
 
         select = data.validation_events is not None
         every = config.training.validate_every

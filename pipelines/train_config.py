@@ -96,9 +96,38 @@ class ModelConfig(_Section):
         return self
 
 
+#: Objectives that train against a reference model's logits (Confidence Ranking).
+REFERENCE_OBJECTIVES = ("confidence_ranking",)
+#: The reference that is not a model: each item's smoothed positive rate in the training data.
+ITEM_RATE = "item_rate"
+
+
+def model_spec(text: str | None, folder: Path) -> str | None:
+    """A model named in a config: a registry URI as it is, a bundle path relative to the config
+    file's folder (like every other path in a config)."""
+    if text is None or text.startswith("models:/") or text == ITEM_RATE:
+        return text
+    return str(under(folder, Path(text)))
+
+
 class ObjectiveConfig(_Section):
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
+    # confidence_ranking: the model the new one must beat example by example, normally the one
+    # serving now: a registry URI (models:/rankforge-ranker@champion, models:/rankforge-ranker/3),
+    # a ranker bundle directory, or "item_rate" (each item's smoothed positive rate, no model).
+    reference: str | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _reference_fits(self) -> ObjectiveConfig:
+        if self.name in REFERENCE_OBJECTIVES and self.reference is None:
+            raise ValueError(
+                f"objective {self.name!r} needs objective.reference: the previous model "
+                '("models:/rankforge-ranker@champion", a version, a bundle path) or "item_rate"'
+            )
+        if self.name not in REFERENCE_OBJECTIVES and self.reference is not None:
+            raise ValueError(f"objective {self.name!r} uses no reference model; drop objective.reference")
+        return self
 
 
 class OptimizerConfig(_Section):
@@ -132,10 +161,15 @@ class TrainingConfig(_Section):
     time_budget_minutes: float | None = Field(None, gt=0)
     # torch intra-op threads for this job (None: torch's default). Recorded with the run.
     threads: int | None = Field(None, ge=1)
+    # Start from a trained model's weights instead of a random init: a registry URI or a bundle
+    # directory of the same model kind and sizes. Rows are matched by raw id (users and items
+    # the old model never saw keep their fresh init), so the new data may have grown.
+    warm_start: str | None = Field(None, min_length=1)
 
 
 class NegativesConfig(_Section):
-    count: int = Field(16, ge=1)  # per example
+    # per example; 0 (ranking only) trains on the logged labels alone (explicit negatives)
+    count: int = Field(16, ge=0)
     distribution: Literal["uniform", "popularity"] = "uniform"
     popularity_power: float = Field(0.75, ge=0)  # weights = (train events + 1) ** power
     # retrieval only: one pool of `count` negatives for the whole batch ([N, D]) instead of per example
@@ -196,6 +230,12 @@ class TrainConfig(_Section):
             resolve_objective(self.objective.name, self.objective.params, OBJECTIVE_KIND[self.model.kind])
         except ConfigError as exc:
             raise ValueError(str(exc)) from exc
+        return self
+
+    @model_validator(mode="after")
+    def _negatives_fit_model(self) -> TrainConfig:
+        if self.negatives.count == 0 and self.model.kind != "ranking":
+            raise ValueError(f"negatives.count = 0 only applies to ranking, not {self.model.kind!r}")
         return self
 
     @model_validator(mode="after")
@@ -267,10 +307,18 @@ def load_config(path: str | Path) -> TrainConfig:
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     config = parse_config(raw, str(path))
     folder = path.parent
+    objective = config.objective
+    if objective is not None:
+        objective = objective.model_copy(update={"reference": model_spec(objective.reference, folder)})
+    training = config.training.model_copy(
+        update={"warm_start": model_spec(config.training.warm_start, folder)}
+    )
     return config.model_copy(
         update={
             "source_path": path.resolve(),
             "data": config.data.relative_to(folder),
             "output_dir": under(folder, config.output_dir),
+            "objective": objective,
+            "training": training,
         }
     )

@@ -14,6 +14,7 @@ A retrieval bundle's towers and item matrix are in the model's *scoring space* (
 ``rankforge.models.scoring``): the inner product of a user-tower vector and an item row is the
 model's score, whatever similarity it was trained with. ``manifest.scoring`` records which.
     ranker:     ranker.onnx
+    weights.pt  (the torch state dict, for warm starts; not needed to serve)
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from rankforge.errors import DataError
 from rankforge.features.id_mapping import IdMapping
 
 MANIFEST = "manifest.json"
+#: The torch state dict the graphs were exported from: what ``training.warm_start`` starts from.
+WEIGHTS = "weights.pt"
 BundleKind = Literal["retrieval", "ranker"]
 FILES: dict[str, tuple[str, ...]] = {
     "retrieval": ("user_tower.onnx", "item_tower.onnx", "item_embeddings.npy"),

@@ -10,7 +10,7 @@ from rankforge.features.pipeline import PreparedData
 from rankforge.models.inputs import dense_inputs, item_inputs, padded_to_kjt, user_inputs
 from rankforge.models.ranking import RankingModel
 from rankforge.models.retrieval import RetrievalModel
-from rankforge.serving.bundle import BundleKind, Manifest, write_manifest
+from rankforge.serving.bundle import WEIGHTS, BundleKind, Manifest, write_manifest
 from rankforge.serving.onnx_export import export_ranker, export_retrieval_towers
 
 EXAMPLE_ROWS = 4
@@ -48,6 +48,7 @@ def build_retrieval_bundle(
     items = item_inputs(data.item_features.head(EXAMPLE_ROWS), max_genres)
     user_art, item_art = export_retrieval_towers(model.eval(), users, items, directory)
     np.save(f"{directory}/item_embeddings.npy", item_embedding_matrix(model, data, max_genres))
+    torch.save(model.state_dict(), f"{directory}/{WEIGHTS}")
     inputs = {"user_tower.onnx": user_art.input_names, "item_tower.onnx": item_art.input_names}
     return _finish(directory, data, "retrieval", inputs, max_genres, metrics, scoring=model.scoring.to_dict())
 
@@ -64,6 +65,7 @@ def build_ranker_bundle(
     art = export_ranker(
         model.eval(), dense_inputs(rows, model.dense_features), sparse, f"{directory}/ranker.onnx"
     )
+    torch.save(model.state_dict(), f"{directory}/{WEIGHTS}")
     inputs = {"ranker.onnx": art.input_names}
     return _finish(directory, data, "ranker", inputs, max_genres, metrics, list(model.dense_features))
 

@@ -24,6 +24,7 @@ from rankforge.errors import DataError
 from rankforge.features.aggregates import ITEM_DENSE, USER_DENSE
 from rankforge.features.pipeline import PreparedData
 from rankforge.models.inputs import dense_inputs, pad_lists, padded_to_kjt
+from rankforge.training.reference import Reference
 
 USER_KEYS = ["user_id", "user_history"]
 ITEM_KEYS = ["item_id", "item_genres"]
@@ -96,6 +97,8 @@ class NegativeSampler:
         n = 1
         for s in shape:
             n *= s
+        if n == 0:
+            return torch.empty(shape, dtype=torch.int64)
         if self.distribution == "uniform":
             flat = torch.randint(self.n_items, (n,), generator=generator)
         else:
@@ -131,7 +134,8 @@ class RankingBatch:
     dense: torch.Tensor  # [b, 4]
     sparse: KeyedJaggedTensor  # user then item keys
     labels: torch.Tensor  # [b] float 0/1
-    reference_logits: torch.Tensor  # [b] logit of the item's smoothed positive rate
+    reference_logits: torch.Tensor  # [b] the reference model's logits (0 without a reference)
+    reference_mask: torch.Tensor  # [b] bool: rows the reference could score
 
     @property
     def size(self) -> int:
@@ -143,6 +147,7 @@ class RankingBatch:
             self.sparse.to(device),
             self.labels.to(device),
             self.reference_logits.to(device),
+            self.reference_mask.to(device),
         )
 
 
@@ -269,6 +274,7 @@ class RankingBatches(_Batches):
 
     Every row carries the user's point-in-time history at its event (negatives share their event's),
     so an event's own item is never in the history it is scored with, as at serving time.
+    ``reference`` (Confidence Ranking) scores each row with the previous model, batch by batch.
     """
 
     def __init__(
@@ -281,6 +287,7 @@ class RankingBatches(_Batches):
         rank: int = 0,
         world_size: int = 1,
         seed: int = 0,
+        reference: Reference | None = None,
     ) -> None:
         events = data.ranking_examples.sort(CANONICAL_ORDER)
         super().__init__(events.height, batch_size, rank, world_size, seed)
@@ -293,6 +300,7 @@ class RankingBatches(_Batches):
         self.tables = tables
         self.sampler = sampler
         self.n_negatives = n_negatives
+        self.reference = reference
 
     def __iter__(self) -> Iterator[RankingBatch]:
         for rows in self._global_batches():
@@ -311,14 +319,19 @@ class RankingBatches(_Batches):
             n = len(order) - len(order) % self.world_size
             mine = order[rank_slice(n, self.rank, self.world_size)]
             u, i, h = all_users[mine], all_items[mine], all_history[mine]
-            rate = self.tables.item_pos_rate[i].clamp(1e-6, 1 - 1e-6)
+            dense = self.tables.dense(u, i)
+            if self.reference is None:
+                reference, covered = torch.zeros(len(u)), torch.zeros(len(u), dtype=torch.bool)
+            else:
+                reference, covered = self.reference(u, i, h, dense)
             yield RankingBatch(
-                dense=self.tables.dense(u, i),
+                dense=dense,
                 sparse=padded_to_kjt(
                     {**self.tables.users(u, h), **self.tables.items(i)}, USER_KEYS + ITEM_KEYS
                 ),
                 labels=all_labels[mine],
-                reference_logits=torch.log(rate) - torch.log1p(-rate),
+                reference_logits=reference,
+                reference_mask=covered,
             )
 
 

@@ -107,8 +107,9 @@ class RankingTask(nn.Module):
         sparse: KeyedJaggedTensor,
         labels: torch.Tensor,
         reference_logits: torch.Tensor,
+        reference_mask: torch.Tensor,
     ) -> torch.Tensor:
-        return self.loss(self.model(dense, sparse), labels, reference_logits)
+        return self.loss(self.model(dense, sparse), labels, reference_logits, reference_mask)
 
 
 class CascadeTask(nn.Module):
@@ -153,4 +154,4 @@ def task_inputs(batch: RetrievalBatch | RankingBatch | CascadeBatch) -> tuple:
         return batch.user, batch.items, batch.neg_mask
     if isinstance(batch, CascadeBatch):
         return batch.user, batch.items, batch.dense, batch.sparse, batch.labels, batch.mask
-    return batch.dense, batch.sparse, batch.labels, batch.reference_logits
+    return batch.dense, batch.sparse, batch.labels, batch.reference_logits, batch.reference_mask

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from rankforge.errors import ConfigError
+from rankforge.errors import ConfigError, DataError
 from rankforge.features.pipeline import PreparedData
 from rankforge.models.retrieval import RetrievalModel
 from rankforge.models.scoring import Scoring
@@ -33,9 +33,11 @@ from rankforge.training.batches import (
 )
 from rankforge.training.checkpoint import Checkpointer
 from rankforge.training.losses import resolve_objective
+from rankforge.training.reference import open_reference
 from rankforge.training.schedule import LearningRateSchedule
 from rankforge.training.sharding import DistEnv, build_optimizers, shard, unsharded_state_dict
 from rankforge.training.tasks import Model, build_model, make_task, task_inputs
+from rankforge.training.warm_start import warm_start
 
 #: Written into the checkpoint folder once a job has registered its model: the next scheduled run
 #: then starts from scratch instead of "resuming" a finished job.
@@ -71,6 +73,13 @@ class Trainer:
         self.dmp = shard(task, config.sharding, config.optimizer, env)
         self.optimizer, self._dense_optimizer = build_optimizers(self.dmp, config.optimizer)
         self._keys = (model.user_keys, model.item_keys) if isinstance(model, RetrievalModel) else None
+        self.reference = open_reference(
+            config.objective.reference,
+            data,
+            self.tables.item_genres,
+            self.tables.item_pos_rate,
+            config.output_dir / f"reference_rank{env.rank}",
+        )
         self.batches = self._batches()
         self.schedule = LearningRateSchedule(
             self.optimizer,
@@ -86,6 +95,7 @@ class Trainer:
         self.best_epoch = 0
         self.best_value = float("-inf")
         self.stopped_early = False
+        self.warm_rows: dict[str, int] = {}  # rows copied by training.warm_start, per id space
 
     def _batches(self) -> RetrievalBatches | RankingBatches | CascadeBatches:
         c = self.config
@@ -111,7 +121,9 @@ class Trainer:
                 user_keys=self._keys[0],
                 item_keys=self._keys[1],
             )
-        return RankingBatches(self.data, self.tables, sampler, c.negatives.count, **common)
+        return RankingBatches(
+            self.data, self.tables, sampler, c.negatives.count, **common, reference=self.reference
+        )
 
     # -- checkpoint / resume -------------------------------------------------------------------
 
@@ -139,9 +151,11 @@ class Trainer:
             if self.env.is_main:
                 shutil.rmtree(directory, ignore_errors=True)
             dist.barrier()
+            self._warm_start()
             return False
         latest = self.checkpointer.latest()
         if latest is None:
+            self._warm_start()
             return False
         state = self.checkpointer.read_state(latest)
         if state["fingerprint"] != self.config.fingerprint():
@@ -162,6 +176,22 @@ class Trainer:
             bool(stopped),
         )
         return True
+
+    def _warm_start(self) -> None:
+        """A fresh job starts from ``training.warm_start``'s weights when one is named (a resumed
+        job's checkpoint already holds them)."""
+        spec = self.config.training.warm_start
+        if spec is None:
+            return
+        from rankforge.pipelines.registry import download_bundle  # the registry sits above training
+
+        folder = self.config.output_dir / f"warm_start_rank{self.env.rank}"
+        shutil.rmtree(folder, ignore_errors=True)
+        try:
+            bundle = download_bundle(spec, folder if spec.startswith("models:/") else None)
+        except DataError as exc:
+            raise ConfigError(f"training.warm_start: {exc}") from exc
+        self.warm_rows = warm_start(self.dmp, bundle, self.data.mapping)
 
     def mark_finished(self) -> None:
         dist.barrier()

@@ -56,7 +56,9 @@ def test_bad_values_name_their_key(change: dict, message: str) -> None:
 def test_registered_objectives_are_accepted() -> None:
     config = parse_config({**MINIMAL, "objective": {"name": "psl", "params": {}}})
     assert config.objective.name == "psl"
-    ranking = parse_config({"model": {"kind": "ranking"}, "objective": {"name": "confidence_ranking"}})
+    ranking = parse_config(
+        {"model": {"kind": "ranking"}, "objective": {"name": "confidence_ranking", "reference": "item_rate"}}
+    )
     assert ranking.objective.name == "confidence_ranking"
 
 

@@ -17,6 +17,7 @@ from rankforge.training.batches import (
     RankingBatches,
     RetrievalBatches,
 )
+from rankforge.training.reference import ItemRateReference
 
 MAX_GENRES = 8
 
@@ -100,7 +101,8 @@ def test_ranking_negatives_are_unseen_and_labels_are_kept(
 ) -> None:
     d = small_data
     sampler = NegativeSampler(tables.item_events, "uniform")
-    batches = RankingBatches(d, tables, sampler, 3, batch_size=200, seed=1)
+    reference = ItemRateReference(tables.item_pos_rate)
+    batches = RankingBatches(d, tables, sampler, 3, batch_size=200, seed=1, reference=reference)
     seen = set(zip(d.train_events["user_idx"].to_list(), d.train_events["item_idx"].to_list(), strict=True))
     labelled = dict(
         zip(
@@ -124,8 +126,21 @@ def test_ranking_negatives_are_unseen_and_labels_are_kept(
         assert torch.equal(batch.dense, expected_dense)
         rate = tables.item_pos_rate[torch.tensor(items)]
         torch.testing.assert_close(torch.sigmoid(batch.reference_logits), rate)
+        assert batch.reference_mask.all()
     assert n_events == d.train_events.height  # every labelled event once per epoch
     assert 0 < n_negatives <= 3 * n_events
+
+
+def test_ranking_batches_without_negatives_or_reference(
+    small_data: PreparedData, tables: FeatureTables
+) -> None:
+    sampler = NegativeSampler(tables.item_events, "popularity")
+    batches = RankingBatches(small_data, tables, sampler, 0, batch_size=256, seed=1)
+    rows = 0
+    for batch in batches:
+        rows += batch.size
+        assert not batch.reference_mask.any() and not batch.reference_logits.any()
+    assert rows == small_data.train_events.height  # the logged events alone
 
 
 def test_bad_inputs_fail_clearly(small_data: PreparedData, tables: FeatureTables) -> None:

@@ -4,7 +4,8 @@ Each loss is a ``torch.nn.Module`` whose class attribute ``kind`` says which inp
 
 * ``"retrieval"`` -- :class:`CosineContrastiveLoss` (SimpleX CCL), :class:`PairwiseSoftmaxLoss`
   (PSL): ``(user_emb [B, D], pos_emb [B, D], neg_emb [B, N, D] | [N, D], neg_mask [B, N])``.
-* ``"ctr"`` -- :class:`ConfidenceRankingLoss`: ``(logits [B], labels [B], reference_logits [B])``.
+* ``"ctr"`` -- :class:`ConfidenceRankingLoss`: ``(logits [B], labels [B], reference_logits [B],
+  reference_mask [B])`` (the mask: which examples the reference model could score).
 * ``"auction"`` -- :class:`WelfareRankLoss`: ``(logits, labels, bids, mask, teacher_logits)``,
   all ``[A, M]`` (auctions x ads).
 * ``"cascade"`` -- :class:`LCRONLoss`: ``(retrieval_scores, ranking_scores, labels, mask)``,

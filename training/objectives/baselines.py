@@ -4,8 +4,8 @@
   negatives, dot-product scores over a temperature. It is PSL with the exponential kept
   (``log Σ_j exp(d_uij / τ)`` with the ``j = i`` term), so it is built as exactly that rather than
   written a second time; masked negatives leave the partition function.
-* ``bce`` (ctr): plain logloss on logits; ``reference_logits`` is accepted for the ``ctr`` input
-  contract and ignored.
+* ``bce`` (ctr): plain logloss on logits; ``reference_logits``/``reference_mask`` are accepted for
+  the ``ctr`` input contract and ignored.
 """
 
 from typing import ClassVar
@@ -30,7 +30,11 @@ class BinaryCrossEntropyLoss(nn.Module):
     kind: ClassVar[str] = "ctr"
 
     def forward(
-        self, logits: torch.Tensor, labels: torch.Tensor, reference_logits: torch.Tensor | None = None
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        reference_logits: torch.Tensor | None = None,
+        reference_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if logits.shape != labels.shape:
             raise ValueError(

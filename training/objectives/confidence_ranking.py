@@ -28,6 +28,7 @@ from torch import nn
 
 from ._validation import (
     require_binary,
+    require_bool,
     require_choice,
     require_float,
     require_non_negative,
@@ -46,9 +47,13 @@ class ConfidenceRankingLoss(nn.Module):
         rank_weight: weight of the confidence-ranking term.
         bce_weight: weight of the pointwise log-loss on ``logits``.
 
-    ``forward(logits [B], labels [B] in {0, 1}, reference_logits [B]) -> scalar``. Every
-    example forms exactly one pair (new vs reference on the same label), so batches with no
-    positive or only positives are handled like any other; an empty batch is rejected.
+    ``forward(logits [B], labels [B] in {0, 1}, reference_logits [B], reference_mask [B] bool
+    | None) -> scalar``. Every example forms exactly one pair (new vs reference on the same
+    label), so batches with no positive or only positives are handled like any other; an empty
+    batch is rejected. ``reference_mask`` marks the examples the reference model could score (a
+    retrained model meets items its predecessor never saw): the others get the BCE term alone,
+    and the ranking term stays a mean over all ``B`` so an example's weight does not depend on
+    how many others in its batch are covered.
     """
 
     kind: ClassVar[str] = "ctr"
@@ -75,14 +80,16 @@ class ConfidenceRankingLoss(nn.Module):
         logits: torch.Tensor,
         labels: torch.Tensor,
         reference_logits: torch.Tensor,
+        reference_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return self.forward_components(logits, labels, reference_logits)["loss"]
+        return self.forward_components(logits, labels, reference_logits, reference_mask)["loss"]
 
     def forward_components(
         self,
         logits: torch.Tensor,
         labels: torch.Tensor,
         reference_logits: torch.Tensor,
+        reference_mask: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Return ``{"loss", "bce", "rank"}`` (unweighted components, weighted total)."""
         sizes: dict[str, int] = {}
@@ -94,14 +101,20 @@ class ConfidenceRankingLoss(nn.Module):
         require_shape("reference_logits", reference_logits, ["B"], sizes)
         if sizes["B"] == 0:
             raise ValueError("logits: expected at least one example, got shape (0,)")
+        if reference_mask is not None:
+            require_bool("reference_mask", reference_mask)
+            require_shape("reference_mask", reference_mask, ["B"], sizes)
 
         target = labels.to(logits.dtype)
         bce = F.binary_cross_entropy_with_logits(logits, target)
         signed_margin = (2.0 * target - 1.0) * (logits - reference_logits.detach())
         if self.surrogate == "logistic":
-            rank = F.softplus(-signed_margin).mean()
+            per_example = F.softplus(-signed_margin)
         else:
-            rank = torch.relu(self.margin - signed_margin).mean()
+            per_example = torch.relu(self.margin - signed_margin)
+        if reference_mask is not None:
+            per_example = torch.where(reference_mask, per_example, 0.0)
+        rank = per_example.mean()
         loss = self.bce_weight * bce + self.rank_weight * rank
         return {"loss": loss, "bce": bce.detach(), "rank": rank.detach()}
 
