@@ -172,6 +172,9 @@ class NegativesConfig(_Section):
     count: int = Field(16, ge=0)
     distribution: Literal["uniform", "popularity"] = "uniform"
     popularity_power: float = Field(0.75, ge=0)  # weights = (train events + 1) ** power
+    # with distribution = "popularity": the share of each example's negatives drawn uniformly
+    # instead (mixed negative sampling: easy catalogue negatives beside hard popular ones)
+    uniform_share: float = Field(0.0, ge=0, le=1)
     # retrieval only: one pool of `count` negatives for the whole batch ([N, D]) instead of per example
     shared: bool = False
 

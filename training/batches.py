@@ -79,31 +79,49 @@ class FeatureTables:
 
 
 class NegativeSampler:
-    """Item indices drawn uniformly or by popularity, ``(events + 1) ** power``."""
+    """Item indices drawn uniformly or by popularity, ``(events + 1) ** power``.
+
+    ``uniform_share`` mixes the two pools in every row of negatives (mixed negative sampling,
+    Yang et al., WWW 2020): the last ``round(share * n)`` of each row are uniform over the
+    catalogue (easy negatives, what a first stage must reject), the rest follow ``distribution``
+    (popular, harder negatives, what survives into a later stage).
+    """
 
     def __init__(
         self,
         item_events: torch.Tensor,
         distribution: Literal["uniform", "popularity"],
         popularity_power: float = 0.75,
+        uniform_share: float = 0.0,
     ) -> None:
         if distribution not in ("uniform", "popularity"):
             raise ValueError(f"distribution must be 'uniform' or 'popularity', got {distribution!r}")
+        if not 0.0 <= uniform_share <= 1.0:
+            raise ValueError(f"uniform_share must lie in [0, 1], got {uniform_share!r}")
         self.n_items = int(item_events.numel())
         self.distribution = distribution
         self.weights = (item_events.double() + 1.0).pow(popularity_power)
+        self.uniform_share = float(uniform_share)
+
+    def _draw(self, n: int, uniform: bool, generator: torch.Generator) -> torch.Tensor:
+        if n == 0:
+            return torch.empty(0, dtype=torch.int64)
+        if uniform:
+            return torch.randint(self.n_items, (n,), generator=generator)
+        return torch.multinomial(self.weights, n, replacement=True, generator=generator)
 
     def sample(self, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
         n = 1
         for s in shape:
             n *= s
-        if n == 0:
-            return torch.empty(shape, dtype=torch.int64)
-        if self.distribution == "uniform":
-            flat = torch.randint(self.n_items, (n,), generator=generator)
-        else:
-            flat = torch.multinomial(self.weights, n, replacement=True, generator=generator)
-        return flat.reshape(shape)
+        last = shape[-1] if shape else 1
+        n_uniform = round(self.uniform_share * last) if self.distribution != "uniform" else last
+        if n_uniform in (0, last):
+            return self._draw(n, n_uniform == last, generator).reshape(shape)
+        rows = n // last if last else 0
+        weighted = self._draw(rows * (last - n_uniform), False, generator).reshape(rows, last - n_uniform)
+        uniform = self._draw(rows * n_uniform, True, generator).reshape(rows, n_uniform)
+        return torch.cat([weighted, uniform], dim=1).reshape(shape)
 
 
 def rank_slice(n: int, rank: int, world_size: int) -> slice:

@@ -100,7 +100,10 @@ class Trainer:
     def _batches(self) -> RetrievalBatches | RankingBatches | CascadeBatches:
         c = self.config
         sampler = NegativeSampler(
-            self.tables.item_events, c.negatives.distribution, c.negatives.popularity_power
+            self.tables.item_events,
+            c.negatives.distribution,
+            c.negatives.popularity_power,
+            c.negatives.uniform_share,
         )
         common = dict(
             batch_size=c.training.batch_size,

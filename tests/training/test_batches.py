@@ -54,6 +54,20 @@ def test_popularity_sampler_follows_item_counts(tables: FeatureTables) -> None:
         NegativeSampler(counts, "zipf")  # type: ignore[arg-type]
 
 
+def test_mixed_sampler_draws_its_uniform_share_from_the_whole_catalogue() -> None:
+    counts = torch.zeros(50)
+    counts[7] = 1e6  # popularity draws item 7 almost always
+    sampler = NegativeSampler(counts, "popularity", popularity_power=1.0, uniform_share=0.25)
+    draws = sampler.sample((4000, 8), torch.Generator().manual_seed(0))
+    assert draws.shape == (4000, 8)
+    weighted, uniform = draws[:, :6], draws[:, 6:]
+    assert (weighted == 7).double().mean() > 0.99
+    freq = torch.bincount(uniform.reshape(-1), minlength=50).double() / uniform.numel()
+    torch.testing.assert_close(freq, torch.full((50,), 1 / 50, dtype=torch.float64), atol=0.006, rtol=0)
+    with pytest.raises(ValueError, match="uniform_share"):
+        NegativeSampler(counts, "popularity", uniform_share=1.5)
+
+
 def _retrieval(d: PreparedData, t: FeatureTables, rank: int, world: int, shared: bool) -> RetrievalBatches:
     sampler = NegativeSampler(t.item_events, "popularity")
     return RetrievalBatches(d, t, sampler, 5, shared, batch_size=100, rank=rank, world_size=world, seed=7)

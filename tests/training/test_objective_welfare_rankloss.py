@@ -78,12 +78,30 @@ def test_teacher_receives_no_gradient():
     assert teacher.grad is None and logits.grad.abs().sum() > 0
 
 
-def test_log_ecpm_loss_is_invariant_to_the_bid_unit():
+def test_the_bid_unit_scales_the_loss_and_its_gradients_but_not_the_ranking():
     logits, labels, bids, mask, _ = _inputs()
     loss_fn = WelfareRankLoss()
-    # Weights scale with the bids, the logistic terms do not: the loss scales linearly.
-    scaled = loss_fn(logits, labels, 100 * bids, mask)
-    torch.testing.assert_close(scaled, 100 * loss_fn(logits, labels, bids, mask))
+    # Weights scale with the bids, the logistic terms of log-eCPM do not: loss and gradients
+    # scale linearly (the docstring's "NOT irrelevant to the loss value and gradients").
+    a, b = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    scaled = loss_fn(a, labels, 100 * bids, mask)
+    plain = loss_fn(b, labels, bids, mask)
+    torch.testing.assert_close(scaled, 100 * plain)
+    (scaled + plain).backward()
+    torch.testing.assert_close(a.grad, 100 * b.grad)
+
+
+@pytest.mark.parametrize("score", ["log_ecpm", "ecpm"])
+def test_auction_mean_normalisation_removes_the_bid_unit(score):
+    logits, labels, bids, mask, _ = _inputs()
+    loss_fn = WelfareRankLoss(score=score, bid_normalization="auction_mean")
+    torch.testing.assert_close(loss_fn(logits, labels, 100 * bids, mask), loss_fn(logits, labels, bids, mask))
+    # an independent transcription: bids divided by their auction's mean over valid ads
+    valid = mask.to(bids.dtype)
+    means = (bids * valid).sum(-1, keepdim=True) / valid.sum(-1, keepdim=True)
+    normalised = torch.where(mask, bids / means, 1.0)
+    plain = WelfareRankLoss(score=score)(logits, labels, normalised, mask)
+    torch.testing.assert_close(loss_fn(logits, labels, bids, mask), plain)
 
 
 def test_higher_bid_click_gets_the_larger_push():
@@ -152,7 +170,10 @@ def test_wrong_inputs_raise_naming_the_tensor():
         loss_fn(logits, labels + 1, bids, mask)
 
 
-@pytest.mark.parametrize("kwargs", [{"score": "revenue"}, {"teacher_weight": 1.5}, {"bce_weight": -1.0}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"score": "revenue"}, {"teacher_weight": 1.5}, {"bce_weight": -1.0}, {"bid_normalization": "max"}],
+)
 def test_invalid_hyper_parameters(kwargs):
     with pytest.raises(ValueError):
         WelfareRankLoss(**kwargs)

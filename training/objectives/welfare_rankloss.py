@@ -9,13 +9,24 @@ a pairwise logistic loss over ads of the same auction by the bid-weighted label:
     L = 1/|P| * sum_{(i, j) in P} b_i * y_i * log(1 + exp(-(s_i - s_j)))
 
 where ``P`` holds the ordered pairs ``i != j`` of valid ads in the same auction and ``s`` is
-the model's eCPM score. ``score="log_ecpm"`` (default) uses ``s_i = log b_i + log sigmoid(f_i)``:
-then ``sigmoid(s_i - s_j) = b_i p_i / (b_i p_i + b_j p_j)``, so its *minimiser* does not depend
-on the unit of the bids (the loss value and its gradients do: they scale linearly with the
-``b_i`` weights, so scaling bids by 100 scales both by 100 — normalise bids, or the learning rate,
-when bid units change), and (in expectation over clicks) it is minimised when predicted CTR ratios equal
-true CTR ratios, i.e. when the auction picks the welfare-maximising ad. ``score="ecpm"`` uses the
-raw ``s_i = b_i * sigmoid(f_i)`` instead (sensitive to the bid scale).
+the model's eCPM score. ``score="log_ecpm"`` (default) uses ``s_i = log b_i + log sigmoid(f_i)``,
+so ``sigmoid(s_i - s_j) = b_i p_i / (b_i p_i + b_j p_j)``; in expectation over clicks the loss is
+minimised when predicted CTR ratios equal true CTR ratios, i.e. when the auction picks the
+welfare-maximising ad. ``score="ecpm"`` uses the raw ``s_i = b_i * sigmoid(f_i)`` instead.
+
+The unit of the bids (cents or dollars):
+
+* is irrelevant to the *minimiser* and to each auction's ranking with ``log_ecpm``: a factor ``c``
+  on every bid adds ``log c`` to every score and cancels in ``s_i - s_j``;
+* is NOT irrelevant to the loss *value and gradients*: the weights ``b_i y_i`` scale by ``c``, so
+  bids in cents instead of dollars give a loss and gradients 100 times larger (with plain SGD, a
+  100 times larger step; beside a BCE term, a 100 times smaller BCE share);
+* changes even the minimiser with ``ecpm``, whose score differences scale by ``c``.
+
+``bid_normalization="auction_mean"`` divides every auction's bids by their mean over its valid
+ads before anything else, which removes the unit from all of the above (an auction's weights then
+average ``y``). It re-weights auctions relative to each other (an auction of high bids no longer
+dominates), so it is an option, not the paper's objective: the default ``"none"`` is the paper's.
 
 Teacher-calibrated variant (the paper's calibration with teacher-generated labels): the noisy
 click ``y_i`` in the weight is replaced by a teacher network's CTR,
@@ -25,8 +36,7 @@ teacher to have small l2 error. An optional pointwise BCE term (``bce_weight``)
 anchors the absolute CTR level, which a purely pairwise loss leaves free.
 
 Provenance: the weight ``b_i * y_i`` and the log-eCPM score are our reading of the paper; the
-equations themselves could not be checked against the paper text while writing this (only its
-abstract), so verify them against the paper before relying on exact constants.
+exact constants are to be checked against the paper's text with the auction work (issue #12).
 """
 
 from typing import ClassVar
@@ -45,6 +55,7 @@ from ._validation import (
 )
 
 SCORES: tuple[str, ...] = ("log_ecpm", "ecpm")
+BID_NORMALIZATIONS: tuple[str, ...] = ("none", "auction_mean")
 
 
 class WelfareRankLoss(nn.Module):
@@ -55,6 +66,8 @@ class WelfareRankLoss(nn.Module):
         teacher_weight: ``a`` in ``y~ = (1 - a) y + a sigmoid(teacher)``; used only when
             ``teacher_logits`` are given. Must lie in ``[0, 1]``.
         bce_weight: weight of an optional pointwise BCE term on the valid ads (0 = off).
+        bid_normalization: ``"none"`` (the paper's) or ``"auction_mean"`` (bids divided by their
+            auction's mean, so the loss does not depend on the bid unit; see the module docstring).
 
     ``forward(logits [A, M], labels [A, M] in {0, 1}, bids [A, M] > 0, mask [A, M] bool,
     teacher_logits [A, M] | None) -> scalar``: ``A`` auctions of up to ``M`` ads each, padding
@@ -66,9 +79,17 @@ class WelfareRankLoss(nn.Module):
 
     kind: ClassVar[str] = "auction"
 
-    def __init__(self, score: str = "log_ecpm", teacher_weight: float = 1.0, bce_weight: float = 0.0) -> None:
+    def __init__(
+        self,
+        score: str = "log_ecpm",
+        teacher_weight: float = 1.0,
+        bce_weight: float = 0.0,
+        bid_normalization: str = "none",
+    ) -> None:
         super().__init__()
         require_choice("score", score, SCORES)
+        require_choice("bid_normalization", bid_normalization, BID_NORMALIZATIONS)
+        self.bid_normalization = bid_normalization
         require_non_negative("teacher_weight", teacher_weight)
         if teacher_weight > 1:
             raise ValueError(f"teacher_weight must lie in [0, 1], got {teacher_weight!r}")
@@ -99,6 +120,10 @@ class WelfareRankLoss(nn.Module):
         self._validate(logits, labels, bids, mask, teacher_logits)
         target = labels.to(logits.dtype)
         safe_bids = torch.where(mask, bids.to(logits.dtype), 1.0)
+        if self.bid_normalization == "auction_mean":
+            valid = mask.to(logits.dtype)
+            mean = (safe_bids * valid).sum(-1, keepdim=True) / valid.sum(-1, keepdim=True).clamp_min(1.0)
+            safe_bids = torch.where(mask, safe_bids / mean, 1.0)
 
         value = target
         if teacher_logits is not None:
@@ -148,4 +173,7 @@ class WelfareRankLoss(nn.Module):
             raise ValueError("bids: expected finite bids > 0 on every valid (mask=True) ad")
 
     def extra_repr(self) -> str:
-        return f"score={self.score!r}, teacher_weight={self.teacher_weight}, bce_weight={self.bce_weight}"
+        return (
+            f"score={self.score!r}, teacher_weight={self.teacher_weight}, bce_weight={self.bce_weight}, "
+            f"bid_normalization={self.bid_normalization!r}"
+        )
