@@ -21,6 +21,7 @@ from rankforge.config_errors import describe
 from rankforge.errors import ConfigError, DataError
 from rankforge.features import history as hist
 from rankforge.features.aggregates import item_aggregates, user_aggregates
+from rankforge.features.auctions import AuctionTensors
 from rankforge.features.id_mapping import IdMapping
 from rankforge.features.loaders import load_interactions, load_lightgcn_split, load_movielens_items
 from rankforge.features.schema import ITEM, ITEM_IDX, LABEL, RATING, TIMESTAMP, USER, USER_IDX
@@ -125,6 +126,18 @@ class DataConfig(BaseModel):
 
 
 @dataclass(frozen=True)
+class AuctionSplits:
+    """An auction log split by whole auctions, encoded with the interaction data's id mapping."""
+
+    train: AuctionTensors
+    validation: AuctionTensors | None
+    test: AuctionTensors
+
+    def split(self, name: str) -> AuctionTensors | None:
+        return self.validation if name == "validation" else self.test
+
+
+@dataclass(frozen=True)
 class PreparedData:
     """Encoded events, examples and feature tables; every id is a dense index."""
 
@@ -141,6 +154,14 @@ class PreparedData:
     validation_events: pl.DataFrame | None = None
     training_history: str = "point_in_time"
     source: str = ""  # where the log came from and how it was split (see DataConfig.describe)
+    auctions: AuctionSplits | None = None  # an auction model's auctions (train/validation/test)
+
+    @property
+    def has_validation(self) -> bool:
+        """Whether model selection has a validation split (events, or auctions)."""
+        if self.auctions is not None:
+            return self.auctions.validation is not None
+        return self.validation_events is not None
 
     def fingerprint(self) -> dict[str, str]:
         """What a model trained on this data carries: the data set and the id-mapping digest. Models

@@ -22,6 +22,35 @@ class SyntheticLog:
     items: pl.DataFrame  # item_id, genres (list[str])
 
 
+@dataclass(frozen=True)
+class SyntheticWorld:
+    """The hidden truth behind a synthetic log: who likes what. Raw ids are ``index + 1``."""
+
+    affinity: np.ndarray  # [n_users, n_items]: user-item taste plus item popularity
+    item_cluster: np.ndarray  # [n_items]
+
+
+def _world(rng: np.random.Generator, n_users: int, n_items: int, n_clusters: int) -> SyntheticWorld:
+    dim = 8
+    centers = rng.normal(size=(n_clusters, dim)) * 2.0
+    user_cluster = rng.integers(n_clusters, size=n_users)
+    item_cluster = rng.integers(n_clusters, size=n_items)
+    users = centers[user_cluster] + rng.normal(size=(n_users, dim))
+    items = centers[item_cluster] + rng.normal(size=(n_items, dim))
+    popularity = rng.normal(size=n_items)
+    return SyntheticWorld(users @ items.T / np.sqrt(dim) + popularity, item_cluster)
+
+
+def synthetic_world(
+    n_users: int = 300, n_items: int = 400, n_clusters: int = 6, seed: int = 0
+) -> SyntheticWorld:
+    """The world ``generate_log`` with the same arguments draws its log from (same seed, same
+    latents), so other logs of the same users and items (e.g. ad auctions) can be simulated."""
+    if n_users < 1 or n_items < 2 or n_clusters < 1:
+        raise DataError("synthetic_world: need n_users >= 1, n_items >= 2 and n_clusters >= 1")
+    return _world(np.random.default_rng(seed), n_users, n_items, n_clusters)
+
+
 def generate_log(
     n_users: int = 300,
     n_items: int = 400,
@@ -36,14 +65,8 @@ def generate_log(
     if not 1 <= min_events <= max_events <= n_items:
         raise DataError("generate_log: need 1 <= min_events <= max_events <= n_items")
     rng = np.random.default_rng(seed)
-    dim = 8
-    centers = rng.normal(size=(n_clusters, dim)) * 2.0
-    user_cluster = rng.integers(n_clusters, size=n_users)
-    item_cluster = rng.integers(n_clusters, size=n_items)
-    users = centers[user_cluster] + rng.normal(size=(n_users, dim))
-    items = centers[item_cluster] + rng.normal(size=(n_items, dim))
-    popularity = rng.normal(size=n_items)
-    affinity = users @ items.T / np.sqrt(dim) + popularity
+    world = _world(rng, n_users, n_items, n_clusters)
+    affinity, item_cluster = world.affinity, world.item_cluster
 
     rows_u, rows_i, rows_r, rows_t = [], [], [], []
     clock = 1_600_000_000

@@ -25,6 +25,7 @@ from rankforge.models.cascade import CascadeModel
 from rankforge.models.popularity import MostPopular
 from rankforge.models.ranking import RankingModel
 from rankforge.models.retrieval import RetrievalModel
+from rankforge.pipelines.auction_data import with_auctions
 from rankforge.pipelines.registry import BUNDLE_ARTIFACT, RegisteredModel, log_and_register
 from rankforge.pipelines.train_config import UNTRAINED_KINDS, TrainConfig
 from rankforge.serving.export_bundle import build_ranker_bundle, build_retrieval_bundle
@@ -221,6 +222,8 @@ def run_training(config: TrainConfig) -> TrainResult:
     if config.training.threads is not None:
         torch.set_num_threads(config.training.threads)
     data = prepare(config.data)
+    if config.auctions is not None:
+        data = with_auctions(data, config.auctions, config.data)
     if config.model.kind in UNTRAINED_KINDS:
         return run_counting(config, data)
     env = init_distributed()
@@ -235,7 +238,7 @@ def run_training(config: TrainConfig) -> TrainResult:
             _log_job_inputs(config, env, trainer.epochs_done)
             _log_starting_points(trainer)
 
-        select = data.validation_events is not None
+        select = data.has_validation
         every = config.training.validate_every
 
         def on_epoch_end(stats: EpochStats) -> bool:

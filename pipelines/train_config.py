@@ -17,16 +17,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from rankforge.config_errors import describe
 from rankforge.errors import ConfigError
+from rankforge.features.auction_simulator import AuctionSimulation
 from rankforge.features.pipeline import DataConfig, under
 
 #: ``retrieval`` is the two-tower; ``mf`` (matrix factorisation) and ``simplex`` are the retrieval
 #: models of the SimpleX/LightGCN benchmarks. All three are served as retrieval bundles.
-ModelKind = Literal["retrieval", "mf", "simplex", "popularity", "ranking", "cascade"]
+ModelKind = Literal["retrieval", "mf", "simplex", "popularity", "ranking", "cascade", "auction"]
 RETRIEVAL_KINDS = ("retrieval", "mf", "simplex", "popularity")
 #: Counted, not trained: no objective, optimizer or epochs (the floor of every quality table).
 UNTRAINED_KINDS = ("popularity",)
-#: The objective input contract each model kind feeds (see ``rankforge.training.objectives``).
-OBJECTIVE_KIND: dict[str, str] = {
+#: The objective input contract(s) each model kind feeds (see ``rankforge.training.objectives``);
+#: an auction model (a DLRM trained on auction logs) takes auction losses and plain CTR ones.
+OBJECTIVE_KIND: dict[str, str | tuple[str, ...]] = {
+    "auction": ("auction", "ctr"),
     "retrieval": "retrieval",
     "mf": "retrieval",
     "simplex": "retrieval",
@@ -42,19 +45,31 @@ DEFAULT_REGISTERED_NAME: dict[str, str] = {
     "popularity": "rankforge-retrieval",
     "ranking": "rankforge-ranker",
     "cascade": "rankforge",
+    "auction": "rankforge-ad-ranker",
 }
 _RETRIEVAL_METRICS = {f"{m}@{k}" for m in ("recall", "ndcg", "hitrate", "mrr") for k in (10, 20)}
 _RANKING_METRICS = {"auc", "gauc", "logloss", "ece"}
+_AUCTION_METRICS = {
+    "welfare_ratio",
+    "expected_welfare",
+    "realized_welfare",
+    "expected_revenue",
+    "realized_revenue",
+    "auc",
+    "logloss",
+}
 #: What each model kind's validation reports, so a selection metric is checked when the config loads.
 SELECTION_METRICS: dict[str, set[str]] = {
     **{kind: _RETRIEVAL_METRICS for kind in RETRIEVAL_KINDS},
     "ranking": _RANKING_METRICS,
     "cascade": {f"retrieval_{m}" for m in _RETRIEVAL_METRICS} | {f"ranker_{m}" for m in _RANKING_METRICS},
+    "auction": _AUCTION_METRICS,
 }
 DEFAULT_SELECTION = {
     **dict.fromkeys(RETRIEVAL_KINDS, "recall@20"),
     "ranking": "auc",
     "cascade": "retrieval_recall@20",
+    "auction": "realized_welfare",  # welfare_ratio when the auctions are simulated (true CTRs known)
 }
 LOWER_IS_BETTER = {"logloss", "ece"}
 SHARDING_TYPES = ("table_wise", "row_wise", "column_wise", "table_row_wise", "table_column_wise")
@@ -96,8 +111,10 @@ class ModelConfig(_Section):
         return self
 
 
-#: Objectives that train against a reference model's logits (Confidence Ranking).
+#: Objectives that train against a reference model's logits (Confidence Ranking), and those that
+#: may (the welfare rankloss's calibration with a teacher's CTRs).
 REFERENCE_OBJECTIVES = ("confidence_ranking",)
+TEACHER_OBJECTIVES = ("welfare_rankloss",)
 #: The reference that is not a model: each item's smoothed positive rate in the training data.
 ITEM_RATE = "item_rate"
 
@@ -116,6 +133,7 @@ class ObjectiveConfig(_Section):
     # confidence_ranking: the model the new one must beat example by example, normally the one
     # serving now: a registry URI (models:/rankforge-ranker@champion, models:/rankforge-ranker/3),
     # a ranker bundle directory, or "item_rate" (each item's smoothed positive rate, no model).
+    # welfare_rankloss: the teacher whose CTRs calibrate the weights (optional).
     reference: str | None = Field(None, min_length=1)
 
     @model_validator(mode="after")
@@ -125,7 +143,7 @@ class ObjectiveConfig(_Section):
                 f"objective {self.name!r} needs objective.reference: the previous model "
                 '("models:/rankforge-ranker@champion", a version, a bundle path) or "item_rate"'
             )
-        if self.name not in REFERENCE_OBJECTIVES and self.reference is not None:
+        if self.name not in REFERENCE_OBJECTIVES + TEACHER_OBJECTIVES and self.reference is not None:
             raise ValueError(f"objective {self.name!r} uses no reference model; drop objective.reference")
         return self
 
@@ -196,6 +214,25 @@ class MlflowConfig(_Section):
     register_model: bool = True  # false: log the bundle as run artifacts only
 
 
+class AuctionConfig(_Section):
+    """Where an ``auction`` model's training auctions come from (schema: ``features.auctions``);
+    the users' and ads' features come from the ``[data]`` log, whose items are the ads."""
+
+    path: Path | None = None  # an auction log, parquet or CSV
+    simulate: AuctionSimulation | None = None  # or simulated over the synthetic [data] world
+    test_fraction: float = Field(0.2, gt=0, lt=1)  # whole auctions, by a hash of the auction id
+    validation_fraction: float = Field(0.1, ge=0, lt=1)
+    split_seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_source(self) -> AuctionConfig:
+        if (self.path is None) == (self.simulate is None):
+            raise ValueError("auctions: give exactly one of path (an auction log) or simulate")
+        if self.test_fraction + self.validation_fraction >= 1:
+            raise ValueError("auctions: test_fraction + validation_fraction must leave training auctions")
+        return self
+
+
 class CheckpointConfig(_Section):
     resume: bool = True  # pick up an interrupted job's last checkpoint in output_dir
     keep: int = Field(2, ge=1)
@@ -211,6 +248,7 @@ class TrainConfig(_Section):
     sharding: ShardingConfig = ShardingConfig()
     mlflow: MlflowConfig = MlflowConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
+    auctions: AuctionConfig | None = None  # model kind "auction" only
     seed: int = 0
     output_dir: Path = Path("runs/train")
     source_path: Path | None = Field(None, exclude=True)  # the file it was read from, for logging
@@ -236,6 +274,20 @@ class TrainConfig(_Section):
         return self
 
     @model_validator(mode="after")
+    def _auctions_fit_model(self) -> TrainConfig:
+        if (self.model.kind == "auction") != (self.auctions is not None):
+            raise ValueError("model kind 'auction' and the [auctions] section go together")
+        if (
+            self.auctions is not None
+            and self.auctions.simulate is not None
+            and self.data.source != "synthetic"
+        ):
+            raise ValueError(
+                "auctions.simulate draws from the synthetic world: set data.source = 'synthetic'"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _negatives_fit_model(self) -> TrainConfig:
         if self.negatives.count == 0 and self.model.kind != "ranking":
             raise ValueError(f"negatives.count = 0 only applies to ranking, not {self.model.kind!r}")
@@ -254,7 +306,10 @@ class TrainConfig(_Section):
     @property
     def selection(self) -> tuple[str, bool]:
         """(validation metric that selects the best epoch, whether higher is better)."""
-        name = self.training.selection_metric or DEFAULT_SELECTION[self.model.kind]
+        default = DEFAULT_SELECTION[self.model.kind]
+        if self.auctions is not None and self.auctions.simulate is not None:
+            default = "welfare_ratio"
+        name = self.training.selection_metric or default
         return name, name.removeprefix("ranker_") not in LOWER_IS_BETTER
 
     @property
@@ -273,7 +328,7 @@ class TrainConfig(_Section):
     def fingerprint(self) -> str:
         """What a checkpoint must agree on to be resumed: everything that shapes the weights."""
         shaping = self.model_dump(
-            mode="json", include={"data", "model", "objective", "optimizer", "negatives", "seed"}
+            mode="json", include={"data", "model", "objective", "optimizer", "negatives", "auctions", "seed"}
         )
         shaping["batch_size"] = self.training.batch_size
         return json.dumps(shaping, sort_keys=True)
@@ -316,6 +371,9 @@ def load_config(path: str | Path) -> TrainConfig:
     training = config.training.model_copy(
         update={"warm_start": model_spec(config.training.warm_start, folder)}
     )
+    auctions = config.auctions
+    if auctions is not None:
+        auctions = auctions.model_copy(update={"path": under(folder, auctions.path)})
     return config.model_copy(
         update={
             "source_path": path.resolve(),
@@ -323,5 +381,6 @@ def load_config(path: str | Path) -> TrainConfig:
             "output_dir": under(folder, config.output_dir),
             "objective": objective,
             "training": training,
+            "auctions": auctions,
         }
     )

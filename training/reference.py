@@ -111,8 +111,9 @@ class BundleReference:
         order = np.argsort(encoded_history < 0, axis=1, kind="stable")
         encoded_history = np.take_along_axis(encoded_history, order, axis=1)
         genres = self.item_genres[items].numpy()
+        user_idx = users.numpy()
         logits = self.runtime.score_rows(
-            self.user_map[users.numpy()],
+            np.where(user_idx >= 0, self.user_map[np.maximum(user_idx, 0)], -1),  # -1: cold start
             _fit_width(encoded_history, self.bundle.manifest.history_len),
             dense.numpy(),
             item_idx,

@@ -21,6 +21,7 @@ from rankforge.models.scoring import DOT, Scoring
 from rankforge.models.simplex import SimpleX
 from rankforge.models.two_tower import TwoTower, item_features, user_features
 from rankforge.pipelines.train_config import ModelConfig
+from rankforge.training.auction_batches import AuctionBatch
 from rankforge.training.batches import CascadeBatch, RankingBatch, RetrievalBatch
 
 Model = RetrievalModel | RankingModel | CascadeModel
@@ -60,7 +61,7 @@ def build_model(
         return SimpleX(
             data.n_users, data.n_items, dim, config.gamma, config.dropout, scoring, init, device=device
         )
-    if config.kind == "ranking":
+    if config.kind in ("ranking", "auction"):
         return ranker()
     return CascadeModel(two_tower(), ranker())
 
@@ -138,9 +139,42 @@ class CascadeTask(nn.Module):
         return self.loss(retrieval_scores, ranking_scores, labels, mask)
 
 
+class AuctionTask(nn.Module):
+    """DLRM pCTR for every ad of a batch of auctions, ``[A, M]``, and an ``auction`` objective
+    (welfare rankloss, with a teacher's logits when one is named) or a ``ctr`` one (BCE over the
+    shown ads)."""
+
+    def __init__(self, model: RankingModel, loss: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.loss = loss
+
+    def forward(
+        self,
+        dense: torch.Tensor,
+        sparse: KeyedJaggedTensor,
+        labels: torch.Tensor,
+        bids: torch.Tensor,
+        mask: torch.Tensor,
+        teacher_logits: torch.Tensor,
+        has_teacher: bool,
+    ) -> torch.Tensor:
+        logits = self.model(dense, sparse).reshape(labels.shape)
+        if getattr(self.loss, "kind", None) == "auction":
+            return self.loss(logits, labels, bids, mask, teacher_logits if has_teacher else None)
+        return self.loss(logits[mask], labels[mask])
+
+
 def make_task(
-    model: Model, loss: nn.Module, shared_negatives: bool = False, embedding_l2: float = 0.0
+    model: Model,
+    loss: nn.Module,
+    shared_negatives: bool = False,
+    embedding_l2: float = 0.0,
+    auctions: bool = False,
 ) -> nn.Module:
+    if auctions:
+        assert isinstance(model, RankingModel)
+        return AuctionTask(model, loss)
     if isinstance(model, RetrievalModel):
         return RetrievalTask(model, loss, shared_negatives, embedding_l2)
     if isinstance(model, CascadeModel):
@@ -148,8 +182,18 @@ def make_task(
     return RankingTask(model, loss)
 
 
-def task_inputs(batch: RetrievalBatch | RankingBatch | CascadeBatch) -> tuple:
+def task_inputs(batch: RetrievalBatch | RankingBatch | CascadeBatch | AuctionBatch) -> tuple:
     """The positional arguments of the matching task's ``forward``."""
+    if isinstance(batch, AuctionBatch):
+        return (
+            batch.dense,
+            batch.sparse,
+            batch.labels,
+            batch.bids,
+            batch.mask,
+            batch.teacher_logits,
+            batch.has_teacher,
+        )
     if isinstance(batch, RetrievalBatch):
         return batch.user, batch.items, batch.neg_mask
     if isinstance(batch, CascadeBatch):

@@ -24,6 +24,7 @@ from rankforge.features.pipeline import PreparedData
 from rankforge.models.retrieval import RetrievalModel
 from rankforge.models.scoring import Scoring
 from rankforge.pipelines.train_config import OBJECTIVE_KIND, TrainConfig
+from rankforge.training.auction_batches import AuctionBatches
 from rankforge.training.batches import (
     CascadeBatches,
     FeatureTables,
@@ -69,7 +70,13 @@ class Trainer:
         # The objective declares the similarity it trains with; the model keeps it from here on.
         self.scoring = Scoring.of(loss)
         model = build_model(config.model, data, device=torch.device("meta"), scoring=self.scoring)
-        task = make_task(model, loss, config.negatives.shared, config.optimizer.embedding_l2)
+        task = make_task(
+            model,
+            loss,
+            config.negatives.shared,
+            config.optimizer.embedding_l2,
+            auctions=config.model.kind == "auction",
+        )
         self.dmp = shard(task, config.sharding, config.optimizer, env)
         self.optimizer, self._dense_optimizer = build_optimizers(self.dmp, config.optimizer)
         self._keys = (model.user_keys, model.item_keys) if isinstance(model, RetrievalModel) else None
@@ -97,7 +104,7 @@ class Trainer:
         self.stopped_early = False
         self.warm_rows: dict[str, int] = {}  # rows copied by training.warm_start, per id space
 
-    def _batches(self) -> RetrievalBatches | RankingBatches | CascadeBatches:
+    def _batches(self) -> RetrievalBatches | RankingBatches | CascadeBatches | AuctionBatches:
         c = self.config
         sampler = NegativeSampler(
             self.tables.item_events,
@@ -113,6 +120,10 @@ class Trainer:
         )
         if c.model.kind == "cascade":
             return CascadeBatches(self.data, self.tables, sampler, c.negatives.count, **common)
+        if c.model.kind == "auction":
+            if self.data.auctions is None:
+                raise ConfigError("model kind 'auction' needs the data's auctions (pipelines.auction_data)")
+            return AuctionBatches(self.data.auctions.train, self.tables, **common, teacher=self.reference)
         if self._keys is not None:
             return RetrievalBatches(
                 self.data,

@@ -26,11 +26,13 @@ import polars as pl
 import scipy.sparse as sp
 import torch
 
+from rankforge.features.auctions import AuctionTensors
 from rankforge.features.pipeline import PreparedData
 from rankforge.models.cascade import CascadeModel
 from rankforge.models.inputs import padded_to_kjt
 from rankforge.models.ranking import RankingModel
 from rankforge.models.retrieval import RetrievalModel
+from rankforge.training.auction_batches import auction_rows
 from rankforge.training.batches import ITEM_KEYS, USER_KEYS, FeatureTables
 
 KS = (10, 20)
@@ -140,13 +142,54 @@ def ranking_validation(
     return metrics
 
 
+@torch.no_grad()
+def auction_pctr(
+    model: RankingModel, auctions: AuctionTensors, tables: FeatureTables, chunk: int = 2048
+) -> np.ndarray:
+    """The model's pCTR of every ``[A, M]`` slot (padding slots hold some ad's score: mask them)."""
+    was_training = model.training
+    model.eval()
+    try:
+        out = []
+        for start in range(0, auctions.n_auctions, chunk):
+            part = auctions.take(torch.arange(start, min(start + chunk, auctions.n_auctions)))
+            dense, sparse, _, _ = auction_rows(part, tables)
+            out.append(torch.sigmoid(model(dense, sparse)).reshape(part.ads.shape).double().numpy())
+        return np.concatenate(out)
+    finally:
+        model.train(was_training)
+
+
+def auction_validation(
+    model: RankingModel, data: PreparedData, tables: FeatureTables, split: Split
+) -> dict[str, float]:
+    """Welfare, revenue, AUC and LogLoss of the auctions of ``split`` run on the model's pCTRs."""
+    from rankforge.evaluation.auction_metrics import auction_metrics
+
+    assert data.auctions is not None
+    auctions = data.auctions.split(split)
+    if auctions is None:
+        return {}
+    mask = auctions.mask.numpy()
+    return auction_metrics(
+        auction_pctr(model, auctions, tables),
+        auctions.bids.double().numpy(),
+        auctions.clicks.double().numpy(),
+        mask,
+        None if auctions.true_ctr is None else auctions.true_ctr.numpy(),
+    )
+
+
 def validate(
     model: RetrievalModel | RankingModel | CascadeModel,
     data: PreparedData,
     tables: FeatureTables,
     split: Split = "test",
 ) -> dict[str, float]:
-    """Metrics on ``split``; a cascade reports each stage's under ``retrieval_``/``ranker_`` names."""
+    """Metrics on ``split``; a cascade reports each stage's under ``retrieval_``/``ranker_`` names;
+    an auction model (data with auctions) its auctions' welfare."""
+    if data.auctions is not None and isinstance(model, RankingModel):
+        return auction_validation(model, data, tables, split)
     if isinstance(model, CascadeModel):
         return {
             **{
