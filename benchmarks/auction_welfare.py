@@ -17,7 +17,7 @@ import torch
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # a table per run, not a progress bar per batch
 
-from rankforge.pipelines.auction_benchmark import run_benchmark  # noqa: E402
+from rankforge.pipelines.auction_benchmark import run_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -50,7 +50,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--redis-timeout-s", type=float, default=0.25, help="Redis budget per request")
     serve.add_argument("--refresh-interval-s", type=float, default=30.0, help="model refresh; 0 disables it")
     serve.add_argument("--grace-s", type=float, default=5.0, help="drain time for in-flight calls on SIGTERM")
+    serve.add_argument(
+        "--ad-ranker",
+        default=None,
+        help="the Auction RPC's pCTR model (e.g. models:/rankforge-ad-ranker@champion); unset: no ads mode",
+    )
+    serve.add_argument(
+        "--auction-rule", choices=["gsp", "first_price"], default="gsp", help="how auction winners pay"
+    )
     serve.set_defaults(func=_serve)
+
+    auction = subparsers.add_parser(
+        "auction",
+        help="run one ad auction on a running server",
+        description="Send one Auction request (ads and their bids) to a running `rankforge serve "
+        "--ad-ranker ...` and print the ads by eCPM with their pCTR and price.",
+        formatter_class=fmt,
+    )
+    auction.add_argument("--address", default=DEFAULT_ADDRESS, help="host:port of `rankforge serve`")
+    auction.add_argument("--user", type=int, required=True, help="raw user id")
+    auction.add_argument(
+        "--bids", type=_bid_list, required=True, help="comma-separated AD_ID:BID pairs, e.g. 5:1.2,9:0.8"
+    )
+    auction.add_argument(
+        "--context", action="append", default=[], metavar="NAME=VALUE", help="request context"
+    )
+    auction.add_argument("--timeout-s", type=float, default=2.0, help="request deadline")
+    auction.set_defaults(func=_auction)
 
     query = subparsers.add_parser(
         "query",
@@ -108,6 +134,19 @@ def _id_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integer ids, got {text!r}") from exc
 
 
+def _bid_list(text: str) -> list[tuple[int, float]]:
+    out = []
+    for part in (p for p in text.split(",") if p.strip()):
+        ad, sep, bid = part.partition(":")
+        try:
+            if not sep:
+                raise ValueError
+            out.append((int(ad), float(bid)))
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"expected AD_ID:BID pairs, got {part[:40]!r}") from exc
+    return out
+
+
 def _context(pairs: list[str]) -> dict[str, float]:
     out = {}
     for pair in pairs:
@@ -126,7 +165,7 @@ def _serve(args: argparse.Namespace) -> int:
     from rankforge.serving.server import RankingServer, ServerConfig
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if any(s.startswith("models:/") for s in (args.retrieval, args.ranker)):
+    if any(s and s.startswith("models:/") for s in (args.retrieval, args.ranker, args.ad_ranker)):
         configure_mlflow(Settings.from_env(), "rankforge-serving")
     config = ServerConfig(
         retrieval=args.retrieval,
@@ -139,6 +178,8 @@ def _serve(args: argparse.Namespace) -> int:
         refresh_interval_s=args.refresh_interval_s,
         grace_s=args.grace_s,
         limits=ServiceLimits(redis_timeout_s=args.redis_timeout_s),
+        ad_ranker=args.ad_ranker,
+        auction_rule=args.auction_rule,
     )
     try:
         server = RankingServer(config)
@@ -165,10 +206,7 @@ def _query(args: argparse.Namespace) -> int:
         try:
             result = client.rank(args.user, args.k, args.candidates, _context(args.context))
         except grpc.RpcError as exc:
-            hint = ""
-            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                hint = f" (is `rankforge serve` running at {args.address}? see --address)"
-            raise ConfigError(f"{exc.code().name}: {exc.details()}{hint}") from exc
+            raise _rpc_error(exc, args.address) from exc
     print(
         f"request {result.request_id}: retrieval {result.retrieval_version}, ranker "
         f"{result.ranker_version}, features {result.feature_version}, {result.n_ranked} ranked"
@@ -177,6 +215,28 @@ def _query(args: argparse.Namespace) -> int:
     for rank, item in enumerate(result.items, 1):
         retrieval = f"{item.retrieval_score:10.4f}" if item.retrieval_score is not None else f"{'-':>10}"
         print(f"{rank:>4}  {item.item_id:>10}  {item.score:10.4f}  {retrieval}")
+    return 0
+
+
+def _rpc_error(exc: grpc.RpcError, address: str) -> ConfigError:
+    hint = ""
+    if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        hint = f" (is `rankforge serve` running at {address}? see --address)"
+    return ConfigError(f"{exc.code().name}: {exc.details()}{hint}")
+
+
+def _auction(args: argparse.Namespace) -> int:
+    from rankforge.serving.client import RankingClient
+
+    with RankingClient(args.address, timeout_s=args.timeout_s) as client:
+        try:
+            result = client.auction(args.user, args.bids, _context(args.context))
+        except grpc.RpcError as exc:
+            raise _rpc_error(exc, args.address) from exc
+    print(f"request {result.request_id}: ad ranker {result.ranker_version}, rule {result.rule}")
+    print(f"{'pos':>3}  {'ad_id':>8}  {'bid':>8}  {'pctr':>8}  {'ecpm':>8}  {'price':>8}")
+    for pos, ad in enumerate(result.ads, 1):
+        print(f"{pos:>3}  {ad.ad_id:>8}  {ad.bid:8.3f}  {ad.pctr:8.4f}  {ad.ecpm:8.4f}  {ad.price:8.4f}")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""A small typed client for the ``Rank`` RPC: what the CLI, the benchmark and callers use."""
+"""A small typed client for the ``Rank`` and ``Auction`` RPCs: what the CLI, the benchmark and
+callers use."""
 
 from __future__ import annotations
 
@@ -42,6 +43,34 @@ class RankResult:
         )
 
 
+@dataclass(frozen=True)
+class AdOutcome:
+    ad_id: int
+    bid: float
+    pctr: float
+    ecpm: float
+    price: float  # per click, at its position, under the server's rule
+
+
+@dataclass(frozen=True)
+class AuctionResult:
+    ads: list[AdOutcome]  # by eCPM, best first: ads[0] wins
+    rule: str
+    ranker_version: str
+    feature_version: str
+    request_id: str
+
+    @classmethod
+    def from_proto(cls, response: ranking_pb2.AuctionResponse) -> AuctionResult:
+        return cls(
+            ads=[AdOutcome(a.ad_id, a.bid, a.pctr, a.ecpm, a.price) for a in response.ads],
+            rule=response.rule,
+            ranker_version=response.versions.ranker,
+            feature_version=response.versions.features,
+            request_id=response.request_id,
+        )
+
+
 def rank_request(
     user_id: int,
     k: int,
@@ -81,6 +110,25 @@ class RankingClient:
         request = rank_request(user_id, k, candidates, context, request_id)
         response = self._stub.Rank(request, timeout=timeout_s if timeout_s is not None else self.timeout_s)
         return RankResult.from_proto(response)
+
+    def auction(
+        self,
+        user_id: int,
+        bids: Mapping[int, float] | Sequence[tuple[int, float]],
+        context: Mapping[str, float] | None = None,
+        request_id: str = "",
+        timeout_s: float | None = None,
+    ) -> AuctionResult:
+        """Run one auction of ``bids`` (ad id -> cost-per-click bid) for ``user_id``."""
+        pairs = bids.items() if isinstance(bids, Mapping) else bids
+        request = ranking_pb2.AuctionRequest(
+            user_id=user_id,
+            context=dict(context or {}),
+            ads=[ranking_pb2.AdBid(ad_id=int(a), bid=float(b)) for a, b in pairs],
+            request_id=request_id,
+        )
+        response = self._stub.Auction(request, timeout=timeout_s if timeout_s is not None else self.timeout_s)
+        return AuctionResult.from_proto(response)
 
     def health(self, service: str = "", timeout_s: float = 1.0) -> str:
         """``SERVING``, ``NOT_SERVING``, ... as the standard health service reports it."""

@@ -57,6 +57,7 @@ class ModelSource:
 class ServingModels:
     retrieval: RetrievalRuntime
     ranker: RankerRuntime
+    ad_ranker: RankerRuntime | None = None  # the Auction RPC's pCTR model, when configured
 
 
 class _Tracked(Generic[T]):
@@ -78,14 +79,22 @@ class ModelWatcher:
         ranker: ModelSource,
         ort_threads: int = 1,
         on_swap: Callable[[ServingModels], None] | None = None,
+        ad_ranker: ModelSource | None = None,
     ) -> None:
         self._retrieval = _Tracked(retrieval, lambda b, v: load_retrieval(b, v, ort_threads))
         self._ranker = _Tracked(ranker, lambda b, v: load_ranker(b, v, ort_threads))
+        self._ad_ranker = (
+            None if ad_ranker is None else _Tracked(ad_ranker, lambda b, v: load_ranker(b, v, ort_threads))
+        )
         self._on_swap = on_swap
         self._lock = threading.Lock()  # one refresh at a time; readers never take it
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.models = ServingModels(self._retrieval.load(), self._ranker.load())
+        self.models = ServingModels(
+            self._retrieval.load(),
+            self._ranker.load(),
+            None if self._ad_ranker is None else self._ad_ranker.load(),
+        )
 
     def refresh(self) -> bool:
         """Load whichever model has a new version; returns whether anything was swapped.
@@ -95,10 +104,13 @@ class ModelWatcher:
         with self._lock:
             current = self.models
             updated = current
-            for field, tracked, live in (
+            tracked_models: list[tuple[str, _Tracked, str]] = [
                 ("retrieval", self._retrieval, current.retrieval.version),
                 ("ranker", self._ranker, current.ranker.version),
-            ):
+            ]
+            if self._ad_ranker is not None and current.ad_ranker is not None:
+                tracked_models.append(("ad_ranker", self._ad_ranker, current.ad_ranker.version))
+            for field, tracked, live in tracked_models:
                 try:
                     version = tracked.source.current_version()
                     if version != live:

@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 
 MAX_K = 1000
 MAX_CANDIDATES = 10_000
+MAX_ADS = 1_000
+#: Generalised second price (one slot: second price), or every ad paying its bid.
+AUCTION_RULES = ("gsp", "first_price")
 Code = grpc.StatusCode
 T = TypeVar("T")
 
@@ -66,7 +69,11 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
         models: Callable[[], ServingModels],
         reader: FeatureReader,
         limits: ServiceLimits | None = None,
+        auction_rule: str = "gsp",
     ) -> None:
+        if auction_rule not in AUCTION_RULES:
+            raise ValueError(f"auction_rule must be one of {AUCTION_RULES}, got {auction_rule!r}")
+        self.auction_rule = auction_rule
         self._models = models
         self._reader = reader
         self.limits = limits or ServiceLimits()
@@ -76,9 +83,18 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
     def Rank(
         self, request: ranking_pb2.RankRequest, context: grpc.ServicerContext
     ) -> ranking_pb2.RankResponse:
-        request_id = request.request_id or uuid.uuid4().hex
+        return self._answer(self._rank, request, context)
+
+    def Auction(
+        self, request: ranking_pb2.AuctionRequest, context: grpc.ServicerContext
+    ) -> ranking_pb2.AuctionResponse:
+        return self._answer(self._auction, request, context)
+
+    def _answer(self, handler: Callable, request: object, context: grpc.ServicerContext) -> object:
+        """Run ``handler`` and end the RPC with its precise status code on failure."""
+        request_id = request.request_id or uuid.uuid4().hex  # type: ignore[attr-defined]
         try:
-            response = self._rank(request, request_id, context)
+            response = handler(request, request_id, context)
         except RankError as exc:
             self._count(exc.code)
             log.info("rank %s: %s %s", request_id, exc.code.name, exc.message)
@@ -170,7 +186,7 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
 
     def _score(
         self,
-        request: ranking_pb2.RankRequest,
+        request: ranking_pb2.RankRequest | ranking_pb2.AuctionRequest,
         meta: FeatureMeta,
         user: Record,
         records: list[Record],
@@ -206,6 +222,86 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
             [r.ids for r in records],
         )
 
+    # -- ads mode ---------------------------------------------------------------------------------
+
+    def _auction(
+        self, request: ranking_pb2.AuctionRequest, request_id: str, context: grpc.ServicerContext
+    ) -> ranking_pb2.AuctionResponse:
+        ranker = self._models().ad_ranker
+        if ranker is None:
+            raise RankError(
+                Code.FAILED_PRECONDITION, "this server has no ad ranker: start it with --ad-ranker"
+            )
+        ads, bids = self._validate_auction(request)
+        user_id = int(request.user_id)
+        read = self._read(lambda t: self._reader.read(user_id, ads.tolist(), t), context)
+        if read.user is None:
+            raise RankError(
+                Code.NOT_FOUND, f"user {user_id} has no features (feature version {read.version})"
+            )
+        self._check_context_names(request, read.meta, ranker)
+        missing = [a for a, rec in zip(ads.tolist(), read.items, strict=True) if rec is None]
+        if missing:
+            raise RankError(
+                Code.NOT_FOUND,
+                f"{len(missing)} ad(s) have no features (feature version {read.version}): "
+                f"{_ids_preview(missing)}",
+            )
+        records: list[Record] = list(read.items)  # type: ignore[arg-type]
+        logits = self._score(request, read.meta, read.user, records, ads, read.user.ids, ranker, user_id)
+        if not np.isfinite(logits).all():
+            raise RankError(
+                Code.INTERNAL,
+                f"the ad ranker {ranker.version} produced a non-finite score for "
+                f"{int((~np.isfinite(logits)).sum())} of {len(ads)} ad(s)",
+            )
+        pctr = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+        ecpm = bids * pctr
+        order = np.argsort(-ecpm, kind="stable")
+        if self.auction_rule == "gsp":
+            next_ecpm = np.append(ecpm[order][1:], 0.0)
+            price = np.minimum(next_ecpm / np.maximum(pctr[order], 1e-12), bids[order])
+        else:
+            price = bids[order]
+        self._check_deadline(context)
+        return ranking_pb2.AuctionResponse(
+            ads=[
+                ranking_pb2.AdResult(
+                    ad_id=int(ads[i]),
+                    bid=float(bids[i]),
+                    pctr=float(pctr[i]),
+                    ecpm=float(ecpm[i]),
+                    price=float(p),
+                )
+                for i, p in zip(order, price, strict=True)
+            ],
+            versions=ranking_pb2.ModelVersions(ranker=ranker.version, features=read.version),
+            request_id=request_id,
+            rule=self.auction_rule,
+        )
+
+    def _validate_auction(self, request: ranking_pb2.AuctionRequest) -> tuple[np.ndarray, np.ndarray]:
+        n = len(request.ads)
+        if n == 0:
+            raise RankError(Code.INVALID_ARGUMENT, "an auction needs at least one ad")
+        if n > MAX_ADS:
+            raise RankError(Code.INVALID_ARGUMENT, f"at most {MAX_ADS} ads per auction, got {n}")
+        for name, value in request.context.items():
+            if not math.isfinite(value):
+                raise RankError(
+                    Code.INVALID_ARGUMENT, f"context feature {name[:64]!r} is not finite: {value}"
+                )
+        ads = np.array([a.ad_id for a in request.ads], dtype=np.int64)
+        bids = np.array([a.bid for a in request.ads], dtype=np.float64)
+        bad = ~np.isfinite(bids) | (bids <= 0)
+        if bad.any():
+            shown = ", ".join(f"{a}: {b}" for a, b in zip(ads[bad][:5], bids[bad][:5], strict=True))
+            raise RankError(Code.INVALID_ARGUMENT, f"bids must be finite numbers > 0; got {shown}")
+        unique, counts = np.unique(ads, return_counts=True)
+        if (counts > 1).any():
+            raise RankError(Code.INVALID_ARGUMENT, f"duplicate ad ids: {_ids_preview(unique[counts > 1])}")
+        return ads, bids
+
     # -- checks -----------------------------------------------------------------------------------
 
     def _validate(self, request: ranking_pb2.RankRequest, models: ServingModels) -> list[int] | None:
@@ -231,7 +327,9 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
 
     @staticmethod
     def _check_context_names(
-        request: ranking_pb2.RankRequest, meta: FeatureMeta, ranker: RankerRuntime
+        request: ranking_pb2.RankRequest | ranking_pb2.AuctionRequest,
+        meta: FeatureMeta,
+        ranker: RankerRuntime,
     ) -> None:
         """Context may override the ranker's user-side dense features, nothing else."""
         allowed = [n for n in ranker.dense_features if n in meta.user_dense]

@@ -42,19 +42,26 @@ class ServerConfig:
     refresh_interval_s: float = 30.0  # 0 disables model refresh
     grace_s: float = 5.0
     limits: ServiceLimits = field(default_factory=ServiceLimits)
+    ad_ranker: str | None = None  # the Auction RPC's model (models:/rankforge-ad-ranker@champion)
+    auction_rule: str = "gsp"  # or "first_price"
 
 
 class RankingServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.watcher = ModelWatcher(
-            ModelSource(config.retrieval), ModelSource(config.ranker), ort_threads=config.ort_threads
+            ModelSource(config.retrieval),
+            ModelSource(config.ranker),
+            ort_threads=config.ort_threads,
+            ad_ranker=None if config.ad_ranker is None else ModelSource(config.ad_ranker),
         )
         client = connect(
             config.redis_url, timeout_s=config.limits.redis_timeout_s, max_connections=config.workers * 2
         )
         self.reader = FeatureReader(client, KeyLayout(config.feature_prefix))
-        self.service = RankingService(lambda: self.watcher.models, self.reader, config.limits)
+        self.service = RankingService(
+            lambda: self.watcher.models, self.reader, config.limits, auction_rule=config.auction_rule
+        )
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="rankforge-rpc"),

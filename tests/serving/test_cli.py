@@ -25,6 +25,19 @@ def test_query_reports_status_errors(server, capsys) -> None:
     assert "NAME=NUMBER" in capsys.readouterr().err
 
 
+def test_auction_prints_the_ads_by_ecpm_and_bad_bids_exit_2(
+    make_server, bundles, feature_version, user_id, capsys
+) -> None:
+    server = make_server(ad_ranker=str(bundles.ranker))
+    args = ["auction", "--address", server.address, "--user", str(user_id)]
+    assert main([*args, "--bids", "5:1.0,6:2.5,7:0.4"]) == 0
+    out = capsys.readouterr().out
+    assert "rule gsp" in out and len([ln for ln in out.splitlines() if ln.strip()[:1] in "123"]) == 3
+    assert main([*args, "--bids", "5:1.0,6:-1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "INVALID_ARGUMENT" in err and "6: -1.0" in err
+
+
 def test_materialize_writes_a_new_current_version(redis_url, redis_client, layout, tmp_path, capsys) -> None:
     config = tmp_path / "data.yaml"
     config.write_text("data:\n  synthetic:\n    n_users: 20\n    n_items: 60\n")
