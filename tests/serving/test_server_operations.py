@@ -71,7 +71,7 @@ def test_health_and_reflection(server) -> None:
         assert "grpc.health.v1.Health" in services
         file = database.FindFileContainingSymbol(SERVICE_NAME)
         assert file.name == "rankforge/v1/ranking.proto"
-        assert [m.name for m in file.service[0].method] == ["Rank"]
+        assert [m.name for m in file.service[0].method] == ["Rank", "Auction"]
 
 
 def test_graceful_shutdown_finishes_in_flight_requests(make_server, stalled_redis, user_id) -> None:
