@@ -20,6 +20,7 @@ import numpy as np
 import polars as pl
 
 from rankforge.errors import ConfigError, DataError
+from rankforge.evaluation.auction_metrics import auction_outcomes
 from rankforge.evaluation.bootstrap import Interval, bootstrap, paired_bootstrap_difference
 from rankforge.evaluation.metrics import (
     auc,
@@ -31,6 +32,7 @@ from rankforge.evaluation.metrics import (
 )
 from rankforge.evaluation.plots import plot_calibration, plot_metric_at_k, plot_roc
 from rankforge.evaluation.replay import ReplayLog, per_event_terms
+from rankforge.features.auctions import AuctionTensors, encode_auctions, read_auctions
 from rankforge.features.pipeline import PreparedData
 from rankforge.pipelines.bundle_scoring import (
     RetrievalScores,
@@ -61,6 +63,9 @@ class ABConfig:
     # ranker, otherwise each item's smoothed positive rate in training.
     reward_model: str | None = None
     experiment: str = "rankforge-evaluation"
+    # ranker bundles: also run the auctions of this held-out auction log (parquet/CSV) on the
+    # bundles' pCTRs and report welfare and revenue (see evaluation.auction_metrics)
+    auctions: str | None = None
 
 
 @dataclass
@@ -149,6 +154,56 @@ def _ranker_evaluation(bundle: Bundle, data: PreparedData, events: pl.DataFrame)
         pass
     return ModelEvaluation(
         label="", metrics=metrics, statistics=stats, curves={"labels": labels, "probs": probs}
+    )
+
+
+#: What an auction log adds to a ranker's evaluation; each is a per-auction statistic.
+AUCTION_METRICS = (
+    "welfare_ratio",
+    "expected_welfare",
+    "realized_welfare",
+    "expected_revenue",
+    "realized_revenue",
+)
+
+
+def held_out_auctions(path: str, data: PreparedData) -> AuctionTensors:
+    """A held-out auction log, encoded with the evaluation data's ids (its ads' features)."""
+    return encode_auctions(read_auctions(path), data.mapping)
+
+
+def _auction_evaluation(bundle: Bundle, data: PreparedData, auctions: AuctionTensors) -> ModelEvaluation:
+    """The auctions run on the bundle's served pCTRs: welfare (and its ratio to the oracle when the
+    log has true CTRs) and second-price revenue, each a statistic over resampled auctions."""
+    ads = np.where(auctions.mask.numpy(), auctions.ads.numpy(), auctions.ads.numpy()[:, :1])
+    pairs = pl.DataFrame(
+        {"user_idx": np.repeat(auctions.users.numpy(), ads.shape[1]), "item_idx": ads.reshape(-1)}
+    )
+    pctr = ranker_probabilities(bundle, pairs, data).reshape(ads.shape)
+    true_ctr = None if auctions.true_ctr is None else auctions.true_ctr.numpy()
+    out = auction_outcomes(
+        pctr,
+        auctions.bids.double().numpy(),
+        auctions.clicks.double().numpy(),
+        auctions.mask.numpy(),
+        true_ctr,
+    )
+    stats: dict[str, Statistic] = {
+        "realized_welfare": _mean_of(out.realized_welfare),
+        "realized_revenue": _mean_of(out.realized_revenue),
+    }
+    if true_ctr is not None:
+        stats.update(
+            welfare_ratio=out.welfare_ratio,
+            expected_welfare=_mean_of(out.expected_welfare),
+            expected_revenue=_mean_of(out.expected_revenue),
+        )
+    every = np.arange(auctions.n_auctions)
+    return ModelEvaluation(
+        label="",
+        metrics={name: stat(every) for name, stat in stats.items()},
+        statistics=stats,
+        notes={"evaluated_auctions": auctions.n_auctions},
     )
 
 
@@ -244,18 +299,31 @@ def evaluate_bundle(
     if r_hat_slate is None:
         r_hat_slate = reward_estimates(data, log, reward_model_bundle(config, bundle))
     replay = _replay_evaluation(bundle, data, log, config.policy_temperature, r_hat_slate)
+    auction = (
+        _auction_evaluation(bundle, data, held_out_auctions(config.auctions, data))
+        if config.auctions is not None and bundle.manifest.kind == "ranker"
+        else ModelEvaluation(label="", metrics={}, statistics={})
+    )
     evaluation = ModelEvaluation(
         label=str(bundle.directory),
-        metrics={**offline.metrics, **{f"replay_{k}": v for k, v in replay.metrics.items()}},
-        statistics={**offline.statistics, **{f"replay_{k}": v for k, v in replay.statistics.items()}},
+        metrics={
+            **offline.metrics,
+            **auction.metrics,
+            **{f"replay_{k}": v for k, v in replay.metrics.items()},
+        },
+        statistics={
+            **offline.statistics,
+            **auction.statistics,
+            **{f"replay_{k}": v for k, v in replay.statistics.items()},
+        },
         curves=offline.curves,
-        notes={**offline.notes, **replay.notes},
+        notes={**offline.notes, **auction.notes, **replay.notes},
     )
     n_offline = len(users) if users is not None else len(events) if events is not None else 0
     evaluation.intervals = {
         name: bootstrap(
             evaluation.statistics[name],
-            len(log) if name.startswith("replay_") else n_offline,
+            _rows(name, log.height, n_offline, auction.notes.get("evaluated_auctions", 0)),
             n_resamples=config.n_resamples,
             confidence=config.confidence,
             seed=config.seed,
@@ -263,6 +331,13 @@ def evaluate_bundle(
         for name in evaluation.metrics
     }
     return evaluation
+
+
+def _rows(metric: str, replay_events: int, offline: int, auctions: int) -> int:
+    """How many rows a metric's statistic resamples: replay events, auctions, or held-out rows."""
+    if metric.startswith("replay_"):
+        return replay_events
+    return auctions if metric in AUCTION_METRICS else offline
 
 
 def _evaluable(scored: RetrievalScores) -> np.ndarray:
@@ -308,7 +383,7 @@ def compare(
         name: paired_bootstrap_difference(
             new.statistics[name],
             old.statistics[name],
-            log.height if name.startswith("replay_") else n_offline,
+            _rows(name, log.height, n_offline, old.notes.get("evaluated_auctions", 0)),
             n_resamples=config.n_resamples,
             confidence=config.confidence,
             seed=config.seed,

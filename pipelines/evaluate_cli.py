@@ -33,6 +33,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help="ranker (models:/ URI or bundle path) whose P(positive) is DR's reward model; "
         "default: the (champion) model itself if it is a ranker, else item positive rates",
     )
+    parser.add_argument(
+        "--auctions",
+        default=None,
+        help="held-out auction log (parquet/CSV): ranker models are also judged by the welfare and "
+        "revenue of these auctions run on their pCTRs (welfare_ratio needs the log's true_ctr)",
+    )
     parser.add_argument("--ks", type=int, nargs="+", default=[10, 20], help="cutoffs for @K metrics")
     parser.add_argument(
         "--policy-temperature",
@@ -60,6 +66,7 @@ def _setup(args: argparse.Namespace) -> tuple[DataConfig, ABConfig]:
         experiment=args.experiment,
         reward_model=args.reward_model,
         policy_temperature=args.policy_temperature,
+        auctions=args.auctions,
     )
     return data, config
 

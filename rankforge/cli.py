@@ -15,6 +15,7 @@ from rankforge.quiet import quiet_third_party
 
 COMMAND_MODULES: tuple[str, ...] = (
     "rankforge.pipelines.demo_cli",
+    "rankforge.pipelines.auction_cli",
     "rankforge.pipelines.evaluate_cli",
     "rankforge.pipelines.train_cli",
     "rankforge.pipelines.quality_cli",
