@@ -30,7 +30,8 @@ def _run(args: argparse.Namespace) -> int:
     _quiet_libraries()
     from rankforge.pipelines.demo import run_demo  # heavy imports only when the job runs
 
-    run_demo(args.retrieval_config, args.ranking_config, n_users=args.users, k=args.k)
+    ads = None if args.ads_config.lower() == "none" else args.ads_config
+    run_demo(args.retrieval_config, args.ranking_config, n_users=args.users, k=args.k, ads_config=ads)
     return 0
 
 
@@ -43,6 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--retrieval-config", default="configs/retrieval.toml")
     parser.add_argument("--ranking-config", default="configs/ranking.toml")
+    parser.add_argument(
+        "--ads-config", default="configs/ads.toml", help="the ads path's config ('none' skips the ads path)"
+    )
     parser.add_argument("--users", type=int, default=3, help="how many held-out users to query")
     parser.add_argument("--k", type=int, default=5, help="items per answer")
     parser.set_defaults(func=_run)

@@ -35,6 +35,7 @@ def test_demo_end_to_end(rankforge_home: Path, redis_url: str, tmp_path: Path) -
         n_users=3,
         k=4,
         say=lines.append,
+        ads_config=small("configs/ads.toml", tmp_path),
     )
     client = MlflowClient()
     for name, trained in (("rankforge-retrieval", result.retrieval), ("rankforge-ranker", result.ranker)):
@@ -54,6 +55,18 @@ def test_demo_end_to_end(rankforge_home: Path, redis_url: str, tmp_path: Path) -
     assert any(line.startswith("      user ") for line in lines)
     assert pl.Series(list(result.answers)).is_unique().all()
     assert all(d.reasons == ["version 1 already is the champion"] for d in result.decisions.values())
+    # the ads path: BCE is the first (champion) ad ranker, the welfare-rankloss one challenges it on
+    # held-out auctions, and the server runs an auction with whichever is champion
+    bce, welfare = result.ad_rankers
+    assert (bce.registered.version, welfare.registered.version) == (1, 2)
+    assert "welfare_ratio" in bce.metrics and "welfare_ratio" in welfare.metrics
+    assert any("welfare_ratio (higher is better)" in line for line in lines)
+    champion = int(client.get_model_version_by_alias("rankforge-ad-ranker", "champion").version)
+    auction = result.auction
+    assert auction is not None and auction.ranker_version == f"rankforge-ad-ranker/{champion}"
+    ecpms = [a.ecpm for a in auction.ads]
+    assert len(ecpms) == 5 and ecpms == sorted(ecpms, reverse=True)
+    assert all(0 <= a.price <= a.bid for a in auction.ads)
 
     # the scheduled re-run trains different models (another seed, as new data would; a
     # byte-identical model is not registered again): new versions challenge the champions and the
@@ -64,6 +77,7 @@ def test_demo_end_to_end(rankforge_home: Path, redis_url: str, tmp_path: Path) -
         n_users=2,
         k=3,
         say=lines.append,
+        ads_config=None,
     )
     for name, decision in again.decisions.items():
         assert (decision.champion_version, decision.challenger_version) == (1, 2)
