@@ -35,6 +35,41 @@ log = logging.getLogger(__name__)
 MAX_K = 1000
 MAX_CANDIDATES = 10_000
 MAX_ADS = 1_000
+MAX_REQUEST_ID = 128
+#: Context values are fed to the graphs as float32: anything beyond this would be infinite there.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def preview(text: str, limit: int = 64) -> str:
+    """``text`` quoted, cut to ``limit`` characters (with the full length) when longer."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
+@dataclass(frozen=True)
+class Undecodable:
+    """What the safe deserializer hands the service for bytes that are not a valid message."""
+
+    message: str
+    size: int
+
+
+def safe_deserializer(message_type: type) -> Callable[[bytes], object]:
+    """A request deserializer that never raises: undecodable bytes become :class:`Undecodable`,
+    which the service answers with INVALID_ARGUMENT (gRPC's own path answers INTERNAL and logs a
+    traceback per request)."""
+    name = message_type.DESCRIPTOR.full_name
+
+    def deserialize(data: bytes) -> object:
+        try:
+            return message_type.FromString(data)
+        except Exception:  # protobuf's DecodeError and friends: the caller sent garbage
+            return Undecodable(name, len(data))
+
+    return deserialize
+
+
 #: Generalised second price (one slot: second price), or every ad paying its bid.
 AUCTION_RULES = ("gsp", "first_price")
 Code = grpc.StatusCode
@@ -91,9 +126,25 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
         return self._answer(self._auction, request, context)
 
     def _answer(self, handler: Callable, request: object, context: grpc.ServicerContext) -> object:
-        """Run ``handler`` and end the RPC with its precise status code on failure."""
-        request_id = request.request_id or uuid.uuid4().hex  # type: ignore[attr-defined]
+        """Run ``handler`` and end the RPC with its precise status code on failure.
+
+        Messages and logs quote at most a short prefix of anything the caller sent (an echoed
+        1 MB field would push the status past gRPC's metadata limit and flood the log)."""
+        if isinstance(request, Undecodable):
+            self._count(Code.INVALID_ARGUMENT)
+            log.info("undecodable %s request (%d bytes)", request.message, request.size)
+            context.abort(
+                Code.INVALID_ARGUMENT, f"the request is not a valid {request.message} ({request.size} bytes)"
+            )
+        given = request.request_id  # type: ignore[attr-defined]
+        request_id = given or uuid.uuid4().hex
         try:
+            if len(given) > MAX_REQUEST_ID:
+                request_id = uuid.uuid4().hex
+                raise RankError(
+                    Code.INVALID_ARGUMENT,
+                    f"request_id is {len(given)} characters; at most {MAX_REQUEST_ID}: {preview(given)}",
+                )
             response = handler(request, request_id, context)
         except RankError as exc:
             self._count(exc.code)
@@ -101,8 +152,8 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
             context.abort(exc.code, f"{exc.message} (request_id={request_id})")
         except DataError as exc:  # corrupt feature record, bundle/store mismatch
             self._count(Code.INTERNAL)
-            log.exception("rank %s failed", request_id)
-            context.abort(Code.INTERNAL, f"{exc} (request_id={request_id})")
+            log.error("rank %s failed: %s", request_id, preview(str(exc), 300))
+            context.abort(Code.INTERNAL, f"{preview(str(exc), 300)} (request_id={request_id})")
         self._count(Code.OK)
         return response
 
@@ -166,6 +217,7 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
 
         self._check_deadline(context)
         logits = self._score(request, read.meta, read.user, records, item_raw, history_raw, ranker, user_id)
+        _check_scores(logits, f"ranker {ranker.version}")
         order = np.argsort(-logits, kind="stable")[: request.k]
         self._check_deadline(context)
         return ranking_pb2.RankResponse(
@@ -249,12 +301,7 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
             )
         records: list[Record] = list(read.items)  # type: ignore[arg-type]
         logits = self._score(request, read.meta, read.user, records, ads, read.user.ids, ranker, user_id)
-        if not np.isfinite(logits).all():
-            raise RankError(
-                Code.INTERNAL,
-                f"the ad ranker {ranker.version} produced a non-finite score for "
-                f"{int((~np.isfinite(logits)).sum())} of {len(ads)} ad(s)",
-            )
+        _check_scores(logits, f"ad ranker {ranker.version}")
         pctr = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
         ecpm = bids * pctr
         order = np.argsort(-ecpm, kind="stable")
@@ -286,11 +333,7 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
             raise RankError(Code.INVALID_ARGUMENT, "an auction needs at least one ad")
         if n > MAX_ADS:
             raise RankError(Code.INVALID_ARGUMENT, f"at most {MAX_ADS} ads per auction, got {n}")
-        for name, value in request.context.items():
-            if not math.isfinite(value):
-                raise RankError(
-                    Code.INVALID_ARGUMENT, f"context feature {name[:64]!r} is not finite: {value}"
-                )
+        _check_context_values(request)
         ads = np.array([a.ad_id for a in request.ads], dtype=np.int64)
         bids = np.array([a.bid for a in request.ads], dtype=np.float64)
         bad = ~np.isfinite(bids) | (bids <= 0)
@@ -308,9 +351,7 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
         lim = self.limits
         if not 1 <= request.k <= lim.max_k:
             raise RankError(Code.INVALID_ARGUMENT, f"k must be in 1..{lim.max_k}, got {request.k}")
-        for name, value in request.context.items():
-            if not math.isfinite(value):
-                raise RankError(Code.INVALID_ARGUMENT, f"context feature {name!r} is not finite: {value}")
+        _check_context_values(request)
         if not request.HasField("candidates"):
             return None
         ids = list(request.candidates.item_ids)
@@ -335,8 +376,10 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
         allowed = [n for n in ranker.dense_features if n in meta.user_dense]
         unknown = sorted(set(request.context) - set(allowed))
         if unknown:
+            shown = ", ".join(preview(name, 40) for name in unknown[:5])
+            more = f" (+{len(unknown) - 5} more)" if len(unknown) > 5 else ""
             raise RankError(
-                Code.INVALID_ARGUMENT, f"unknown context feature(s) {unknown}; allowed: {allowed}"
+                Code.INVALID_ARGUMENT, f"unknown context feature(s) {shown}{more}; allowed: {allowed}"
             )
 
     def _budget(self, context: grpc.ServicerContext) -> float:
@@ -368,6 +411,30 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:
             raise RankError(Code.DEADLINE_EXCEEDED, "deadline expired while ranking")
+
+
+def _check_context_values(request: ranking_pb2.RankRequest | ranking_pb2.AuctionRequest) -> None:
+    """Context values must be finite and fit float32 (the graphs' input type): 1e39 is finite as
+    a double but infinite as a float32, and would turn every score into NaN."""
+    for name, value in request.context.items():
+        if not math.isfinite(value):
+            raise RankError(
+                Code.INVALID_ARGUMENT, f"context feature {preview(name, 40)} is not finite: {value}"
+            )
+        if abs(value) > FLOAT32_MAX:
+            raise RankError(
+                Code.INVALID_ARGUMENT, f"context feature {preview(name, 40)} overflows float32: {value:g}"
+            )
+
+
+def _check_scores(logits: np.ndarray, model: str) -> None:
+    """A model that outputs NaN or infinity fails the request: never OK with meaningless scores."""
+    bad = ~np.isfinite(logits)
+    if bad.any():
+        raise RankError(
+            Code.INTERNAL,
+            f"the model {model} produced a non-finite score for {int(bad.sum())} of {len(logits)}",
+        )
 
 
 def _known(indices: np.ndarray) -> np.ndarray:

@@ -20,8 +20,8 @@ from grpc_reflection.v1alpha import reflection
 from rankforge.serving.feature_layout import DEFAULT_PREFIX, KeyLayout
 from rankforge.serving.feature_reader import FeatureReader, connect
 from rankforge.serving.model_source import ModelSource, ModelWatcher
-from rankforge.serving.proto import SERVICE_NAME, ranking_pb2, ranking_pb2_grpc
-from rankforge.serving.ranking_service import RankingService, ServiceLimits
+from rankforge.serving.proto import SERVICE_NAME, ranking_pb2
+from rankforge.serving.ranking_service import RankingService, ServiceLimits, safe_deserializer
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,26 @@ class ServerConfig:
     auction_rule: str = "gsp"  # or "first_price"
 
 
+def service_handler(service: RankingService) -> grpc.GenericRpcHandler:
+    """The RankingService methods, registered with deserializers that never raise (see
+    ``safe_deserializer``): bytes that are not a valid request answer INVALID_ARGUMENT."""
+
+    def method(call, request_type, response_type) -> grpc.RpcMethodHandler:
+        return grpc.unary_unary_rpc_method_handler(
+            call,
+            request_deserializer=safe_deserializer(request_type),
+            response_serializer=response_type.SerializeToString,
+        )
+
+    return grpc.method_handlers_generic_handler(
+        SERVICE_NAME,
+        {
+            "Rank": method(service.Rank, ranking_pb2.RankRequest, ranking_pb2.RankResponse),
+            "Auction": method(service.Auction, ranking_pb2.AuctionRequest, ranking_pb2.AuctionResponse),
+        },
+    )
+
+
 class RankingServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
@@ -67,7 +87,7 @@ class RankingServer:
             futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="rankforge-rpc"),
             options=[("grpc.so_reuseport", 0)],
         )
-        ranking_pb2_grpc.add_RankingServiceServicer_to_server(self.service, self.server)
+        self.server.add_generic_rpc_handlers((service_handler(self.service),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (

@@ -104,7 +104,7 @@ def start_server(
     limits = overrides.pop("limits", ServiceLimits())
     config = ServerConfig(
         retrieval=str(retrieval or bundles.retrieval),
-        ranker=str(bundles.ranker),
+        ranker=str(overrides.pop("ranker", bundles.ranker)),
         redis_url=redis_url,
         feature_prefix=layout.prefix,
         port=0,
