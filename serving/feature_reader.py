@@ -17,7 +17,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from rankforge.errors import RankforgeError
+from rankforge.errors import DataError, RankforgeError
 from rankforge.serving.feature_layout import FeatureMeta, KeyLayout, Record, unpack
 
 
@@ -27,6 +27,10 @@ class FeatureStoreUnavailable(RuntimeError):
 
 class FeatureStoreEmpty(RankforgeError):
     """No feature version has been materialised under this prefix."""
+
+
+class FeatureStoreCorrupt(DataError):
+    """A key holds something the feature layout never writes (another Redis type, say)."""
 
 
 @dataclass(frozen=True)
@@ -123,10 +127,17 @@ class FeatureReader:
             replies = []
             for _ in commands:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                # Spent budget: the reply may have arrived while this thread waited for a CPU (a
+                # busy server), not for Redis; only a reply that is not there yet is Redis's delay.
+                if remaining <= 0 and not conn.can_read(timeout=0):
                     raise redis.TimeoutError("request budget spent waiting for Redis")
-                replies.append(conn.read_response(timeout=remaining))
+                replies.append(conn.read_response(timeout=max(remaining, 0.001)))
             return replies
+        except redis.ResponseError as exc:
+            conn.disconnect()  # later replies of this pipeline are still on the socket
+            raise FeatureStoreCorrupt(
+                f"feature store error on {commands[0][0]} {str(commands[0][1])[:80]!r}: {str(exc)[:120]}"
+            ) from exc
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             conn.disconnect()  # a reply may still be in flight: never reuse this socket
             raise FeatureStoreUnavailable(f"Redis did not answer: {exc}") from exc

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import polars as pl
 import pytest
@@ -11,6 +13,7 @@ from rankforge.features.aggregates import ITEM_DENSE, USER_DENSE
 from rankforge.serving.feature_layout import KeyLayout, pack, unpack
 from rankforge.serving.feature_reader import (
     FeatureReader,
+    FeatureStoreCorrupt,
     FeatureStoreEmpty,
     FeatureStoreUnavailable,
     connect,
@@ -78,3 +81,41 @@ def test_empty_store_and_dead_store_errors(redis_client, layout, closed_port) ->
     dead = FeatureReader(connect(f"redis://127.0.0.1:{closed_port}/0", timeout_s=0.2), layout)
     with pytest.raises(FeatureStoreUnavailable):
         dead.read(1, [], 1.0)
+
+
+@pytest.mark.redis
+def test_a_key_of_the_wrong_type_is_a_clear_corruption_error(redis_client, layout, serving_data) -> None:
+    FeatureWriter(redis_client, layout, ttl_s=120).write(serving_data, version="v")
+    redis_client.delete(layout.current)
+    redis_client.hset(layout.current, "field", "value")  # a hash where a string pointer belongs
+    reader = FeatureReader(redis_client, layout)
+    with pytest.raises(FeatureStoreCorrupt, match=r"feature store error on GET .*WRONGTYPE"):
+        reader.read(1, [1], 1.0)
+    redis_client.delete(layout.current)
+    redis_client.set(layout.current, "v")
+    assert reader.read(1, [1], 1.0).version == "v"  # the connection was not left half-read
+
+
+@pytest.mark.redis
+def test_a_reply_that_arrived_while_the_thread_waited_for_a_cpu_is_read(
+    redis_client, layout, serving_data
+) -> None:
+    """The budget counts Redis's delay, not the server's: a thread descheduled right after sending
+    (a busy host) finds the reply already there and uses it instead of failing UNAVAILABLE."""
+    FeatureWriter(redis_client, layout, ttl_s=120).write(serving_data, version="v")
+    reader = FeatureReader(redis_client, layout)
+    reader.read(1, [1], 1.0)  # resolve the version: the next read is one round trip
+    pool = redis_client.connection_pool
+    conn = pool.get_connection()
+    send = conn.send_packed_command
+
+    def send_then_lose_the_cpu(*args: object, **kwargs: object) -> None:
+        send(*args, **kwargs)
+        time.sleep(0.15)  # longer than the whole budget below
+
+    conn.send_packed_command = send_then_lose_the_cpu
+    pool.release(conn)
+    try:
+        assert reader.read(1, [1], 0.05).user is not None
+    finally:
+        conn.send_packed_command = send

@@ -79,3 +79,14 @@ def test_undecodable_bytes_are_invalid_argument_without_a_traceback(
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "not a valid rankforge.v1.RankRequest" in err.details()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+def test_a_feature_store_key_of_the_wrong_type_is_internal_with_a_clear_message(
+    server, redis_client, layout, user_id
+) -> None:
+    redis_client.delete(layout.current)
+    redis_client.hset(layout.current, "oops", "1")
+    with RankingClient(server.address) as client:
+        err = _status(lambda: client.rank(user_id, k=3))
+    assert err.code() == grpc.StatusCode.INTERNAL
+    assert "feature store error" in err.details() and "WRONGTYPE" in err.details()
