@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
+import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -47,10 +49,26 @@ class ModelSource:
         return f"{directory.name}@{digest.hexdigest()[:12]}"
 
     def load(self, version: str) -> Bundle:
-        """The bundle of exactly ``version`` (never whatever the alias points at a moment later)."""
+        """The bundle of exactly ``version`` (never whatever the alias points at a moment later).
+        A registry version is downloaded into a fresh temporary directory, removed again if the
+        download fails."""
+        if not self.is_registry:
+            return download_bundle(Path(self.spec).resolve())
+        target = Path(tempfile.mkdtemp(prefix="rankforge-serving-"))
+        try:
+            return download_bundle(f"models:/{version}", target)
+        except BaseException:
+            shutil.rmtree(target, ignore_errors=True)
+            raise
+
+    def discard(self, bundle: Bundle) -> None:
+        """Remove a downloaded bundle's temporary files (registry sources only)."""
         if self.is_registry:
-            return download_bundle(f"models:/{version}")
-        return download_bundle(Path(self.spec).resolve())
+            root = bundle.directory
+            while root.parent != root and not root.name.startswith("rankforge-serving-"):
+                root = root.parent
+            if root.name.startswith("rankforge-serving-"):
+                shutil.rmtree(root, ignore_errors=True)
 
 
 @dataclass(frozen=True)
@@ -67,7 +85,12 @@ class _Tracked(Generic[T]):
 
     def load(self, version: str | None = None) -> T:
         version = version or self.source.current_version()
-        return self.loader(self.source.load(version), version)
+        bundle = self.source.load(version)
+        try:
+            return self.loader(bundle, version)
+        except BaseException:
+            self.source.discard(bundle)  # a broken bundle leaves nothing behind
+            raise
 
 
 class ModelWatcher:
@@ -80,6 +103,7 @@ class ModelWatcher:
         ort_threads: int = 1,
         on_swap: Callable[[ServingModels], None] | None = None,
         ad_ranker: ModelSource | None = None,
+        on_failure: Callable[[str, str, str], None] | None = None,
     ) -> None:
         self._retrieval = _Tracked(retrieval, lambda b, v: load_retrieval(b, v, ort_threads))
         self._ranker = _Tracked(ranker, lambda b, v: load_ranker(b, v, ort_threads))
@@ -87,6 +111,9 @@ class ModelWatcher:
             None if ad_ranker is None else _Tracked(ad_ranker, lambda b, v: load_ranker(b, v, ort_threads))
         )
         self._on_swap = on_swap
+        self._on_failure = on_failure
+        self.failed: dict[tuple[str, str], str] = {}  # (model, version) -> why it did not load
+        self.refresh_failures = 0  # a counter for monitoring
         self._lock = threading.Lock()  # one refresh at a time; readers never take it
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -111,19 +138,38 @@ class ModelWatcher:
             if self._ad_ranker is not None and current.ad_ranker is not None:
                 tracked_models.append(("ad_ranker", self._ad_ranker, current.ad_ranker.version))
             for field, tracked, live in tracked_models:
+                version = None
                 try:
                     version = tracked.source.current_version()
-                    if version != live:
+                    if version != live and (field, version) not in self.failed:
                         updated = replace(updated, **{field: tracked.load(version)})
                         log.info("loaded %s model %s (was %s)", field, version, live)
-                except Exception:
-                    log.exception("refreshing the %s model from %s failed", field, tracked.source.spec)
+                except Exception as exc:
+                    self._failed(field, version or "?", tracked.source.spec, exc)
             if updated is current:
                 return False
             self.models = updated  # one reference assignment: atomic for concurrent readers
         if self._on_swap is not None:
             self._on_swap(updated)
         return True
+
+    def _failed(self, field: str, version: str, spec: str, exc: Exception) -> None:
+        """One log line per failed version (not a traceback per poll); the version is not retried
+        until the source moves on, and the failure is kept for the health detail."""
+        self.refresh_failures += 1
+        if (field, version) in self.failed:  # said once already (e.g. the registry is unreachable)
+            return
+        self.failed[(field, version)] = f"{type(exc).__name__}: {str(exc)[:200]}"
+        log.error(
+            "cannot load %s model %s from %s, keeping %s: %s",
+            field,
+            version,
+            spec,
+            "the served one",
+            self.failed[(field, version)],
+        )
+        if self._on_failure is not None:
+            self._on_failure(field, version, self.failed[(field, version)])
 
     def start(self, interval_s: float) -> None:
         if interval_s <= 0 or self._thread is not None:

@@ -74,6 +74,8 @@ class RankingServer:
             ModelSource(config.ranker),
             ort_threads=config.ort_threads,
             ad_ranker=None if config.ad_ranker is None else ModelSource(config.ad_ranker),
+            on_failure=self._refresh_failed,
+            on_swap=self._swapped,
         )
         client = connect(
             config.redis_url, timeout_s=config.limits.redis_timeout_s, max_connections=config.workers * 2
@@ -101,13 +103,24 @@ class RankingServer:
         self._stopping = threading.Event()
         self._stopped = threading.Event()
 
+    #: Health service name that turns NOT_SERVING while a newer model version cannot be loaded
+    #: (the server keeps answering with the models it has; a monitor sees the stale deployment).
+    MODELS_HEALTH = f"{SERVICE_NAME}/models"
+
+    def _refresh_failed(self, field: str, version: str, reason: str) -> None:
+        self.health.set(self.MODELS_HEALTH, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    def _swapped(self, models: object) -> None:
+        """A newer version loaded: the deployment is current again."""
+        self.health.set(self.MODELS_HEALTH, health_pb2.HealthCheckResponse.SERVING)
+
     @property
     def address(self) -> str:
         return f"{self.config.host}:{self.port}"
 
     def start(self) -> RankingServer:
         self.server.start()
-        for service in ("", SERVICE_NAME):
+        for service in ("", SERVICE_NAME, self.MODELS_HEALTH):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         self.watcher.start(self.config.refresh_interval_s)
         log.info(

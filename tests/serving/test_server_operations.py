@@ -179,3 +179,53 @@ def test_registry_alias_move_is_picked_up_by_a_running_server(
         assert _wait_for(lambda: client.rank(user_id, k=5).retrieval_version == "rf-serve/2")
         after = client.rank(user_id, k=5)
     assert [i.retrieval_score for i in after.items] != [i.retrieval_score for i in before.items]
+
+
+def test_a_champion_moved_to_a_broken_bundle_is_reported_once_and_leaves_no_files(
+    make_server, bundles, feature_version, user_id, rankforge_home, tmp_path, caplog
+) -> None:
+    """#13 d: the server keeps the old model, says so once per version (a log line, the models
+    health status), and removes the broken download instead of leaking a directory per poll."""
+    import glob
+    import logging
+    import shutil
+    import tempfile
+    from pathlib import Path
+    from urllib.parse import urlparse
+
+    import mlflow
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from mlflow import MlflowClient
+
+    from rankforge.pipelines.registry import log_and_register
+    from rankforge.settings import Settings, configure_mlflow
+
+    configure_mlflow(Settings.from_env(), "serving-broken-test")
+    with mlflow.start_run():
+        log_and_register(bundles.ranker, "rf-broken", alias="champion")
+    twin = tmp_path / "twin"
+    shutil.copytree(bundles.ranker, twin)
+    (twin / "NOTES.txt").write_text("a second version\n")
+    with mlflow.start_run() as run:
+        log_and_register(twin, "rf-broken")
+    artifacts = Path(urlparse(run.info.artifact_uri).path)
+    onnx = next(artifacts.rglob("ranker.onnx"))
+    onnx.write_bytes(onnx.read_bytes()[:100])  # truncated in the artifact store
+
+    srv = make_server(ranker="models:/rf-broken@champion", refresh_interval_s=0)
+    pattern = str(Path(tempfile.gettempdir()) / "rankforge-serving-*")
+    MlflowClient().set_registered_model_alias("rf-broken", "champion", "2")
+    before = set(glob.glob(pattern))
+    with caplog.at_level(logging.INFO, logger="rankforge.serving.model_source"):
+        assert srv.watcher.refresh() is False
+        assert srv.watcher.refresh() is False
+    assert set(glob.glob(pattern)) == before  # nothing left behind
+    assert srv.watcher.models.ranker.version == "rf-broken/1"
+    lines = [r for r in caplog.records if "cannot load ranker model rf-broken/2" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].exc_info is None
+    with RankingClient(srv.address) as client:
+        assert client.rank(user_id, k=3).ranker_version == "rf-broken/1"
+        health = health_pb2_grpc.HealthStub(client.channel)
+        status = health.Check(health_pb2.HealthCheckRequest(service=srv.MODELS_HEALTH)).status
+        assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert client.health() == "SERVING"  # the service itself still answers
