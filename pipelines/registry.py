@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import mlflow
 import numpy as np
@@ -17,7 +17,7 @@ import onnx
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from rankforge.errors import ConfigError
+from rankforge.errors import ConfigError, DataError
 from rankforge.pipelines.pyfunc_model import BundleModel, signature_and_example
 from rankforge.serving.bundle import Bundle, bundle_digest, load_bundle
 
@@ -176,11 +176,24 @@ def download_bundle(uri_or_path: str | Path, destination: str | Path | None = No
         return load_bundle(text)
     name, ref = parse_model_uri(text)
     registered = resolve(name, ref)
-    target = Path(destination) if destination else Path(tempfile.mkdtemp(prefix=f"rankforge-{name}-"))
     tags = MlflowClient().get_model_version(name, str(registered.version)).tags
-    local = mlflow.artifacts.download_artifacts(
-        run_id=registered.run_id,
-        artifact_path=tags.get("bundle_artifact", BUNDLE_ARTIFACT),
-        dst_path=str(target),
+    artifact = run_artifact_path(tags.get("bundle_artifact", BUNDLE_ARTIFACT), f"{name}/{registered.version}")
+    target = Path(destination) if destination else Path(tempfile.mkdtemp(prefix=f"rankforge-{name}-"))
+    local = Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=registered.run_id, artifact_path=artifact, dst_path=str(target)
+        )
     )
+    if not local.resolve().is_relative_to(target.resolve()):
+        raise DataError(f"{name}/{registered.version}: its bundle resolved outside the download folder")
     return load_bundle(local)
+
+
+def run_artifact_path(path: str, version: str) -> str:
+    """A registry tag's artifact path, accepted only if it names a folder *inside* the version's
+    run: relative, no ``..``, no drive or scheme (a tag is data anyone with registry access can
+    edit; following ``../../..`` would load whatever directory it reaches)."""
+    parts = PurePosixPath(path).parts
+    if not path or path.startswith(("/", "\\")) or ":" in path or ".." in parts or "\\" in path:
+        raise DataError(f"{version}: bundle_artifact {path[:80]!r} is not a path inside the run's artifacts")
+    return path

@@ -6,14 +6,23 @@ import pandas as pd
 import polars as pl
 import pytest
 import torch
+from mlflow import MlflowClient
 
 from rankforge.errors import ConfigError, DataError
 from rankforge.features.pipeline import PreparedData
 from rankforge.models.two_tower import TwoTower, item_features, user_features
-from rankforge.pipelines.registry import download_bundle, log_and_register, parse_model_uri, resolve
+from rankforge.pipelines.registry import (
+    download_bundle,
+    log_and_register,
+    parse_model_uri,
+    resolve,
+    run_artifact_path,
+)
 from rankforge.serving.bundle import load_bundle
 from rankforge.serving.export_bundle import build_retrieval_bundle
 from rankforge.settings import Settings, configure_mlflow
+
+from .conftest import random_ranker_bundle
 
 
 def test_parse_model_uri() -> None:
@@ -108,3 +117,23 @@ def test_registered_ranker_predicts_from_raw_ids(
     assert list(got.columns) == ["logit", "probability"]
     expected = ranker_probabilities(load_bundle(bundle_dir), pairs, d)
     np.testing.assert_allclose(got["probability"].to_numpy(), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "path", ["../../../..", "/etc", "bundle/../../x", "C:/x", "s3://bucket/x", "a\\..\\b", ""]
+)
+def test_artifact_paths_outside_the_run_are_refused(path: str) -> None:
+    with pytest.raises(DataError, match="is not a path inside the run's artifacts"):
+        run_artifact_path(path, "m/1")
+    assert run_artifact_path("bundle_ranker", "m/1") == "bundle_ranker"
+
+
+def test_a_tampered_bundle_artifact_tag_is_not_followed(
+    rankforge_home: Path, small_data: PreparedData, tmp_path: Path
+) -> None:
+    configure_mlflow(Settings.from_env(), "registry-tamper-test")
+    with mlflow.start_run():
+        version = log_and_register(random_ranker_bundle(small_data, tmp_path / "b"), "rf-tamper").version
+    MlflowClient().set_model_version_tag("rf-tamper", str(version), "bundle_artifact", "../../../..")
+    with pytest.raises(DataError, match=r"rf-tamper/1: bundle_artifact '\.\./\.\./\.\./\.\.' is not a path"):
+        download_bundle(f"models:/rf-tamper/{version}", tmp_path / "dl")
