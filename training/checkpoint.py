@@ -8,11 +8,17 @@ sampler's generator, torch's RNG, the MLflow run) is the same on every rank by c
 therefore also resume on a different number of processes, DCP re-sharding the tables.
 
 A checkpoint is written to a hidden partial directory and renamed once every rank has finished,
-so a crash mid-write never leaves something that looks loadable.
+so a crash mid-write never leaves something that looks loadable. Every file's SHA-256 is recorded
+in ``CHECKSUMS.json``: a resumed job verifies the latest checkpoint first and, if a byte changed
+or a file is short (a disk error, a copy cut off), names it and falls back to the newest intact
+one -- never loading silently corrupted weights.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import re
 import shutil
 from pathlib import Path
@@ -24,10 +30,48 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torchrec.optim.keyed import KeyedOptimizer
 
+from rankforge.errors import ConfigError
 from rankforge.training.sharding import DistEnv
 
 _NAME = re.compile(r"^epoch_(\d{4,})$")
 EXTRA = "job_state.pt"
+CHECKSUMS = "CHECKSUMS.json"
+log = logging.getLogger(__name__)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_checksums(directory: Path) -> None:
+    """Record the SHA-256 of every file of a checkpoint (atomically)."""
+    sums = {
+        str(p.relative_to(directory)): _sha256(p)
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.name != CHECKSUMS and not p.name.endswith(".partial")
+    }
+    partial = directory / f".{CHECKSUMS}.partial"
+    partial.write_text(json.dumps(sums, indent=1, sort_keys=True))
+    partial.replace(directory / CHECKSUMS)
+
+
+def damage(directory: Path) -> str | None:
+    """Why checkpoint ``directory`` cannot be trusted, or None when every file matches."""
+    try:
+        sums = json.loads((directory / CHECKSUMS).read_text())
+    except (OSError, ValueError):
+        return f"{CHECKSUMS} is missing or unreadable"
+    for name, expected in sums.items():
+        path = directory / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if _sha256(path) != expected:
+            return f"{name} does not match its checksum (changed or truncated)"
+    return None
 
 
 class Checkpointer:
@@ -61,6 +105,7 @@ class Checkpointer:
         dist.barrier()
         if self.env.is_main:
             torch.save(extra, partial / EXTRA)
+            write_checksums(partial)
             shutil.rmtree(target, ignore_errors=True)
             partial.rename(target)
             for old in self.completed()[: -self.keep]:
@@ -73,10 +118,34 @@ class Checkpointer:
         partial = path / f".{EXTRA}.partial"
         torch.save(extra, partial)
         partial.replace(path / EXTRA)
+        write_checksums(path)
+
+    def latest_intact(self) -> Path | None:
+        """The newest checkpoint whose files all match their checksums; damaged newer ones are
+        named in the log and skipped. None when there is no checkpoint; a ``ConfigError`` naming
+        each one when there are checkpoints but none is intact."""
+        done = self.completed()
+        problems = []
+        for path in reversed(done):
+            why = damage(path)
+            if why is None:
+                if problems:
+                    log.warning("resuming from %s: %s", path.name, "; ".join(problems))
+                return path
+            problems.append(f"{path} is damaged: {why}")
+        if problems:
+            raise ConfigError(
+                f"no intact checkpoint to resume: {'; '.join(problems)} "
+                "(delete them or set checkpoint.resume = false)"
+            )
+        return None
 
     def read_state(self, path: Path) -> dict[str, Any]:
         """The job state of checkpoint ``path`` (cheap: read before deciding to load weights)."""
-        return torch.load(path / EXTRA, weights_only=True)
+        try:
+            return torch.load(path / EXTRA, weights_only=True)
+        except (OSError, RuntimeError, EOFError, ValueError) as exc:
+            raise ConfigError(f"cannot read {path / EXTRA}: {type(exc).__name__}: {str(exc)[:120]}") from exc
 
     def load(
         self, path: Path, model: nn.Module, optimizer: KeyedOptimizer, dense_optimizer: KeyedOptimizer

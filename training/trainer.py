@@ -167,7 +167,7 @@ class Trainer:
             dist.barrier()
             self._warm_start()
             return False
-        latest = self.checkpointer.latest()
+        latest = self.checkpointer.latest_intact()
         if latest is None:
             self._warm_start()
             return False

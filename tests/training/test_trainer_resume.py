@@ -108,3 +108,65 @@ def test_finished_job_is_not_resumed_and_old_checkpoints_are_pruned(
     again = Trainer(config, small_data, env)
     assert not again.start()
     assert again.epochs_done == 0 and again.checkpointer.latest() is None
+
+
+def _two_epochs_then_crash(small_data: PreparedData, directory: Path, env: DistEnv) -> Trainer:
+    config = _config(directory, "ranking", training={"epochs": 3, "batch_size": 256})
+    trainer = Trainer(config, small_data, env)
+    trainer.start()
+
+    def crash_after_second_epoch(stats: EpochStats) -> None:
+        if stats.epoch == 2:
+            raise Crash
+
+    with pytest.raises(Crash):
+        trainer.fit(crash_after_second_epoch)
+    return trainer
+
+
+def _shard(checkpoint: Path) -> Path:
+    return next(p for p in sorted(checkpoint.iterdir()) if p.suffix == ".distcp")
+
+
+@pytest.mark.parametrize("damage", ["overwrite 8 bytes", "truncate", "truncate job state"])
+def test_a_damaged_latest_checkpoint_is_named_and_the_previous_one_resumed(
+    damage: str, small_data: PreparedData, tmp_path: Path, env: DistEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    """#13 h: a flipped or cut shard (or job state) is detected by its checksum; the job resumes
+    from the previous intact epoch instead of loading 3.4e38 embeddings or raising Errno 22."""
+    crashed = _two_epochs_then_crash(small_data, tmp_path / "job", env)
+    latest = crashed.checkpointer.latest()
+    assert latest is not None and latest.name == "epoch_0002"
+    if damage == "overwrite 8 bytes":
+        shard = _shard(latest)
+        data = bytearray(shard.read_bytes())
+        data[len(data) // 2 : len(data) // 2 + 8] = b"\xff\x7f\xff\x7f\xff\x7f\xff\x7f"
+        shard.write_bytes(bytes(data))
+    elif damage == "truncate":
+        shard = _shard(latest)
+        shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    else:
+        state = latest / "job_state.pt"
+        state.write_bytes(state.read_bytes()[:10])
+    resumed = Trainer(
+        _config(tmp_path / "job", "ranking", training={"epochs": 3, "batch_size": 256}), small_data, env
+    )
+    with caplog.at_level("WARNING"):
+        assert resumed.start()
+    assert resumed.epochs_done == 1  # epoch 2 was damaged: back to epoch 1
+    assert any("epoch_0002 is damaged" in r.getMessage() for r in caplog.records)
+
+
+def test_without_an_intact_checkpoint_the_job_stops_with_one_line(
+    small_data: PreparedData, tmp_path: Path, env: DistEnv
+) -> None:
+    crashed = _two_epochs_then_crash(small_data, tmp_path / "job", env)
+    for checkpoint in crashed.checkpointer.completed():
+        (checkpoint / "job_state.pt").write_bytes(b"")
+    again = Trainer(
+        _config(tmp_path / "job", "ranking", training={"epochs": 3, "batch_size": 256}), small_data, env
+    )
+    with pytest.raises(
+        ConfigError, match=r"no intact checkpoint to resume: .*epoch_0002 is damaged: job_state.pt"
+    ):
+        again.start()
