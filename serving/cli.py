@@ -58,6 +58,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--auction-rule", choices=["gsp", "first_price"], default="gsp", help="how auction winners pay"
     )
+    serve.add_argument(
+        "--tls-cert", type=Path, default=None, help="server certificate chain (PEM): serve TLS"
+    )
+    serve.add_argument("--tls-key", type=Path, default=None, help="the certificate's private key (PEM)")
+    serve.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        default=None,
+        help="require client certificates signed by this CA (mTLS)",
+    )
+    serve.add_argument(
+        "--auth-token-file",
+        type=Path,
+        default=None,
+        help="require 'authorization: Bearer <token>' on every RPC but health "
+        "(default: $RANKFORGE_AUTH_TOKEN)",
+    )
+    serve.add_argument(
+        "--insecure", action="store_true", help="allow plaintext on a non-loopback --host (not recommended)"
+    )
     serve.set_defaults(func=_serve)
 
     auction = subparsers.add_parser(
@@ -76,6 +96,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--context", action="append", default=[], metavar="NAME=VALUE", help="request context"
     )
     auction.add_argument("--timeout-s", type=float, default=2.0, help="request deadline")
+    _client_security(auction)
     auction.set_defaults(func=_auction)
 
     query = subparsers.add_parser(
@@ -92,6 +113,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     query.add_argument("--context", action="append", default=[], metavar="NAME=VALUE", help="request context")
     query.add_argument("--timeout-s", type=float, default=2.0, help="request deadline")
+    _client_security(query)
     query.set_defaults(func=_query)
 
     mat = subparsers.add_parser(
@@ -114,6 +136,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     mat.add_argument("--version", default=None, help="version name (default: UTC time + random suffix)")
     mat.add_argument("--ttl-s", type=int, default=7 * 24 * 3600, help="expiry of the written keys")
     mat.set_defaults(func=_materialize)
+
+
+def _client_security(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tls-ca", type=Path, default=None, help="CA that signed the server's certificate: use TLS"
+    )
+    parser.add_argument("--client-cert", type=Path, default=None, help="client certificate (PEM) for mTLS")
+    parser.add_argument("--client-key", type=Path, default=None, help="the client certificate's key (PEM)")
+    parser.add_argument("--server-name", default=None, help="name to check the server certificate against")
+    parser.add_argument(
+        "--auth-token-file",
+        type=Path,
+        default=None,
+        help="bearer token file (default: $RANKFORGE_AUTH_TOKEN)",
+    )
+
+
+def _client(args: argparse.Namespace):
+    from rankforge.serving.client import RankingClient
+    from rankforge.serving.security import read_token
+
+    return RankingClient(
+        args.address,
+        timeout_s=args.timeout_s,
+        tls_ca=args.tls_ca,
+        token=read_token(args.auth_token_file),
+        client_cert=args.client_cert,
+        client_key=args.client_key,
+        server_name=args.server_name,
+    )
 
 
 def _redis_answers(url: str) -> bool:
@@ -160,8 +212,21 @@ def _context(pairs: list[str]) -> dict[str, float]:
     return out
 
 
+def _tls(args: argparse.Namespace):
+    from rankforge.serving.security import TlsConfig
+
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    if args.tls_cert is None:
+        if args.tls_client_ca is not None:
+            raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key (mTLS is TLS first)")
+        return None
+    return TlsConfig(args.tls_cert, args.tls_key, args.tls_client_ca)
+
+
 def _serve(args: argparse.Namespace) -> int:
     from rankforge.serving.ranking_service import ServiceLimits
+    from rankforge.serving.security import read_token
     from rankforge.serving.server import RankingServer, ServerConfig
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -180,6 +245,9 @@ def _serve(args: argparse.Namespace) -> int:
         limits=ServiceLimits(redis_timeout_s=args.redis_timeout_s),
         ad_ranker=args.ad_ranker,
         auction_rule=args.auction_rule,
+        tls=_tls(args),
+        auth_token=read_token(args.auth_token_file),
+        allow_insecure=args.insecure,
     )
     try:
         server = RankingServer(config)
@@ -200,9 +268,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _query(args: argparse.Namespace) -> int:
-    from rankforge.serving.client import RankingClient
-
-    with RankingClient(args.address, timeout_s=args.timeout_s) as client:
+    with _client(args) as client:
         try:
             result = client.rank(args.user, args.k, args.candidates, _context(args.context))
         except grpc.RpcError as exc:
@@ -226,9 +292,7 @@ def _rpc_error(exc: grpc.RpcError, address: str) -> ConfigError:
 
 
 def _auction(args: argparse.Namespace) -> int:
-    from rankforge.serving.client import RankingClient
-
-    with RankingClient(args.address, timeout_s=args.timeout_s) as client:
+    with _client(args) as client:
         try:
             result = client.auction(args.user, args.bids, _context(args.context))
         except grpc.RpcError as exc:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from rankforge.serving.proto import ranking_pb2, ranking_pb2_grpc
+from rankforge.serving.security import channel_credentials
 
 
 @dataclass(frozen=True)
@@ -90,10 +92,28 @@ def rank_request(
 class RankingClient:
     """Owns one channel; use as a context manager or call :meth:`close`."""
 
-    def __init__(self, address: str, timeout_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        address: str,
+        timeout_s: float = 1.0,
+        tls_ca: Path | None = None,
+        token: str | None = None,
+        client_cert: Path | None = None,
+        client_key: Path | None = None,
+        server_name: str | None = None,
+    ) -> None:
+        """``tls_ca`` (or a client certificate) switches to TLS; ``token`` is sent as
+        ``authorization: Bearer <token>`` on every call; ``server_name`` overrides the name the
+        server certificate is checked against (e.g. ``localhost`` when dialling 127.0.0.1)."""
         self.address = address
         self.timeout_s = timeout_s
-        self.channel = grpc.insecure_channel(address)
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
+        if tls_ca is not None or client_cert is not None:
+            options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+            credentials = channel_credentials(tls_ca, client_cert, client_key)
+            self.channel = grpc.secure_channel(address, credentials, options=options)
+        else:
+            self.channel = grpc.insecure_channel(address)
         self._stub = ranking_pb2_grpc.RankingServiceStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
 
@@ -108,7 +128,9 @@ class RankingClient:
     ) -> RankResult:
         """Raises ``grpc.RpcError`` with the server's status code and message on failure."""
         request = rank_request(user_id, k, candidates, context, request_id)
-        response = self._stub.Rank(request, timeout=timeout_s if timeout_s is not None else self.timeout_s)
+        response = self._stub.Rank(
+            request, timeout=timeout_s if timeout_s is not None else self.timeout_s, metadata=self._metadata
+        )
         return RankResult.from_proto(response)
 
     def auction(
@@ -127,7 +149,9 @@ class RankingClient:
             ads=[ranking_pb2.AdBid(ad_id=int(a), bid=float(b)) for a, b in pairs],
             request_id=request_id,
         )
-        response = self._stub.Auction(request, timeout=timeout_s if timeout_s is not None else self.timeout_s)
+        response = self._stub.Auction(
+            request, timeout=timeout_s if timeout_s is not None else self.timeout_s, metadata=self._metadata
+        )
         return AuctionResult.from_proto(response)
 
     def health(self, service: str = "", timeout_s: float = 1.0) -> str:

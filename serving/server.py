@@ -22,6 +22,7 @@ from rankforge.serving.feature_reader import FeatureReader, connect
 from rankforge.serving.model_source import ModelSource, ModelWatcher
 from rankforge.serving.proto import SERVICE_NAME, ranking_pb2
 from rankforge.serving.ranking_service import RankingService, ServiceLimits, safe_deserializer
+from rankforge.serving.security import BearerTokenInterceptor, TlsConfig, check_exposure
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,9 @@ class ServerConfig:
     limits: ServiceLimits = field(default_factory=ServiceLimits)
     ad_ranker: str | None = None  # the Auction RPC's model (models:/rankforge-ad-ranker@champion)
     auction_rule: str = "gsp"  # or "first_price"
+    tls: TlsConfig | None = None  # None: plaintext, allowed on loopback only (see security)
+    auth_token: str | None = None  # set: every RPC but health needs "authorization: Bearer <token>"
+    allow_insecure: bool = False  # plaintext on a non-loopback interface, explicitly forced
 
 
 def service_handler(service: RankingService) -> grpc.GenericRpcHandler:
@@ -68,6 +72,7 @@ def service_handler(service: RankingService) -> grpc.GenericRpcHandler:
 
 class RankingServer:
     def __init__(self, config: ServerConfig) -> None:
+        check_exposure(config.host, config.tls, config.allow_insecure)  # before loading anything
         self.config = config
         self.watcher = ModelWatcher(
             ModelSource(config.retrieval),
@@ -88,6 +93,7 @@ class RankingServer:
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="rankforge-rpc"),
             options=[("grpc.so_reuseport", 0)],
+            interceptors=[BearerTokenInterceptor(config.auth_token)] if config.auth_token else None,
         )
         self.server.add_generic_rpc_handlers((service_handler(self.service),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -99,7 +105,11 @@ class RankingServer:
             ),
             self.server,
         )
-        self.port = self.server.add_insecure_port(f"{config.host}:{config.port}")
+        address = f"{config.host}:{config.port}"
+        if config.tls is not None:
+            self.port = self.server.add_secure_port(address, config.tls.credentials())
+        else:
+            self.port = self.server.add_insecure_port(address)
         self._stopping = threading.Event()
         self._stopped = threading.Event()
 
