@@ -144,8 +144,12 @@ def _export(
 ) -> Path:
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
-    build = build_retrieval_bundle if isinstance(model, RetrievalModel) else build_ranker_bundle
-    build(model, data, str(directory), config.model.max_genres, metrics)  # type: ignore[arg-type]
+    if isinstance(model, RetrievalModel):
+        build_retrieval_bundle(
+            model, data, str(directory), config.model.max_genres, metrics, index=config.serving_index
+        )
+    else:
+        build_ranker_bundle(model, data, str(directory), config.model.max_genres, metrics)
     return directory
 
 

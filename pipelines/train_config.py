@@ -19,6 +19,7 @@ from rankforge.config_errors import describe
 from rankforge.errors import ConfigError
 from rankforge.features.auction_simulator import AuctionSimulation
 from rankforge.features.pipeline import DataConfig, under
+from rankforge.serving.ann_index import IndexConfig
 
 #: ``retrieval`` is the two-tower; ``mf`` (matrix factorisation) and ``simplex`` are the retrieval
 #: models of the SimpleX/LightGCN benchmarks. All three are served as retrieval bundles.
@@ -249,6 +250,7 @@ class TrainConfig(_Section):
     mlflow: MlflowConfig = MlflowConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     auctions: AuctionConfig | None = None  # model kind "auction" only
+    serving_index: IndexConfig = IndexConfig()  # retrieval bundles: exact search or an ANN index
     seed: int = 0
     output_dir: Path = Path("runs/train")
     source_path: Path | None = Field(None, exclude=True)  # the file it was read from, for logging

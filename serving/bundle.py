@@ -56,6 +56,9 @@ class Manifest:
     scoring: dict[str, object] = field(default_factory=dict)
     # the data it was trained on: {"source": ..., "id_mapping": digest} (PreparedData.fingerprint)
     data_fingerprint: dict[str, str] = field(default_factory=dict)
+    # retrieval: the ANN index beside the exact vectors ({} = exact search), with its measured
+    # recall against exact search (see serving.ann_index)
+    index: dict[str, object] = field(default_factory=dict)
 
 
 def write_manifest(directory: str | Path, manifest: Manifest) -> Path:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import polars as pl
 import torch
@@ -10,6 +12,7 @@ from rankforge.features.pipeline import PreparedData
 from rankforge.models.inputs import dense_inputs, item_inputs, padded_to_kjt, user_inputs
 from rankforge.models.ranking import RankingModel
 from rankforge.models.retrieval import RetrievalModel
+from rankforge.serving.ann_index import IndexConfig, export_index
 from rankforge.serving.bundle import WEIGHTS, BundleKind, Manifest, write_manifest
 from rankforge.serving.onnx_export import export_ranker, export_retrieval_towers
 
@@ -43,14 +46,26 @@ def build_retrieval_bundle(
     directory: str,
     max_genres: int,
     metrics: dict[str, float] | None = None,
+    index: IndexConfig | None = None,
 ) -> Manifest:
     users = user_inputs(data.user_features.head(EXAMPLE_ROWS), data.history_len)
     items = item_inputs(data.item_features.head(EXAMPLE_ROWS), max_genres)
     user_art, item_art = export_retrieval_towers(model.eval(), users, items, directory)
-    np.save(f"{directory}/item_embeddings.npy", item_embedding_matrix(model, data, max_genres))
+    vectors = item_embedding_matrix(model, data, max_genres)
+    np.save(f"{directory}/item_embeddings.npy", vectors)
     torch.save(model.state_dict(), f"{directory}/{WEIGHTS}")
+    record = {} if index is None or index.kind == "exact" else export_index(vectors, index, Path(directory))
     inputs = {"user_tower.onnx": user_art.input_names, "item_tower.onnx": item_art.input_names}
-    return _finish(directory, data, "retrieval", inputs, max_genres, metrics, scoring=model.scoring.to_dict())
+    return _finish(
+        directory,
+        data,
+        "retrieval",
+        inputs,
+        max_genres,
+        metrics,
+        scoring=model.scoring.to_dict(),
+        index=record,
+    )
 
 
 def build_ranker_bundle(
@@ -79,6 +94,7 @@ def _finish(
     metrics: dict[str, float] | None,
     dense_features: list[str] | None = None,
     scoring: dict[str, object] | None = None,
+    index: dict[str, object] | None = None,
 ) -> Manifest:
     """What every bundle carries besides its graphs: the id mapping and the manifest."""
     data.mapping.save(f"{directory}/id_mapping")
@@ -94,6 +110,7 @@ def _finish(
         metrics=dict(metrics or {}),
         scoring=dict(scoring or {}),
         data_fingerprint=data.fingerprint(),
+        index=dict(index or {}),
     )
     write_manifest(directory, manifest)
     return manifest

@@ -14,8 +14,9 @@ import numpy as np
 import onnxruntime as ort
 
 from rankforge.errors import DataError
+from rankforge.serving.ann_index import load_index
 from rankforge.serving.bundle import Bundle
-from rankforge.serving.candidate_index import CandidateIndex, ExactInnerProductIndex
+from rankforge.serving.candidate_index import CandidateIndex
 from rankforge.serving.id_lookup import IdLookup
 
 PAD = -1
@@ -164,7 +165,7 @@ def load_retrieval(bundle: Bundle, version: str, threads: int = 1) -> RetrievalR
         version=version,
         bundle=bundle,
         user_tower=session,
-        index=ExactInnerProductIndex(embeddings),
+        index=load_index(bundle.directory, embeddings, bundle.manifest.index),
         users=IdLookup(mapping.users, "user_id", "user_idx"),
         items=items,
     )

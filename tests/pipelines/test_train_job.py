@@ -163,3 +163,25 @@ def test_train_command_prints_its_result_not_library_chatter(rankforge_home: Pat
     assert done.stdout.splitlines()[0].startswith("run ")
     noise = [line for line in done.stderr.splitlines() if "Warning" in line or "torchvision" in line]
     assert noise == [], noise[:5]
+
+
+def test_matrix_factorisation_with_the_default_fused_table_optimizer_trains(
+    rankforge_home: Path, tmp_path: Path
+) -> None:
+    """MF has no dense layer: every parameter is a fused table, so there is no dense optimizer to
+    build (it used to fail with torch's "optimizer got an empty parameter list")."""
+    from rankforge.pipelines.train_config import parse_config
+
+    config = parse_config(
+        {
+            "output_dir": str(tmp_path / "mf"),
+            "data": {"synthetic": {"n_users": 60, "n_items": 90, "seed": 3}, "validation_fraction": 0.1},
+            "model": {"kind": "mf", "embedding_dim": 8},
+            "objective": {"name": "ccl"},
+            "training": {"epochs": 2, "batch_size": 64},
+            "negatives": {"count": 8},
+            "mlflow": {"register_model": False, "experiment": "mf-adagrad"},
+        }
+    )
+    result = run_training(config)
+    assert result.epochs[1].loss < result.epochs[0].loss and result.metrics["recall@20"] > 0

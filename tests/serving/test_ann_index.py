@@ -1,0 +1,78 @@
+"""ANN retrieval (FAISS HNSW / IVF): recall measured at export against exact search, refused or
+warned below the threshold, and loaded by the serving runtime from the bundle's manifest."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rankforge.errors import DataError
+from rankforge.pipelines.train import run_training
+from rankforge.pipelines.train_config import parse_config
+from rankforge.serving.ann_index import INDEX_FILE, AnnIndex, IndexConfig, build, export_index, recall_at_k
+from rankforge.serving.bundle import load_bundle
+from rankforge.serving.candidate_index import ExactInnerProductIndex
+from rankforge.serving.model_runtime import load_retrieval
+
+
+def clustered(n: int = 4000, d: int = 16, clusters: int = 40, seed: int = 0) -> np.ndarray:
+    """Trained-like item vectors: tight clusters, not uniform noise."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(clusters, d))
+    return (centers[rng.integers(clusters, size=n)] + 0.3 * rng.normal(size=(n, d))).astype(np.float32)
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_indexes_find_the_exact_neighbours(kind: str) -> None:
+    vectors = clustered()
+    config = IndexConfig(kind=kind, nprobe=16)
+    index = build(vectors, config)
+    assert recall_at_k(index, vectors, 50, 200) >= 0.95
+    served = AnnIndex(index, ExactInnerProductIndex(vectors))
+    queries = vectors[:20] + 0.01
+    ids, scores = served.search(queries, 10)
+    exact_ids, exact_scores = ExactInnerProductIndex(vectors).search(queries, 10)
+    assert (ids[:, 0] == exact_ids[:, 0]).mean() >= 0.95
+    np.testing.assert_allclose(scores[:, 0], exact_scores[:, 0], rtol=1e-4, atol=1e-4)
+    assert np.all(np.diff(scores, axis=1) <= 1e-6)  # best first
+
+
+def test_low_recall_is_refused_or_warned(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    vectors = clustered(seed=1)
+    poor = IndexConfig(kind="ivf", ivf_lists=100, nprobe=1, min_recall=0.999)
+    with pytest.raises(
+        DataError, match=r"ivf index recall@100 0\.\d+ is below serving_index\.min_recall 0\.999"
+    ):
+        export_index(vectors, poor, tmp_path)
+    assert not (tmp_path / INDEX_FILE).exists()
+    with caplog.at_level(logging.WARNING):
+        record = export_index(vectors, poor.model_copy(update={"on_low_recall": "warn"}), tmp_path)
+    assert (tmp_path / INDEX_FILE).is_file() and record["recall_at_100"] < 0.999
+    assert any("below serving_index.min_recall" in r.getMessage() for r in caplog.records)
+
+
+def test_a_retrieval_job_exports_an_hnsw_index_the_server_loads(rankforge_home: Path, tmp_path: Path) -> None:
+    config = parse_config(
+        {
+            "output_dir": str(tmp_path / "job"),
+            "data": {"synthetic": {"n_users": 60, "n_items": 300, "seed": 3}},
+            "model": {"kind": "retrieval", "embedding_dim": 8, "tower_sizes": [16, 8]},
+            "objective": {"name": "ccl"},
+            "training": {"epochs": 1, "batch_size": 128},
+            "negatives": {"count": 8},
+            "serving_index": {"kind": "hnsw", "recall_k": 20},
+            "mlflow": {"register_model": False, "experiment": "ann-test"},
+        }
+    )
+    bundle = load_bundle(run_training(config).bundle_dir)
+    assert bundle.manifest.index["kind"] == "hnsw" and bundle.manifest.index["recall_at_20"] >= 0.95
+    assert (bundle.directory / INDEX_FILE).is_file()
+    runtime = load_retrieval(bundle, "v1")
+    assert isinstance(runtime.index, AnnIndex)
+    items, scores = runtime.retrieve(
+        runtime.user_vector(0, np.array([1, 2])), np.array([], dtype=np.int64), 10
+    )
+    assert len(items) == 10 and np.all(np.diff(scores) <= 1e-6)
