@@ -139,17 +139,12 @@ class CascadeTask(nn.Module):
         return self.loss(retrieval_scores, ranking_scores, labels, mask)
 
 
-class AuctionTask(nn.Module):
+class AuctionTask(RankingTask):
     """DLRM pCTR for every ad of a batch of auctions, ``[A, M]``, and an ``auction`` objective
     (welfare rankloss, with a teacher's logits when one is named) or a ``ctr`` one (BCE over the
     shown ads)."""
 
-    def __init__(self, model: RankingModel, loss: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.loss = loss
-
-    def forward(
+    def forward(  # type: ignore[override]
         self,
         dense: torch.Tensor,
         sparse: KeyedJaggedTensor,
