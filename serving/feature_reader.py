@@ -15,9 +15,11 @@ from dataclasses import dataclass
 
 import redis
 from redis.backoff import NoBackoff
+from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
-from rankforge.errors import DataError, RankforgeError
+from rankforge.errors import ConfigError, DataError, RankforgeError
 from rankforge.serving.feature_layout import FeatureMeta, KeyLayout, Record, unpack
 
 
@@ -41,12 +43,34 @@ class FeatureRead:
     items: list[Record | None]  # in the order asked for
 
 
+CLUSTER_SCHEME = "rediscluster://"
+
+
 def connect(url: str, timeout_s: float = 0.25, max_connections: int = 64) -> redis.Redis:
     """A client that fails fast: short connect/socket timeouts and no retries.
 
     ``timeout_s`` caps every socket operation; reads of request replies are further bounded by the
-    request's remaining deadline (see :meth:`FeatureReader.read`).
+    request's remaining deadline (see :meth:`FeatureReader.read`). A ``rediscluster://h:p,h:p``
+    URL gives a Redis Cluster client (its nodes are discovered from any of those given).
     """
+    if url.startswith(CLUSTER_SCHEME):
+        nodes = []
+        for part in url.removeprefix(CLUSTER_SCHEME).strip("/").split(","):
+            host, _, port = part.rpartition(":")
+            if not host or not port.isdigit():
+                raise DataError(f"cluster URL {url[:120]!r}: expected host:port[,host:port...]")
+            nodes.append(ClusterNode(host, int(port)))
+        try:  # a cluster client discovers its slots now, so a dead cluster shows at startup
+            return RedisCluster(  # type: ignore[return-value]
+                startup_nodes=nodes,
+                socket_connect_timeout=timeout_s,
+                socket_timeout=timeout_s,
+                retry=Retry(NoBackoff(), 0),
+                max_connections=max_connections,
+                protocol=2,
+            )
+        except (RedisClusterException, redis.RedisError, OSError) as exc:
+            raise ConfigError(f"Redis Cluster at {url[:120]} does not answer: {str(exc)[:120]}") from exc
     return redis.Redis.from_url(
         url,
         socket_connect_timeout=timeout_s,
@@ -105,6 +129,33 @@ class FeatureReader:
         (values,) = self._round_trip([("MGET", *keys)], time.monotonic() + timeout_s)
         return [unpack(v) if v is not None else None for v in values]
 
+    def _cluster_round_trip(self, commands: list[tuple]) -> list:
+        """The same replies from a Redis Cluster: the keys of a request live on several nodes
+        (MGET cannot cross slots), so every key is a GET in one non-transactional pipeline, which
+        redis-py sends as one batch per node -- one round trip per node that holds any of the
+        request's keys. Bounded by the client's socket timeout (the Redis budget) per node."""
+        pipe = self.client.pipeline(transaction=False)
+        sizes = []
+        for name, *keys in commands:
+            for key in keys:
+                pipe.get(key)
+            sizes.append(None if name == "GET" else len(keys))
+        try:
+            flat = pipe.execute(raise_on_error=True)
+        except redis.ResponseError as exc:
+            raise FeatureStoreCorrupt(f"feature store error: {str(exc)[:160]}") from exc
+        except (redis.ConnectionError, redis.TimeoutError, RedisClusterException, OSError) as exc:
+            raise FeatureStoreUnavailable(f"Redis Cluster did not answer: {str(exc)[:160]}") from exc
+        replies, at = [], 0
+        for size in sizes:
+            if size is None:
+                replies.append(flat[at])
+                at += 1
+            else:
+                replies.append(list(flat[at : at + size]))
+                at += size
+        return replies
+
     def _keys(self, version: str, user_id: int | None, item_ids: Sequence[int]) -> list[str]:
         users = [self.layout.user(version, user_id)] if user_id is not None else []
         return users + [self.layout.item(version, i) for i in item_ids]
@@ -117,6 +168,8 @@ class FeatureReader:
 
     def _round_trip(self, commands: list[tuple], deadline: float) -> list:
         """Send all commands in one write and read their replies, each bounded by ``deadline``."""
+        if isinstance(self.client, RedisCluster):
+            return self._cluster_round_trip(commands)
         pool = self.client.connection_pool
         try:
             conn = pool.get_connection()

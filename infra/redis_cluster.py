@@ -1,0 +1,124 @@
+"""Start (and stop) a local Redis Cluster of N primaries on loopback, for tests and development.
+
+Each node is a ``redis-server --cluster-enabled yes`` on a free port with no persistence; the
+slots are assigned with ``redis-cli --cluster create``. Only ever local: this is a fixture, not a
+way to run production Redis.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port(taken: list[int]) -> int:
+    """A free port whose cluster bus port (+10000) is free too; Redis needs port <= 55535."""
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randint(20_000, 45_000)
+        if port not in taken and _free(port) and _free(port + 10_000):
+            return port
+    raise RuntimeError("no free port pair for a local cluster node")
+
+
+@dataclass
+class LocalCluster:
+    ports: list[int]
+    directory: Path
+    processes: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        """The cluster URL rankforge reads (``rediscluster://host:port,host:port,...``)."""
+        return "rediscluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def start_cluster(nodes: int = 3, wait_s: float = 20.0) -> LocalCluster:
+    """A running ``nodes``-primary cluster whose every slot is served (cluster_state:ok)."""
+    server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+    if server is None or cli is None:
+        raise RuntimeError("a local Redis Cluster needs redis-server and redis-cli on PATH")
+    ports: list[int] = []
+    for _ in range(nodes):
+        ports.append(_free_port(ports))
+    cluster = LocalCluster(ports, Path(tempfile.mkdtemp(prefix="rf-cluster-")))
+    try:
+        for port in cluster.ports:
+            cluster.processes.append(
+                subprocess.Popen(
+                    [
+                        server,
+                        "--port",
+                        str(port),
+                        "--bind",
+                        "127.0.0.1",
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        f"nodes-{port}.conf",
+                        "--dir",
+                        str(cluster.directory),
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        deadline = time.monotonic() + wait_s
+        for port in cluster.ports:
+            while not _answers(port):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"cluster node on port {port} did not start")
+                time.sleep(0.05)
+        addresses = [f"127.0.0.1:{p}" for p in cluster.ports]
+        subprocess.run(
+            [cli, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=wait_s,
+        )
+        while redis.Redis(port=cluster.ports[0]).cluster("info").get("cluster_state") != "ok":
+            if time.monotonic() > deadline:
+                raise RuntimeError("the local cluster did not reach cluster_state:ok")
+            time.sleep(0.05)
+        return cluster
+    except BaseException:
+        cluster.stop()
+        raise
+
+
+def _answers(port: int) -> bool:
+    try:
+        return bool(redis.Redis(port=port, socket_connect_timeout=0.2, socket_timeout=0.2).ping())
+    except (redis.ConnectionError, redis.TimeoutError, OSError):
+        return False

@@ -1,0 +1,81 @@
+"""The feature store on a real local 3-node Redis Cluster started by the tests (#13 part 5)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from rankforge.errors import ConfigError, DataError
+from rankforge.infra.redis_cluster import LocalCluster, start_cluster
+from rankforge.serving.client import RankingClient
+from rankforge.serving.feature_layout import unpack
+from rankforge.serving.feature_reader import FeatureReader, connect
+from rankforge.serving.feature_writer import FeatureWriter, item_records, user_records
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    started = start_cluster(3)
+    yield started
+    started.stop()
+
+
+def test_features_written_to_a_cluster_spread_over_its_nodes_and_read_back(
+    cluster: LocalCluster, layout, serving_data
+) -> None:
+    client = connect(cluster.url, timeout_s=2.0)
+    report = FeatureWriter(client, layout, ttl_s=120).write(serving_data)
+    keys_per_node = [redis.Redis(port=p).dbsize() for p in cluster.ports]
+    assert sum(keys_per_node) == report.n_users + report.n_items + 2 and min(keys_per_node) > 0
+    users = dict(user_records(serving_data))
+    items = dict(item_records(serving_data))
+    some_user, some_items = next(iter(users)), list(items)[:25]
+    read = FeatureReader(client, layout).read(some_user, some_items, 2.0)
+    assert read.version == report.version
+    assert read.user is not None and read.user.ids.tolist() == unpack(users[some_user]).ids.tolist()
+    assert [r.ids.tolist() for r in read.items] == [unpack(items[i]).ids.tolist() for i in some_items]
+    assert FeatureReader(client, layout).read(10**9, [10**9], 2.0).user is None  # absent keys: None
+
+
+def test_a_request_costs_one_write_per_node(cluster: LocalCluster, layout, serving_data, monkeypatch) -> None:
+    """Every key of a read is batched per node: one socket write to each node, not one per key."""
+    client = connect(cluster.url, timeout_s=2.0)
+    FeatureWriter(client, layout, ttl_s=120).write(serving_data)
+    reader = FeatureReader(client, layout)
+    items = list(dict(item_records(serving_data)))[:40]
+    reader.read(1, items, 2.0)  # resolves and caches the version
+    writes: list[int] = []
+    send = redis.connection.AbstractConnection.send_packed_command
+
+    def counted(self, command, check_health=True):
+        writes.append(self.port)
+        return send(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counted)
+    reader.read(1, items, 2.0)
+    assert len(writes) == len(set(writes)) and 2 <= len(writes) <= len(cluster.ports)
+
+
+def test_a_server_on_the_cluster_answers_like_one_on_a_single_redis(
+    cluster: LocalCluster, make_server, layout, serving_data, feature_version, user_id
+) -> None:
+    FeatureWriter(connect(cluster.url, timeout_s=2.0), layout, ttl_s=120).write(serving_data, feature_version)
+    single = make_server()
+    clustered = make_server(redis_url=cluster.url)
+    with RankingClient(single.address) as a, RankingClient(clustered.address) as b:
+        want, got = a.rank(user_id, k=5), b.rank(user_id, k=5)
+    assert [i.item_id for i in got.items] == [i.item_id for i in want.items]
+    assert [round(i.score, 5) for i in got.items] == [round(i.score, 5) for i in want.items]
+
+
+def test_a_cluster_url_that_answers_nowhere_is_a_one_line_error(closed_port) -> None:
+    with pytest.raises(
+        ConfigError, match=r"Redis Cluster at rediscluster://127\.0\.0\.1:\d+ does not answer"
+    ):
+        connect(f"rediscluster://127.0.0.1:{closed_port}", timeout_s=0.2)
+    with pytest.raises(DataError, match="expected host:port"):
+        connect("rediscluster://nonsense", timeout_s=0.2)
