@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -46,7 +47,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: every interface)"
     )
     serve.add_argument("--port", type=int, default=50051, help="TCP port (0: any free port)")
-    serve.add_argument("--workers", type=int, default=8, help="request threads")
+    serve.add_argument("--workers", type=int, default=8, help="request threads (per process)")
+    serve.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="server processes sharing the port (SO_REUSEPORT): Python request handling is bound by "
+        "one core per process, so use about one per core",
+    )
     serve.add_argument("--redis-timeout-s", type=float, default=0.25, help="Redis budget per request")
     serve.add_argument("--refresh-interval-s", type=float, default=30.0, help="model refresh; 0 disables it")
     serve.add_argument("--grace-s", type=float, default=5.0, help="drain time for in-flight calls on SIGTERM")
@@ -248,6 +256,7 @@ def _serve(args: argparse.Namespace) -> int:
         tls=_tls(args),
         auth_token=read_token(args.auth_token_file),
         allow_insecure=args.insecure,
+        reuse_port=args.processes > 1,
     )
     try:
         server = RankingServer(config)
@@ -260,11 +269,39 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
+    if args.processes < 1:
+        raise ConfigError(f"--processes must be >= 1, got {args.processes}")
+    if args.processes > 1 and args.port == 0:
+        raise ConfigError("--processes > 1 needs a fixed --port (the processes share it)")
+    workers = _start_workers(replace(config, reuse_port=True), args.processes - 1)
     server.install_signal_handlers()
     server.start()
-    print(f"rankforge serve: listening on {server.address}", flush=True)
-    server.wait()
+    print(
+        f"rankforge serve: listening on {server.address}"
+        + (f" ({args.processes} processes)" if workers else ""),
+        flush=True,
+    )
+    try:
+        server.wait()
+    finally:
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            worker.join(timeout=10)
     return 0
+
+
+def _start_workers(config: object, count: int) -> list:
+    """``count`` more server processes on the same port (spawned: no forked gRPC/ORT state)."""
+    import multiprocessing
+
+    from rankforge.serving.server import serve_forever
+
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=serve_forever, args=(config,), daemon=True) for _ in range(count)]
+    for worker in workers:
+        worker.start()
+    return workers
 
 
 def _query(args: argparse.Namespace) -> int:

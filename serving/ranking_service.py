@@ -29,6 +29,7 @@ from rankforge.serving.feature_reader import FeatureReader, FeatureStoreEmpty, F
 from rankforge.serving.model_runtime import RankerRuntime
 from rankforge.serving.model_source import ServingModels
 from rankforge.serving.proto import ranking_pb2, ranking_pb2_grpc
+from rankforge.serving.stage_profile import NO_LAPS, StageProfile
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,7 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
         if auction_rule not in AUCTION_RULES:
             raise ValueError(f"auction_rule must be one of {AUCTION_RULES}, got {auction_rule!r}")
         self.auction_rule = auction_rule
+        self.profile: StageProfile | None = None  # set to a StageProfile to time every stage
         self._models = models
         self._reader = reader
         self.limits = limits or ServiceLimits()
@@ -166,11 +168,14 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
     def _rank(
         self, request: ranking_pb2.RankRequest, request_id: str, context: grpc.ServicerContext
     ) -> ranking_pb2.RankResponse:
+        clock = self.profile.start() if self.profile is not None else NO_LAPS
         models = self._models()  # one snapshot: a refresh mid-request does not mix versions
         candidates = self._validate(request, models)
         user_id = int(request.user_id)
+        clock.lap("validate")
 
         read = self._read(lambda t: self._reader.read(user_id, candidates or [], t), context)
+        clock.lap("redis")
         if read.user is None:
             raise RankError(
                 Code.NOT_FOUND, f"user {user_id} has no features (feature version {read.version})"
@@ -181,6 +186,7 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
         query = retrieval.user_vector(
             int(retrieval.users.encode([user_id])[0]), _known(retrieval.items.encode(history_raw))
         )
+        clock.lap("user tower")
 
         if candidates is not None:
             missing = [c for c, rec in zip(candidates, read.items, strict=True) if rec is None]
@@ -201,9 +207,11 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
         else:
             item_raw, scores = retrieval.retrieve(query, history_raw, request.k * self.limits.retrieve_factor)
             retrieval_scores = scores.astype(np.float32)
+            clock.lap("index search")
             fetched = self._read(
                 lambda t: self._reader.read_items(read.version, item_raw.tolist(), t), context
             )
+            clock.lap("redis")
             present = np.array([r is not None for r in fetched], dtype=bool)
             if not present.all():
                 log.warning(
@@ -216,11 +224,13 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
             records = [r for r in fetched if r is not None]
 
         self._check_deadline(context)
+        clock.lap("candidates")
         logits = self._score(request, read.meta, read.user, records, item_raw, history_raw, ranker, user_id)
+        clock.lap("ranker (feed + ONNX)")
         _check_scores(logits, f"ranker {ranker.version}")
         order = np.argsort(-logits, kind="stable")[: request.k]
         self._check_deadline(context)
-        return ranking_pb2.RankResponse(
+        response = ranking_pb2.RankResponse(
             items=[
                 ranking_pb2.ScoredItem(
                     item_id=int(item_raw[i]),
@@ -235,6 +245,8 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
             request_id=request_id,
             n_ranked=len(item_raw),
         )
+        clock.done()
+        return response
 
     def _score(
         self,

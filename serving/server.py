@@ -48,6 +48,7 @@ class ServerConfig:
     tls: TlsConfig | None = None  # None: plaintext, allowed on loopback only (see security)
     auth_token: str | None = None  # set: every RPC but health needs "authorization: Bearer <token>"
     allow_insecure: bool = False  # plaintext on a non-loopback interface, explicitly forced
+    reuse_port: bool = False  # SO_REUSEPORT: several server processes share one port (serve --processes)
 
 
 def service_handler(service: RankingService) -> grpc.GenericRpcHandler:
@@ -92,7 +93,7 @@ class RankingServer:
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="rankforge-rpc"),
-            options=[("grpc.so_reuseport", 0)],
+            options=[("grpc.so_reuseport", 1 if config.reuse_port else 0)],
             interceptors=[BearerTokenInterceptor(config.auth_token)] if config.auth_token else None,
         )
         self.server.add_generic_rpc_handlers((service_handler(self.service),))
@@ -171,3 +172,12 @@ class RankingServer:
     def wait(self) -> None:
         self.server.wait_for_termination()
         self._stopped.wait()
+
+
+def serve_forever(config: ServerConfig) -> None:
+    """One server process until SIGTERM/SIGINT (the body of every ``serve --processes`` worker)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    server = RankingServer(config)
+    server.install_signal_handlers()
+    server.start()
+    server.wait()

@@ -85,3 +85,82 @@ def test_serving_commands_explain_their_options(capsys) -> None:
         assert done.value.code == 0
         text = capsys.readouterr().out
         assert "(default:" in text, command
+
+
+@pytest.mark.slow
+def test_serve_with_several_processes_shares_the_port_and_stops_them_all(
+    bundles, redis_url, layout, feature_version, user_id
+) -> None:
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from rankforge.serving.client import RankingClient
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [
+        sys.executable,
+        "-m",
+        "rankforge.cli",
+        "serve",
+        "--processes",
+        "2",
+        "--port",
+        str(port),
+        "--retrieval",
+        str(bundles.retrieval),
+        "--ranker",
+        str(bundles.ranker),
+        "--redis-url",
+        redis_url,
+        "--feature-prefix",
+        layout.prefix,
+        "--refresh-interval-s",
+        "0",
+    ]
+    parent = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert "(2 processes)" in parent.stdout.readline()
+        children = lambda: [  # noqa: E731
+            int(p) for p in os.listdir("/proc") if p.isdigit() and _ppid(int(p)) == parent.pid
+        ]
+        assert len(children()) >= 1  # the second server process (and spawn's resource tracker)
+        with RankingClient(f"127.0.0.1:{port}", timeout_s=10.0) as client:
+            client.wait_ready(30)
+            deadline = time.monotonic() + 60
+            answers = 0
+            while answers < 20 and time.monotonic() < deadline:
+                try:
+                    answers += len(client.rank(user_id, k=3).items) == 3
+                except Exception:  # the worker may still be loading its models
+                    time.sleep(0.2)
+            assert answers == 20
+        kids = children()
+        parent.send_signal(signal.SIGTERM)
+        parent.wait(timeout=30)
+        time.sleep(1)
+        assert not [k for k in kids if _alive(k)]  # no server process outlives the parent
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+
+
+def _ppid(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return -1
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
