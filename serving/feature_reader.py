@@ -85,11 +85,25 @@ def connect(url: str, timeout_s: float = 0.25, max_connections: int = 64) -> red
 
 
 class FeatureReader:
-    def __init__(self, client: redis.Redis, layout: KeyLayout | None = None) -> None:
+    """Reads one request's features; item records are cached in process per feature version.
+
+    A feature version is immutable once written (a new one gets a new name and the pointer moves),
+    so an item's record -- or its absence -- never changes within a version. Caching them removes
+    the retrieval path's second Redis round trip (the retrieved items' records) for every item
+    seen before; the cache is dropped when the version changes and cleared when it exceeds
+    ``item_cache_size`` records (0 disables it). User records are never cached: they carry the
+    user's latest history.
+    """
+
+    def __init__(
+        self, client: redis.Redis, layout: KeyLayout | None = None, item_cache_size: int = 500_000
+    ) -> None:
         self.client = client
         self.layout = layout or KeyLayout()
         self._version: str | None = None
         self._meta: FeatureMeta | None = None
+        self.item_cache_size = item_cache_size
+        self._items: tuple[str, dict[int, Record | None]] = ("", {})  # (version, item id -> record)
 
     def read(self, user_id: int | None, item_ids: Sequence[int], timeout_s: float) -> FeatureRead:
         """The user's record (if ``user_id`` is given) and the items' records, one version."""
@@ -122,12 +136,34 @@ class FeatureReader:
         )
 
     def read_items(self, version: str, item_ids: Sequence[int], timeout_s: float) -> list[Record | None]:
-        """Items of a version already resolved by :meth:`read` (the retrieval path's 2nd step)."""
+        """Items of a version already resolved by :meth:`read` (the retrieval path's 2nd step);
+        only items not in the cache cost a round trip."""
         if not item_ids:
             return []
-        keys = [self.layout.item(version, i) for i in item_ids]
-        (values,) = self._round_trip([("MGET", *keys)], time.monotonic() + timeout_s)
-        return [unpack(v) if v is not None else None for v in values]
+        cache = self._item_cache(version)
+        missing = [i for i in dict.fromkeys(item_ids) if i not in cache]
+        if missing:
+            keys = [self.layout.item(version, i) for i in missing]
+            (values,) = self._round_trip([("MGET", *keys)], time.monotonic() + timeout_s)
+            fetched = {i: unpack(v) if v is not None else None for i, v in zip(missing, values, strict=True)}
+            self._remember(cache, fetched)
+        else:
+            fetched = {}
+        return [fetched[i] if i in fetched else cache[i] for i in item_ids]
+
+    def _item_cache(self, version: str) -> dict[int, Record | None]:
+        cached_version, cache = self._items
+        if cached_version != version:
+            cache = {}
+            self._items = (version, cache)  # one assignment: readers see the old or the new cache
+        return cache
+
+    def _remember(self, cache: dict[int, Record | None], records: dict[int, Record | None]) -> None:
+        if self.item_cache_size <= 0:
+            return
+        if len(cache) + len(records) > self.item_cache_size:
+            cache.clear()
+        cache.update(records)
 
     def _cluster_round_trip(self, commands: list[tuple]) -> list:
         """The same replies from a Redis Cluster: the keys of a request live on several nodes

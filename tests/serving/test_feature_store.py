@@ -119,3 +119,30 @@ def test_a_reply_that_arrived_while_the_thread_waited_for_a_cpu_is_read(
         assert reader.read(1, [1], 0.05).user is not None
     finally:
         conn.send_packed_command = send
+
+
+@pytest.mark.redis
+def test_item_records_are_cached_per_version(redis_client, layout, serving_data, monkeypatch) -> None:
+    """A version is immutable: an item read once costs no round trip again until the version moves."""
+    writer = FeatureWriter(redis_client, layout, ttl_s=120)
+    writer.write(serving_data, version="one")
+    reader = FeatureReader(redis_client, layout)
+    version = reader.read(1, [], 1.0).version
+    trips: list[int] = []
+    round_trip = reader._round_trip
+
+    def counted(commands, deadline):
+        trips.append(len(commands))
+        return round_trip(commands, deadline)
+
+    monkeypatch.setattr(reader, "_round_trip", counted)
+    first = reader.read_items(version, [1, 2, 3, 10**9], 1.0)
+    again = reader.read_items(version, [3, 2, 1, 10**9], 1.0)
+    assert len(trips) == 1  # the second read came from the cache, absent item included
+    assert [r.ids.tolist() for r in again[:3]] == [r.ids.tolist() for r in reversed(first[:3])]
+    assert first[3] is None and again[3] is None
+    reader.read_items(version, [1, 4], 1.0)
+    assert len(trips) == 2  # only item 4 was fetched
+    writer.write(serving_data, version="two")
+    reader.read_items("two", [1], 1.0)
+    assert len(trips) == 3  # a new version starts a new cache

@@ -1,0 +1,211 @@
+"""Where a Rank request's time goes, and what p99 the service holds at a fixed request rate.
+
+    .venv/bin/python benchmarks/serve_profile.py [--items 100000] [--index hnsw] [--qps 400] [--processes 1 2]
+
+1. Profile: one in-process server with stage timing on; sequential requests (no queueing); mean ms
+   per stage (Redis reads, user tower, index search, ranker feed + ONNX, the rest of the handler)
+   and, from the client, what gRPC and Python add outside the handler.
+2. Load: ``rankforge serve --processes P`` as its own process(es) on a fixed port; an open-loop
+   client sends requests at ``--qps`` (each at its scheduled time, whatever the previous ones did,
+   so queueing shows in the latency) for ``--seconds``; p50/p99 and errors per process count.
+
+Retrieve + rank: k = 20 from 200 candidates (retrieve_factor 10). Fresh models (cost does not
+depend on the weights). The client shares the machine's cores with the server: on 2 cores that is
+part of what is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+
+import grpc
+import numpy as np
+import torch
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+from rankforge.features.aggregates import DENSE_FEATURES
+from rankforge.features.pipeline import DataConfig, SyntheticConfig, prepare
+from rankforge.infra.redis_server import ensure_redis
+from rankforge.models.ranking import RankingModel
+from rankforge.models.two_tower import TwoTower, item_features, user_features
+from rankforge.serving.ann_index import IndexConfig
+from rankforge.serving.client import RankingClient, rank_request
+from rankforge.serving.export_bundle import build_ranker_bundle, build_retrieval_bundle
+from rankforge.serving.feature_layout import KeyLayout
+from rankforge.serving.feature_reader import connect
+from rankforge.serving.feature_writer import FeatureWriter
+from rankforge.serving.proto import ranking_pb2_grpc
+from rankforge.serving.ranking_service import ServiceLimits
+from rankforge.serving.server import RankingServer, ServerConfig
+from rankforge.serving.stage_profile import StageProfile
+from rankforge.settings import Settings
+
+K, FACTOR = 20, 10
+
+
+def open_loop(address: str, users: list[int], qps: float, seconds: float) -> tuple[np.ndarray, int]:
+    """(latencies ms measured from each request's scheduled send time, errors)."""
+    channel = grpc.insecure_channel(address)
+    stub = ranking_pb2_grpc.RankingServiceStub(channel)
+    grpc.channel_ready_future(channel).result(timeout=30)
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    pending = threading.Semaphore(0)
+    n = int(qps * seconds)
+    start = time.perf_counter() + 0.5
+
+    def done(scheduled: float):
+        def callback(future: grpc.Future) -> None:
+            elapsed = (time.perf_counter() - scheduled) * 1e3
+            with lock:
+                if future.exception() is None:
+                    latencies.append(elapsed)
+                else:
+                    errors[0] += 1
+            pending.release()
+
+        return callback
+
+    for i in range(n):
+        scheduled = start + i / qps
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        future = stub.Rank.future(rank_request(users[i % len(users)], K), timeout=5.0)
+        future.add_done_callback(done(scheduled))
+    for _ in range(n):
+        pending.acquire(timeout=30)
+    channel.close()
+    return np.asarray(latencies), errors[0]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=100_000)
+    parser.add_argument("--users", type=int, default=2000)
+    parser.add_argument("--index", choices=["exact", "hnsw", "ivf"], default="hnsw")
+    parser.add_argument("--qps", type=float, default=400)
+    parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--profile-requests", type=int, default=300)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    redis_url = Settings.from_env().redis_url
+    ensure_redis(redis_url)
+    data = prepare(
+        DataConfig(
+            synthetic=SyntheticConfig(n_users=args.users, n_items=args.items, min_events=5, max_events=20)
+        )
+    )
+    layout = KeyLayout(f"rfprof-{uuid.uuid4().hex[:8]}")
+    client = connect(redis_url, timeout_s=5.0)
+    users = [int(u) for u in data.mapping.users["user_id"]]
+    with tempfile.TemporaryDirectory(prefix="rankforge-profile-") as root:
+        torch.manual_seed(0)
+        u, i = (
+            user_features(data.n_users, data.n_items, data.history_len),
+            item_features(data.n_items, data.n_genres),
+        )
+        retrieval, ranker = os.path.join(root, "retrieval"), os.path.join(root, "ranker")
+        os.makedirs(retrieval), os.makedirs(ranker)
+        started = time.perf_counter()
+        index = IndexConfig(kind=args.index, on_low_recall="warn")
+        manifest = build_retrieval_bundle(TwoTower(u, i), data, retrieval, max_genres=8, index=index)
+        build_ranker_bundle(RankingModel(u + i, DENSE_FEATURES), data, ranker, max_genres=8)
+        FeatureWriter(client, layout, ttl_s=1800).write(data)
+        print(
+            f"setup {time.perf_counter() - started:.0f} s: {data.n_users} users, {data.n_items} items, "
+            f"index {manifest.index or 'exact'}",
+            flush=True,
+        )
+        limits = ServiceLimits(retrieve_factor=FACTOR)
+        config = ServerConfig(
+            retrieval=retrieval,
+            ranker=ranker,
+            redis_url=redis_url,
+            feature_prefix=layout.prefix,
+            port=0,
+            refresh_interval_s=0,
+            limits=limits,
+        )
+        server = RankingServer(config).start()
+        server.service.profile = StageProfile()
+        latencies = []
+        with RankingClient(server.address, timeout_s=5.0) as rc:
+            rc.rank(users[0], k=K)
+            server.service.profile.reset()
+            for n in range(args.profile_requests):
+                began = time.perf_counter()
+                rc.rank(users[n % len(users)], k=K)
+                latencies.append((time.perf_counter() - began) * 1e3)
+        stages = server.service.profile.mean_ms()
+        server.stop(1)
+        handler = stages.pop("handler total")
+        print(
+            f"\nper request, sequential ({args.profile_requests} requests, {os.cpu_count()} CPUs), mean ms:"
+        )
+        for stage, ms in sorted(stages.items(), key=lambda kv: -kv[1]):
+            print(f"  {stage:<24} {ms:7.3f}")
+        print(f"  {'handler total':<24} {handler:7.3f}")
+        outside = float(np.mean(latencies)) - handler
+        print(f"  {'gRPC + Python outside':<24} {outside:7.3f}   (client mean {np.mean(latencies):.3f})")
+
+        print(f"\nopen loop at {args.qps:.0f} QPS for {args.seconds:.0f} s, retrieve + rank {K * FACTOR}:")
+        print(f"  {'processes':>9} {'ok':>6} {'errors':>6} {'p50 ms':>8} {'p99 ms':>8}")
+        for processes in args.processes:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                port = probe.getsockname()[1]
+            command = [
+                sys.executable,
+                "-m",
+                "rankforge.cli",
+                "serve",
+                "--processes",
+                str(processes),
+                "--port",
+                str(port),
+                "--retrieval",
+                retrieval,
+                "--ranker",
+                ranker,
+                "--redis-url",
+                redis_url,
+                "--feature-prefix",
+                layout.prefix,
+                "--refresh-interval-s",
+                "0",
+                "--workers",
+                "16",
+            ]
+            env = {**os.environ, "OMP_NUM_THREADS": "1"}
+            served = subprocess.Popen(
+                command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
+            )
+            try:
+                served.stdout.readline()
+                time.sleep(3 + 2 * processes)  # the spawned workers load their models
+                lat, errors = open_loop(f"127.0.0.1:{port}", users, args.qps, args.seconds)
+                p50, p99 = np.percentile(lat, [50, 99]) if len(lat) else (float("nan"), float("nan"))
+                print(f"  {processes:>9} {len(lat):>6} {errors:>6} {p50:>8.2f} {p99:>8.2f}", flush=True)
+            finally:
+                served.terminate()
+                served.wait(timeout=30)
+        keys = list(client.scan_iter(f"{layout.prefix}:*", count=5000))
+        for start in range(0, len(keys), 5000):
+            client.delete(*keys[start : start + 5000])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
