@@ -56,6 +56,9 @@ def main() -> int:
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--hnsw-max", type=int, default=1_000_000)
+    parser.add_argument("--hnsw-ef", type=int, nargs="*", default=[256], help="HNSW efSearch values")
+    parser.add_argument("--ivf-nprobe", type=int, nargs="*", default=[32, 128], help="IVF nprobe values")
+    parser.add_argument("--vectors", nargs="+", default=["clustered", "random"])
     args = parser.parse_args()
     print(
         f"{dt.date.today().isoformat()}, {platform.processor() or platform.machine()}, "
@@ -64,7 +67,7 @@ def main() -> int:
     header = ("items", "vectors", "index", "build s", "index MB", "p50 ms", "p99 ms", "recall@100")
     print("{:>9} {:>9} {:>8} {:>8} {:>9} {:>7} {:>7} {:>10}".format(*header))
     for n in args.sizes:
-        for kind in ("clustered", "random"):
+        for kind in args.vectors:
             x = vectors(n, args.dim, kind)
             rng = np.random.default_rng(1)
             noise = 0.05 * rng.normal(size=(args.queries, args.dim)).astype(np.float32)
@@ -74,9 +77,9 @@ def main() -> int:
             faiss.omp_set_num_threads(1)
             p50, p99 = latency(exact.search, queries[:100], 100)
             row(n, kind, "exact", 0.0, x.nbytes / 2**20, p50, p99, 1.0)
-            configs = [IndexConfig(kind="ivf", nprobe=32), IndexConfig(kind="ivf", nprobe=128)]
+            configs = [IndexConfig(kind="ivf", nprobe=p) for p in args.ivf_nprobe]
             if n <= args.hnsw_max:
-                configs.insert(0, IndexConfig(kind="hnsw", hnsw_m=32, ef_search=256))
+                configs = [IndexConfig(kind="hnsw", hnsw_m=32, ef_search=ef) for ef in args.hnsw_ef] + configs
             for config in configs:
                 faiss.omp_set_num_threads(2)
                 start = time.perf_counter()
@@ -88,7 +91,7 @@ def main() -> int:
                 found, _ = served.search(queries[:200], 100)
                 recall = np.mean([len(np.intersect1d(t, f)) / 100 for t, f in zip(truth, found, strict=True)])
                 size_mb = faiss.serialize_index(index).nbytes / 2**20
-                name = config.kind if config.kind == "hnsw" else f"ivf/{config.nprobe}"
+                name = f"hnsw/{config.ef_search}" if config.kind == "hnsw" else f"ivf/{config.nprobe}"
                 row(n, kind, name, seconds, size_mb, p50, p99, float(recall))
                 del index, served
             del x, exact

@@ -1,6 +1,6 @@
 """Where a Rank request's time goes, and what p99 the service holds at a fixed request rate.
 
-    .venv/bin/python benchmarks/serve_profile.py [--items 100000] [--index hnsw] [--qps 400] [--processes 1 2]
+    .venv/bin/python benchmarks/serve_profile.py [--items 1000000] [--index ivf] [--qps 400] [--processes 1 2]
 
 1. Profile: one in-process server with stage timing on; sequential requests (no queueing); mean ms
    per stage (Redis reads, user tower, index search, ranker feed + ONNX, the rest of the handler)
@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 import uuid
+from dataclasses import replace
 
 import grpc
 import numpy as np
@@ -35,8 +36,9 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 from rankforge.features.aggregates import DENSE_FEATURES
 from rankforge.features.pipeline import DataConfig, SyntheticConfig, prepare
 from rankforge.infra.redis_server import ensure_redis
+from rankforge.models.matrix_factorization import MatrixFactorization
 from rankforge.models.ranking import RankingModel
-from rankforge.models.two_tower import TwoTower, item_features, user_features
+from rankforge.models.two_tower import item_features, user_features
 from rankforge.serving.ann_index import IndexConfig
 from rankforge.serving.client import RankingClient, rank_request
 from rankforge.serving.export_bundle import build_ranker_bundle, build_retrieval_bundle
@@ -91,9 +93,10 @@ def open_loop(address: str, users: list[int], qps: float, seconds: float) -> tup
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--items", type=int, default=100_000)
-    parser.add_argument("--users", type=int, default=2000)
-    parser.add_argument("--index", choices=["exact", "hnsw", "ivf"], default="hnsw")
+    parser.add_argument("--items", type=int, default=1_000_000)
+    parser.add_argument("--users", type=int, default=300)
+    parser.add_argument("--index", choices=["exact", "hnsw", "ivf"], default="ivf")
+    parser.add_argument("--nprobe", type=int, default=128, help="IVF cells scanned per query")
     parser.add_argument("--qps", type=float, default=400)
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
@@ -119,8 +122,12 @@ def main() -> int:
         retrieval, ranker = os.path.join(root, "retrieval"), os.path.join(root, "ranker")
         os.makedirs(retrieval), os.makedirs(ranker)
         started = time.perf_counter()
-        index = IndexConfig(kind=args.index, on_low_recall="warn")
-        manifest = build_retrieval_bundle(TwoTower(u, i), data, retrieval, max_genres=8, index=index)
+        index = IndexConfig(kind=args.index, nprobe=args.nprobe, on_low_recall="warn")
+        # matrix factorisation with N(0, 1) rows: item vectors as diverse as a trained catalogue's
+        # (a fresh two-tower's MLP maps every item to nearly the same vector, so every user would
+        # retrieve the same items and the item cache would hit every time)
+        mf = MatrixFactorization(data.n_users, data.n_items, 64, init_std=1.0)
+        manifest = build_retrieval_bundle(mf, data, retrieval, max_genres=8, index=index)
         build_ranker_bundle(RankingModel(u + i, DENSE_FEATURES), data, ranker, max_genres=8)
         FeatureWriter(client, layout, ttl_s=1800).write(data)
         print(
@@ -138,27 +145,27 @@ def main() -> int:
             refresh_interval_s=0,
             limits=limits,
         )
-        server = RankingServer(config).start()
-        server.service.profile = StageProfile()
-        latencies = []
-        with RankingClient(server.address, timeout_s=5.0) as rc:
-            rc.rank(users[0], k=K)
-            server.service.profile.reset()
-            for n in range(args.profile_requests):
-                began = time.perf_counter()
-                rc.rank(users[n % len(users)], k=K)
-                latencies.append((time.perf_counter() - began) * 1e3)
-        stages = server.service.profile.mean_ms()
-        server.stop(1)
-        handler = stages.pop("handler total")
-        print(
-            f"\nper request, sequential ({args.profile_requests} requests, {os.cpu_count()} CPUs), mean ms:"
-        )
-        for stage, ms in sorted(stages.items(), key=lambda kv: -kv[1]):
-            print(f"  {stage:<24} {ms:7.3f}")
-        print(f"  {'handler total':<24} {handler:7.3f}")
-        outside = float(np.mean(latencies)) - handler
-        print(f"  {'gRPC + Python outside':<24} {outside:7.3f}   (client mean {np.mean(latencies):.3f})")
+        for cache in (0, 500_000):
+            server = RankingServer(replace(config, item_cache_size=cache)).start()
+            server.service.profile = StageProfile()
+            latencies = []
+            with RankingClient(server.address, timeout_s=5.0) as rc:
+                rc.rank(users[0], k=K)
+                server.service.profile.reset()
+                for n in range(args.profile_requests):
+                    began = time.perf_counter()
+                    rc.rank(users[n % len(users)], k=K)
+                    latencies.append((time.perf_counter() - began) * 1e3)
+            stages = server.service.profile.mean_ms()
+            server.stop(1)
+            handler = stages.pop("handler total")
+            label = "item cache off" if cache == 0 else "item cache on"
+            print(f"\nper request, sequential, {label} ({args.profile_requests} requests), mean ms:")
+            for stage, ms in sorted(stages.items(), key=lambda kv: -kv[1]):
+                print(f"  {stage:<24} {ms:7.3f}")
+            print(f"  {'handler total':<24} {handler:7.3f}")
+            outside = float(np.mean(latencies)) - handler
+            print(f"  {'gRPC + Python outside':<24} {outside:7.3f}   (client mean {np.mean(latencies):.3f})")
 
         print(f"\nopen loop at {args.qps:.0f} QPS for {args.seconds:.0f} s, retrieve + rank {K * FACTOR}:")
         print(f"  {'processes':>9} {'ok':>6} {'errors':>6} {'p50 ms':>8} {'p99 ms':>8}")

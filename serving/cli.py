@@ -49,6 +49,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--port", type=int, default=50051, help="TCP port (0: any free port)")
     serve.add_argument("--workers", type=int, default=8, help="request threads (per process)")
     serve.add_argument(
+        "--item-cache-size",
+        type=int,
+        default=500_000,
+        help="item feature records kept in memory per feature version (0: read every item from Redis)",
+    )
+    serve.add_argument(
         "--processes",
         type=int,
         default=1,
@@ -257,6 +263,7 @@ def _serve(args: argparse.Namespace) -> int:
         auth_token=read_token(args.auth_token_file),
         allow_insecure=args.insecure,
         reuse_port=args.processes > 1,
+        item_cache_size=args.item_cache_size,
     )
     try:
         server = RankingServer(config)

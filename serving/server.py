@@ -48,6 +48,7 @@ class ServerConfig:
     tls: TlsConfig | None = None  # None: plaintext, allowed on loopback only (see security)
     auth_token: str | None = None  # set: every RPC but health needs "authorization: Bearer <token>"
     allow_insecure: bool = False  # plaintext on a non-loopback interface, explicitly forced
+    item_cache_size: int = 500_000  # item feature records cached per feature version (0: off)
     reuse_port: bool = False  # SO_REUSEPORT: several server processes share one port (serve --processes)
 
 
@@ -86,7 +87,7 @@ class RankingServer:
         client = connect(
             config.redis_url, timeout_s=config.limits.redis_timeout_s, max_connections=config.workers * 2
         )
-        self.reader = FeatureReader(client, KeyLayout(config.feature_prefix))
+        self.reader = FeatureReader(client, KeyLayout(config.feature_prefix), config.item_cache_size)
         self.service = RankingService(
             lambda: self.watcher.models, self.reader, config.limits, auction_rule=config.auction_rule
         )
