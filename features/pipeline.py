@@ -24,6 +24,7 @@ from rankforge.features.aggregates import item_aggregates, user_aggregates
 from rankforge.features.auctions import AuctionTensors
 from rankforge.features.id_mapping import IdMapping
 from rankforge.features.loaders import load_interactions, load_lightgcn_split, load_movielens_items
+from rankforge.features.log_spec import LogSpec, read_log
 from rankforge.features.schema import ITEM, ITEM_IDX, LABEL, RATING, TIMESTAMP, USER, USER_IDX
 from rankforge.features.splits import global_time_split, leave_last_out, random_leave_out
 from rankforge.features.synthetic import generate_log
@@ -65,6 +66,8 @@ class DataConfig(BaseModel):
     test_from: int | None = None
     n_test_per_user: int = Field(1, ge=1)
     positive_threshold: float = 4.0  # rating >= threshold is a positive; logs without ratings: all
+    # source = "file": your own log's columns and label rule (CSV with any names, parquet, NDJSON)
+    log: LogSpec | None = None
     history_len: int = Field(20, ge=1)
     # Model selection data, carved from the *training* part (the test set is never looked at while
     # training): > 0 holds out that fraction of each user's training events at random (split
@@ -105,6 +108,14 @@ class DataConfig(BaseModel):
             update={"path": under(folder, self.path), "items_path": under(folder, self.items_path)}
         )
 
+    @property
+    def label_threshold(self) -> float:
+        """The value a log's rating/label column must reach to be a positive (a log spec's rule,
+        else ``positive_threshold``; implicit logs have no label column, so every event counts)."""
+        if self.log is not None and self.log.positive_threshold is not None:
+            return self.log.positive_threshold
+        return self.positive_threshold
+
     def describe(self) -> str:
         """The data set in words: source (with its path or generator settings) and split."""
         if self.source == "synthetic":
@@ -118,6 +129,8 @@ class DataConfig(BaseModel):
     def _check(self) -> DataConfig:
         if self.source != "synthetic" and self.path is None:
             raise ValueError(f"data.path is required for source={self.source!r}")
+        if self.log is not None and self.source != "file":
+            raise ValueError(f"data.log describes a log file: set data.source = 'file', not {self.source!r}")
         if self.test_from is not None and self.split != "time":
             raise ValueError(f"data.test_from only applies to split='time', got split={self.split!r}")
         if self.split == "provided" and self.source != "lightgcn":
@@ -235,6 +248,8 @@ def _raw_log(config: DataConfig) -> tuple[pl.DataFrame, pl.DataFrame | None, pl.
         if config.split == "provided":
             return train, test, items
         return pl.concat([train, test]), None, items
+    if config.log is not None:
+        return read_log(config.path, config.log), None, items
     return load_interactions(config.path, config.layout), None, items
 
 
@@ -319,16 +334,13 @@ def prepare(config: DataConfig) -> PreparedData:
         else pl.concat([train_raw, validation_raw], how="vertical_relaxed")
     )
     mapping = IdMapping.fit(known, items)
-    train = _with_label(mapping.encode(train_raw.lazy()), config.positive_threshold).collect()
-    test = _with_label(mapping.encode(test_raw.lazy()), config.positive_threshold).collect()
+    threshold = config.label_threshold
+    train = _with_label(mapping.encode(train_raw.lazy()), threshold).collect()
+    test = _with_label(mapping.encode(test_raw.lazy()), threshold).collect()
     if config.validation_fraction > 0:
-        validation = (
-            _with_label(mapping.encode(validation_raw.lazy()), config.positive_threshold)
-            .collect()
-            .sort(ORDER)
-        )
+        validation = _with_label(mapping.encode(validation_raw.lazy()), threshold).collect().sort(ORDER)
     if train.filter(pl.col(LABEL) > 0).height == 0:
-        raise DataError(f"no positive training events (rating >= {config.positive_threshold})")
+        raise DataError(f"no positive training events (label value >= {threshold})")
 
     events = train.lazy()
     positives = events.filter(pl.col(LABEL) > 0).select(USER_IDX, ITEM_IDX, TIMESTAMP)

@@ -1,0 +1,169 @@
+"""Your own interaction log: which columns are which, and how a label is derived (a first slice of
+the declarative feature spec of issue #11).
+
+``[data.log]`` in a config maps a CSV (any column names), parquet or NDJSON log onto the canonical
+schema (``user_id, item_id, rating, timestamp``) and says what a positive is::
+
+    [data]
+    source = "file"
+    path = "my_log.csv"
+    [data.log]
+    user = "uid"                 # integer ids (the serving API's ids are int64)
+    item = "video"
+    timestamp = "ts"             # integer seconds or milliseconds, or ISO-8601 strings
+    label = "clicked"            # the column the label comes from (absent: implicit feedback)
+    label_rule = "binary"        # 0/1 column | "threshold" (value >= label_threshold) | "implicit"
+
+The label column travels as the canonical ``rating`` and the rule becomes the pipeline's
+``positive_threshold`` (binary: 0.5), so every downstream step is unchanged. Bad data is refused
+with the column and a few offending rows: null ids, non-numeric or negative labels, a binary label
+outside {0, 1}, unparsable timestamps, or a spec naming a column the file lacks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import polars as pl
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from rankforge.errors import DataError
+from rankforge.features.schema import INTERACTION_SCHEMA, ITEM, RATING, TIMESTAMP, USER
+
+SHOWN = 5
+FORMATS = {".csv": "csv", ".parquet": "parquet", ".ndjson": "ndjson", ".jsonl": "ndjson"}
+#: Epoch values above this are milliseconds (1e11 seconds is the year 5138).
+MS_THRESHOLD = 100_000_000_000
+
+
+class LogSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user: str = "user_id"
+    item: str = "item_id"
+    timestamp: str | None = "timestamp"  # None: the log has no time (row order is kept)
+    timestamp_unit: Literal["auto", "s", "ms"] = "auto"
+    label: str | None = None
+    label_rule: Literal["implicit", "binary", "threshold"] = "implicit"
+    label_threshold: float | None = None
+
+    @model_validator(mode="after")
+    def _rule_fits(self) -> LogSpec:
+        if self.label_rule == "implicit" and self.label is not None:
+            raise ValueError("data.log.label is set: give label_rule = 'binary' or 'threshold'")
+        if self.label_rule != "implicit" and self.label is None:
+            raise ValueError(f"data.log.label_rule = {self.label_rule!r} needs data.log.label (the column)")
+        if (self.label_rule == "threshold") != (self.label_threshold is not None):
+            raise ValueError("data.log.label_threshold goes with label_rule = 'threshold' (and only with it)")
+        return self
+
+    @property
+    def positive_threshold(self) -> float | None:
+        """What the pipeline compares the canonical rating with (None: every event is positive)."""
+        return {"binary": 0.5, "threshold": self.label_threshold}.get(self.label_rule)
+
+
+def _preview(frame: pl.DataFrame) -> str:
+    rows = [str(r) for r in frame.head(SHOWN).rows(named=True)]
+    return ", ".join(rows) + (f" (+{frame.height - SHOWN} more)" if frame.height > SHOWN else "")
+
+
+def read_log(path: str | Path, spec: LogSpec) -> pl.DataFrame:
+    """A CSV/parquet/NDJSON log in the canonical schema, validated; errors name column and rows."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"interaction file not found: {p}")
+    kind = FORMATS.get(p.suffix.lower())
+    if kind is None:
+        raise DataError(f"{p}: expected a .csv, .parquet, .ndjson or .jsonl log, got {p.suffix!r}")
+    try:
+        frame = {"csv": pl.read_csv, "parquet": pl.read_parquet, "ndjson": pl.read_ndjson}[kind](p)
+    except (pl.exceptions.ComputeError, OSError) as exc:
+        raise DataError(f"cannot read {p}: {str(exc)[:200]}") from exc
+    wanted = {"user": spec.user, "item": spec.item, "timestamp": spec.timestamp, "label": spec.label}
+    missing = [
+        f"{role}={col!r}" for role, col in wanted.items() if col is not None and col not in frame.columns
+    ]
+    if missing:
+        raise DataError(
+            f"{p}: data.log names column(s) the file lacks: {', '.join(missing)}; it has {frame.columns}"
+        )
+    if frame.height == 0:
+        raise DataError(f"no interactions in {p}")
+    out = {USER: _ids(frame, spec.user, p), ITEM: _ids(frame, spec.item, p)}
+    out[RATING] = _labels(frame, spec, p) if spec.label else pl.Series(RATING, [None] * frame.height)
+    out[TIMESTAMP] = (
+        _timestamps(frame, spec.timestamp, spec.timestamp_unit, p)
+        if spec.timestamp
+        else pl.Series(TIMESTAMP, range(frame.height))
+    )
+    return pl.DataFrame(out).select(pl.col(c).cast(t) for c, t in INTERACTION_SCHEMA.items())
+
+
+def _ids(frame: pl.DataFrame, column: str, path: Path) -> pl.Series:
+    values = frame[column]
+    nulls = frame.with_row_index("row").filter(values.is_null())
+    if nulls.height:
+        raise DataError(
+            f"{path}: column {column!r} has {nulls.height} null id(s): "
+            f"{_preview(nulls.select('row', column))}"
+        )
+    ids = values.cast(pl.Int64, strict=False)
+    bad = frame.with_row_index("row").filter(ids.is_null())
+    if bad.height:
+        raise DataError(
+            f"{path}: column {column!r} holds non-integer ids (the serving API's ids are int64): "
+            f"{_preview(bad.select('row', column))}"
+        )
+    return ids
+
+
+def _labels(frame: pl.DataFrame, spec: LogSpec, path: Path) -> pl.Series:
+    column = spec.label
+    assert column is not None
+    raw = frame[column]
+    values = raw.cast(pl.Float64, strict=False) if raw.dtype != pl.Boolean else raw.cast(pl.Float64)
+    indexed = frame.with_row_index("row")
+    bad = indexed.filter(values.is_null() | ~values.is_finite())
+    if bad.height:
+        raise DataError(
+            f"{path}: label column {column!r} has missing or non-numeric values: "
+            f"{_preview(bad.select('row', column))}"
+        )
+    negative = indexed.filter(values < 0)
+    if negative.height:
+        raise DataError(
+            f"{path}: label column {column!r} has negative values: {_preview(negative.select('row', column))}"
+        )
+    if spec.label_rule == "binary":
+        other = indexed.filter(~values.is_in([0.0, 1.0]))
+        if other.height:
+            raise DataError(
+                f"{path}: label column {column!r} (label_rule 'binary') holds values other than 0/1: "
+                f"{_preview(other.select('row', column))}"
+            )
+    return values
+
+
+def _timestamps(frame: pl.DataFrame, column: str, unit: str, path: Path) -> pl.Series:
+    raw = frame[column]
+    indexed = frame.with_row_index("row")
+    if raw.dtype == pl.String:
+        parsed = raw.str.to_datetime(strict=False, time_zone="UTC")
+        bad = indexed.filter(parsed.is_null())
+        if bad.height:
+            raise DataError(
+                f"{path}: column {column!r} has unparsable timestamps: {_preview(bad.select('row', column))}"
+            )
+        return parsed.dt.epoch("s")
+    if raw.dtype.is_temporal():
+        return raw.dt.epoch("s")
+    seconds = raw.cast(pl.Int64, strict=False)
+    bad = indexed.filter(seconds.is_null())
+    if bad.height:
+        raise DataError(
+            f"{path}: column {column!r} has non-integer timestamps: {_preview(bad.select('row', column))}"
+        )
+    if unit == "ms" or (unit == "auto" and seconds.max() > MS_THRESHOLD):
+        seconds = seconds // 1000
+    return seconds
