@@ -6,6 +6,7 @@ import numpy as np
 import polars as pl
 
 from rankforge.errors import DataError
+from rankforge.features.id_mapping import IdMapping
 
 UNKNOWN = -1
 
@@ -36,3 +37,15 @@ class IdLookup:
 
     def decode(self, indices: np.ndarray) -> np.ndarray:
         return self.raw_of[np.asarray(indices, dtype=np.int64)]
+
+
+def translate_ids(ours: IdMapping, theirs: IdMapping) -> dict[str, np.ndarray]:
+    """Per id space (``users``, ``items``): our dense index -> theirs, ``-1`` where the other
+    mapping does not know the raw id (a model trained on other data: a reference, a warm start)."""
+    users = IdLookup(theirs.users, "user_id", "user_idx").encode(
+        ours.users.sort("user_idx")["user_id"].to_numpy()
+    )
+    items = IdLookup(theirs.items, "item_id", "item_idx").encode(
+        ours.items.sort("item_idx")["item_id"].to_numpy()
+    )
+    return {"users": users, "items": items}

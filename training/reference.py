@@ -33,7 +33,7 @@ from rankforge.errors import ConfigError, DataError
 from rankforge.features.aggregates import DENSE_FEATURES
 from rankforge.features.pipeline import PreparedData
 from rankforge.serving.bundle import Bundle
-from rankforge.serving.id_lookup import IdLookup
+from rankforge.serving.id_lookup import translate_ids
 from rankforge.serving.model_runtime import load_ranker
 
 
@@ -81,13 +81,8 @@ class BundleReference:
             )
         self.bundle = bundle
         self.runtime = load_ranker(bundle, "reference", threads=1)
-        theirs = bundle.id_mapping
-        self.user_map = IdLookup(theirs.users, "user_id", "user_idx").encode(
-            data.mapping.users.sort("user_idx")["user_id"].to_numpy()
-        )
-        self.item_map = IdLookup(theirs.items, "item_id", "item_idx").encode(
-            data.mapping.items.sort("item_idx")["item_id"].to_numpy()
-        )
+        maps = translate_ids(data.mapping, bundle.id_mapping)
+        self.user_map, self.item_map = maps["users"], maps["items"]
         self.item_genres = item_genres
         if (self.item_map < 0).all():
             raise DataError(
@@ -141,11 +136,18 @@ def open_reference(
         return None
     if spec == "item_rate":
         return ItemRateReference(item_pos_rate)
+    bundle = fetch_bundle(spec, folder, "objective.reference")
+    return BundleReference(bundle, data, list(DENSE_FEATURES), item_genres)
+
+
+def fetch_bundle(spec: str, folder: Path, setting: str) -> Bundle:
+    """The bundle a training setting names (``objective.reference``, ``training.warm_start``): a
+    registry URI is downloaded into ``folder`` (emptied first), a path is opened where it is; a
+    name that resolves to nothing is a ``ConfigError`` naming the setting."""
     from rankforge.pipelines.registry import download_bundle  # the registry sits above training
 
     shutil.rmtree(folder, ignore_errors=True)
     try:
-        bundle = download_bundle(spec, folder if spec.startswith("models:/") else None)
+        return download_bundle(spec, folder if spec.startswith("models:/") else None)
     except DataError as exc:
-        raise ConfigError(f"objective.reference: {exc}") from exc
-    return BundleReference(bundle, data, list(DENSE_FEATURES), item_genres)
+        raise ConfigError(f"{setting}: {exc}") from exc

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from rankforge.errors import ConfigError, DataError
+from rankforge.errors import ConfigError
 from rankforge.features.pipeline import PreparedData
 from rankforge.models.retrieval import RetrievalModel
 from rankforge.models.scoring import Scoring
@@ -34,7 +34,7 @@ from rankforge.training.batches import (
 )
 from rankforge.training.checkpoint import Checkpointer
 from rankforge.training.losses import resolve_objective
-from rankforge.training.reference import open_reference
+from rankforge.training.reference import fetch_bundle, open_reference
 from rankforge.training.schedule import LearningRateSchedule
 from rankforge.training.sharding import DistEnv, build_optimizers, shard, unsharded_state_dict
 from rankforge.training.tasks import Model, build_model, make_task, task_inputs
@@ -197,14 +197,8 @@ class Trainer:
         spec = self.config.training.warm_start
         if spec is None:
             return
-        from rankforge.pipelines.registry import download_bundle  # the registry sits above training
-
         folder = self.config.output_dir / f"warm_start_rank{self.env.rank}"
-        shutil.rmtree(folder, ignore_errors=True)
-        try:
-            bundle = download_bundle(spec, folder if spec.startswith("models:/") else None)
-        except DataError as exc:
-            raise ConfigError(f"training.warm_start: {exc}") from exc
+        bundle = fetch_bundle(spec, folder, "training.warm_start")
         self.warm_rows = warm_start(self.dmp, bundle, self.data.mapping)
 
     def mark_finished(self) -> None:

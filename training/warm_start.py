@@ -23,22 +23,11 @@ from torchrec.distributed import DistributedModelParallel
 from rankforge.errors import ConfigError
 from rankforge.features.id_mapping import IdMapping
 from rankforge.serving.bundle import WEIGHTS, Bundle
-from rankforge.serving.id_lookup import IdLookup
+from rankforge.serving.id_lookup import translate_ids
 
 #: Which id space each sparse feature's table rows are indexed by.
 ROW_SPACE = {"user_id": "users", "user_history": "items", "item_id": "items", "item_genres": "genres"}
 _TABLE = re.compile(r"\.t_(\w+)\.weight$")
-
-
-def row_maps(ours: IdMapping, theirs: IdMapping) -> dict[str, np.ndarray]:
-    """Per id space: our row -> their row (-1 where they do not know the raw id)."""
-    users = IdLookup(theirs.users, "user_id", "user_idx").encode(
-        ours.users.sort("user_idx")["user_id"].to_numpy()
-    )
-    items = IdLookup(theirs.items, "item_id", "item_idx").encode(
-        ours.items.sort("item_idx")["item_id"].to_numpy()
-    )
-    return {"users": users, "items": items}
 
 
 def _source_rows(key: str, rows: int, maps: dict[str, np.ndarray], theirs: torch.Tensor) -> np.ndarray:
@@ -62,7 +51,7 @@ def warm_start(
     if not path.is_file():
         raise ConfigError(f"training.warm_start: bundle {str(bundle.directory)[:120]} has no {WEIGHTS}")
     theirs: dict[str, torch.Tensor] = torch.load(path, weights_only=True)
-    maps = row_maps(mapping, bundle.id_mapping)
+    maps = translate_ids(mapping, bundle.id_mapping)
     state = dmp.state_dict()
     ours = {key: key[key.index(prefix) + len(prefix) :] for key in state if prefix in key}
     missing = sorted(set(ours.values()) - set(theirs))
