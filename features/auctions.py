@@ -137,6 +137,32 @@ class AuctionTensors:
     def n_auctions(self) -> int:
         return int(self.users.shape[0])
 
+    def filled_ads(self) -> torch.Tensor:
+        """``[A, M]`` ads with every padding slot holding its auction's first ad, so each slot is a
+        valid model input (its score is masked out afterwards)."""
+        return torch.where(self.mask, self.ads, self.ads[:, :1].expand_as(self.ads))
+
+    def slots(self) -> pl.DataFrame:
+        """Every ``[A, M]`` slot as a ``(user_idx, item_idx)`` row, auction by auction (padding
+        filled as in :meth:`filled_ads`): what a served ranker scores for these auctions."""
+        m = self.ads.shape[1]
+        return pl.DataFrame(
+            {
+                "user_idx": self.users.repeat_interleave(m).numpy(),
+                "item_idx": self.filled_ads().reshape(-1).numpy(),
+            }
+        )
+
+    def outcome_inputs(self) -> dict[str, np.ndarray | None]:
+        """``bids, clicks, mask, true_ctr`` as the numpy arrays the welfare metrics take
+        (``evaluation.auction_metrics``: ``auction_outcomes(pctr, **auctions.outcome_inputs())``)."""
+        return {
+            "bids": self.bids.double().numpy(),
+            "clicks": self.clicks.double().numpy(),
+            "mask": self.mask.numpy(),
+            "true_ctr": None if self.true_ctr is None else self.true_ctr.numpy(),
+        }
+
     def take(self, rows: torch.Tensor) -> AuctionTensors:
         return AuctionTensors(
             self.users[rows],

@@ -39,6 +39,7 @@ from rankforge.pipelines.bundle_scoring import (
     ranker_coverage,
     ranker_probabilities,
     score_retrieval,
+    served_auction_pctr,
     slate_scores,
 )
 from rankforge.pipelines.registry import download_bundle
@@ -175,24 +176,12 @@ def held_out_auctions(path: str, data: PreparedData) -> AuctionTensors:
 def _auction_evaluation(bundle: Bundle, data: PreparedData, auctions: AuctionTensors) -> ModelEvaluation:
     """The auctions run on the bundle's served pCTRs: welfare (and its ratio to the oracle when the
     log has true CTRs) and second-price revenue, each a statistic over resampled auctions."""
-    ads = np.where(auctions.mask.numpy(), auctions.ads.numpy(), auctions.ads.numpy()[:, :1])
-    pairs = pl.DataFrame(
-        {"user_idx": np.repeat(auctions.users.numpy(), ads.shape[1]), "item_idx": ads.reshape(-1)}
-    )
-    pctr = ranker_probabilities(bundle, pairs, data).reshape(ads.shape)
-    true_ctr = None if auctions.true_ctr is None else auctions.true_ctr.numpy()
-    out = auction_outcomes(
-        pctr,
-        auctions.bids.double().numpy(),
-        auctions.clicks.double().numpy(),
-        auctions.mask.numpy(),
-        true_ctr,
-    )
+    out = auction_outcomes(served_auction_pctr(bundle, auctions, data), **auctions.outcome_inputs())
     stats: dict[str, Statistic] = {
         "realized_welfare": _mean_of(out.realized_welfare),
         "realized_revenue": _mean_of(out.realized_revenue),
     }
-    if true_ctr is not None:
+    if auctions.true_ctr is not None:
         stats.update(
             welfare_ratio=out.welfare_ratio,
             expected_welfare=_mean_of(out.expected_welfare),

@@ -25,13 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 
 from rankforge.evaluation.auction_metrics import AuctionOutcomes, auction_outcomes
 from rankforge.evaluation.bootstrap import Interval, paired_bootstrap_difference
 from rankforge.features.pipeline import PreparedData, prepare
 from rankforge.pipelines.auction_data import with_auctions
-from rankforge.pipelines.bundle_scoring import ranker_probabilities
+from rankforge.pipelines.bundle_scoring import served_auction_pctr
 from rankforge.pipelines.quality_benchmark import machine
 from rankforge.pipelines.train_config import TrainConfig, parse_config
 from rankforge.serving.bundle import load_bundle
@@ -90,12 +89,7 @@ def job(
 def served_pctr(bundle: Path, data: PreparedData) -> np.ndarray:
     """The bundle's pCTR of every test auction slot ``[A, M]``, through the served ranker."""
     assert data.auctions is not None
-    test = data.auctions.test
-    ads = np.where(test.mask.numpy(), test.ads.numpy(), test.ads.numpy()[:, :1])
-    pairs = pl.DataFrame(
-        {"user_idx": np.repeat(test.users.numpy(), ads.shape[1]), "item_idx": ads.reshape(-1)}
-    )
-    return ranker_probabilities(load_bundle(bundle), pairs, data).reshape(ads.shape)
+    return served_auction_pctr(load_bundle(bundle), data.auctions.test, data)
 
 
 @dataclass(frozen=True)
@@ -124,13 +118,7 @@ def run_seed(setting: Setting, seed: int, root: Path, n_auctions: int, epochs: i
     test = data.auctions.test  # type: ignore[union-attr]
     assert test.true_ctr is not None
     outcomes = {
-        model: auction_outcomes(
-            served_pctr(bundle, data),
-            test.bids.double().numpy(),
-            test.clicks.double().numpy(),
-            test.mask.numpy(),
-            test.true_ctr.numpy(),
-        )
+        model: auction_outcomes(served_pctr(bundle, data), **test.outcome_inputs())
         for model, bundle in bundles.items()
     }
     return SeedRun(setting.name, seed, outcomes, minutes)

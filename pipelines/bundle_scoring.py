@@ -18,6 +18,7 @@ import scipy.sparse as sp
 import torch
 
 from rankforge.evaluation.metrics import sigmoid
+from rankforge.features.auctions import AuctionTensors
 from rankforge.features.pipeline import PreparedData
 from rankforge.models.inputs import pad_lists
 from rankforge.serving.bundle import Bundle
@@ -144,6 +145,12 @@ def ranker_probabilities(bundle: Bundle, pairs: pl.DataFrame, data: PreparedData
         data.mapping.users, on="user_idx", how="left", maintain_order="left"
     )
     return sigmoid(ranker_logits(bundle, frame, data.raw_histories))
+
+
+def served_auction_pctr(bundle: Bundle, auctions: AuctionTensors, data: PreparedData) -> np.ndarray:
+    """A ranker bundle's P(click) of every ``[A, M]`` auction slot, scored as served (padding slots
+    hold a real ad's score: mask them)."""
+    return ranker_probabilities(bundle, auctions.slots(), data).reshape(tuple(auctions.ads.shape))
 
 
 def slate_scores(bundle: Bundle, log: pl.DataFrame, data: PreparedData) -> np.ndarray:

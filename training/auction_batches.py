@@ -53,11 +53,11 @@ class AuctionBatch:
 
 def auction_rows(
     auctions: AuctionTensors, tables: FeatureTables
-) -> tuple[torch.Tensor, KeyedJaggedTensor, torch.Tensor, torch.Tensor]:
-    """(dense, sparse, users, items) of every ``[A, M]`` slot, flattened; padding slots are filled
-    with the auction's first ad (scored and then masked out) so every row is a valid input."""
+) -> tuple[torch.Tensor, KeyedJaggedTensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dense, sparse, users, items, histories) of every ``[A, M]`` slot, flattened; padding slots
+    hold the auction's first ad (``AuctionTensors.filled_ads``), cold users (-1) padding history."""
     a, m = auctions.ads.shape
-    ads = torch.where(auctions.mask, auctions.ads, auctions.ads[:, :1].expand(a, m)).reshape(-1)
+    ads = auctions.filled_ads().reshape(-1)
     users = auctions.users.repeat_interleave(m)
     known = users >= 0
     history = torch.full((a * m, tables.user_history.shape[1]), PAD, dtype=torch.int64)
@@ -67,7 +67,7 @@ def auction_rows(
     dense[:, tables.user_dense.shape[1] :] = tables.item_dense[ads]
     dense[known, : tables.user_dense.shape[1]] = tables.user_dense[users[known]]
     sparse = padded_to_kjt({**user_features, **tables.items(ads)}, USER_KEYS + ITEM_KEYS)
-    return dense, sparse, users, ads
+    return dense, sparse, users, ads, history
 
 
 class AuctionBatches(_Batches):
@@ -90,13 +90,11 @@ class AuctionBatches(_Batches):
         for rows in self._global_batches():
             n = len(rows) - len(rows) % self.world_size
             part = self.auctions.take(rows[rank_slice(n, self.rank, self.world_size)])
-            dense, sparse, users, ads = auction_rows(part, self.tables)
+            dense, sparse, users, ads, history = auction_rows(part, self.tables)
             shape = part.ads.shape
             if self.teacher is None:
                 teacher = torch.zeros(shape)
             else:
-                history = self.tables.user_history[users.clamp_min(0)]
-                history[users < 0] = PAD
                 logits, covered = self.teacher(users, ads, history, dense)
                 fallback = (2.0 * part.clicks - 1.0) * CLICK_LOGIT
                 teacher = torch.where(covered.reshape(shape), logits.reshape(shape), fallback)

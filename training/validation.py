@@ -153,7 +153,7 @@ def auction_pctr(
         out = []
         for start in range(0, auctions.n_auctions, chunk):
             part = auctions.take(torch.arange(start, min(start + chunk, auctions.n_auctions)))
-            dense, sparse, _, _ = auction_rows(part, tables)
+            dense, sparse, *_ = auction_rows(part, tables)
             out.append(torch.sigmoid(model(dense, sparse)).reshape(part.ads.shape).double().numpy())
         return np.concatenate(out)
     finally:
@@ -170,14 +170,7 @@ def auction_validation(
     auctions = data.auctions.split(split)
     if auctions is None:
         return {}
-    mask = auctions.mask.numpy()
-    return auction_metrics(
-        auction_pctr(model, auctions, tables),
-        auctions.bids.double().numpy(),
-        auctions.clicks.double().numpy(),
-        mask,
-        None if auctions.true_ctr is None else auctions.true_ctr.numpy(),
-    )
+    return auction_metrics(auction_pctr(model, auctions, tables), **auctions.outcome_inputs())
 
 
 def validate(
