@@ -47,13 +47,18 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_checksums(directory: Path) -> None:
-    """Record the SHA-256 of every file of a checkpoint (atomically)."""
-    sums = {
-        str(p.relative_to(directory)): _sha256(p)
-        for p in sorted(directory.rglob("*"))
-        if p.is_file() and p.name != CHECKSUMS and not p.name.endswith(".partial")
-    }
+def write_checksums(directory: Path, only: str | None = None) -> None:
+    """Record the SHA-256 of every file of a checkpoint (atomically); with ``only``, refresh that
+    one file's entry and keep the others."""
+    if only is not None:
+        sums = json.loads((directory / CHECKSUMS).read_text())
+        sums[only] = _sha256(directory / only)
+    else:
+        sums = {
+            str(p.relative_to(directory)): _sha256(p)
+            for p in sorted(directory.rglob("*"))
+            if p.is_file() and p.name != CHECKSUMS and not p.name.endswith(".partial")
+        }
     partial = directory / f".{CHECKSUMS}.partial"
     partial.write_text(json.dumps(sums, indent=1, sort_keys=True))
     partial.replace(directory / CHECKSUMS)
@@ -118,7 +123,7 @@ class Checkpointer:
         partial = path / f".{EXTRA}.partial"
         torch.save(extra, partial)
         partial.replace(path / EXTRA)
-        write_checksums(path)
+        write_checksums(path, only=EXTRA)  # the shards did not change: do not hash them again
 
     def latest_intact(self) -> Path | None:
         """The newest checkpoint whose files all match their checksums; damaged newer ones are
