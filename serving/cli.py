@@ -101,16 +101,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--ad-ranker ...` and print the ads by eCPM with their pCTR and price.",
         formatter_class=fmt,
     )
-    auction.add_argument("--address", default=DEFAULT_ADDRESS, help="host:port of `rankforge serve`")
-    auction.add_argument("--user", type=int, required=True, help="raw user id")
+    _client_options(auction)
     auction.add_argument(
         "--bids", type=_bid_list, required=True, help="comma-separated AD_ID:BID pairs, e.g. 5:1.2,9:0.8"
     )
-    auction.add_argument(
-        "--context", action="append", default=[], metavar="NAME=VALUE", help="request context"
-    )
-    auction.add_argument("--timeout-s", type=float, default=2.0, help="request deadline")
-    _client_security(auction)
     auction.set_defaults(func=_auction)
 
     query = subparsers.add_parser(
@@ -119,15 +113,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Send one Rank request to a running `rankforge serve` and print the ranking.",
         formatter_class=fmt,
     )
-    query.add_argument("--address", default=DEFAULT_ADDRESS, help="host:port of `rankforge serve`")
-    query.add_argument("--user", type=int, required=True, help="raw user id")
+    _client_options(query)
     query.add_argument("--k", type=int, default=10, help="items to return")
     query.add_argument(
         "--candidates", type=_id_list, default=None, help="comma-separated raw item ids to rank"
     )
-    query.add_argument("--context", action="append", default=[], metavar="NAME=VALUE", help="request context")
-    query.add_argument("--timeout-s", type=float, default=2.0, help="request deadline")
-    _client_security(query)
     query.set_defaults(func=_query)
 
     mat = subparsers.add_parser(
@@ -152,7 +142,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     mat.set_defaults(func=_materialize)
 
 
-def _client_security(parser: argparse.ArgumentParser) -> None:
+def _client_options(parser: argparse.ArgumentParser) -> None:
+    """What every request command takes: where the server is, whom the request is for, and how
+    to reach it (deadline, TLS, token)."""
+    parser.add_argument("--address", default=DEFAULT_ADDRESS, help="host:port of `rankforge serve`")
+    parser.add_argument("--user", type=int, required=True, help="raw user id")
+    parser.add_argument(
+        "--context", action="append", default=[], metavar="NAME=VALUE", help="request context"
+    )
+    parser.add_argument("--timeout-s", type=float, default=2.0, help="request deadline")
     parser.add_argument(
         "--tls-ca", type=Path, default=None, help="CA that signed the server's certificate: use TLS"
     )
