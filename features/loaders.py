@@ -46,7 +46,7 @@ def detect_layout(path: Path) -> Layout:
     )
 
 
-def _existing_file(path: str | Path) -> Path:
+def existing_file(path: str | Path) -> Path:
     p = Path(path)
     if not p.exists():
         raise DataError(f"interaction file not found: {p}")
@@ -68,7 +68,7 @@ def _canonical(frame: pl.LazyFrame) -> pl.LazyFrame:
 
 
 def scan_movielens_csv(path: str | Path) -> pl.LazyFrame:
-    p = _existing_file(path)
+    p = existing_file(path)
     frame = pl.scan_csv(p, has_header=True)
     require_columns(frame, ["userId", "movieId", "rating", "timestamp"], f"MovieLens ratings.csv {p}")
     return _canonical(frame.rename({"userId": USER, "movieId": ITEM}))
@@ -107,12 +107,12 @@ def _check_field_count(frame: pl.LazyFrame, expected: int, what: str) -> pl.Lazy
 
 
 def scan_movielens_dat(path: str | Path) -> pl.LazyFrame:
-    p = _existing_file(path)
+    p = existing_file(path)
     return _scan_delimited(p, "::", f"MovieLens ratings.dat {p}")
 
 
 def scan_movielens_100k(path: str | Path) -> pl.LazyFrame:
-    p = _existing_file(path)
+    p = existing_file(path)
     return _scan_delimited(p, "\t", f"MovieLens u.data {p}")
 
 
@@ -122,7 +122,7 @@ def scan_lightgcn(path: str | Path) -> pl.LazyFrame:
     The position of an item on its line becomes its timestamp so that time-ordered features
     (histories) still have a stable order.
     """
-    p = _existing_file(path)
+    p = existing_file(path)
     lines = pl.scan_csv(
         p,
         has_header=False,
@@ -143,7 +143,7 @@ def scan_lightgcn(path: str | Path) -> pl.LazyFrame:
 
 
 def scan_parquet_log(path: str | Path) -> pl.LazyFrame:
-    p = _existing_file(path)
+    p = existing_file(path)
     frame = pl.scan_parquet(p)
     require_columns(frame, [USER, ITEM], f"interaction log {p}")
     return _canonical(frame)
@@ -183,7 +183,7 @@ def load_interactions(path: str | Path, layout: Layout | None = None) -> pl.Data
 
 def load_movielens_items(path: str | Path) -> pl.DataFrame:
     """``movies.csv`` (``movieId,title,genres``) as ``item_id`` + a list of genre strings."""
-    p = _existing_file(path)
+    p = existing_file(path)
     frame = pl.scan_csv(p, has_header=True)
     require_columns(frame, ["movieId", "genres"], f"MovieLens movies.csv {p}")
     genres = pl.col("genres").str.split("|").list.filter(pl.element() != "(no genres listed)")

@@ -29,6 +29,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from rankforge.errors import DataError
+from rankforge.features.loaders import existing_file
 from rankforge.features.schema import INTERACTION_SCHEMA, ITEM, RATING, TIMESTAMP, USER
 
 SHOWN = 5
@@ -70,9 +71,7 @@ def _preview(frame: pl.DataFrame) -> str:
 
 def read_log(path: str | Path, spec: LogSpec) -> pl.DataFrame:
     """A CSV/parquet/NDJSON log in the canonical schema, validated; errors name column and rows."""
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"interaction file not found: {p}")
+    p = existing_file(path)
     kind = FORMATS.get(p.suffix.lower())
     if kind is None:
         raise DataError(f"{p}: expected a .csv, .parquet, .ndjson or .jsonl log, got {p.suffix!r}")
