@@ -112,10 +112,6 @@ class ModelConfig(_Section):
         return self
 
 
-#: Objectives that train against a reference model's logits (Confidence Ranking), and those that
-#: may (the welfare rankloss's calibration with a teacher's CTRs).
-REFERENCE_OBJECTIVES = ("confidence_ranking",)
-TEACHER_OBJECTIVES = ("welfare_rankloss",)
 #: The reference that is not a model: each item's smoothed positive rate in the training data.
 ITEM_RATE = "item_rate"
 
@@ -139,12 +135,17 @@ class ObjectiveConfig(_Section):
 
     @model_validator(mode="after")
     def _reference_fits(self) -> ObjectiveConfig:
-        if self.name in REFERENCE_OBJECTIVES and self.reference is None:
+        """Whether an objective takes a reference model is declared by the objective itself
+        (its ``reference_model``: "required", "optional" or none)."""
+        from rankforge.training.objectives import OBJECTIVES
+
+        takes = getattr(OBJECTIVES.get(self.name), "reference_model", None)
+        if takes == "required" and self.reference is None:
             raise ValueError(
                 f"objective {self.name!r} needs objective.reference: the previous model "
                 '("models:/rankforge-ranker@champion", a version, a bundle path) or "item_rate"'
             )
-        if self.name not in REFERENCE_OBJECTIVES + TEACHER_OBJECTIVES and self.reference is not None:
+        if takes is None and self.reference is not None:
             raise ValueError(f"objective {self.name!r} uses no reference model; drop objective.reference")
         return self
 

@@ -57,6 +57,8 @@ class ConfidenceRankingLoss(nn.Module):
     """
 
     kind: ClassVar[str] = "ctr"
+    #: trains against a named previous model's logits (``objective.reference``), which it needs
+    reference_model: ClassVar[str | None] = "required"
 
     def __init__(
         self,

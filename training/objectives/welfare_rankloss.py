@@ -78,6 +78,8 @@ class WelfareRankLoss(nn.Module):
     """
 
     kind: ClassVar[str] = "auction"
+    #: a named teacher (``objective.reference``) may calibrate the click labels
+    reference_model: ClassVar[str | None] = "optional"
 
     def __init__(
         self,
