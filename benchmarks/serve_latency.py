@@ -24,8 +24,9 @@ import torch
 from rankforge.features.aggregates import DENSE_FEATURES
 from rankforge.features.pipeline import DataConfig, PreparedData, SyntheticConfig, prepare
 from rankforge.infra.redis_server import ensure_redis
+from rankforge.models.inputs import sparse_features
 from rankforge.models.ranking import RankingModel
-from rankforge.models.two_tower import TwoTower, item_features, user_features
+from rankforge.models.two_tower import TwoTower
 from rankforge.serving.client import RankingClient
 from rankforge.serving.export_bundle import build_ranker_bundle, build_retrieval_bundle
 from rankforge.serving.feature_layout import KeyLayout
@@ -39,12 +40,12 @@ MAX_GENRES = 8
 
 def build_bundles(data: PreparedData, root: str) -> tuple[str, str]:
     torch.manual_seed(0)
-    users = user_features(data.n_users, data.n_items, data.history_len)
-    items = item_features(data.n_items, data.n_genres, MAX_GENRES)
+    users = sparse_features(data.inputs, "user")
+    items = sparse_features(data.inputs, "item")
     retrieval, ranker = os.path.join(root, "retrieval"), os.path.join(root, "ranker")
     os.makedirs(retrieval), os.makedirs(ranker)
-    build_retrieval_bundle(TwoTower(users, items), data, retrieval, max_genres=MAX_GENRES)
-    build_ranker_bundle(RankingModel(users + items, DENSE_FEATURES), data, ranker, max_genres=MAX_GENRES)
+    build_retrieval_bundle(TwoTower(users, items), data, retrieval)
+    build_ranker_bundle(RankingModel(users + items, DENSE_FEATURES), data, ranker)
     return retrieval, ranker
 
 

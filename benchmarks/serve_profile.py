@@ -36,9 +36,9 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 from rankforge.features.aggregates import DENSE_FEATURES
 from rankforge.features.pipeline import DataConfig, SyntheticConfig, prepare
 from rankforge.infra.redis_server import ensure_redis
+from rankforge.models.inputs import sparse_features
 from rankforge.models.matrix_factorization import MatrixFactorization
 from rankforge.models.ranking import RankingModel
-from rankforge.models.two_tower import item_features, user_features
 from rankforge.serving.ann_index import IndexConfig
 from rankforge.serving.client import RankingClient, rank_request
 from rankforge.serving.export_bundle import build_ranker_bundle, build_retrieval_bundle
@@ -116,8 +116,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="rankforge-profile-") as root:
         torch.manual_seed(0)
         u, i = (
-            user_features(data.n_users, data.n_items, data.history_len),
-            item_features(data.n_items, data.n_genres),
+            sparse_features(data.inputs, "user"),
+            sparse_features(data.inputs, "item"),
         )
         retrieval, ranker = os.path.join(root, "retrieval"), os.path.join(root, "ranker")
         os.makedirs(retrieval), os.makedirs(ranker)
@@ -127,8 +127,8 @@ def main() -> int:
         # (a fresh two-tower's MLP maps every item to nearly the same vector, so every user would
         # retrieve the same items and the item cache would hit every time)
         mf = MatrixFactorization(data.n_users, data.n_items, 64, init_std=1.0)
-        manifest = build_retrieval_bundle(mf, data, retrieval, max_genres=8, index=index)
-        build_ranker_bundle(RankingModel(u + i, DENSE_FEATURES), data, ranker, max_genres=8)
+        manifest = build_retrieval_bundle(mf, data, retrieval, index=index)
+        build_ranker_bundle(RankingModel(u + i, DENSE_FEATURES), data, ranker)
         FeatureWriter(client, layout, ttl_s=1800).write(data)
         print(
             f"setup {time.perf_counter() - started:.0f} s: {data.n_users} users, {data.n_items} items, "

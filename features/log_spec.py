@@ -64,21 +64,27 @@ class LogSpec(BaseModel):
         return {"binary": 0.5, "threshold": self.label_threshold}.get(self.label_rule)
 
 
-def _preview(frame: pl.DataFrame) -> str:
+def preview(frame: pl.DataFrame) -> str:
     rows = [str(r) for r in frame.head(SHOWN).rows(named=True)]
     return ", ".join(rows) + (f" (+{frame.height - SHOWN} more)" if frame.height > SHOWN else "")
+
+
+def read_table(path: str | Path) -> pl.DataFrame:
+    """A CSV, parquet or NDJSON file (by suffix) as read, or a one-line error naming it."""
+    p = existing_file(path)
+    kind = FORMATS.get(p.suffix.lower())
+    if kind is None:
+        raise DataError(f"{p}: expected a .csv, .parquet, .ndjson or .jsonl file, got {p.suffix!r}")
+    try:
+        return {"csv": pl.read_csv, "parquet": pl.read_parquet, "ndjson": pl.read_ndjson}[kind](p)
+    except (pl.exceptions.ComputeError, OSError) as exc:
+        raise DataError(f"cannot read {p}: {str(exc)[:200]}") from exc
 
 
 def read_log(path: str | Path, spec: LogSpec) -> pl.DataFrame:
     """A CSV/parquet/NDJSON log in the canonical schema, validated; errors name column and rows."""
     p = existing_file(path)
-    kind = FORMATS.get(p.suffix.lower())
-    if kind is None:
-        raise DataError(f"{p}: expected a .csv, .parquet, .ndjson or .jsonl log, got {p.suffix!r}")
-    try:
-        frame = {"csv": pl.read_csv, "parquet": pl.read_parquet, "ndjson": pl.read_ndjson}[kind](p)
-    except (pl.exceptions.ComputeError, OSError) as exc:
-        raise DataError(f"cannot read {p}: {str(exc)[:200]}") from exc
+    frame = read_table(p)
     wanted = {"user": spec.user, "item": spec.item, "timestamp": spec.timestamp, "label": spec.label}
     missing = [
         f"{role}={col!r}" for role, col in wanted.items() if col is not None and col not in frame.columns
@@ -89,7 +95,7 @@ def read_log(path: str | Path, spec: LogSpec) -> pl.DataFrame:
         )
     if frame.height == 0:
         raise DataError(f"no interactions in {p}")
-    out = {USER: _ids(frame, spec.user, p), ITEM: _ids(frame, spec.item, p)}
+    out = {USER: read_ids(frame, spec.user, p), ITEM: read_ids(frame, spec.item, p)}
     out[RATING] = _labels(frame, spec, p) if spec.label else pl.Series(RATING, [None] * frame.height)
     out[TIMESTAMP] = (
         _timestamps(frame, spec.timestamp, spec.timestamp_unit, p)
@@ -99,20 +105,20 @@ def read_log(path: str | Path, spec: LogSpec) -> pl.DataFrame:
     return pl.DataFrame(out).select(pl.col(c).cast(t) for c, t in INTERACTION_SCHEMA.items())
 
 
-def _ids(frame: pl.DataFrame, column: str, path: Path) -> pl.Series:
+def read_ids(frame: pl.DataFrame, column: str, path: Path) -> pl.Series:
+    """``column`` as int64 ids; null or non-integer ids are refused with a few offending rows."""
     values = frame[column]
     nulls = frame.with_row_index("row").filter(values.is_null())
     if nulls.height:
         raise DataError(
-            f"{path}: column {column!r} has {nulls.height} null id(s): "
-            f"{_preview(nulls.select('row', column))}"
+            f"{path}: column {column!r} has {nulls.height} null id(s): {preview(nulls.select('row', column))}"
         )
     ids = values.cast(pl.Int64, strict=False)
     bad = frame.with_row_index("row").filter(ids.is_null())
     if bad.height:
         raise DataError(
             f"{path}: column {column!r} holds non-integer ids (the serving API's ids are int64): "
-            f"{_preview(bad.select('row', column))}"
+            f"{preview(bad.select('row', column))}"
         )
     return ids
 
@@ -127,19 +133,19 @@ def _labels(frame: pl.DataFrame, spec: LogSpec, path: Path) -> pl.Series:
     if bad.height:
         raise DataError(
             f"{path}: label column {column!r} has missing or non-numeric values: "
-            f"{_preview(bad.select('row', column))}"
+            f"{preview(bad.select('row', column))}"
         )
     negative = indexed.filter(values < 0)
     if negative.height:
         raise DataError(
-            f"{path}: label column {column!r} has negative values: {_preview(negative.select('row', column))}"
+            f"{path}: label column {column!r} has negative values: {preview(negative.select('row', column))}"
         )
     if spec.label_rule == "binary":
         other = indexed.filter(~values.is_in([0.0, 1.0]))
         if other.height:
             raise DataError(
                 f"{path}: label column {column!r} (label_rule 'binary') holds values other than 0/1: "
-                f"{_preview(other.select('row', column))}"
+                f"{preview(other.select('row', column))}"
             )
     return values
 
@@ -152,7 +158,7 @@ def _timestamps(frame: pl.DataFrame, column: str, unit: str, path: Path) -> pl.S
         bad = indexed.filter(parsed.is_null())
         if bad.height:
             raise DataError(
-                f"{path}: column {column!r} has unparsable timestamps: {_preview(bad.select('row', column))}"
+                f"{path}: column {column!r} has unparsable timestamps: {preview(bad.select('row', column))}"
             )
         return parsed.dt.epoch("s")
     if raw.dtype.is_temporal():
@@ -161,7 +167,7 @@ def _timestamps(frame: pl.DataFrame, column: str, unit: str, path: Path) -> pl.S
     bad = indexed.filter(seconds.is_null())
     if bad.height:
         raise DataError(
-            f"{path}: column {column!r} has non-integer timestamps: {_preview(bad.select('row', column))}"
+            f"{path}: column {column!r} has non-integer timestamps: {preview(bad.select('row', column))}"
         )
     if unit == "ms" or (unit == "auto" and seconds.max() > MS_THRESHOLD):
         seconds = seconds // 1000

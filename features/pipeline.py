@@ -22,6 +22,13 @@ from rankforge.errors import ConfigError, DataError
 from rankforge.features import history as hist
 from rankforge.features.aggregates import item_aggregates, user_aggregates
 from rankforge.features.auctions import AuctionTensors
+from rankforge.features.declared_features import (
+    declared_columns,
+    read_side_table,
+    side_table_path,
+    vocabulary_digest,
+)
+from rankforge.features.feature_spec import Feature, InputLayout, SideTable, check_unique, input_layout
 from rankforge.features.id_mapping import IdMapping
 from rankforge.features.loaders import load_interactions, load_lightgcn_split, load_movielens_items
 from rankforge.features.log_spec import LogSpec, read_log
@@ -29,7 +36,6 @@ from rankforge.features.schema import ITEM, ITEM_IDX, LABEL, RATING, TIMESTAMP, 
 from rankforge.features.splits import global_time_split, leave_last_out, random_leave_out
 from rankforge.features.synthetic import generate_log
 
-GENRES = "genres"
 ORDER = [TIMESTAMP, USER_IDX, ITEM_IDX]
 
 
@@ -58,6 +64,12 @@ class DataConfig(BaseModel):
     path: Path | None = None  # movielens/lightgcn: a directory; file: a log file
     layout: Literal["movielens-csv", "movielens-dat", "movielens-100k", "lightgcn", "parquet"] | None = None
     items_path: Path | None = None  # optional item catalogue (movies.csv layout)
+    # Side tables of user / item attributes, and the features declared on them (see
+    # rankforge.features.feature_spec). Without item_table, the source's catalogue (synthetic,
+    # MovieLens movies.csv, items_path) is the item table.
+    user_table: SideTable | None = None
+    item_table: SideTable | None = None
+    features: list[Feature] = Field(default_factory=list)
     synthetic: SyntheticConfig = SyntheticConfig()
     split: Literal["leave_last_out", "time", "random", "provided"] = "leave_last_out"
     test_fraction: float = Field(0.2, gt=0, lt=1)
@@ -105,7 +117,12 @@ class DataConfig(BaseModel):
         """This config with its relative file paths taken from ``folder`` (the config file's), so a
         config works from any working directory."""
         return self.model_copy(
-            update={"path": under(folder, self.path), "items_path": under(folder, self.items_path)}
+            update={
+                "path": under(folder, self.path),
+                "items_path": under(folder, self.items_path),
+                "user_table": side_table_path(self.user_table, folder),
+                "item_table": side_table_path(self.item_table, folder),
+            }
         )
 
     @property
@@ -133,6 +150,7 @@ class DataConfig(BaseModel):
             raise ValueError(f"data.log describes a log file: set data.source = 'file', not {self.source!r}")
         if self.test_from is not None and self.split != "time":
             raise ValueError(f"data.test_from only applies to split='time', got split={self.split!r}")
+        check_unique(self.features)
         if self.split == "provided" and self.source != "lightgcn":
             raise ValueError("split='provided' only applies to source='lightgcn' (train.txt/test.txt)")
         return self
@@ -155,13 +173,14 @@ class PreparedData:
     """Encoded events, examples and feature tables; every id is a dense index."""
 
     mapping: IdMapping
-    genres: pl.DataFrame  # genre -> genre_idx
+    inputs: InputLayout  # every model input: built-ins plus the declared features
+    vocabularies: dict[str, pl.DataFrame]  # declared categorical feature -> (value, index)
     train_events: pl.DataFrame  # user_idx, item_idx, rating, timestamp, label
     test_events: pl.DataFrame
     retrieval_examples: pl.DataFrame  # train positives with point-in-time history
     ranking_examples: pl.DataFrame  # all labelled train events with point-in-time history
-    user_features: pl.DataFrame  # user_idx, history (latest), user aggregates
-    item_features: pl.DataFrame  # item_idx (all items, ordered), genres, item aggregates
+    user_features: pl.DataFrame  # user_idx, history (latest), user aggregates, declared user features
+    item_features: pl.DataFrame  # item_idx (all items, ordered), item aggregates, declared item features
     history_len: int
     # carved from training for model selection (empty without data.validation_fraction)
     validation_events: pl.DataFrame | None = None
@@ -181,6 +200,11 @@ class PreparedData:
         with different fingerprints come from different data and are not compared."""
         return {"source": self.source, "id_mapping": self.mapping.digest()}
 
+    def vocabulary_digests(self) -> dict[str, str]:
+        """Declared categorical feature -> a short hash of its vocabulary (which value has which
+        index): a model reads another data set's indices of that feature only if they agree."""
+        return {name: vocabulary_digest(vocab) for name, vocab in sorted(self.vocabularies.items())}
+
     @property
     def n_users(self) -> int:
         return self.mapping.n_users
@@ -188,10 +212,6 @@ class PreparedData:
     @property
     def n_items(self) -> int:
         return self.mapping.n_items
-
-    @property
-    def n_genres(self) -> int:
-        return max(self.genres.height, 1)
 
     @cached_property
     def raw_histories(self) -> pl.DataFrame:
@@ -277,37 +297,12 @@ def _with_label(frame: pl.LazyFrame, threshold: float) -> pl.LazyFrame:
     return frame.with_columns(label.cast(pl.Int8).alias(LABEL))
 
 
-def _genre_vocabulary(items: pl.DataFrame | None) -> pl.DataFrame:
-    if items is None or GENRES not in items.columns:
-        return pl.DataFrame(
-            {"genre": [], "genre_idx": []}, schema={"genre": pl.String, "genre_idx": pl.Int64}
-        )
-    vocab = items.select(pl.col(GENRES).explode().drop_nulls().unique().sort().alias("genre"))
-    return vocab.with_row_index("genre_idx").select("genre", pl.col("genre_idx").cast(pl.Int64))
-
-
-def _item_genres(items: pl.DataFrame | None, mapping: IdMapping, vocab: pl.DataFrame) -> pl.LazyFrame:
-    if items is None or vocab.height == 0:
-        return mapping.items.lazy().select(ITEM_IDX, pl.lit([], dtype=pl.List(pl.Int64)).alias(GENRES))
-    exploded = (
-        mapping.encode_items(items.lazy()).select(ITEM_IDX, pl.col(GENRES).alias("genre")).explode("genre")
-    )
-    per_item = (
-        exploded.join(vocab.lazy(), on="genre", how="inner")
-        .group_by(ITEM_IDX)
-        .agg(pl.col("genre_idx").sort().alias(GENRES))
-    )
-    return (
-        mapping.items.lazy()
-        .select(ITEM_IDX)
-        .join(per_item, on=ITEM_IDX, how="left")
-        .with_columns(pl.col(GENRES).fill_null(pl.lit([], dtype=pl.List(pl.Int64))))
-    )
-
-
 def prepare(config: DataConfig) -> PreparedData:
     """Load, split, encode and featurise a log according to ``config``."""
     log, provided_test, items = _raw_log(config)
+    if config.item_table is not None:
+        items = read_side_table(config.item_table, ITEM)
+    users_table = read_side_table(config.user_table, USER) if config.user_table is not None else None
     if provided_test is not None:
         train_raw, test_raw = log, provided_test
     else:
@@ -347,26 +342,35 @@ def prepare(config: DataConfig) -> PreparedData:
     examples = hist.with_point_in_time_history(positives, events, config.history_len)
     labelled = events.select(USER_IDX, ITEM_IDX, TIMESTAMP, LABEL)
     ranking_examples = hist.with_point_in_time_history(labelled, events, config.history_len)
+    user_declared, user_vocab = declared_columns(
+        users_table, config.features, "user", mapping.users, USER, USER_IDX, "data.user_table"
+    )
+    item_declared, item_vocab = declared_columns(
+        items, config.features, "item", mapping.items, ITEM, ITEM_IDX, "data.item_table"
+    )
     users = (
         mapping.users.lazy()
         .select(USER_IDX)  # every known user, also one whose events all went to validation
         .join(user_aggregates(events), on=USER_IDX, how="left")
         .join(hist.latest_history(events, config.history_len), on=USER_IDX, how="left")
         .with_columns(pl.col(hist.HISTORY).fill_null(pl.lit([], dtype=pl.List(pl.Int64))))
+        .join(user_declared.lazy(), on=USER_IDX, how="left")
         .sort(USER_IDX)
         .collect()
     )
-    vocab = _genre_vocabulary(items)
     item_table = (
         item_aggregates(events, mapping.n_items)
-        .join(_item_genres(items, mapping, vocab), on=ITEM_IDX, how="left")
+        .join(item_declared.lazy(), on=ITEM_IDX, how="left")
         .join(mapping.items.lazy(), on=ITEM_IDX, how="left")
         .sort(ITEM_IDX)
         .collect()
     )
+    vocabularies = {**user_vocab, **item_vocab}
+    sizes = {name: vocab.height for name, vocab in vocabularies.items()}
     return PreparedData(
         mapping=mapping,
-        genres=vocab,
+        inputs=input_layout(config.features, mapping.n_users, mapping.n_items, config.history_len, sizes),
+        vocabularies=vocabularies,
         # Full sort keys: joins leave row order unspecified, and seeded training must see the same rows.
         train_events=train.sort(ORDER),
         test_events=test.sort(ORDER),

@@ -13,6 +13,7 @@ import numpy as np
 import polars as pl
 
 from rankforge.errors import DataError
+from rankforge.features.feature_spec import Feature
 from rankforge.features.schema import INTERACTION_SCHEMA, ITEM, RATING, TIMESTAMP, USER
 
 
@@ -108,3 +109,10 @@ def generate_log(
         schema={ITEM: pl.Int64, "genres": pl.List(pl.String)},
     )
     return SyntheticLog(interactions=interactions, items=item_frame)
+
+
+#: The synthetic catalogue's genres as a declared feature (what the example configs declare under
+#: ``[[data.features]]``): one multi-valued categorical item feature.
+GENRES_FEATURE = Feature(
+    name="item_genres", side="item", kind="multi_categorical", column="genres", max_len=8
+)

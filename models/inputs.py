@@ -16,6 +16,7 @@ from torchrec import KeyedJaggedTensor
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 
 from rankforge.features.aggregates import dense_matrix
+from rankforge.features.feature_spec import ITEM_ID, USER_HISTORY, USER_ID, InputLayout, Side
 
 PAD = -1
 
@@ -83,17 +84,33 @@ def padded_to_kjt(features: dict[str, torch.Tensor], keys: list[str]) -> KeyedJa
     )
 
 
-def user_inputs(users: pl.DataFrame, history_len: int) -> dict[str, torch.Tensor]:
-    """User-tower inputs from rows with ``user_idx`` and ``history`` (list of item indices)."""
-    return {
-        "user_id": ids_column(users["user_idx"]),
-        "user_history": pad_lists(users["history"], history_len),
-    }
+#: The feature-table column each built-in input is read from (a declared feature's column is its name).
+BUILT_IN_COLUMNS = {USER_ID: "user_idx", ITEM_ID: "item_idx", USER_HISTORY: "history"}
 
 
-def item_inputs(items: pl.DataFrame, max_genres: int) -> dict[str, torch.Tensor]:
-    """Item-tower inputs from rows with ``item_idx`` and ``genres`` (list of genre indices)."""
-    return {"item_id": ids_column(items["item_idx"]), "item_genres": pad_lists(items["genres"], max_genres)}
+def sparse_features(layout: InputLayout, side: Side) -> list[SparseFeature]:
+    """The embedding tables of one side's inputs, as the layout declares them."""
+    return [
+        SparseFeature(s.name, s.num_embeddings, s.max_len, s.pooling)  # type: ignore[arg-type]
+        for s in layout.sparse
+        if s.side == side
+    ]
+
+
+def side_inputs(frame: pl.DataFrame, layout: InputLayout, side: Side) -> dict[str, torch.Tensor]:
+    """One side's padded inputs from rows of the feature tables (``user_idx``/``item_idx``,
+    ``history`` and the declared features' columns)."""
+    out = {}
+    for s in layout.sparse:
+        if s.side != side:
+            continue
+        column = BUILT_IN_COLUMNS.get(s.name, s.name)
+        out[s.name] = (
+            ids_column(frame[column])
+            if s.max_len == 1 and s.name in BUILT_IN_COLUMNS
+            else pad_lists(frame[column], s.max_len)
+        )
+    return out
 
 
 def dense_inputs(frame: pl.DataFrame, names: tuple[str, ...] | list[str]) -> torch.Tensor:

@@ -30,20 +30,6 @@ def tower_mlp(in_features: int, layer_sizes: Sequence[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def user_features(n_users: int, n_items: int, history_len: int) -> list[SparseFeature]:
-    return [
-        SparseFeature("user_id", n_users),
-        SparseFeature("user_history", n_items, max_len=history_len, pooling="mean"),
-    ]
-
-
-def item_features(n_items: int, n_genres: int, max_genres: int = 8) -> list[SparseFeature]:
-    return [
-        SparseFeature("item_id", n_items),
-        SparseFeature("item_genres", max(n_genres, 1), max_len=max_genres, pooling="mean"),
-    ]
-
-
 class TwoTower(RetrievalModel):
     def __init__(
         self,

@@ -109,11 +109,12 @@ def score_retrieval(bundle: Bundle, data: PreparedData) -> RetrievalScores:
 
 
 def ranker_logits(bundle: Bundle, frame: pl.DataFrame, histories: pl.DataFrame) -> np.ndarray:
-    """Logits for rows with raw ``user_id``/``item_id``, ``genres`` and the dense columns, scored
-    through the server's ranker runtime (one feed builder for serving and evaluation).
+    """Logits for rows with raw ``user_id``/``item_id``, the dense columns and a column per
+    declared id feature, scored through the server's ranker runtime (one feed builder for serving
+    and evaluation).
 
-    Genre indices are taken as they are: champion and challenger are assumed to share the item
-    catalogue's genre vocabulary.
+    Declared features' indices are taken as they are: a bundle whose vocabularies differ from the
+    data's (``vocabulary_digests``) is refused by the caller.
     """
     ids = BundleIds.of(bundle)
     m = bundle.manifest
@@ -123,7 +124,8 @@ def ranker_logits(bundle: Bundle, frame: pl.DataFrame, histories: pl.DataFrame) 
         ids.encode_lists(with_history["history"], m.history_len),
         frame.select(pl.col(m.dense_features).cast(pl.Float32).fill_null(0.0)).to_numpy(),
         ids.items.encode(frame["item_id"].to_numpy()),
-        list(pad_lists(frame["genres"], m.max_genres).numpy()),
+        {s.name: list(pad_lists(frame[s.name], s.max_len).numpy()) for s in bundle.inputs.declared("item")},
+        {s.name: pad_lists(frame[s.name], s.max_len).numpy() for s in bundle.inputs.declared("user")},
     )
 
 

@@ -9,7 +9,8 @@ bundle's id mapping in front of them, so a user passes the ids of their own log:
   per recommended item, ``user_id, rank, item_id, score`` — scored with the model's own scoring
   function, the user's ``history`` items excluded, as the server does.
 * ranker: columns ``user_id``, ``item_id``, the manifest's dense features, and optionally
-  ``history`` and ``genres`` (lists of genre indices). Output: ``logit`` and ``probability``.
+  ``history`` and one column per declared id feature of the bundle's feature spec (lists of
+  vocabulary indices, e.g. ``item_genres``). Output: ``logit`` and ``probability``.
 
 Unknown users embed as cold starts (padding), as when serving; unknown items in a ranker frame are
 an error naming them. ONNX Runtime runs on the CPU execution provider only.
@@ -68,12 +69,16 @@ class BundleModel(mlflow.pyfunc.PythonModel):
         """Top k per row, as the server retrieves: the index's best, the user's history removed."""
         users = runtime.users.encode(frame["user_id"].to_numpy())
         ks = frame["k"].to_numpy() if "k" in frame else np.full(len(frame), DEFAULT_K)
+        names = [s.name for s in runtime.layout.declared("user")]
+        columns = {name: _lists(frame, name) for name in names}
         rows = []
-        for user, user_idx, k, seen in zip(
-            frame["user_id"], users, ks, _lists(frame, "history"), strict=True
+        for row, (user, user_idx, k, seen) in enumerate(
+            zip(frame["user_id"], users, ks, _lists(frame, "history"), strict=True)
         ):
             history = runtime.items.encode(seen)
-            query = runtime.user_vector(int(user_idx), history[history >= 0])
+            query = runtime.user_vector(
+                int(user_idx), history[history >= 0], {n: columns[n][row] for n in names}
+            )
             items, scores = runtime.retrieve(query, seen, int(k))  # as the server retrieves
             for rank, (item, score) in enumerate(zip(items[: int(k)], scores[: int(k)], strict=True), 1):
                 rows.append((user, rank, item, float(score)))
@@ -95,7 +100,8 @@ class BundleModel(mlflow.pyfunc.PythonModel):
             pad_rows([h[h >= 0] for h in histories], runtime.bundle.manifest.history_len),
             frame[dense].to_numpy(dtype=np.float32),
             items,
-            _lists(frame, "genres"),
+            {s.name: _lists(frame, s.name) for s in runtime.layout.declared("item")},
+            {s.name: _lists(frame, s.name) for s in runtime.layout.declared("user")},
         )
         return pd.DataFrame({"logit": logits, "probability": 1.0 / (1.0 + np.exp(-logits))})
 
@@ -106,6 +112,12 @@ def signature_and_example(bundle: Bundle) -> tuple[ModelSignature, pd.DataFrame]
     mapping = bundle.id_mapping
     user = mapping.users["user_id"][0]
     item = mapping.items["item_id"][0]
+    layout = bundle.inputs
+    sides = ("user",) if bundle.manifest.kind == "retrieval" else ("user", "item")
+    # the declared id features of the bundle's feature spec, as lists of vocabulary indices
+    declared = [
+        ColSpec(Array(DataType.long), s.name, required=False) for side in sides for s in layout.declared(side)
+    ]
     if bundle.manifest.kind == "retrieval":
         example = pd.DataFrame({"user_id": [user], "k": [5]})
         inputs = Schema(
@@ -113,6 +125,7 @@ def signature_and_example(bundle: Bundle) -> tuple[ModelSignature, pd.DataFrame]
                 ColSpec("long", "user_id"),
                 ColSpec("long", "k", required=False),
                 ColSpec(Array(DataType.long), "history", required=False),
+                *declared,
             ]
         )
         outputs = Schema(
@@ -132,7 +145,7 @@ def signature_and_example(bundle: Bundle) -> tuple[ModelSignature, pd.DataFrame]
                 ColSpec("long", "item_id"),
                 *(ColSpec("double", d) for d in dense),
                 ColSpec(Array(DataType.long), "history", required=False),
-                ColSpec(Array(DataType.long), "genres", required=False),
+                *declared,
             ]
         )
         outputs = Schema([ColSpec("float", "logit"), ColSpec("double", "probability")])

@@ -46,7 +46,7 @@ ONNX_MODEL_TAG = "rankforge.onnx_model"
 def onnx_example(bundle: Bundle) -> dict[str, np.ndarray]:
     """One row of the main graph's inputs (padding ids, zero dense features)."""
     m = bundle.manifest
-    shapes = {"user_id": 1, "item_id": 1, "user_history": m.history_len, "item_genres": m.max_genres}
+    shapes = {s.name: s.max_len for s in bundle.inputs.sparse}
     graph = MAIN_GRAPH[m.kind]
     example = {}
     for name in m.inputs[graph]:

@@ -145,11 +145,9 @@ def _export(
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
     if isinstance(model, RetrievalModel):
-        build_retrieval_bundle(
-            model, data, str(directory), config.model.max_genres, metrics, index=config.serving_index
-        )
+        build_retrieval_bundle(model, data, str(directory), metrics, index=config.serving_index)
     else:
-        build_ranker_bundle(model, data, str(directory), config.model.max_genres, metrics)
+        build_ranker_bundle(model, data, str(directory), metrics)
     return directory
 
 
@@ -206,7 +204,7 @@ def publish(
 def run_counting(config: TrainConfig, data: PreparedData) -> TrainResult:
     """An untrained model (most popular items): counted from the training events, tested once,
     exported, tracked and registered like a trained one."""
-    tables = FeatureTables.build(data, config.model.max_genres)
+    tables = FeatureTables.build(data)
     model = MostPopular(tables.item_events)
     configure_mlflow(Settings.from_env(), config.experiment)
     with mlflow.start_run(run_name=run_name(config)) as run:

@@ -86,7 +86,6 @@ class _Section(BaseModel):
 class ModelConfig(_Section):
     kind: ModelKind
     embedding_dim: int = Field(32, ge=1)
-    max_genres: int = Field(8, ge=1)
     # retrieval (two-tower)
     tower_sizes: list[int] = Field(default_factory=lambda: [64, 32], min_length=1)
     # mf / simplex: N(0, init_std) table init (None: TorchRec's default uniform)

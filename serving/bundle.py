@@ -14,6 +14,7 @@ A retrieval bundle's towers and item matrix are in the model's *scoring space* (
 ``rankforge.models.scoring``): the inner product of a user-tower vector and an item row is the
 model's score, whatever similarity it was trained with. ``manifest.scoring`` records which.
     ranker:     ranker.onnx
+    vocabularies/{feature}.parquet  (declared categorical features: value -> index)
     weights.pt  (the torch state dict, for warm starts; not needed to serve)
 """
 
@@ -26,14 +27,20 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import polars as pl
 
 from rankforge.errors import DataError
+from rankforge.features.feature_spec import InputLayout
 from rankforge.features.id_mapping import IdMapping
 
 MANIFEST = "manifest.json"
 #: The torch state dict the graphs were exported from: what ``training.warm_start`` starts from.
 WEIGHTS = "weights.pt"
+#: ``vocabularies/{feature}.parquet``: value -> index of each declared categorical feature.
+VOCABULARIES = "vocabularies"
 BundleKind = Literal["retrieval", "ranker"]
+#: 2: inputs declared by the feature spec (``layout``) instead of fixed genre inputs.
+FORMAT_VERSION = 2
 FILES: dict[str, tuple[str, ...]] = {
     "retrieval": ("user_tower.onnx", "item_tower.onnx", "item_embeddings.npy"),
     "ranker": ("ranker.onnx",),
@@ -45,13 +52,17 @@ class Manifest:
     kind: BundleKind
     inputs: dict[str, list[str]]  # graph file -> ONNX input names in order
     history_len: int
-    max_genres: int
+    # every model input (rankforge.features.feature_spec.InputLayout.to_dict): names, widths and
+    # table sizes of the sparse inputs, the user and item dense features
+    layout: dict = field(default_factory=dict)
     dense_features: list[str] = field(default_factory=list)
     n_users: int = 0
     n_items: int = 0
-    n_genres: int = 0
+    # declared categorical feature -> digest of its vocabulary: its ids mean the same values only
+    # where the digests agree (feature store, reference model)
+    vocabularies: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
-    version: int = 1  # bundle format version
+    version: int = FORMAT_VERSION  # bundle format version
     # retrieval: {"similarity": "dot" | "cosine", "temperature": t}, already applied to the vectors
     scoring: dict[str, object] = field(default_factory=dict)
     # the data it was trained on: {"source": ..., "id_mapping": digest} (PreparedData.fingerprint)
@@ -73,12 +84,24 @@ class Bundle:
     directory: Path
     manifest: Manifest
 
+    @property
+    def inputs(self) -> InputLayout:
+        """The model's inputs, as the feature spec of its training data declared them."""
+        return InputLayout.from_dict(self.manifest.layout)
+
     def path(self, name: str) -> Path:
         return self.directory / name
 
     @property
     def id_mapping(self) -> IdMapping:
         return IdMapping.load(self.directory / "id_mapping")
+
+    def vocabulary(self, name: str) -> pl.DataFrame:
+        """A declared feature's ``value -> index`` table (what its ids mean in this model)."""
+        path = self.directory / VOCABULARIES / f"{name}.parquet"
+        if not path.is_file():
+            raise DataError(f"bundle {self.directory} has no vocabulary for feature {name!r}")
+        return pl.read_parquet(path)
 
     def item_embeddings(self) -> np.ndarray:
         if self.manifest.kind != "retrieval":
@@ -103,6 +126,11 @@ def load_bundle(directory: str | Path, expect: BundleKind | None = None) -> Bund
         raise DataError(f"not a model bundle (no {MANIFEST}): {d}")
     try:
         raw = json.loads((d / MANIFEST).read_text())
+        if not isinstance(raw, dict) or raw.get("version", 1) != FORMAT_VERSION:
+            found = raw.get("version", 1) if isinstance(raw, dict) else "?"
+            raise DataError(
+                f"bundle {d} has format {found}, this server reads format {FORMAT_VERSION}: export it again"
+            )
         manifest = Manifest(**raw)
     except (json.JSONDecodeError, TypeError) as exc:
         raise DataError(f"bad bundle manifest {d / MANIFEST}: {exc}") from exc

@@ -4,12 +4,16 @@ Key layout (``prefix`` defaults to ``rf:v1``; ``rf:v1`` is the layout version)::
 
     {prefix}:current                     -> feature version name (the pointer readers follow)
     {prefix}:{version}:meta              -> JSON: feature names, history_len, counts, written_at
-    {prefix}:{version}:user:{user_id}    -> record: float32 user dense + int64 history (raw item ids)
-    {prefix}:{version}:item:{item_id}    -> record: float32 item dense + int64 genre indices
+    {prefix}:{version}:user:{user_id}    -> record: float32 user dense + int64 lists: the history
+                                            (raw item ids), then each declared user id feature
+    {prefix}:{version}:item:{item_id}    -> record: float32 item dense + each declared item id feature
 
-Records are keyed by raw ids, so one materialised version serves any model bundle: the server
-maps raw ids to its own bundle's embedding rows. A record is one ``GET``/``MGET`` value (no hash
-field round trips) and decodes with two ``np.frombuffer`` calls.
+Which dense columns and id lists a record holds, in order, is the version's meta (the data's
+feature spec). Records are keyed by raw ids and the history holds raw item ids, so one
+materialised version serves any model bundle: the server maps raw ids to its own bundle's
+embedding rows. Declared features hold vocabulary indices; the meta carries each vocabulary's
+digest so a model trained with another vocabulary is refused instead of misread. A record is
+one ``GET``/``MGET`` value (no hash field round trips) and decodes with ``np.frombuffer``.
 """
 
 from __future__ import annotations
@@ -17,15 +21,15 @@ from __future__ import annotations
 import json
 import re
 import struct
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from rankforge.errors import DataError
 
 DEFAULT_PREFIX = "rf:v1"
-RECORD_FORMAT = 1
-_HEADER = struct.Struct("<BHH")  # record format, n dense float32, n int64 ids
+RECORD_FORMAT = 2
+_HEADER = struct.Struct("<BHB")  # record format, n dense float32, n int64 id lists
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
 
@@ -68,6 +72,9 @@ class FeatureMeta:
     n_users: int
     n_items: int
     written_at: float
+    user_lists: list[str] = field(default_factory=lambda: ["user_history"])  # id lists, in order
+    item_lists: list[str] = field(default_factory=list)
+    vocabularies: dict[str, str] = field(default_factory=dict)  # declared feature -> digest
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -83,21 +90,36 @@ class FeatureMeta:
 @dataclass(frozen=True)
 class Record:
     dense: np.ndarray  # float32 [n_dense]
-    ids: np.ndarray  # int64 [n_ids]: history (raw item ids, oldest first) or genre indices
+    lists: tuple[np.ndarray, ...]  # int64 id lists, in the meta's user_lists / item_lists order
+
+    @property
+    def ids(self) -> np.ndarray:
+        """A user record's history (raw item ids, oldest first): its first list."""
+        return self.lists[0]
 
 
-def pack(dense: np.ndarray, ids: np.ndarray) -> bytes:
+def pack(dense: np.ndarray, *lists: np.ndarray) -> bytes:
     dense = np.ascontiguousarray(dense, dtype="<f4")
-    ids = np.ascontiguousarray(ids, dtype="<i8")
-    return _HEADER.pack(RECORD_FORMAT, dense.size, ids.size) + dense.tobytes() + ids.tobytes()
+    arrays = [np.ascontiguousarray(ids, dtype="<i8") for ids in lists]
+    lengths = np.array([a.size for a in arrays], dtype="<u4")
+    return (
+        _HEADER.pack(RECORD_FORMAT, dense.size, len(arrays))
+        + lengths.tobytes()
+        + dense.tobytes()
+        + b"".join(a.tobytes() for a in arrays)
+    )
 
 
 def unpack(raw: bytes) -> Record:
     if len(raw) < _HEADER.size:
         raise DataError(f"feature record too short ({len(raw)} bytes)")
-    fmt, n_dense, n_ids = _HEADER.unpack_from(raw)
-    if fmt != RECORD_FORMAT or len(raw) != _HEADER.size + 4 * n_dense + 8 * n_ids:
+    fmt, n_dense, n_lists = _HEADER.unpack_from(raw)
+    at = _HEADER.size + 4 * n_lists
+    if fmt != RECORD_FORMAT or len(raw) < at:
         raise DataError(f"feature record of format {fmt} and {len(raw)} bytes does not decode")
-    dense = np.frombuffer(raw, dtype="<f4", count=n_dense, offset=_HEADER.size)
-    ids = np.frombuffer(raw, dtype="<i8", count=n_ids, offset=_HEADER.size + 4 * n_dense)
-    return Record(dense=dense, ids=ids)
+    lengths = np.frombuffer(raw, dtype="<u4", count=n_lists, offset=_HEADER.size)
+    if len(raw) != at + 4 * n_dense + 8 * int(lengths.sum()):
+        raise DataError(f"feature record of format {fmt} and {len(raw)} bytes does not decode")
+    dense = np.frombuffer(raw, dtype="<f4", count=n_dense, offset=at)
+    ids = np.frombuffer(raw, dtype="<i8", count=int(lengths.sum()), offset=at + 4 * n_dense)
+    return Record(dense=dense, lists=tuple(np.split(ids, np.cumsum(lengths)[:-1])))

@@ -14,11 +14,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import polars as pl
 import redis
 
 from rankforge.errors import DataError
-from rankforge.features.aggregates import ITEM_DENSE, USER_DENSE, dense_matrix
+from rankforge.features.aggregates import dense_matrix
+from rankforge.features.feature_spec import USER_HISTORY
 from rankforge.features.pipeline import PreparedData
+from rankforge.models.inputs import BUILT_IN_COLUMNS
 from rankforge.serving.feature_layout import FeatureMeta, KeyLayout, check_name, pack
 
 DEFAULT_TTL_S = 7 * 24 * 3600
@@ -36,22 +39,39 @@ def new_version() -> str:
     return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
 
 
+def user_lists(data: PreparedData) -> list[str]:
+    """The id lists of a user record, in order: the history, then the declared user features."""
+    return [USER_HISTORY, *(s.name for s in data.inputs.declared("user"))]
+
+
+def item_lists(data: PreparedData) -> list[str]:
+    return [s.name for s in data.inputs.declared("item")]
+
+
+def _lists(frame: pl.DataFrame, columns: list[str]) -> Iterator[list[np.ndarray]]:
+    series = [frame[c] for c in columns]
+    for values in zip(*series, strict=True):
+        yield [np.asarray(v if v is not None else [], dtype=np.int64) for v in values]
+
+
 def user_records(data: PreparedData) -> Iterator[tuple[int, bytes]]:
-    """(raw user id, record): dense user aggregates and the latest history as raw item ids."""
+    """(raw user id, record): dense user features, the latest history as raw item ids, then the
+    declared user id features."""
     item_id_of = _raw_item_ids(data)
     users = data.user_features.join(data.mapping.users, on="user_idx", how="inner")
-    dense = dense_matrix(users, USER_DENSE)
-    for row, (user_id, history) in enumerate(zip(users["user_id"], users["history"], strict=True)):
-        idx = np.asarray(history if history is not None else [], dtype=np.int64)
-        yield int(user_id), pack(dense[row], item_id_of[idx])
+    dense = dense_matrix(users, data.inputs.user_dense)
+    columns = [BUILT_IN_COLUMNS.get(name, name) for name in user_lists(data)]
+    for row, (user_id, lists) in enumerate(zip(users["user_id"], _lists(users, columns), strict=True)):
+        yield int(user_id), pack(dense[row], item_id_of[lists[0]], *lists[1:])
 
 
 def item_records(data: PreparedData) -> Iterator[tuple[int, bytes]]:
-    """(raw item id, record): dense item aggregates and genre indices."""
+    """(raw item id, record): dense item features and the declared item id features."""
     items = data.item_features
-    dense = dense_matrix(items, ITEM_DENSE)
-    for row, (item_id, genres) in enumerate(zip(items["item_id"], items["genres"], strict=True)):
-        yield int(item_id), pack(dense[row], np.asarray(genres if genres is not None else [], np.int64))
+    dense = dense_matrix(items, data.inputs.item_dense)
+    lists = _lists(items, item_lists(data))
+    for row, (item_id, ids) in enumerate(zip(items["item_id"], lists, strict=True)):
+        yield int(item_id), pack(dense[row], *ids)
 
 
 def _raw_item_ids(data: PreparedData) -> np.ndarray:
@@ -90,8 +110,11 @@ class FeatureWriter:
             (self.layout.item(version, iid), record) for iid, record in item_records(data)
         )
         meta = FeatureMeta(
-            user_dense=list(USER_DENSE),
-            item_dense=list(ITEM_DENSE),
+            user_dense=list(data.inputs.user_dense),
+            item_dense=list(data.inputs.item_dense),
+            user_lists=user_lists(data),
+            item_lists=item_lists(data),
+            vocabularies=data.vocabulary_digests(),
             history_len=data.history_len,
             n_users=n_users,
             n_items=n_items,

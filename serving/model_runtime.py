@@ -14,15 +14,15 @@ import numpy as np
 import onnxruntime as ort
 
 from rankforge.errors import DataError
+from rankforge.features.feature_spec import InputLayout
 from rankforge.serving.ann_index import load_index
 from rankforge.serving.bundle import Bundle
 from rankforge.serving.candidate_index import CandidateIndex
 from rankforge.serving.id_lookup import IdLookup
 
 PAD = -1
-#: The inputs this runtime builds; a bundle whose graphs want others is refused at load time.
-USER_TOWER_INPUTS = ("user_id", "user_history")
-RANKER_INPUTS = ("dense", "user_id", "user_history", "item_id", "item_genres")
+#: Padded id rows of one input: a ``[n, width]`` matrix, or ``n`` unpadded arrays.
+Lists = np.ndarray | list[np.ndarray]
 
 
 def pad_row(ids: np.ndarray, max_len: int) -> np.ndarray:
@@ -48,15 +48,24 @@ def open_session(path: str, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
 
 
+def padded(rows: Lists, n: int, width: int) -> np.ndarray:
+    """``[n, width]`` int64: a matrix of that shape as it is, else each array's tail, padded."""
+    if isinstance(rows, np.ndarray) and rows.ndim == 2 and rows.shape == (n, width):
+        return np.ascontiguousarray(rows, dtype=np.int64)
+    if len(rows) != n:
+        raise DataError(f"{len(rows)} id rows for {n} inputs")
+    return pad_rows(list(rows), width)
+
+
 def _check_inputs(
     session: ort.InferenceSession,
     manifest: list[str],
-    built: tuple[str, ...],
+    built: list[str],
     graph: str,
     subset: bool = False,
 ) -> None:
-    """The graph's inputs must be the manifest's and ones the server builds (all of them, or
-    with ``subset`` some: a matrix-factorisation user tower reads ``user_id`` alone)."""
+    """The graph's inputs must be the manifest's and ones the bundle's input layout declares (all
+    of them, or with ``subset`` some: a matrix-factorisation user tower reads ``user_id`` alone)."""
     names = [i.name for i in session.get_inputs()]
     fits = set(names) <= set(built) if subset else sorted(names) == sorted(built)
     if sorted(names) != sorted(manifest) or not fits:
@@ -74,11 +83,14 @@ class RetrievalRuntime:
     users: IdLookup
     items: IdLookup
 
-    def user_vector(self, user_idx: int, history_idx: np.ndarray) -> np.ndarray:
+    def user_vector(
+        self, user_idx: int, history_idx: np.ndarray, lists: dict[str, np.ndarray] | None = None
+    ) -> np.ndarray:
         """The user tower's vector ``[d]`` in the model's scoring space; ``user_idx`` -1 (unknown
-        user) embeds as padding."""
+        user) embeds as padding. ``lists``: the user's declared id features (absent: none)."""
         history = pad_row(history_idx, self.bundle.manifest.history_len)[None, :]
-        return self.user_vectors(np.array([user_idx]), history)[0]
+        one = {name: [np.asarray(v, dtype=np.int64)] for name, v in (lists or {}).items()}
+        return self.user_vectors(np.array([user_idx]), history, one)[0]
 
     def retrieve(self, query: np.ndarray, history_raw: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The index's best items for ``query`` [d] with the user's history (raw ids) removed:
@@ -90,15 +102,26 @@ class RetrievalRuntime:
         keep = ~np.isin(items, history_raw)
         return items[keep], scores[0][keep]
 
-    def user_vectors(self, user_idx: np.ndarray, histories: np.ndarray) -> np.ndarray:
+    def user_vectors(
+        self, user_idx: np.ndarray, histories: np.ndarray, lists: dict[str, Lists] | None = None
+    ) -> np.ndarray:
         """Vectors ``[n, d]`` of ``n`` users with padded history rows, fed to whichever inputs the
-        tower reads (a matrix-factorisation tower reads ``user_id`` alone)."""
+        tower reads (a matrix-factorisation tower reads ``user_id`` alone). Declared user lists
+        missing from ``lists`` are padding."""
+        n = len(user_idx)
+        wanted = self.bundle.manifest.inputs["user_tower.onnx"]
         feed = {
             "user_id": np.asarray(user_idx, dtype=np.int64).reshape(-1, 1),
             "user_history": np.ascontiguousarray(histories, dtype=np.int64),
         }
-        wanted = self.bundle.manifest.inputs["user_tower.onnx"]
+        lists = lists or {}
+        for s in self.layout.declared("user"):
+            feed[s.name] = padded(lists.get(s.name, [np.empty(0, np.int64)] * n), n, s.max_len)
         return self.user_tower.run(None, {k: feed[k] for k in wanted})[0]
+
+    @property
+    def layout(self) -> InputLayout:
+        return self.bundle.inputs
 
 
 @dataclass(frozen=True)
@@ -113,19 +136,34 @@ class RankerRuntime:
     def dense_features(self) -> list[str]:
         return list(self.bundle.manifest.dense_features)
 
+    @property
+    def layout(self) -> InputLayout:
+        return self.bundle.inputs
+
     def score(
         self,
         user_idx: int,
         history_idx: np.ndarray,
         dense: np.ndarray,
         item_idx: np.ndarray,
-        item_genres: list[np.ndarray],
+        item_lists: dict[str, Lists],
+        user_lists: dict[str, np.ndarray] | None = None,
     ) -> np.ndarray:
-        """Logits ``[n]`` for one user and ``n`` candidates, one ORT call."""
+        """Logits ``[n]`` for one user and ``n`` candidates, one ORT call. ``item_lists``: each
+        declared item feature's ids per candidate; ``user_lists``: the user's declared features."""
         n = len(item_idx)
         history = pad_row(history_idx, self.bundle.manifest.history_len)
+        rows: dict[str, Lists] = {}
+        for s in self.layout.declared("user"):
+            row = pad_row((user_lists or {}).get(s.name, np.empty(0, np.int64)), s.max_len)
+            rows[s.name] = np.broadcast_to(row, (n, s.max_len))
         return self.score_rows(
-            np.full(n, user_idx), np.broadcast_to(history, (n, len(history))), dense, item_idx, item_genres
+            np.full(n, user_idx),
+            np.broadcast_to(history, (n, len(history))),
+            dense,
+            item_idx,
+            item_lists,
+            rows,
         )
 
     def score_rows(
@@ -134,9 +172,12 @@ class RankerRuntime:
         histories: np.ndarray,
         dense: np.ndarray,
         item_idx: np.ndarray,
-        item_genres: list[np.ndarray],
+        item_lists: dict[str, Lists],
+        user_lists: dict[str, Lists] | None = None,
     ) -> np.ndarray:
-        """Logits ``[n]`` of ``n`` (user, item) rows, each with its own padded history row."""
+        """Logits ``[n]`` of ``n`` (user, item) rows, each with its own padded history row. Every
+        declared item feature must be in ``item_lists``; declared user features missing from
+        ``user_lists`` are padding (a cold user)."""
         n = len(item_idx)
         m = self.bundle.manifest
         feed = {
@@ -144,8 +185,14 @@ class RankerRuntime:
             "user_id": np.asarray(user_idx, dtype=np.int64).reshape(n, 1),
             "user_history": np.ascontiguousarray(histories, dtype=np.int64).reshape(n, m.history_len),
             "item_id": np.asarray(item_idx, dtype=np.int64).reshape(n, 1),
-            "item_genres": pad_rows(item_genres, m.max_genres),
         }
+        user_lists = user_lists or {}
+        for s in self.layout.declared("user"):
+            feed[s.name] = padded(user_lists.get(s.name, [np.empty(0, np.int64)] * n), n, s.max_len)
+        for s in self.layout.declared("item"):
+            if s.name not in item_lists:
+                raise DataError(f"ranker input {s.name!r} was not given")
+            feed[s.name] = padded(item_lists[s.name], n, s.max_len)
         return self.session.run(None, feed)[0].reshape(n)
 
 
@@ -154,7 +201,11 @@ def load_retrieval(bundle: Bundle, version: str, threads: int = 1) -> RetrievalR
         raise DataError(f"bundle {bundle.directory} is a {bundle.manifest.kind} bundle, expected retrieval")
     session = open_session(str(bundle.path("user_tower.onnx")), threads)
     _check_inputs(
-        session, bundle.manifest.inputs["user_tower.onnx"], USER_TOWER_INPUTS, "user_tower.onnx", subset=True
+        session,
+        bundle.manifest.inputs["user_tower.onnx"],
+        bundle.inputs.user_keys,
+        "user_tower.onnx",
+        subset=True,
     )
     mapping = bundle.id_mapping
     embeddings = bundle.item_embeddings()
@@ -175,7 +226,8 @@ def load_ranker(bundle: Bundle, version: str, threads: int = 1) -> RankerRuntime
     if bundle.manifest.kind != "ranker":
         raise DataError(f"bundle {bundle.directory} is a {bundle.manifest.kind} bundle, expected ranker")
     session = open_session(str(bundle.path("ranker.onnx")), threads)
-    _check_inputs(session, bundle.manifest.inputs["ranker.onnx"], RANKER_INPUTS, "ranker.onnx")
+    built = ["dense", *bundle.inputs.user_keys, *bundle.inputs.item_keys]
+    _check_inputs(session, bundle.manifest.inputs["ranker.onnx"], built, "ranker.onnx")
     mapping = bundle.id_mapping
     return RankerRuntime(
         version=version,

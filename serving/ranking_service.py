@@ -24,6 +24,7 @@ import grpc
 import numpy as np
 
 from rankforge.errors import DataError
+from rankforge.serving.bundle import Bundle
 from rankforge.serving.feature_layout import FeatureMeta, Record
 from rankforge.serving.feature_reader import FeatureReader, FeatureStoreEmpty, FeatureStoreUnavailable
 from rankforge.serving.model_runtime import RankerRuntime
@@ -184,7 +185,9 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
         self._check_context_names(request, read.meta, ranker)
         history_raw = read.user.ids
         query = retrieval.user_vector(
-            int(retrieval.users.encode([user_id])[0]), _known(retrieval.items.encode(history_raw))
+            int(retrieval.users.encode([user_id])[0]),
+            _known(retrieval.items.encode(history_raw)),
+            _declared_lists(read.meta, read.meta.user_lists, read.user, retrieval.bundle, "user"),
         )
         clock.lap("user tower")
 
@@ -278,12 +281,18 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
                     f"the ranker needs dense feature {name!r}, which feature version lacks "
                     f"(it has {meta.user_dense + meta.item_dense})",
                 )
+        item_lists: dict[str, list[np.ndarray]] = {}
+        for s in ranker.layout.declared("item"):
+            _check_list(meta, meta.item_lists, s.name, ranker.bundle)
+            at = meta.item_lists.index(s.name)
+            item_lists[s.name] = [r.lists[at] for r in records]
         return ranker.score(
             int(ranker.users.encode([user_id])[0]),
             _known(ranker.items.encode(history_raw)),
             np.stack(columns, axis=1),
             ranker.items.encode(item_raw),
-            [r.ids for r in records],
+            item_lists,
+            _declared_lists(meta, meta.user_lists, user, ranker.bundle, "user"),
         )
 
     # -- ads mode ---------------------------------------------------------------------------------
@@ -447,6 +456,32 @@ def _check_scores(logits: np.ndarray, model: str) -> None:
             Code.INTERNAL,
             f"the model {model} produced a non-finite score for {int(bad.sum())} of {len(logits)}",
         )
+
+
+def _check_list(meta: FeatureMeta, names: list[str], name: str, bundle: Bundle) -> None:
+    """The feature version holds the declared id feature ``name`` with the model's vocabulary."""
+    if name not in names:
+        raise RankError(
+            Code.FAILED_PRECONDITION,
+            f"the model reads feature {name!r}, which the feature version lacks (it has {names})",
+        )
+    if meta.vocabularies.get(name) != bundle.manifest.vocabularies.get(name):
+        raise RankError(
+            Code.FAILED_PRECONDITION,
+            f"feature {name!r}: the feature version's vocabulary differs from the model's; "
+            "materialize the features of the model's data",
+        )
+
+
+def _declared_lists(
+    meta: FeatureMeta, names: list[str], record: Record, bundle: Bundle, side: str
+) -> dict[str, np.ndarray]:
+    """The declared id features of ``side`` a model reads, from one feature record."""
+    out = {}
+    for s in bundle.inputs.declared(side):  # type: ignore[arg-type]
+        _check_list(meta, names, s.name, bundle)
+        out[s.name] = record.lists[names.index(s.name)]
+    return out
 
 
 def _known(indices: np.ndarray) -> np.ndarray:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from rankforge.features.pipeline import DataConfig, PreparedData, SyntheticConfig, prepare
+from rankforge.features.synthetic import GENRES_FEATURE
 
 REPO = Path(__file__).resolve().parents[1]
 MOVIELENS = REPO.parent / "shared" / "data" / "ml-latest-small"
@@ -52,4 +53,6 @@ def gowalla_dir() -> Path:
 @pytest.fixture(scope="session")
 def small_data() -> PreparedData:
     """A small synthetic dataset prepared once per session (read-only by convention)."""
-    return prepare(DataConfig(synthetic=SyntheticConfig(n_users=60, n_items=90, seed=3)))
+    return prepare(
+        DataConfig(synthetic=SyntheticConfig(n_users=60, n_items=90, seed=3), features=[GENRES_FEATURE])
+    )

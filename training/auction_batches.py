@@ -16,8 +16,9 @@ import torch
 from torchrec import KeyedJaggedTensor
 
 from rankforge.features.auctions import AuctionTensors
+from rankforge.features.feature_spec import USER_HISTORY, USER_ID
 from rankforge.models.inputs import PAD, padded_to_kjt
-from rankforge.training.batches import ITEM_KEYS, USER_KEYS, FeatureTables, _Batches, rank_slice
+from rankforge.training.batches import FeatureTables, _Batches, rank_slice
 from rankforge.training.reference import Reference
 
 #: A teacher logit that makes sigmoid(t) the click itself (|t| = 30: 1e-13 away), for rows the
@@ -60,13 +61,16 @@ def auction_rows(
     ads = auctions.filled_ads().reshape(-1)
     users = auctions.users.repeat_interleave(m)
     known = users >= 0
-    history = torch.full((a * m, tables.user_history.shape[1]), PAD, dtype=torch.int64)
-    history[known] = tables.user_history[users[known]]
-    user_features = {"user_id": users.reshape(-1, 1), "user_history": history}
+    user_features = {USER_ID: users.reshape(-1, 1)}
+    for name, table in tables.user_lists.items():  # the history and declared user lists
+        rows = torch.full((a * m, table.shape[1]), PAD, dtype=torch.int64)
+        rows[known] = table[users[known]]
+        user_features[name] = rows
+    history = user_features[USER_HISTORY]
     dense = torch.zeros(a * m, tables.user_dense.shape[1] + tables.item_dense.shape[1])
     dense[:, tables.user_dense.shape[1] :] = tables.item_dense[ads]
     dense[known, : tables.user_dense.shape[1]] = tables.user_dense[users[known]]
-    sparse = padded_to_kjt({**user_features, **tables.items(ads)}, USER_KEYS + ITEM_KEYS)
+    sparse = padded_to_kjt({**user_features, **tables.items(ads)}, tables.user_keys + tables.item_keys)
     return dense, sparse, users, ads, history
 
 

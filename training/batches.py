@@ -21,13 +21,11 @@ import torch
 from torchrec import KeyedJaggedTensor
 
 from rankforge.errors import DataError
-from rankforge.features.aggregates import ITEM_DENSE, USER_DENSE
+from rankforge.features.feature_spec import ITEM_ID, USER_HISTORY, USER_ID, InputLayout
 from rankforge.features.pipeline import PreparedData
-from rankforge.models.inputs import dense_inputs, pad_lists, padded_to_kjt
+from rankforge.models.inputs import dense_inputs, pad_lists, padded_to_kjt, side_inputs
 from rankforge.training.reference import Reference
 
-USER_KEYS = ["user_id", "user_history"]
-ITEM_KEYS = ["item_id", "item_genres"]
 #: Polars does not promise a row order after joins and group-bys; shuffling a canonical order
 #: is what makes a seed reproduce a run.
 CANONICAL_ORDER = ["user_idx", "timestamp", "item_idx"]
@@ -35,46 +33,67 @@ CANONICAL_ORDER = ["user_idx", "timestamp", "item_idx"]
 
 @dataclass(frozen=True)
 class FeatureTables:
-    """Padded per-user and per-item features; row ``i`` belongs to index ``i``."""
+    """Padded per-user and per-item features; row ``i`` belongs to index ``i``. Which lists and
+    dense columns there are is the data's :class:`InputLayout` (the feature spec)."""
 
-    user_history: torch.Tensor  # [U, history_len] int64, -1 padded (latest history, as served)
-    user_dense: torch.Tensor  # [U, len(USER_DENSE)]
-    item_genres: torch.Tensor  # [I, max_genres] int64, -1 padded
-    item_dense: torch.Tensor  # [I, len(ITEM_DENSE)]
+    layout: InputLayout
+    user_lists: dict[str, torch.Tensor]  # user_history (latest, as served) + declared user lists
+    user_dense: torch.Tensor  # [U, len(layout.user_dense)]
+    item_lists: dict[str, torch.Tensor]  # declared item lists [I, width], -1 padded
+    item_dense: torch.Tensor  # [I, len(layout.item_dense)]
     item_events: torch.Tensor  # [I] train events per item (popularity)
     item_pos_rate: torch.Tensor  # [I] smoothed positive rate: the reference CTR model
 
     @classmethod
-    def build(cls, data: PreparedData, max_genres: int) -> FeatureTables:
+    def build(cls, data: PreparedData) -> FeatureTables:
         users, items = data.user_features, data.item_features
         for frame, column, n in ((users, "user_idx", data.n_users), (items, "item_idx", data.n_items)):
             if frame.height != n or not frame[column].equals(pl.Series(column, range(n), dtype=pl.Int64)):
                 raise DataError(f"feature table {column} must hold every index 0..{n - 1} in order")
+        layout = data.inputs
+        user_lists = side_inputs(users, layout, "user")
+        item_lists = side_inputs(items, layout, "item")
+        del user_lists[USER_ID], item_lists[ITEM_ID]  # the index itself
         return cls(
-            user_history=pad_lists(users["history"], data.history_len),
-            user_dense=dense_inputs(users, USER_DENSE),
-            item_genres=pad_lists(items["genres"], max_genres),
-            item_dense=dense_inputs(items, ITEM_DENSE),
+            layout=layout,
+            user_lists=user_lists,
+            user_dense=dense_inputs(users, layout.user_dense),
+            item_lists=item_lists,
+            item_dense=dense_inputs(items, layout.item_dense),
             item_events=torch.from_numpy(items["item_events"].cast(pl.Float64).to_numpy().copy()),
             item_pos_rate=dense_inputs(items, ["item_pos_rate"]).squeeze(1),
         )
 
     @property
     def n_items(self) -> int:
-        return self.item_genres.shape[0]
+        return self.item_dense.shape[0]
+
+    @property
+    def user_history(self) -> torch.Tensor:
+        """``[U, history_len]``: each user's latest history, as served."""
+        return self.user_lists[USER_HISTORY]
+
+    @property
+    def user_keys(self) -> list[str]:
+        return self.layout.user_keys
+
+    @property
+    def item_keys(self) -> list[str]:
+        return self.layout.item_keys
 
     def items(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"item_id": idx.reshape(-1, 1), "item_genres": self.item_genres[idx.reshape(-1)]}
+        flat = idx.reshape(-1)
+        return {ITEM_ID: flat.reshape(-1, 1), **{k: v[flat] for k, v in self.item_lists.items()}}
 
     def users(self, idx: torch.Tensor, history: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """``history`` overrides the latest one (point-in-time histories of training examples)."""
-        return {
-            "user_id": idx.reshape(-1, 1),
-            "user_history": self.user_history[idx] if history is None else history,
-        }
+        out = {USER_ID: idx.reshape(-1, 1), **{k: v[idx] for k, v in self.user_lists.items()}}
+        if history is not None:
+            out[USER_HISTORY] = history
+        return out
 
     def dense(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """Dense ranking features in ``DENSE_FEATURES`` order (user block, then item block)."""
+        """Dense ranking features in ``layout.dense_features`` order (user block, then item block)."""
         return torch.cat([self.user_dense[users], self.item_dense[items]], dim=1)
 
 
@@ -149,7 +168,7 @@ class RetrievalBatch:
 
 @dataclass(frozen=True)
 class RankingBatch:
-    dense: torch.Tensor  # [b, 4]
+    dense: torch.Tensor  # [b, n_dense]
     sparse: KeyedJaggedTensor  # user then item keys
     labels: torch.Tensor  # [b] float 0/1
     reference_logits: torch.Tensor  # [b] the reference model's logits (0 without a reference)
@@ -175,7 +194,7 @@ class CascadeBatch:
 
     user: KeyedJaggedTensor  # b users (retrieval user tower)
     items: KeyedJaggedTensor  # b * M list items, list by list (retrieval item tower)
-    dense: torch.Tensor  # [b * M, 4] ranker dense features
+    dense: torch.Tensor  # [b * M, n_dense] ranker dense features
     sparse: KeyedJaggedTensor  # b * M (user, item) pairs, user then item keys (ranker)
     labels: torch.Tensor  # [b, M] 1 = the list's ground-truth item
     mask: torch.Tensor  # [b, M] bool, False where a sampled negative hit the positive
@@ -259,8 +278,8 @@ class RetrievalBatches(_Batches):
         self.n_negatives = n_negatives
         self.shared = shared_negatives
         # the sparse inputs the model reads (matrix factorisation reads ids only)
-        self.user_keys = list(user_keys or USER_KEYS)
-        self.item_keys = list(item_keys or ITEM_KEYS)
+        self.user_keys = list(user_keys or tables.user_keys)
+        self.item_keys = list(item_keys or tables.item_keys)
 
     def __iter__(self) -> Iterator[RetrievalBatch]:
         for rows in self._global_batches():
@@ -345,7 +364,8 @@ class RankingBatches(_Batches):
             yield RankingBatch(
                 dense=dense,
                 sparse=padded_to_kjt(
-                    {**self.tables.users(u, h), **self.tables.items(i)}, USER_KEYS + ITEM_KEYS
+                    {**self.tables.users(u, h), **self.tables.items(i)},
+                    self.tables.user_keys + self.tables.item_keys,
                 ),
                 labels=all_labels[mine],
                 reference_logits=reference,
@@ -397,10 +417,12 @@ class CascadeBatches(RetrievalBatches):
             items = self.tables.items(pair_items)
             pair_user_features = self.tables.users(pair_users, history.repeat_interleave(m, dim=0))
             yield CascadeBatch(
-                user=padded_to_kjt(self.tables.users(users, history), USER_KEYS),
-                items=padded_to_kjt(items, ITEM_KEYS),
+                user=padded_to_kjt(self.tables.users(users, history), self.tables.user_keys),
+                items=padded_to_kjt(items, self.tables.item_keys),
                 dense=self.tables.dense(pair_users, pair_items),
-                sparse=padded_to_kjt({**pair_user_features, **items}, USER_KEYS + ITEM_KEYS),
+                sparse=padded_to_kjt(
+                    {**pair_user_features, **items}, self.tables.user_keys + self.tables.item_keys
+                ),
                 labels=labels,
                 mask=mask,
             )

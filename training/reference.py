@@ -12,8 +12,8 @@ What does not fit is handled explicitly:
 * an item it never saw has no embedding, so the row has no reference: ``covered`` is False and
   the objective gives that row the BCE term alone (see ``ConfidenceRankingLoss``);
 * history items it never saw drop out of the history, as at serving time;
-* a bundle that is not a ranker, or that reads other dense features or another genre vocabulary
-  size, is refused with a ``ConfigError`` when the job starts.
+* a bundle that is not a ranker, or that reads other dense features or a declared feature with
+  another vocabulary, is refused with a ``ConfigError`` when the job starts.
 
 ``item_rate`` is the no-model reference: each item's smoothed positive rate in the training data.
 Rows are scored batch by batch (the negatives are sampled per batch), about a millisecond per
@@ -24,17 +24,19 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
 
 from rankforge.errors import ConfigError, DataError
-from rankforge.features.aggregates import DENSE_FEATURES
 from rankforge.features.pipeline import PreparedData
 from rankforge.serving.bundle import Bundle
 from rankforge.serving.id_lookup import translate_ids
 from rankforge.serving.model_runtime import load_ranker
+
+if TYPE_CHECKING:
+    from rankforge.training.batches import FeatureTables
 
 
 class Reference(Protocol):
@@ -61,29 +63,33 @@ class ItemRateReference:
 class BundleReference:
     """A ranker bundle scored through the server's own runtime, in the bundle's id space."""
 
-    def __init__(
-        self, bundle: Bundle, data: PreparedData, dense_features: list[str], item_genres: torch.Tensor
-    ) -> None:
+    def __init__(self, bundle: Bundle, data: PreparedData, tables: FeatureTables) -> None:
         m = bundle.manifest
         if m.kind != "ranker":
             raise ConfigError(
                 f"objective.reference {str(bundle.directory)[:120]!r} is a {m.kind} bundle; "
                 "Confidence Ranking needs a ranker"
             )
-        if list(m.dense_features) != list(dense_features):
+        if list(m.dense_features) != data.inputs.dense_features:
             raise ConfigError(
                 f"objective.reference reads dense features {m.dense_features}, "
-                f"this job builds {dense_features}"
+                f"this job builds {data.inputs.dense_features}"
             )
-        if m.n_genres != data.n_genres:
-            raise ConfigError(
-                f"objective.reference knows {m.n_genres} genres, this data {data.n_genres}: genre ids differ"
-            )
+        ours = data.vocabulary_digests()
+        for s in bundle.inputs.declared("user") + bundle.inputs.declared("item"):
+            if s.name not in ours:
+                raise ConfigError(
+                    f"objective.reference reads feature {s.name!r}, which this data does not declare"
+                )
+            if ours[s.name] != m.vocabularies.get(s.name):
+                raise ConfigError(
+                    f"objective.reference: feature {s.name!r} has another vocabulary there; its ids differ"
+                )
         self.bundle = bundle
         self.runtime = load_ranker(bundle, "reference", threads=1)
         maps = translate_ids(data.mapping, bundle.id_mapping)
         self.user_map, self.item_map = maps["users"], maps["items"]
-        self.item_genres = item_genres
+        self.tables = tables
         if (self.item_map < 0).all():
             raise DataError(
                 f"objective.reference {str(bundle.directory)[:120]!r} knows none of this data's items"
@@ -105,14 +111,24 @@ class BundleReference:
         # unknown history items become padding, pushed to the end so the tail keeps the latest
         order = np.argsort(encoded_history < 0, axis=1, kind="stable")
         encoded_history = np.take_along_axis(encoded_history, order, axis=1)
-        genres = self.item_genres[items].numpy()
-        user_idx = users.numpy()
+        layout, user_idx = self.bundle.inputs, users.numpy()
+        known = torch.from_numpy(user_idx >= 0)
+        user_lists = {}
+        for s in layout.declared("user"):  # a cold user's features are padding, as when served
+            rows = np.full((len(user_idx), s.max_len), -1, dtype=np.int64)
+            rows[known.numpy()] = _fit_width(self.tables.user_lists[s.name][users[known]].numpy(), s.max_len)
+            user_lists[s.name] = rows
+        item_lists = {
+            s.name: _fit_width(self.tables.item_lists[s.name][items].numpy(), s.max_len)
+            for s in layout.declared("item")
+        }
         logits = self.runtime.score_rows(
             np.where(user_idx >= 0, self.user_map[np.maximum(user_idx, 0)], -1),  # -1: cold start
             _fit_width(encoded_history, self.bundle.manifest.history_len),
             dense.numpy(),
             item_idx,
-            [row[row >= 0] for row in genres],
+            item_lists,
+            user_lists,
         )
         return torch.from_numpy(np.asarray(logits, dtype=np.float32)), torch.from_numpy(item_idx >= 0)
 
@@ -129,15 +145,15 @@ def _fit_width(padded: np.ndarray, width: int) -> np.ndarray:
 
 
 def open_reference(
-    spec: str | None, data: PreparedData, item_genres: torch.Tensor, item_pos_rate: torch.Tensor, folder: Path
+    spec: str | None, data: PreparedData, tables: FeatureTables, folder: Path
 ) -> ItemRateReference | BundleReference | None:
     """The reference named by ``objective.reference``; a registry model is downloaded to ``folder``."""
     if spec is None:
         return None
     if spec == "item_rate":
-        return ItemRateReference(item_pos_rate)
+        return ItemRateReference(tables.item_pos_rate)
     bundle = fetch_bundle(spec, folder, "objective.reference")
-    return BundleReference(bundle, data, list(DENSE_FEATURES), item_genres)
+    return BundleReference(bundle, data, tables)
 
 
 def fetch_bundle(spec: str, folder: Path, setting: str) -> Bundle:

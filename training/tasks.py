@@ -11,15 +11,15 @@ import torch
 from torch import nn
 from torchrec import KeyedJaggedTensor
 
-from rankforge.features.aggregates import DENSE_FEATURES
 from rankforge.features.pipeline import PreparedData
 from rankforge.models.cascade import CascadeModel
+from rankforge.models.inputs import sparse_features
 from rankforge.models.matrix_factorization import MatrixFactorization
 from rankforge.models.ranking import RankingModel
 from rankforge.models.retrieval import RetrievalModel
 from rankforge.models.scoring import DOT, Scoring
 from rankforge.models.simplex import SimpleX
-from rankforge.models.two_tower import TwoTower, item_features, user_features
+from rankforge.models.two_tower import TwoTower
 from rankforge.pipelines.train_config import ModelConfig
 from rankforge.training.auction_batches import AuctionBatch
 from rankforge.training.batches import CascadeBatch, RankingBatch, RetrievalBatch
@@ -38,8 +38,7 @@ def build_model(
     ``scoring`` is the similarity the objective trains with (``Scoring.of(objective)``); a
     retrieval model keeps it, and everything that scores the model afterwards reads it there.
     """
-    users = user_features(data.n_users, data.n_items, data.history_len)
-    items = item_features(data.n_items, data.n_genres, config.max_genres)
+    users, items = sparse_features(data.inputs, "user"), sparse_features(data.inputs, "item")
 
     def two_tower() -> TwoTower:
         return TwoTower(
@@ -48,7 +47,9 @@ def build_model(
 
     def ranker() -> RankingModel:
         dense, over = tuple(config.dense_sizes), tuple(config.over_sizes)
-        return RankingModel(users + items, DENSE_FEATURES, config.embedding_dim, dense, over, device=device)
+        return RankingModel(
+            users + items, data.inputs.dense_features, config.embedding_dim, dense, over, device=device
+        )
 
     if config.kind == "popularity":
         raise ValueError("model kind 'popularity' is counted from the data, not built for training")

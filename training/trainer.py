@@ -63,7 +63,7 @@ class Trainer:
         self.data = data
         self.env = env
         torch.manual_seed(config.seed)  # same dense init on every rank; DMP materialises tables from it
-        self.tables = FeatureTables.build(data, config.model.max_genres)
+        self.tables = FeatureTables.build(data)
         loss = resolve_objective(
             config.objective.name, config.objective.params, OBJECTIVE_KIND[config.model.kind]
         )
@@ -83,8 +83,7 @@ class Trainer:
         self.reference = open_reference(
             config.objective.reference,
             data,
-            self.tables.item_genres,
-            self.tables.item_pos_rate,
+            self.tables,
             config.output_dir / f"reference_rank{env.rank}",
         )
         self.batches = self._batches()
@@ -199,7 +198,7 @@ class Trainer:
             return
         folder = self.config.output_dir / f"warm_start_rank{self.env.rank}"
         bundle = fetch_bundle(spec, folder, "training.warm_start")
-        self.warm_rows = warm_start(self.dmp, bundle, self.data.mapping)
+        self.warm_rows = warm_start(self.dmp, bundle, self.data.mapping, self.data.vocabularies)
 
     def mark_finished(self) -> None:
         dist.barrier()

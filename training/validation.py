@@ -33,7 +33,7 @@ from rankforge.models.inputs import padded_to_kjt
 from rankforge.models.ranking import RankingModel
 from rankforge.models.retrieval import RetrievalModel
 from rankforge.training.auction_batches import auction_rows
-from rankforge.training.batches import ITEM_KEYS, USER_KEYS, FeatureTables
+from rankforge.training.batches import FeatureTables
 
 KS = (10, 20)
 Split = Literal["validation", "test"]
@@ -134,7 +134,9 @@ def ranking_validation(
     if labels.min() == labels.max():
         warnings.warn("held-out events have a single label: no ranking metrics", stacklevel=2)
         return {}
-    sparse = padded_to_kjt({**tables.users(users), **tables.items(items)}, USER_KEYS + ITEM_KEYS)
+    sparse = padded_to_kjt(
+        {**tables.users(users), **tables.items(items)}, tables.user_keys + tables.item_keys
+    )
     probs = sigmoid(model(tables.dense(users, items), sparse).numpy())
     metrics = ranking_metrics(labels, probs)
     with contextlib.suppress(ValueError):  # e.g. leave-one-out: one test event per user, no GAUC

@@ -16,34 +16,47 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import polars as pl
 import torch
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 from torchrec.distributed import DistributedModelParallel
 
 from rankforge.errors import ConfigError
+from rankforge.features.declared_features import INDEX, VALUE
 from rankforge.features.id_mapping import IdMapping
 from rankforge.serving.bundle import WEIGHTS, Bundle
 from rankforge.serving.id_lookup import translate_ids
 
-#: Which id space each sparse feature's table rows are indexed by.
-ROW_SPACE = {"user_id": "users", "user_history": "items", "item_id": "items", "item_genres": "genres"}
+#: Which id space each built-in sparse feature's table rows are indexed by; a declared feature's
+#: rows are its vocabulary's (translated by value).
+ROW_SPACE = {"user_id": "users", "user_history": "items", "item_id": "items"}
 _TABLE = re.compile(r"\.t_(\w+)\.weight$")
 
 
 def _source_rows(key: str, rows: int, maps: dict[str, np.ndarray], theirs: torch.Tensor) -> np.ndarray:
     """For our table ``key`` of ``rows`` rows: which of their rows fills each (-1: keep ours)."""
     found = _TABLE.search(key)
-    space = ROW_SPACE.get(found.group(1)) if found else None
+    space = ROW_SPACE.get(found.group(1), found.group(1)) if found else None
     if space in maps:
         return maps[space]
     if theirs.shape[0] != rows:
         raise ConfigError(f"training.warm_start: {key} has {theirs.shape[0]} rows there, {rows} here")
-    return np.arange(rows)  # genres and other vocabularies: the same ids in the same order
+    return np.arange(rows)  # a table of no id space: the same rows in the same order
+
+
+def translate_values(ours: pl.DataFrame, theirs: pl.DataFrame) -> np.ndarray:
+    """Our vocabulary index -> theirs (``-1`` where they never saw the value)."""
+    joined = ours.sort(INDEX).join(theirs, on=VALUE, how="left", suffix="_theirs", maintain_order="left")
+    return joined[f"{INDEX}_theirs"].fill_null(-1).to_numpy().astype(np.int64)
 
 
 @torch.no_grad()
 def warm_start(
-    dmp: DistributedModelParallel, bundle: Bundle, mapping: IdMapping, prefix: str = "model."
+    dmp: DistributedModelParallel,
+    bundle: Bundle,
+    mapping: IdMapping,
+    vocabularies: dict[str, pl.DataFrame] | None = None,
+    prefix: str = "model.",
 ) -> dict[str, int]:
     """Copy ``bundle``'s weights into the live model in place; returns how many table rows came
     from it per id space (logged with the run)."""
@@ -51,7 +64,10 @@ def warm_start(
     if not path.is_file():
         raise ConfigError(f"training.warm_start: bundle {str(bundle.directory)[:120]} has no {WEIGHTS}")
     theirs: dict[str, torch.Tensor] = torch.load(path, weights_only=True)
+    vocabularies = {n: v for n, v in (vocabularies or {}).items() if n in bundle.manifest.vocabularies}
     maps = translate_ids(mapping, bundle.id_mapping)
+    for name, vocab in vocabularies.items():
+        maps[name] = translate_values(vocab, bundle.vocabulary(name))
     state = dmp.state_dict()
     ours = {key: key[key.index(prefix) + len(prefix) :] for key in state if prefix in key}
     missing = sorted(set(ours.values()) - set(theirs))

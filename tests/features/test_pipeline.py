@@ -8,7 +8,7 @@ from pydantic import ValidationError
 from rankforge.errors import DataError
 from rankforge.features.id_mapping import IdMapping
 from rankforge.features.pipeline import DataConfig, PreparedData, SyntheticConfig, prepare
-from rankforge.features.synthetic import generate_log
+from rankforge.features.synthetic import GENRES_FEATURE, generate_log
 
 
 def test_synthetic_log_is_deterministic_and_valid() -> None:
@@ -24,7 +24,7 @@ def test_prepared_ids_are_dense_and_features_cover_everything(small_data: Prepar
     assert d.train_events["user_idx"].max() < d.n_users and d.train_events["item_idx"].max() < d.n_items
     assert d.item_features["item_idx"].to_list() == list(range(d.n_items))
     assert d.user_features["user_idx"].to_list() == list(range(d.n_users))
-    assert d.genres.height == 6
+    assert d.vocabularies["item_genres"].height == 6  # the declared genre feature's vocabulary
     assert d.retrieval_examples.height == d.train_events.filter(pl.col("label") > 0).height
     # every history item is an earlier positive of the same user
     assert d.retrieval_examples["history"].list.len().max() <= d.history_len
@@ -77,10 +77,10 @@ def test_lightgcn_provided_split(tmp_path: Path) -> None:
 
 @pytest.mark.movielens
 def test_movielens_end_to_end_features(movielens_dir: Path) -> None:
-    d = prepare(DataConfig(source="movielens", path=movielens_dir))
+    d = prepare(DataConfig(source="movielens", path=movielens_dir, features=[GENRES_FEATURE]))
     assert d.n_users == 610
     assert d.test_events.group_by("user_idx").len()["len"].max() == 1
-    assert d.n_genres == 19
+    assert d.vocabularies["item_genres"].height == 19
     pos_rate = d.train_events["label"].mean()
     assert 0.4 < pos_rate < 0.6
     assert np.isfinite(d.item_features["item_pos_rate"].to_numpy()).all()

@@ -6,10 +6,10 @@ import torch
 
 from rankforge.features.aggregates import DENSE_FEATURES
 from rankforge.features.pipeline import PreparedData
-from rankforge.models.inputs import dense_inputs, item_inputs, pad_lists, padded_to_kjt, user_inputs
+from rankforge.models.inputs import dense_inputs, pad_lists, padded_to_kjt, side_inputs, sparse_features
 from rankforge.models.portable import RankerTwin, TowerTwin
 from rankforge.models.ranking import RankingModel
-from rankforge.models.two_tower import TwoTower, item_features, user_features
+from rankforge.models.two_tower import TwoTower
 from rankforge.serving.bundle import load_bundle
 from rankforge.serving.export_bundle import build_ranker_bundle, build_retrieval_bundle, ranking_frame
 from rankforge.serving.onnx_export import max_abs_difference, run_onnx
@@ -19,12 +19,12 @@ MAX_GENRES = 8
 
 def two_tower(d: PreparedData) -> TwoTower:
     torch.manual_seed(0)
-    return TwoTower(user_features(d.n_users, d.n_items, d.history_len), item_features(d.n_items, d.n_genres))
+    return TwoTower(sparse_features(d.inputs, "user"), sparse_features(d.inputs, "item"))
 
 
 def ranker(d: PreparedData) -> RankingModel:
     torch.manual_seed(0)
-    sparse = user_features(d.n_users, d.n_items, d.history_len) + item_features(d.n_items, d.n_genres)
+    sparse = sparse_features(d.inputs, "user") + sparse_features(d.inputs, "item")
     return RankingModel(sparse, DENSE_FEATURES)
 
 
@@ -52,8 +52,8 @@ def test_padded_to_kjt_errors() -> None:
 def test_twins_match_torchrec_models(small_data: PreparedData) -> None:
     d = small_data
     model = two_tower(d).eval()
-    users = user_inputs(d.user_features, d.history_len)
-    items = item_inputs(d.item_features, MAX_GENRES)
+    users = side_inputs(d.user_features, d.inputs, "user")
+    items = side_inputs(d.item_features, d.inputs, "item")
     twin_u, twin_i = TowerTwin(model, "user"), TowerTwin(model, "item")
     torch.testing.assert_close(
         twin_u(*users.values()), model.user_embedding(padded_to_kjt(users, model.user_keys))
@@ -64,7 +64,7 @@ def test_twins_match_torchrec_models(small_data: PreparedData) -> None:
 
     rank = ranker(d).eval()
     rows = ranking_frame(d.train_events.select("user_idx", "item_idx"), d)
-    sparse = {**user_inputs(rows, d.history_len), **item_inputs(rows, MAX_GENRES)}
+    sparse = {**side_inputs(rows, d.inputs, "user"), **side_inputs(rows, d.inputs, "item")}
     dense = dense_inputs(rows, DENSE_FEATURES)
     expected = rank(dense, padded_to_kjt(sparse, rank.sparse_keys))
     torch.testing.assert_close(RankerTwin(rank)(dense, *sparse.values()), expected)
@@ -77,26 +77,26 @@ def test_trained_two_tower_exports_to_onnx_with_same_outputs(
     model = two_tower(d)
     # a few steps of in-batch softmax so the exported weights are trained ones, not the init
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    ex = d.retrieval_examples.join(d.item_features.select("item_idx", "genres"), on="item_idx")
+    ex = d.retrieval_examples.join(d.item_features.select("item_idx", "item_genres"), on="item_idx")
     for step in range(5):
         batch = ex.slice(step * 64, 64)
         u, i = model(
-            padded_to_kjt(user_inputs(batch, d.history_len), model.user_keys),
-            padded_to_kjt(item_inputs(batch, MAX_GENRES), model.item_keys),
+            padded_to_kjt(side_inputs(batch, d.inputs, "user"), model.user_keys),
+            padded_to_kjt(side_inputs(batch, d.inputs, "item"), model.item_keys),
         )
         loss = torch.nn.functional.cross_entropy(u @ i.T, torch.arange(len(batch)))
         opt.zero_grad()
         loss.backward()
         opt.step()
     before = model.user_ebc.state_dict()["embedding_bags.t_user_id.weight"].clone()
-    manifest = build_retrieval_bundle(model, d, str(tmp_path), MAX_GENRES)
+    manifest = build_retrieval_bundle(model, d, str(tmp_path))
     bundle = load_bundle(tmp_path, expect="retrieval")
     assert manifest.inputs["user_tower.onnx"] == ["user_id", "user_history"]
     model.eval()
-    users = user_inputs(d.user_features, d.history_len)
+    users = side_inputs(d.user_features, d.inputs, "user")
     ref = model.user_embedding(padded_to_kjt(users, model.user_keys))
     assert max_abs_difference(bundle.path("user_tower.onnx"), ref, users) < 1e-5
-    items = item_inputs(d.item_features, MAX_GENRES)
+    items = side_inputs(d.item_features, d.inputs, "item")
     item_ref = model.item_embedding(padded_to_kjt(items, model.item_keys))
     assert max_abs_difference(bundle.path("item_tower.onnx"), item_ref, items) < 1e-5
     np.testing.assert_allclose(bundle.item_embeddings(), item_ref.detach().numpy(), atol=1e-6)
@@ -106,10 +106,10 @@ def test_trained_two_tower_exports_to_onnx_with_same_outputs(
 def test_ranker_exports_to_onnx_with_same_outputs(small_data: PreparedData, tmp_path: Path) -> None:
     d = small_data
     model = ranker(d).eval()
-    build_ranker_bundle(model, d, str(tmp_path), MAX_GENRES)
+    build_ranker_bundle(model, d, str(tmp_path))
     bundle = load_bundle(tmp_path, expect="ranker")
     rows = ranking_frame(d.test_events.select("user_idx", "item_idx"), d)
-    sparse = {**user_inputs(rows, d.history_len), **item_inputs(rows, MAX_GENRES)}
+    sparse = {**side_inputs(rows, d.inputs, "user"), **side_inputs(rows, d.inputs, "item")}
     dense = dense_inputs(rows, DENSE_FEATURES)
     ref = model(dense, padded_to_kjt(sparse, model.sparse_keys))
     assert max_abs_difference(bundle.path("ranker.onnx"), ref, {"dense": dense, **sparse}) < 1e-5

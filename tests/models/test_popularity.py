@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from rankforge.features.pipeline import PreparedData
-from rankforge.models.inputs import item_inputs, user_inputs
+from rankforge.models.inputs import side_inputs
 from rankforge.models.popularity import MostPopular
 from rankforge.serving.bundle import load_bundle
 from rankforge.serving.export_bundle import build_retrieval_bundle
@@ -19,8 +19,8 @@ from rankforge.training.batches import FeatureTables
 
 def test_popularity_bundle_scores_items_by_training_counts(small_data: PreparedData, tmp_path: Path) -> None:
     d = small_data
-    model = MostPopular(FeatureTables.build(d, 8).item_events)
-    build_retrieval_bundle(model, d, str(tmp_path), max_genres=8)
+    model = MostPopular(FeatureTables.build(d).item_events)
+    build_retrieval_bundle(model, d, str(tmp_path))
     bundle = load_bundle(tmp_path, expect="retrieval")
     counts = (
         pl.DataFrame({"item_idx": range(d.n_items)}, schema={"item_idx": pl.Int64})
@@ -30,13 +30,13 @@ def test_popularity_bundle_scores_items_by_training_counts(small_data: PreparedD
         .to_numpy()
     )
     np.testing.assert_allclose(bundle.item_embeddings()[:, 0], np.log1p(counts), rtol=1e-6)
-    items = item_inputs(d.item_features, 8)
+    items = side_inputs(d.item_features, d.inputs, "item")
     np.testing.assert_allclose(
         run_onnx(bundle.path("item_tower.onnx"), {"item_id": items["item_id"].numpy()})[:, 0],
         np.log1p(counts),
         rtol=1e-6,
     )
-    users = user_inputs(d.user_features.head(5), d.history_len)
+    users = side_inputs(d.user_features.head(5), d.inputs, "user")
     np.testing.assert_array_equal(
         run_onnx(bundle.path("user_tower.onnx"), {"user_id": users["user_id"].numpy()}), 1.0
     )

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rankforge.features.pipeline import PreparedData
-from rankforge.models.inputs import item_inputs, padded_to_kjt, user_inputs
+from rankforge.models.inputs import padded_to_kjt, side_inputs
 from rankforge.models.matrix_factorization import MatrixFactorization
 from rankforge.models.retrieval import merged_kjt
 from rankforge.models.scoring import Scoring
@@ -93,12 +93,12 @@ def test_exported_bundle_scores_like_the_model(kind: str, small_data: PreparedDa
         if kind == "mf"
         else SimpleX(d.n_users, d.n_items, 8, scoring=scoring, init_std=0.1)
     ).eval()
-    build_retrieval_bundle(model, d, str(tmp_path), max_genres=8)
+    build_retrieval_bundle(model, d, str(tmp_path))
     bundle = load_bundle(tmp_path, expect="retrieval")
     assert bundle.manifest.scoring == {"similarity": "cosine", "temperature": 0.2}
     assert bundle.manifest.inputs["user_tower.onnx"] == model.user_keys
-    users = user_inputs(d.user_features, d.history_len)
-    items = item_inputs(d.item_features, 8)
+    users = side_inputs(d.user_features, d.inputs, "user")
+    items = side_inputs(d.item_features, d.inputs, "item")
     feed = {k: users[k].numpy() for k in model.user_keys}
     queries = run_onnx(bundle.path("user_tower.onnx"), feed)
     expected = model.scoring.score(

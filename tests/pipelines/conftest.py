@@ -9,11 +9,13 @@ import torch
 
 from rankforge.features.aggregates import DENSE_FEATURES
 from rankforge.features.pipeline import DataConfig, PreparedData, SyntheticConfig, prepare
+from rankforge.features.synthetic import GENRES_FEATURE
+from rankforge.models.inputs import sparse_features
 from rankforge.models.ranking import RankingModel
-from rankforge.models.two_tower import TwoTower, item_features, user_features
+from rankforge.models.two_tower import TwoTower
 from rankforge.serving.export_bundle import build_ranker_bundle, build_retrieval_bundle
 
-EVAL_DATA = DataConfig(synthetic=SyntheticConfig(n_users=120, n_items=150, seed=3))
+EVAL_DATA = DataConfig(synthetic=SyntheticConfig(n_users=120, n_items=150, seed=3), features=[GENRES_FEATURE])
 
 
 @pytest.fixture(scope="module")
@@ -24,17 +26,15 @@ def eval_data() -> PreparedData:
 def random_retrieval_bundle(data: PreparedData, directory: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     model = TwoTower(
-        user_features(data.n_users, data.n_items, data.history_len),
-        item_features(data.n_items, data.n_genres),
+        sparse_features(data.inputs, "user"),
+        sparse_features(data.inputs, "item"),
     )
-    build_retrieval_bundle(model, data, str(directory), max_genres=8)
+    build_retrieval_bundle(model, data, str(directory))
     return directory
 
 
 def random_ranker_bundle(data: PreparedData, directory: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
-    sparse = user_features(data.n_users, data.n_items, data.history_len) + item_features(
-        data.n_items, data.n_genres
-    )
-    build_ranker_bundle(RankingModel(sparse, DENSE_FEATURES), data, str(directory), max_genres=8)
+    sparse = sparse_features(data.inputs, "user") + sparse_features(data.inputs, "item")
+    build_ranker_bundle(RankingModel(sparse, DENSE_FEATURES), data, str(directory))
     return directory

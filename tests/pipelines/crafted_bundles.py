@@ -54,10 +54,10 @@ def write_retrieval_bundle(
             "item_tower.onnx": ["item_id", "item_genres"],
         },
         history_len=data.history_len,
-        max_genres=8,
+        layout=data.inputs.to_dict(),
         n_users=data.n_users,
         n_items=data.n_items,
-        n_genres=data.n_genres,
+        vocabularies=data.vocabulary_digests(),
         data_fingerprint=data.fingerprint(),
     )
     write_manifest(directory, manifest)

@@ -10,8 +10,8 @@ from mlflow import MlflowClient
 from rankforge.cli import main
 from rankforge.errors import ConfigError, DataError
 from rankforge.features.pipeline import DataConfig, PreparedData, SyntheticConfig, prepare
-from rankforge.models.inputs import item_inputs, padded_to_kjt, user_inputs
-from rankforge.models.two_tower import TwoTower, item_features, user_features
+from rankforge.models.inputs import padded_to_kjt, side_inputs, sparse_features
+from rankforge.models.two_tower import TwoTower
 from rankforge.pipelines.ab_compare import ABConfig, compare
 from rankforge.pipelines.bundle_scoring import score_retrieval
 from rankforge.pipelines.promote import Criterion, decide, promote_if_better
@@ -49,16 +49,16 @@ def trained_retrieval(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_bundle_scores_match_the_torch_model(eval_data: PreparedData, tmp_path: Path) -> None:
     torch.manual_seed(1)
     d = eval_data
-    model = TwoTower(
-        user_features(d.n_users, d.n_items, d.history_len), item_features(d.n_items, d.n_genres)
-    ).eval()
-    build_retrieval_bundle(model, d, str(tmp_path), max_genres=8)
+    model = TwoTower(sparse_features(d.inputs, "user"), sparse_features(d.inputs, "item")).eval()
+    build_retrieval_bundle(model, d, str(tmp_path))
     scored = score_retrieval(load_bundle(tmp_path), d)
     users = d.mapping.users.filter(d.mapping.users["user_id"].is_in(scored.users.tolist())).sort("user_id")
     rows = d.user_features.filter(d.user_features["user_idx"].is_in(users["user_idx"].to_list()))
     with torch.no_grad():
-        u = model.user_embedding(padded_to_kjt(user_inputs(rows, d.history_len), model.user_keys))
-        i = model.item_embedding(padded_to_kjt(item_inputs(d.item_features, 8), model.item_keys))
+        u = model.user_embedding(padded_to_kjt(side_inputs(rows, d.inputs, "user"), model.user_keys))
+        i = model.item_embedding(
+            padded_to_kjt(side_inputs(d.item_features, d.inputs, "item"), model.item_keys)
+        )
     all_rows = torch.arange(len(scored.users))
     torch.testing.assert_close(scored.scores(all_rows).float(), u @ i.T, atol=1e-5, rtol=1e-5)
     assert scored.cold_users == 0 and scored.dropped_items == 0

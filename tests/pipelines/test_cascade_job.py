@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_cascade_batches_are_candidate_lists(small_data: PreparedData) -> None:
-    tables = FeatureTables.build(small_data, 8)
+    tables = FeatureTables.build(small_data)
     batches = CascadeBatches(
         small_data, tables, NegativeSampler(tables.item_events, "uniform"), 5, 16, seed=0
     )

@@ -10,6 +10,7 @@ from mlflow import MlflowClient
 
 from rankforge.errors import ConfigError, DataError
 from rankforge.features.pipeline import DataConfig, PreparedData, SyntheticConfig
+from rankforge.features.synthetic import GENRES_FEATURE
 from rankforge.pipelines.ab_compare import ABConfig, compare
 from rankforge.pipelines.promote import Criterion, decide, latest_version, promote_if_better
 from rankforge.pipelines.registry import log_and_register, resolve
@@ -19,7 +20,9 @@ from rankforge.settings import Settings, configure_mlflow
 
 from .crafted_bundles import perfect_retrieval_bundle, random_retrieval_bundle
 
-SMALL = DataConfig(synthetic=SyntheticConfig(n_users=60, n_items=90, seed=3))  # = the small_data fixture
+SMALL = DataConfig(
+    synthetic=SyntheticConfig(n_users=60, n_items=90, seed=3), features=[GENRES_FEATURE]
+)  # = the small_data fixture
 FAST = ABConfig(n_resamples=200)
 NAME = "rf-promote"
 

@@ -10,7 +10,8 @@ from mlflow import MlflowClient
 
 from rankforge.errors import ConfigError, DataError
 from rankforge.features.pipeline import PreparedData
-from rankforge.models.two_tower import TwoTower, item_features, user_features
+from rankforge.models.inputs import sparse_features
+from rankforge.models.two_tower import TwoTower
 from rankforge.pipelines.registry import (
     download_bundle,
     log_and_register,
@@ -38,9 +39,9 @@ def test_register_resolve_and_download(
 ) -> None:
     d = small_data
     torch.manual_seed(0)
-    model = TwoTower(user_features(d.n_users, d.n_items, d.history_len), item_features(d.n_items, d.n_genres))
+    model = TwoTower(sparse_features(d.inputs, "user"), sparse_features(d.inputs, "item"))
     bundle_dir = tmp_path / "bundle"
-    build_retrieval_bundle(model, d, str(bundle_dir), max_genres=8, metrics={"recall@10": 0.5})
+    build_retrieval_bundle(model, d, str(bundle_dir), metrics={"recall@10": 0.5})
     settings = Settings.from_env()
     assert settings.tracking_uri == f"sqlite:///{rankforge_home.resolve() / 'mlflow.db'}"
     configure_mlflow(settings, "registry-test")
@@ -50,7 +51,7 @@ def test_register_resolve_and_download(
         duplicate = log_and_register(bundle_dir, "rf-test")
     assert (duplicate.version, duplicate.duplicate) == (1, True)  # the same bundle: no new version
     changed = tmp_path / "changed"
-    build_retrieval_bundle(model, d, str(changed), max_genres=8, metrics={"recall@10": 0.6})
+    build_retrieval_bundle(model, d, str(changed), metrics={"recall@10": 0.6})
     with mlflow.start_run():
         second = log_and_register(changed, "rf-test")
     assert (first.version, second.version) == (1, 2)
@@ -108,7 +109,7 @@ def test_registered_ranker_predicts_from_raw_ids(
     )
     raw = features.join(d.mapping.users, on="user_idx", **keep)
     frame = raw.select("user_id", "item_id", *load_bundle(bundle_dir).manifest.dense_features).to_pandas()
-    frame["genres"] = [list(g) for g in raw["genres"].to_list()]
+    frame["item_genres"] = [list(g) for g in raw["item_genres"].to_list()]
     frame["history"] = [
         d.mapping.items.filter(pl.col("item_idx").is_in(h))["item_id"].to_list()
         for h in raw["history"].to_list()

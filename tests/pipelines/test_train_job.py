@@ -91,10 +91,10 @@ def test_retrieval_job_tracks_registers_and_exports(
     assert bundle.manifest.metrics == result.metrics
     items = load_config(path).data
     from rankforge.features.pipeline import prepare
-    from rankforge.models.inputs import item_inputs
+    from rankforge.models.inputs import side_inputs
 
     data = prepare(items)
-    feed = {k: v.numpy() for k, v in item_inputs(data.item_features, 8).items()}
+    feed = {k: v.numpy() for k, v in side_inputs(data.item_features, data.inputs, "item").items()}
     np.testing.assert_allclose(
         run_onnx(bundle.path("item_tower.onnx"), feed), bundle.item_embeddings(), atol=1e-5
     )

@@ -16,9 +16,10 @@ import torch
 
 from rankforge.features.aggregates import DENSE_FEATURES
 from rankforge.features.pipeline import DataConfig, PreparedData, SyntheticConfig, prepare
-from rankforge.models.inputs import dense_inputs, item_inputs, user_inputs
+from rankforge.features.synthetic import GENRES_FEATURE
+from rankforge.models.inputs import dense_inputs, side_inputs, sparse_features
 from rankforge.models.ranking import RankingModel
-from rankforge.models.two_tower import TwoTower, item_features, user_features
+from rankforge.models.two_tower import TwoTower
 from rankforge.serving.export_bundle import build_ranker_bundle, build_retrieval_bundle, ranking_frame
 from rankforge.serving.feature_layout import KeyLayout
 from rankforge.serving.feature_reader import connect
@@ -39,14 +40,14 @@ class Bundles:
 
 @pytest.fixture(scope="session")
 def serving_data() -> PreparedData:
-    return prepare(DataConfig(synthetic=SyntheticConfig(n_users=50, n_items=80)))
+    return prepare(DataConfig(synthetic=SyntheticConfig(n_users=50, n_items=80), features=[GENRES_FEATURE]))
 
 
 def _two_tower(d: PreparedData, seed: int) -> TwoTower:
     torch.manual_seed(seed)
     return TwoTower(
-        user_features(d.n_users, d.n_items, d.history_len),
-        item_features(d.n_items, d.n_genres, MAX_GENRES),
+        sparse_features(d.inputs, "user"),
+        sparse_features(d.inputs, "item"),
         embedding_dim=8,
         tower_sizes=(16, 8),
     )
@@ -59,15 +60,11 @@ def bundles(serving_data: PreparedData, tmp_path_factory: pytest.TempPathFactory
     paths = Bundles(root / "retrieval-a", root / "retrieval-b", root / "ranker")
     for path, seed in ((paths.retrieval, 0), (paths.retrieval_b, 1)):
         path.mkdir()
-        build_retrieval_bundle(_two_tower(d, seed), d, str(path), max_genres=MAX_GENRES)
+        build_retrieval_bundle(_two_tower(d, seed), d, str(path))
     torch.manual_seed(2)
-    sparse = user_features(d.n_users, d.n_items, d.history_len) + item_features(
-        d.n_items, d.n_genres, MAX_GENRES
-    )
+    sparse = sparse_features(d.inputs, "user") + sparse_features(d.inputs, "item")
     paths.ranker.mkdir()
-    build_ranker_bundle(
-        RankingModel(sparse, DENSE_FEATURES, embedding_dim=8), d, str(paths.ranker), max_genres=MAX_GENRES
-    )
+    build_ranker_bundle(RankingModel(sparse, DENSE_FEATURES, embedding_dim=8), d, str(paths.ranker))
     return paths
 
 
@@ -175,7 +172,7 @@ def expected_ranking(
     user_row = data.user_features.filter(pl.col("user_idx") == user_idx)
     query = run_onnx(
         retrieval_dir / "user_tower.onnx",
-        {n: t.numpy() for n, t in user_inputs(user_row, data.history_len).items()},
+        {n: t.numpy() for n, t in side_inputs(user_row, data.inputs, "user").items()},
     )[0]
     embeddings = np.load(retrieval_dir / "item_embeddings.npy")
     history = set(user_row["history"].item().to_list())
@@ -189,10 +186,13 @@ def expected_ranking(
     rows = ranking_frame(pl.DataFrame({"user_idx": [user_idx] * len(chosen), "item_idx": chosen}), data)
     for name, value in (context or {}).items():
         rows = rows.with_columns(pl.lit(value, dtype=pl.Float32).alias(name))
-    sparse = {**user_inputs(rows, data.history_len), **item_inputs(rows, MAX_GENRES)}
+    sparse = {**side_inputs(rows, data.inputs, "user"), **side_inputs(rows, data.inputs, "item")}
     logits = run_onnx(
         ranker_dir / "ranker.onnx",
-        {"dense": dense_inputs(rows, DENSE_FEATURES).numpy(), **{n: t.numpy() for n, t in sparse.items()}},
+        {
+            "dense": dense_inputs(rows, data.inputs.dense_features).numpy(),
+            **{n: t.numpy() for n, t in sparse.items()},
+        },
     )
     order = np.argsort(-logits, kind="stable")[:k]
     raw = rows["item_id"].to_numpy()

@@ -58,7 +58,8 @@ def test_write_then_read_matches_the_feature_tables(redis_client, layout, servin
     for item_id, record in zip(item_ids, read.items[:5], strict=True):
         expected = d.item_features.filter(pl.col("item_id") == item_id).row(0, named=True)
         np.testing.assert_allclose(record.dense, [expected[n] for n in ITEM_DENSE], rtol=1e-6)
-        assert record.ids.tolist() == list(expected["genres"])
+        assert read.meta.item_lists == ["item_genres"]  # the declared item feature, as indices
+        assert [ids.tolist() for ids in record.lists] == [list(expected["item_genres"])]
     assert read.items[5] is None
 
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from rankforge.features.aggregates import DENSE_FEATURES
+from rankforge.models.inputs import sparse_features
 from rankforge.models.ranking import RankingModel
-from rankforge.models.two_tower import item_features, user_features
 from rankforge.serving.client import RankingClient
 from rankforge.serving.export_bundle import build_ranker_bundle
 
@@ -37,11 +37,11 @@ def test_context_values_that_overflow_float32_are_invalid(server, user_id, value
 def nan_ranker(serving_data, tmp_path: Path) -> Path:
     d = serving_data
     torch.manual_seed(0)
-    sparse = user_features(d.n_users, d.n_items, d.history_len) + item_features(d.n_items, d.n_genres, 8)
+    sparse = sparse_features(d.inputs, "user") + sparse_features(d.inputs, "item")
     model = RankingModel(sparse, DENSE_FEATURES, embedding_dim=8)
     with torch.no_grad():
         next(p for n, p in model.named_parameters() if "over_arch" in n).fill_(float("nan"))
-    build_ranker_bundle(model, d, str(tmp_path / "nan"), max_genres=8)
+    build_ranker_bundle(model, d, str(tmp_path / "nan"))
     return tmp_path / "nan"
 
 

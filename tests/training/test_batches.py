@@ -10,7 +10,7 @@ import torch
 
 from rankforge.errors import DataError
 from rankforge.features.pipeline import PreparedData
-from rankforge.models.inputs import item_inputs, user_inputs
+from rankforge.models.inputs import side_inputs
 from rankforge.training.batches import (
     FeatureTables,
     NegativeSampler,
@@ -24,7 +24,7 @@ MAX_GENRES = 8
 
 @pytest.fixture(scope="module")
 def tables(small_data: PreparedData) -> FeatureTables:
-    return FeatureTables.build(small_data, MAX_GENRES)
+    return FeatureTables.build(small_data)
 
 
 def test_feature_tables_match_the_model_input_helpers(
@@ -32,11 +32,11 @@ def test_feature_tables_match_the_model_input_helpers(
 ) -> None:
     d = small_data
     users = torch.tensor([3, 0, 7])
-    expected_u = user_inputs(d.user_features[users.tolist()], d.history_len)
+    expected_u = side_inputs(d.user_features[users.tolist()], d.inputs, "user")
     for key, value in tables.users(users).items():
         assert torch.equal(value, expected_u[key]), key
     items = torch.tensor([5, 5, 1])
-    expected_i = item_inputs(d.item_features[items.tolist()], MAX_GENRES)
+    expected_i = side_inputs(d.item_features[items.tolist()], d.inputs, "item")
     for key, value in tables.items(items).items():
         assert torch.equal(value, expected_i[key]), key
 
@@ -163,4 +163,4 @@ def test_bad_inputs_fail_clearly(small_data: PreparedData, tables: FeatureTables
         RetrievalBatches(small_data, tables, sampler, 2, False, batch_size=2, world_size=4)
     broken = small_data.item_features.filter(pl.col("item_idx") != 3)
     with pytest.raises(DataError, match="every index"):
-        FeatureTables.build(dataclasses.replace(small_data, item_features=broken), MAX_GENRES)
+        FeatureTables.build(dataclasses.replace(small_data, item_features=broken))

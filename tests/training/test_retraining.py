@@ -16,8 +16,9 @@ from mlflow import MlflowClient
 from rankforge.errors import ConfigError
 from rankforge.features.aggregates import DENSE_FEATURES
 from rankforge.features.pipeline import DataConfig, PreparedData, SyntheticConfig, prepare
+from rankforge.features.synthetic import GENRES_FEATURE
+from rankforge.models.inputs import sparse_features
 from rankforge.models.ranking import RankingModel
-from rankforge.models.two_tower import item_features, user_features
 from rankforge.pipelines.bundle_scoring import ranker_probabilities
 from rankforge.pipelines.train import run_training
 from rankforge.pipelines.train_config import MlflowConfig, TrainConfig, parse_config
@@ -29,8 +30,10 @@ from rankforge.training.reference import BundleReference, open_reference
 from rankforge.training.sharding import DistEnv, init_distributed, shutdown_distributed
 from rankforge.training.trainer import Trainer
 
-OLD = DataConfig(synthetic=SyntheticConfig(n_users=60, n_items=90, seed=3))
-NEW = DataConfig(synthetic=SyntheticConfig(n_users=70, n_items=110, seed=4))  # grown catalogue
+OLD = DataConfig(synthetic=SyntheticConfig(n_users=60, n_items=90, seed=3), features=[GENRES_FEATURE])
+NEW = DataConfig(
+    synthetic=SyntheticConfig(n_users=70, n_items=110, seed=4), features=[GENRES_FEATURE]
+)  # grown catalogue
 
 
 @pytest.fixture(scope="module")
@@ -52,16 +55,14 @@ def env() -> Iterator[DistEnv]:
 
 def _ranker(data: PreparedData, seed: int) -> RankingModel:
     torch.manual_seed(seed)
-    sparse = user_features(data.n_users, data.n_items, data.history_len) + item_features(
-        data.n_items, data.n_genres
-    )
+    sparse = sparse_features(data.inputs, "user") + sparse_features(data.inputs, "item")
     return RankingModel(sparse, DENSE_FEATURES, embedding_dim=8, dense_sizes=(8,), over_sizes=(16, 1))
 
 
 @pytest.fixture(scope="module")
 def old_bundle(old_data: PreparedData, tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("old_ranker")
-    build_ranker_bundle(_ranker(old_data, 7), old_data, str(directory), max_genres=8)
+    build_ranker_bundle(_ranker(old_data, 7), old_data, str(directory))
     return directory
 
 
@@ -73,8 +74,8 @@ def _raw(mapping: pl.DataFrame, key: str, idx: np.ndarray) -> np.ndarray:
 def test_reference_scores_what_the_served_ranker_scores(
     old_bundle: Path, old_data: PreparedData, new_data: PreparedData
 ) -> None:
-    tables = FeatureTables.build(new_data, 8)
-    reference = BundleReference(load_bundle(old_bundle), new_data, list(DENSE_FEATURES), tables.item_genres)
+    tables = FeatureTables.build(new_data)
+    reference = BundleReference(load_bundle(old_bundle), new_data, tables)
     users = torch.arange(new_data.n_users).repeat_interleave(3)
     items = torch.randint(new_data.n_items, (len(users),), generator=torch.Generator().manual_seed(0))
     logits, covered = reference(users, items, tables.user_history[users], tables.dense(users, items))
@@ -93,16 +94,17 @@ def test_reference_scores_what_the_served_ranker_scores(
 def test_a_reference_that_does_not_fit_is_a_clear_error(
     old_data: PreparedData, new_data: PreparedData, tmp_path: Path
 ) -> None:
-    tables = FeatureTables.build(new_data, 8)
+    tables = FeatureTables.build(new_data)
     retrieval = tmp_path / "retrieval"
+    from rankforge.models.inputs import sparse_features
     from rankforge.models.two_tower import TwoTower
 
     model = TwoTower(
-        user_features(old_data.n_users, old_data.n_items, old_data.history_len),
-        item_features(old_data.n_items, old_data.n_genres),
+        sparse_features(old_data.inputs, "user"),
+        sparse_features(old_data.inputs, "item"),
     )
-    build_retrieval_bundle(model, old_data, str(retrieval), max_genres=8)
-    args = (new_data, tables.item_genres, tables.item_pos_rate, tmp_path / "dl")
+    build_retrieval_bundle(model, old_data, str(retrieval))
+    args = (new_data, tables, tmp_path / "dl")
     with pytest.raises(ConfigError, match="is a retrieval bundle; Confidence Ranking needs a ranker"):
         open_reference(str(retrieval), *args)
     with pytest.raises(ConfigError, match=r"objective\.reference: not a model bundle"):
@@ -157,7 +159,17 @@ def test_warm_start_copies_rows_by_raw_id_and_keeps_new_rows_fresh(
             torch.testing.assert_close(state[key][row], fresh[key][row])
     dense = next(k for k in state if "over_arch" in k and k.endswith("weight"))
     torch.testing.assert_close(state[dense], theirs[dense])
-    assert warm.warm_rows == {"users": 60, "items": len(set(new_items) & set(old_item_of))}
+    # a declared feature's rows follow its vocabulary's values (here both data sets have 6 genres)
+    old_genres = load_bundle(old_bundle).vocabulary("item_genres")
+    old_genre_of = dict(zip(old_genres["value"].to_list(), old_genres["index"].to_list(), strict=True))
+    genres = next(k for k in state if k.endswith("t_item_genres.weight"))
+    for value, row in new_data.vocabularies["item_genres"].iter_rows():
+        torch.testing.assert_close(state[genres][row], theirs[genres][old_genre_of[value]])
+    assert warm.warm_rows == {
+        "users": 60,
+        "items": len(set(new_items) & set(old_item_of)),
+        "item_genres": len(old_genre_of),
+    }
 
 
 def test_warm_start_from_another_model_config_is_a_one_line_error(

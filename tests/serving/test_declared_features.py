@@ -1,0 +1,193 @@
+"""Features declared only in a config reach a served ranking: side tables -> pipeline -> models
+-> ONNX inputs -> Redis records -> the Rank RPC, with no code naming them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import polars as pl
+import pytest
+import redis
+import torch
+
+from rankforge.errors import ConfigError, DataError
+from rankforge.features.pipeline import DataConfig, PreparedData, prepare
+from rankforge.features.synthetic import generate_log
+from rankforge.pipelines.train_config import ModelConfig
+from rankforge.serving.bundle import load_bundle
+from rankforge.serving.client import RankingClient
+from rankforge.serving.export_bundle import build_ranker_bundle, build_retrieval_bundle
+from rankforge.serving.feature_layout import KeyLayout
+from rankforge.serving.feature_writer import FeatureWriter
+from rankforge.training.tasks import build_model
+
+from .conftest import Bundles, expected_ranking, start_server
+
+CONFIG = """
+[data]
+source = "file"
+path = "log.csv"
+split = "leave_last_out"
+
+[data.log]
+user = "uid"
+item = "sku"
+timestamp = "ts"
+label = "stars"
+label_rule = "threshold"
+label_threshold = 4
+
+[data.user_table]
+path = "users.csv"
+key = "uid"
+
+[data.item_table]
+path = "items.parquet"
+key = "sku"
+
+[[data.features]]
+name = "user_country"
+side = "user"
+kind = "categorical"
+column = "country"
+
+[[data.features]]
+name = "user_age"
+side = "user"
+kind = "numeric"
+column = "age"
+
+[[data.features]]
+name = "item_tags"
+side = "item"
+kind = "multi_categorical"
+column = "tags"
+separator = "|"
+max_len = 3
+
+[[data.features]]
+name = "item_price"
+side = "item"
+kind = "numeric"
+column = "price"
+normalization = "log1p"
+"""
+
+
+def _write_world(folder: Path) -> Path:
+    """A log with other column names and its user / item side tables, as a user would bring."""
+    log = generate_log(40, 60, seed=5)
+    log.interactions.rename(
+        {"user_id": "uid", "item_id": "sku", "rating": "stars", "timestamp": "ts"}
+    ).write_csv(folder / "log.csv")
+    rng = np.random.default_rng(0)
+    users = log.interactions["user_id"].unique().sort()
+    pl.DataFrame(
+        {
+            "uid": users,
+            "country": [[None, "de", "fr", "jp"][i] for i in rng.integers(4, size=len(users))],
+            "age": rng.integers(18, 70, size=len(users)),
+        }
+    ).write_csv(folder / "users.csv")
+    items = log.items["item_id"]
+    tags = [
+        "|".join(rng.choice(["new", "sale", "eco", "gift"], size=rng.integers(0, 4), replace=False))
+        for _ in items
+    ]
+    pl.DataFrame({"sku": items, "tags": tags, "price": rng.gamma(2.0, 20.0, size=len(items))}).write_parquet(
+        folder / "items.parquet"
+    )
+    path = folder / "job.toml"
+    path.write_text(CONFIG)
+    return path
+
+
+@pytest.fixture(scope="module")
+def declared(tmp_path_factory: pytest.TempPathFactory) -> tuple[PreparedData, Bundles]:
+    folder = tmp_path_factory.mktemp("declared")
+    data = prepare(DataConfig.from_file(_write_world(folder)))
+    torch.manual_seed(0)
+    retrieval = build_model(ModelConfig(kind="retrieval", embedding_dim=8, tower_sizes=[16, 8]), data)
+    ranker = build_model(
+        ModelConfig(kind="ranking", embedding_dim=8, dense_sizes=[8], over_sizes=[8, 1]), data
+    )
+    build_retrieval_bundle(retrieval, data, str(folder / "retrieval"))
+    build_ranker_bundle(ranker, data, str(folder / "ranker"))
+    paths = Bundles(folder / "retrieval", folder / "retrieval", folder / "ranker")
+    return data, paths
+
+
+def test_the_spec_shapes_the_models_and_the_bundles(declared: tuple[PreparedData, Bundles]) -> None:
+    data, bundles = declared
+    assert data.inputs.user_keys == ["user_id", "user_history", "user_country"]
+    assert data.inputs.item_keys == ["item_id", "item_tags"]
+    assert data.inputs.dense_features[-1] == "item_price" and "user_age" in data.inputs.dense_features
+    # vocabularies from the side tables: 3 countries (nulls embed as nothing), 4 tags
+    assert data.vocabularies["user_country"]["value"].to_list() == ["de", "fr", "jp"]
+    assert data.vocabularies["item_tags"]["value"].to_list() == ["eco", "gift", "new", "sale"]
+    assert data.inputs.input("item_tags").num_embeddings == 4 and data.inputs.input("item_tags").max_len == 3
+    # log1p of the side table's price, as the ranker's dense input
+    items = pl.read_parquet(bundles.ranker.parent / "items.parquet")
+    expected = items.join(data.mapping.items, left_on="sku", right_on="item_id").sort("item_idx")
+    np.testing.assert_allclose(
+        data.item_features["item_price"].to_numpy(), np.log1p(expected["price"].to_numpy()), rtol=1e-6
+    )
+    ranker = ort.InferenceSession(str(bundles.ranker / "ranker.onnx"), providers=["CPUExecutionProvider"])
+    assert {"user_country", "item_tags"} <= {i.name for i in ranker.get_inputs()}
+    tower = ort.InferenceSession(
+        str(bundles.retrieval / "user_tower.onnx"), providers=["CPUExecutionProvider"]
+    )
+    assert "user_country" in {i.name for i in tower.get_inputs()}
+    manifest = load_bundle(bundles.ranker).manifest
+    assert manifest.dense_features == data.inputs.dense_features
+    assert set(manifest.vocabularies) == {"user_country", "item_tags"}
+
+
+@pytest.mark.redis
+def test_declared_features_reach_the_served_ranking(
+    declared: tuple[PreparedData, Bundles], redis_client: redis.Redis, redis_url: str, layout: KeyLayout
+) -> None:
+    data, bundles = declared
+    FeatureWriter(redis_client, layout, ttl_s=300).write(data)
+    server = start_server(bundles, redis_url, layout)
+    try:
+        with RankingClient(server.address) as client:
+            for user_id in data.mapping.users["user_id"].head(5).to_list():
+                reply = client.rank(user_id, k=5)
+                factor = server.config.limits.retrieve_factor
+                items, logits, _ = expected_ranking(
+                    data, bundles.retrieval, bundles.ranker, user_id, 5, factor
+                )
+                assert [i.item_id for i in reply.items] == items
+                np.testing.assert_allclose([i.score for i in reply.items], logits, rtol=1e-4, atol=1e-5)
+            # the features matter: the same ranking computed without them scores differently
+            blank = data.user_features.with_columns(pl.lit([], dtype=pl.List(pl.Int64)).alias("user_country"))
+            without = type(data)(**{**data.__dict__, "user_features": blank})
+            _, blank_logits, _ = expected_ranking(
+                without, bundles.retrieval, bundles.ranker, user_id, 5, factor
+            )
+            assert not np.allclose(blank_logits, logits, atol=1e-5)
+    finally:
+        server.stop(0)
+
+
+def test_spec_errors_name_the_problem(tmp_path: Path) -> None:
+    path = _write_world(tmp_path)
+    text = path.read_text()
+    path.write_text(text.replace('column = "country"', 'column = "nation"'))
+    with pytest.raises(DataError, match=r"declared feature column\(s\) not found: user_country: 'nation'"):
+        prepare(DataConfig.from_file(path))
+    path.write_text(text.replace('name = "user_age"', 'name = "user_id"'))
+    with pytest.raises(ConfigError, match="feature name 'user_id' is built in"):
+        DataConfig.from_file(path)
+    path.write_text(text.replace('name = "user_age"', 'name = "user_country"'))
+    with pytest.raises(ConfigError, match="feature 'user_country' is declared twice"):
+        DataConfig.from_file(path)
+    path.write_text(text)
+    pl.read_csv(tmp_path / "users.csv").with_columns(pl.col("age").cast(pl.String) + "y").write_csv(
+        tmp_path / "users.csv"
+    )
+    with pytest.raises(DataError, match="numeric feature 'user_age' has non-numeric values"):
+        prepare(DataConfig.from_file(path))
