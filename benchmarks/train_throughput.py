@@ -16,10 +16,9 @@ import time
 import torch
 from torch import nn
 
-from rankforge.models.inputs import padded_to_kjt
-from rankforge.models.two_tower import TwoTower, item_features, tower_mlp, user_features
+from rankforge.models.inputs import SparseFeature, padded_to_kjt
+from rankforge.models.two_tower import TwoTower, tower_mlp
 from rankforge.pipelines.train_config import OptimizerConfig, ShardingConfig
-from rankforge.training.batches import ITEM_KEYS, USER_KEYS
 from rankforge.training.objectives import SampledSoftmaxLoss
 from rankforge.training.sharding import build_optimizers, init_distributed, shard, shutdown_distributed
 from rankforge.training.tasks import RetrievalTask
@@ -54,6 +53,10 @@ class PlainTwoTower(nn.Module):
         return self.user_tower(self._pool(users, self.user_keys)), self.item_tower(
             self._pool(items, self.item_keys)
         )
+
+
+USER_KEYS = ["user_id", "user_history"]
+ITEM_KEYS = ["item_id", "item_genres"]
 
 
 def random_batch(g: torch.Generator, args: argparse.Namespace) -> tuple[dict, dict]:
@@ -95,7 +98,14 @@ def main() -> None:
     batches = [random_batch(g, args) for _ in range(8)]
     mask = torch.ones(args.batch_size, args.negatives, dtype=torch.bool)
     shape = dict(embedding_dim=args.dim, tower_sizes=(128, 64))
-    u_feats, i_feats = user_features(args.users, args.items, args.history), item_features(args.items, 20, 2)
+    u_feats = [
+        SparseFeature("user_id", args.users),
+        SparseFeature("user_history", args.items, max_len=args.history, pooling="mean"),
+    ]
+    i_feats = [
+        SparseFeature("item_id", args.items),
+        SparseFeature("item_genres", 20, max_len=2, pooling="mean"),
+    ]
 
     env = init_distributed()
     try:

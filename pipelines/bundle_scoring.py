@@ -17,6 +17,7 @@ import polars as pl
 import scipy.sparse as sp
 import torch
 
+from rankforge.errors import DataError
 from rankforge.evaluation.metrics import sigmoid
 from rankforge.features.auctions import AuctionTensors
 from rankforge.features.pipeline import PreparedData
@@ -60,15 +61,46 @@ class RetrievalScores:
         return self.users[np.diff(self.relevant.indptr) > 0]
 
 
-def user_vectors(bundle: Bundle, ids: BundleIds, users: np.ndarray, histories: pl.DataFrame) -> np.ndarray:
-    """User-tower vectors ``[n, d]`` for raw user ids, from their raw-id histories, in the
-    model's scoring space (so ``vectors @ bundle.item_embeddings().T`` are its scores)."""
-    frame = pl.DataFrame({"user_id": users}, schema={"user_id": pl.Int64}).join(
-        histories, on="user_id", how="left", maintain_order="left"
-    )
+def require_features(bundle: Bundle, data: PreparedData) -> None:
+    """``data`` holds every feature the bundle reads, declared feature ids meaning the same values
+    (equal vocabulary digests); else a one-line ``DataError`` naming the first that does not."""
+    ours = data.vocabulary_digests()
+    theirs = bundle.manifest.vocabularies
+    for s in bundle.inputs.declared("user") + bundle.inputs.declared("item"):
+        if s.name not in ours:
+            raise DataError(
+                f"bundle {str(bundle.directory)[-80:]} reads declared feature {s.name!r}, which the "
+                "evaluation data does not declare: give its training config's [data] (--data-config)"
+            )
+        if ours[s.name] != theirs.get(s.name):
+            raise DataError(
+                f"feature {s.name!r} has another vocabulary in the evaluation data than in the bundle"
+            )
+    missing = [n for n in bundle.manifest.dense_features if n not in data.inputs.dense_features]
+    if missing:
+        raise DataError(f"the evaluation data lacks the bundle's dense feature(s) {missing}")
+
+
+def user_vectors(bundle: Bundle, ids: BundleIds, users: np.ndarray, data: PreparedData) -> np.ndarray:
+    """User-tower vectors ``[n, d]`` for raw user ids, from their raw-id histories and declared
+    features in ``data``, in the model's scoring space (so ``vectors @ bundle.item_embeddings().T``
+    are its scores)."""
+    require_features(bundle, data)
+    keep = {"on": "user_id", "how": "left", "maintain_order": "left"}
+    frame = pl.DataFrame({"user_id": users}, schema={"user_id": pl.Int64}).join(data.raw_histories, **keep)
+    declared = bundle.inputs.declared("user")
+    lists = {}
+    if declared:
+        rows = frame.join(data.mapping.users, **keep).join(
+            data.user_features.select("user_idx", *(s.name for s in declared)),
+            on="user_idx",
+            how="left",
+            maintain_order="left",
+        )
+        lists = {s.name: pad_lists(rows[s.name], s.max_len).numpy() for s in declared}
     runtime = load_retrieval(bundle, "evaluation", threads=0)  # the server's own user tower feed
     return runtime.user_vectors(
-        ids.users.encode(users), ids.encode_lists(frame["history"], bundle.manifest.history_len)
+        ids.users.encode(users), ids.encode_lists(frame["history"], bundle.manifest.history_len), lists
     )
 
 
@@ -78,7 +110,7 @@ def score_retrieval(bundle: Bundle, data: PreparedData) -> RetrievalScores:
     ids = BundleIds.of(bundle)
     test = data.test_positives()
     users = np.unique(test["user_id"].to_numpy())
-    vectors = torch.from_numpy(user_vectors(bundle, ids, users, data.raw_histories))
+    vectors = torch.from_numpy(user_vectors(bundle, ids, users, data))
     items = torch.from_numpy(bundle.item_embeddings())
     shape = (len(users), len(ids.items))
 
@@ -143,6 +175,7 @@ def ranker_coverage(bundle: Bundle, events: pl.DataFrame) -> tuple[np.ndarray, d
 
 def ranker_probabilities(bundle: Bundle, pairs: pl.DataFrame, data: PreparedData) -> np.ndarray:
     """P(positive) for (user_idx, item_idx) rows of ``data`` (features as served)."""
+    require_features(bundle, data)
     frame = ranking_frame(pairs.select("user_idx", "item_idx"), data).join(
         data.mapping.users, on="user_idx", how="left", maintain_order="left"
     )
@@ -165,7 +198,7 @@ def slate_scores(bundle: Bundle, log: pl.DataFrame, data: PreparedData) -> np.nd
     if bundle.manifest.kind == "retrieval":
         ids = BundleIds.of(bundle)
         users = log["user_id"].to_numpy()
-        vectors = user_vectors(bundle, ids, users, data.raw_histories)
+        vectors = user_vectors(bundle, ids, users, data)
         items = ids.items.encode(slates)
         embeddings = bundle.item_embeddings()
         scores = np.einsum("nd,nsd->ns", vectors, embeddings[np.maximum(items, 0)])

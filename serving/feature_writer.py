@@ -49,6 +49,9 @@ def item_lists(data: PreparedData) -> list[str]:
 
 
 def _lists(frame: pl.DataFrame, columns: list[str]) -> Iterator[list[np.ndarray]]:
+    if not columns:
+        yield from ([] for _ in range(frame.height))
+        return
     series = [frame[c] for c in columns]
     for values in zip(*series, strict=True):
         yield [np.asarray(v if v is not None else [], dtype=np.int64) for v in values]

@@ -38,7 +38,7 @@ def test_cascade_recall_matches_a_user_by_user_funnel(
     known = eval_data.known_events()
     embeddings = retrieval.item_embeddings()
     ids = BundleIds.of(retrieval)
-    vectors = user_vectors(retrieval, ids, got.users, eval_data.raw_histories)
+    vectors = user_vectors(retrieval, ids, got.users, eval_data)
     for row, raw_user in enumerate(got.users):
         user_idx = eval_data.mapping.users.filter(pl.col("user_id") == raw_user)["user_idx"].item()
         seen = set(known.filter(pl.col("user_idx") == user_idx)["item_idx"].to_list())

@@ -19,7 +19,11 @@ from rankforge.settings import Settings, configure_mlflow
 from .conftest import random_ranker_bundle
 from .crafted_bundles import perfect_retrieval_bundle, random_retrieval_bundle
 
-SMALL = ["--data", "synthetic.n_users=60", "--data", "synthetic.n_items=90", "--data", "synthetic.seed=3"]
+GENRES = 'features=[{name="item_genres", side="item", kind="multi_categorical", column="genres"}]'
+SMALL = [
+    *("--data", "synthetic.n_users=60", "--data", "synthetic.n_items=90", "--data", "synthetic.seed=3"),
+    *("--data", GENRES),  # what small_data declares: a declared feature is given like any field
+]
 
 
 def test_data_flags_override_a_file_and_are_validated(tmp_path: Path) -> None:
@@ -31,7 +35,7 @@ def test_data_flags_override_a_file_and_are_validated(tmp_path: Path) -> None:
     assert data_config(None, ["source=file", f"path={tmp_path}/log.parquet"]).path == tmp_path / "log.parquet"
     for flag, message in [
         ("source=file", "data.path is required"),
-        ("nope=1", r"unknown key 'nope'; valid keys: \['history_len'"),
+        ("nope=1", r"unknown key 'nope'; valid keys: \['features', 'history_len'"),
         (
             "split=weird",
             r"split: Input should be 'leave_last_out', 'time', 'random' or 'provided' \(got 'weird'\)",
@@ -124,6 +128,11 @@ def test_evaluate_a_ranker_bundle(
     assert main(random_split) == 0
     lines = capsys.readouterr().out.splitlines()
     assert any(line.split()[0] == "gauc" and 0.0 <= float(line.split()[1]) <= 1.0 for line in lines[:-2])
+    # data that does not declare the bundle's features is refused in one line, naming the feature
+    assert main(["evaluate", str(bundle), *SMALL[:-2], "--experiment", "cli-rank3"]) == 2
+    assert "reads declared feature 'item_genres', which the evaluation data does not declare" in (
+        capsys.readouterr().err
+    )
 
 
 def test_promote_refuses_models_trained_on_different_data(
