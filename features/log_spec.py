@@ -172,3 +172,83 @@ def _timestamps(frame: pl.DataFrame, column: str, unit: str, path: Path) -> pl.S
     if unit == "ms" or (unit == "auto" and seconds.max() > MS_THRESHOLD):
         seconds = seconds // 1000
     return seconds
+
+
+def scan_log(path: str | Path, spec: LogSpec) -> pl.LazyFrame:
+    """The log as a lazy frame in the canonical schema, checked in one streaming pass (bad rows
+    are named as by :func:`read_log`, with their row numbers in the file): what out-of-core
+    preparation reads, so a log larger than memory is never collected."""
+    p = existing_file(path)
+    kind = FORMATS.get(p.suffix.lower())
+    if kind is None:
+        raise DataError(f"{p}: expected a .csv, .parquet, .ndjson or .jsonl file, got {p.suffix!r}")
+    frame = {"csv": pl.scan_csv, "parquet": pl.scan_parquet, "ndjson": pl.scan_ndjson}[kind](p)
+    schema = frame.collect_schema()
+    wanted = {"user": spec.user, "item": spec.item, "timestamp": spec.timestamp, "label": spec.label}
+    missing = [f"{role}={col!r}" for role, col in wanted.items() if col is not None and col not in schema]
+    if missing:
+        raise DataError(
+            f"{p}: data.log names column(s) the file lacks: {', '.join(missing)}; it has {schema.names()}"
+        )
+    checks: dict[str, tuple[pl.Expr, str, str]] = {}  # name -> (bad row, column, problem)
+    out = {}
+    for column, target in ((spec.user, USER), (spec.item, ITEM)):
+        ids = pl.col(column).cast(pl.Int64, strict=False)
+        checks[f"null {target}"] = (pl.col(column).is_null(), column, "null id(s)")
+        checks[f"bad {target}"] = (
+            ids.is_null() & pl.col(column).is_not_null(),
+            column,
+            "non-integer ids (the serving API's ids are int64)",
+        )
+        out[target] = ids
+    if spec.label is not None:
+        raw = pl.col(spec.label)
+        value = raw.cast(pl.Float64, strict=False)
+        checks["label"] = (value.is_null() | ~value.is_finite(), spec.label, "missing or non-numeric values")
+        checks["negative"] = (value < 0, spec.label, "negative values")
+        if spec.label_rule == "binary":
+            checks["binary"] = (
+                ~value.is_in([0.0, 1.0]),
+                spec.label,
+                "values other than 0/1 (label_rule 'binary')",
+            )
+        out[RATING] = value
+    else:
+        out[RATING] = pl.lit(None, dtype=pl.Float64)
+    if spec.timestamp is not None:
+        dtype = schema[spec.timestamp]
+        raw = pl.col(spec.timestamp)
+        if dtype == pl.String:
+            seconds = raw.str.to_datetime(strict=False, time_zone="UTC").dt.epoch("s")
+        elif dtype.is_temporal():
+            seconds = raw.dt.epoch("s")
+        else:
+            seconds = raw.cast(pl.Int64, strict=False)
+        checks["timestamp"] = (seconds.is_null(), spec.timestamp, "unparsable timestamps")
+        out[TIMESTAMP] = seconds
+    else:
+        out[TIMESTAMP] = pl.int_range(pl.len(), dtype=pl.Int64)
+    counts = frame.select(
+        pl.len().alias("_rows"),
+        *(cond.sum().alias(name) for name, (cond, _, _) in checks.items()),
+        (out[TIMESTAMP].max() if spec.timestamp is not None else pl.lit(0)).alias("_max_ts"),
+    ).collect(engine="streaming")
+    if counts["_rows"].item() == 0:
+        raise DataError(f"no interactions in {p}")
+    for name, (cond, column, problem) in checks.items():
+        n = counts[name].item()
+        if n:
+            rows = frame.with_row_index("row").filter(cond).select("row", column).head(SHOWN).collect()
+            more = f" (+{n - rows.height} more)" if n > rows.height else ""
+            shown = ", ".join(str(r) for r in rows.rows(named=True))
+            raise DataError(f"{p}: column {column!r} has {problem}: {shown}{more}")
+    if (
+        spec.timestamp is not None
+        and schema[spec.timestamp].is_numeric()
+        and (
+            spec.timestamp_unit == "ms"
+            or (spec.timestamp_unit == "auto" and (counts["_max_ts"].item() or 0) > MS_THRESHOLD)
+        )
+    ):
+        out[TIMESTAMP] = out[TIMESTAMP] // 1000
+    return frame.select(expr.cast(INTERACTION_SCHEMA[name]).alias(name) for name, expr in out.items())

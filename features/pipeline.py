@@ -60,8 +60,10 @@ class DataConfig(BaseModel):
     """Where the log comes from and how it becomes examples."""
 
     model_config = ConfigDict(extra="forbid")
-    source: Literal["synthetic", "movielens", "lightgcn", "file"] = "synthetic"
-    path: Path | None = None  # movielens/lightgcn: a directory; file: a log file
+    source: Literal["synthetic", "movielens", "lightgcn", "file", "prepared"] = "synthetic"
+    # movielens/lightgcn: a directory; file: a log file; prepared: the directory `rankforge
+    # prepare` wrote (out of core: the examples stay on disk, see features.out_of_core)
+    path: Path | None = None
     layout: Literal["movielens-csv", "movielens-dat", "movielens-100k", "lightgcn", "parquet"] | None = None
     items_path: Path | None = None  # optional item catalogue (movies.csv layout)
     # Side tables of user / item attributes, and the features declared on them (see
@@ -187,6 +189,9 @@ class PreparedData:
     training_history: str = "point_in_time"
     source: str = ""  # where the log came from and how it was split (see DataConfig.describe)
     auctions: AuctionSplits | None = None  # an auction model's auctions (train/validation/test)
+    # out-of-core data (rankforge.features.out_of_core): "retrieval_examples"/"ranking_examples"
+    # -> parquet shards the trainer streams; the two example frames above are then empty
+    example_shards: dict[str, list[Path]] | None = None
 
     @property
     def has_validation(self) -> bool:
@@ -291,7 +296,7 @@ def _split(
     return train.collect(), test.collect()
 
 
-def _with_label(frame: pl.LazyFrame, threshold: float) -> pl.LazyFrame:
+def with_label(frame: pl.LazyFrame, threshold: float) -> pl.LazyFrame:
     # Logs without explicit ratings (LightGCN, clicks) are implicit feedback: every event is positive.
     label = pl.when(pl.col(RATING).is_null()).then(1).otherwise((pl.col(RATING) >= threshold).cast(pl.Int8))
     return frame.with_columns(label.cast(pl.Int8).alias(LABEL))
@@ -299,6 +304,11 @@ def _with_label(frame: pl.LazyFrame, threshold: float) -> pl.LazyFrame:
 
 def prepare(config: DataConfig) -> PreparedData:
     """Load, split, encode and featurise a log according to ``config``."""
+    if config.source == "prepared":
+        from rankforge.features.out_of_core import load_prepared
+
+        assert config.path is not None
+        return load_prepared(config.path)
     log, provided_test, items = _raw_log(config)
     if config.item_table is not None:
         items = read_side_table(config.item_table, ITEM)
@@ -330,10 +340,10 @@ def prepare(config: DataConfig) -> PreparedData:
     )
     mapping = IdMapping.fit(known, items)
     threshold = config.label_threshold
-    train = _with_label(mapping.encode(train_raw.lazy()), threshold).collect()
-    test = _with_label(mapping.encode(test_raw.lazy()), threshold).collect()
+    train = with_label(mapping.encode(train_raw.lazy()), threshold).collect()
+    test = with_label(mapping.encode(test_raw.lazy()), threshold).collect()
     if config.validation_fraction > 0:
-        validation = _with_label(mapping.encode(validation_raw.lazy()), threshold).collect().sort(ORDER)
+        validation = with_label(mapping.encode(validation_raw.lazy()), threshold).collect().sort(ORDER)
     if train.filter(pl.col(LABEL) > 0).height == 0:
         raise DataError(f"no positive training events (label value >= {threshold})")
 

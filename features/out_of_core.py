@@ -1,0 +1,273 @@
+"""Out-of-core preparation: a log larger than memory in, parquet shards of examples out.
+
+:func:`rankforge.features.pipeline.prepare` holds the whole log and every example in memory
+(measured: 20M events, 6.3 GB). Here the log is only ever *scanned*:
+
+1. one streaming pass checks the log (bad rows named, :func:`~rankforge.features.log_spec.scan_log`)
+   and computes the global time cuts of a ``time`` split;
+2. one streaming pass writes it partitioned into user buckets (``hash(user) % n_buckets``,
+   ``sink_parquet`` with ``PartitionBy``), each bucket holding every event of its users;
+3. per bucket, the split (leave-last-out and random splits are per user or per row, time splits
+   use the global cuts), so the id mapping is fitted on the known part of the whole log;
+4. per bucket again, in memory (one bucket at a time: about ``events_per_bucket`` events), the
+   same code as the in-memory pipeline: labels, point-in-time histories, retrieval and ranking
+   examples, user aggregates, partial item sums; each written as a shard;
+5. item aggregates from the summed partials, declared features, and the feature tables.
+
+Everything is written under a temporary sibling of the output directory, which is renamed into
+place only when complete, so a failed run leaves nothing half-written. :func:`load_prepared`
+opens the result as :class:`~rankforge.features.pipeline.PreparedData` whose examples stay on
+disk (``example_shards``); the trainer streams them shard by shard.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import uuid
+from pathlib import Path
+
+import polars as pl
+
+from rankforge.errors import DataError
+from rankforge.features import history as hist
+from rankforge.features.aggregates import item_aggregates_from_partials, item_partials, user_aggregates
+from rankforge.features.declared_features import declared_columns, read_side_table
+from rankforge.features.feature_spec import InputLayout, input_layout
+from rankforge.features.id_mapping import IdMapping
+from rankforge.features.loaders import scan_interactions
+from rankforge.features.log_spec import scan_log
+from rankforge.features.pipeline import ORDER, DataConfig, PreparedData, with_label
+from rankforge.features.schema import ITEM, ITEM_IDX, LABEL, TIMESTAMP, USER, USER_IDX
+from rankforge.features.splits import global_time_split, leave_last_out, random_leave_out
+
+BUCKET = "_bucket"
+SHARD_KINDS = ("retrieval_examples", "ranking_examples", "train_events", "test_events", "validation_events")
+MANIFEST = "prepared.json"
+
+
+def scan_source(config: DataConfig) -> pl.LazyFrame:
+    """The configured log as a lazy canonical frame (file sources only: a generated or bundled
+    data set fits in memory and goes through ``prepare``)."""
+    if config.source != "file" or config.path is None:
+        raise DataError(
+            f"out-of-core preparation reads a log file (data.source = 'file'), not {config.source!r}"
+        )
+    if config.log is not None:
+        return scan_log(config.path, config.log)
+    return scan_interactions(config.path, config.layout)
+
+
+def _cuts(log: pl.LazyFrame, config: DataConfig) -> tuple[int | None, int | None]:
+    """(test_from, validation_from) of a ``time`` split, over the whole log (streaming)."""
+    if config.split != "time":
+        return None, None
+    test_from = config.test_from
+    if test_from is None:
+        cut = log.select(pl.col(TIMESTAMP).quantile(1.0 - config.test_fraction, interpolation="lower"))
+        test_from = int(cut.collect(engine="streaming").item()) + 1
+    validation_from = None
+    if config.validation_fraction > 0:
+        train = log.filter(pl.col(TIMESTAMP) < test_from)
+        cut = train.select(
+            pl.col(TIMESTAMP).quantile(1.0 - config.validation_fraction, interpolation="lower")
+        )
+        value = cut.collect(engine="streaming").item()
+        if value is None:
+            raise DataError("the split left no training events")
+        validation_from = int(value) + 1
+    return test_from, validation_from
+
+
+def _split(
+    log: pl.LazyFrame, config: DataConfig, fraction: float, seed: int, time_from: int | None
+) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+    if config.split == "leave_last_out":
+        return leave_last_out(log, n_last=config.n_test_per_user)
+    if config.split == "time":
+        return global_time_split(log, fraction, time_from)
+    return random_leave_out(log, fraction, seed=seed)
+
+
+def _bucket_parts(
+    bucket: pl.LazyFrame, config: DataConfig, cuts: tuple[int | None, int | None]
+) -> tuple[pl.LazyFrame, pl.LazyFrame | None, pl.LazyFrame]:
+    """(train, validation or None, test) of one bucket, as ``prepare`` splits the whole log."""
+    train, test = _split(bucket, config, config.test_fraction, 0, cuts[0])
+    validation = None
+    if config.validation_fraction > 0:
+        train, validation = _split(train, config, config.validation_fraction, config.validation_seed, cuts[1])
+    return train, validation, test
+
+
+def prepare_to_disk(config: DataConfig, out: str | Path, events_per_bucket: int = 4_000_000) -> Path:
+    """Prepare ``config``'s log into ``out`` (see the module docstring); returns ``out``."""
+    if config.split == "provided":
+        raise DataError("out-of-core preparation splits the log itself: split='provided' is not supported")
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        tmp.mkdir(parents=True)
+        _prepare(config, tmp, events_per_bucket)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _prepare(config: DataConfig, tmp: Path, events_per_bucket: int) -> None:
+    log = scan_source(config)
+    n_events = log.select(pl.len()).collect(engine="streaming").item()
+    n_buckets = max(1, math.ceil(n_events / events_per_bucket))
+    cuts = _cuts(log, config)
+    raw = tmp / "_raw"
+    log.with_columns((pl.col(USER).hash(7) % n_buckets).cast(pl.Int32).alias(BUCKET)).sink_parquet(
+        pl.PartitionBy(raw, key=BUCKET, include_key=False), mkdir=True, engine="streaming"
+    )
+    buckets = sorted(p for p in raw.iterdir() if p.is_dir())
+
+    # the id mapping: users and items of the known (train + validation) part of every bucket
+    known_users, known_items = [], []
+    for folder in buckets:
+        train, validation, _ = _bucket_parts(pl.scan_parquet(folder), config, cuts)
+        known = train if validation is None else pl.concat([train, validation])
+        frame = known.select(USER, ITEM).collect()
+        known_users.append(frame[USER].unique())
+        known_items.append(frame[ITEM].unique())
+    items = read_side_table(config.item_table, ITEM) if config.item_table is not None else None
+    users_table = read_side_table(config.user_table, USER) if config.user_table is not None else None
+    user_ids = pl.concat(known_users).unique().sort()
+    item_ids = pl.concat(known_items + ([items[ITEM]] if items is not None else [])).unique().sort()
+    mapping = IdMapping(
+        users=pl.DataFrame({USER: user_ids})
+        .with_row_index(USER_IDX)
+        .select(USER, pl.col(USER_IDX).cast(pl.Int64)),
+        items=pl.DataFrame({ITEM: item_ids})
+        .with_row_index(ITEM_IDX)
+        .select(ITEM, pl.col(ITEM_IDX).cast(pl.Int64)),
+    )
+    if mapping.n_users == 0 or mapping.n_items == 0:
+        raise DataError("id mapping: no users or no items in the training data")
+    mapping.save(tmp / "id_mapping")
+
+    threshold = config.label_threshold
+    users_parts, partials, positives = [], [], 0
+    for b, folder in enumerate(buckets):
+        train_raw, validation_raw, test_raw = _bucket_parts(pl.scan_parquet(folder), config, cuts)
+        train = with_label(mapping.encode(train_raw), threshold).collect()
+        events = train.lazy()
+        positives += train.filter(pl.col(LABEL) > 0).height
+        examples = hist.with_point_in_time_history(
+            events.filter(pl.col(LABEL) > 0).select(USER_IDX, ITEM_IDX, TIMESTAMP), events, config.history_len
+        )
+        ranking = hist.with_point_in_time_history(
+            events.select(USER_IDX, ITEM_IDX, TIMESTAMP, LABEL), events, config.history_len
+        )
+        parts = {
+            "retrieval_examples": examples,
+            "ranking_examples": ranking,
+            "train_events": events,
+            "test_events": with_label(mapping.encode(test_raw), threshold),
+        }
+        if validation_raw is not None:
+            parts["validation_events"] = with_label(mapping.encode(validation_raw), threshold)
+        for kind, frame in parts.items():
+            (tmp / kind).mkdir(exist_ok=True)
+            frame.sort(ORDER).collect().write_parquet(tmp / kind / f"part-{b:05d}.parquet")
+        users_parts.append(
+            user_aggregates(events)
+            .join(hist.latest_history(events, config.history_len), on=USER_IDX, how="left")
+            .collect()
+        )
+        partials.append(item_partials(events).collect())
+    shutil.rmtree(raw)
+    if positives == 0:
+        raise DataError(f"no positive training events (label value >= {threshold})")
+    if (
+        not any((tmp / "test_events").glob("*.parquet"))
+        or pl.scan_parquet(tmp / "test_events").select(pl.len()).collect().item() == 0
+    ):
+        raise DataError("the split left no test events; lower n_test_per_user or raise test_fraction")
+
+    user_declared, user_vocab = declared_columns(
+        users_table, config.features, "user", mapping.users, USER, USER_IDX, "data.user_table"
+    )
+    item_declared, item_vocab = declared_columns(
+        items, config.features, "item", mapping.items, ITEM, ITEM_IDX, "data.item_table"
+    )
+    user_features = (
+        mapping.users.lazy()
+        .select(USER_IDX)
+        .join(pl.concat(users_parts).lazy(), on=USER_IDX, how="left")
+        .with_columns(pl.col(hist.HISTORY).fill_null(pl.lit([], dtype=pl.List(pl.Int64))))
+        .join(user_declared.lazy(), on=USER_IDX, how="left")
+        .sort(USER_IDX)
+        .collect()
+    )
+    item_features = (
+        item_aggregates_from_partials(pl.concat(partials).lazy(), mapping.n_items)
+        .join(item_declared.lazy(), on=ITEM_IDX, how="left")
+        .join(mapping.items.lazy(), on=ITEM_IDX, how="left")
+        .sort(ITEM_IDX)
+        .collect()
+    )
+    user_features.write_parquet(tmp / "user_features.parquet")
+    item_features.select(ITEM_IDX, ITEM, pl.exclude(ITEM_IDX, ITEM)).write_parquet(
+        tmp / "item_features.parquet"
+    )
+    vocabularies = {**user_vocab, **item_vocab}
+    (tmp / "vocabularies").mkdir()
+    for name, vocab in vocabularies.items():
+        vocab.write_parquet(tmp / "vocabularies" / f"{name}.parquet")
+    layout = input_layout(
+        config.features,
+        mapping.n_users,
+        mapping.n_items,
+        config.history_len,
+        {name: v.height for name, v in vocabularies.items()},
+    )
+    meta = {
+        "source": config.describe() + " (out of core)",
+        "events": n_events,
+        "buckets": len(buckets),
+        "history_len": config.history_len,
+        "training_history": config.training_history,
+        "layout": layout.to_dict(),
+    }
+    (tmp / MANIFEST).write_text(json.dumps(meta, indent=2, sort_keys=True))
+
+
+def _shards(directory: Path, kind: str) -> list[Path]:
+    return sorted((directory / kind).glob("part-*.parquet")) if (directory / kind).is_dir() else []
+
+
+def load_prepared(directory: str | Path) -> PreparedData:
+    """A prepared directory as :class:`PreparedData`: ids, feature tables and held-out events in
+    memory, the training examples left on disk as shards (``example_shards``)."""
+    d = Path(directory)
+    if not (d / MANIFEST).is_file():
+        raise DataError(f"not a prepared data directory (no {MANIFEST}): {d}")
+    meta = json.loads((d / MANIFEST).read_text())
+    shards = {kind: _shards(d, kind) for kind in SHARD_KINDS}
+    validation = pl.read_parquet(shards["validation_events"]) if shards["validation_events"] else None
+    vocabularies = {p.stem: pl.read_parquet(p) for p in sorted((d / "vocabularies").glob("*.parquet"))}
+    empty_examples = pl.read_parquet(shards["ranking_examples"][0]).clear()
+    return PreparedData(
+        mapping=IdMapping.load(d / "id_mapping"),
+        inputs=InputLayout.from_dict(meta["layout"]),
+        vocabularies=vocabularies,
+        train_events=pl.read_parquet(shards["train_events"]),
+        test_events=pl.read_parquet(shards["test_events"]).sort(ORDER),
+        retrieval_examples=pl.read_parquet(shards["retrieval_examples"][0]).clear(),
+        ranking_examples=empty_examples,
+        user_features=pl.read_parquet(d / "user_features.parquet"),
+        item_features=pl.read_parquet(d / "item_features.parquet"),
+        history_len=meta["history_len"],
+        validation_events=validation.sort(ORDER) if validation is not None else None,
+        training_history=meta["training_history"],
+        source=meta["source"],
+        example_shards={k: shards[k] for k in ("retrieval_examples", "ranking_examples")},
+    )
