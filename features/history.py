@@ -34,27 +34,53 @@ def _slice_last(n_before: pl.Expr, max_len: int) -> pl.Expr:
     return pl.col("_items").list.slice(offset, length)
 
 
+N_BEFORE = "n_before"
+
+
+def with_positives_before(examples: pl.LazyFrame, events: pl.LazyFrame) -> pl.LazyFrame:
+    """Add ``n_before``: how many positives the user had strictly before each example. With the
+    user's time-ordered positives (:func:`positive_sequences`), the point-in-time history is the
+    ``n_before``-long prefix's tail; out-of-core examples store this count instead of the list."""
+    require_columns(examples, [USER_IDX, TIMESTAMP], "history examples")
+    numbered, _ = positive_sequences(events)
+    cols = examples.collect_schema().names()
+    joined = examples.sort(TIMESTAMP, maintain_order=True).join_asof(
+        numbered.sort(TIMESTAMP),
+        on=TIMESTAMP,
+        by=USER_IDX,
+        strategy="backward",
+        allow_exact_matches=False,
+        check_sortedness=False,  # sorted by time within each user above; Polars cannot verify with `by`
+    )
+    return joined.select(*cols, pl.col("_n_before").fill_null(0).cast(pl.Int32).alias(N_BEFORE))
+
+
+def events_with_positives_before(events: pl.LazyFrame) -> pl.LazyFrame:
+    """Every event with ``n_before`` (as :func:`with_positives_before` gives an example), computed
+    with window functions over the user's time-ordered events instead of an as-of join: the count
+    of positives up to the first event of the event's (user, timestamp) group, that group's own
+    positives excluded -- "strictly before" with ties on time. Rows come out in (user, time, item)
+    order."""
+    require_columns(events, [USER_IDX, ITEM_IDX, TIMESTAMP, LABEL], "user history")
+    positive = (pl.col(LABEL) > 0).cast(pl.Int32)
+    # two steps: a window expression nested in another would restart per (user, timestamp)
+    return (
+        events.sort(USER_IDX, TIMESTAMP, ITEM_IDX)
+        .with_columns((positive.cum_sum().over(USER_IDX) - positive).alias(N_BEFORE))
+        .with_columns(pl.col(N_BEFORE).min().over(USER_IDX, TIMESTAMP).cast(pl.Int32))
+    )
+
+
 def with_point_in_time_history(examples: pl.LazyFrame, events: pl.LazyFrame, max_len: int) -> pl.LazyFrame:
     """Add ``history``: the user's last ``max_len`` positives strictly before each example."""
     if max_len < 1:
         raise DataError(f"history length must be >= 1, got {max_len}")
-    require_columns(examples, [USER_IDX, TIMESTAMP], "history examples")
-    numbered, lists = positive_sequences(events)
+    _, lists = positive_sequences(events)
     cols = examples.collect_schema().names()
-    joined = (
-        examples.sort(TIMESTAMP)
-        .join_asof(
-            numbered.sort(TIMESTAMP),
-            on=TIMESTAMP,
-            by=USER_IDX,
-            strategy="backward",
-            allow_exact_matches=False,
-            check_sortedness=False,  # sorted by time within each user above; Polars cannot verify with `by`
-        )
-        .join(lists, on=USER_IDX, how="left")
-        .with_columns(pl.col("_n_before").fill_null(0))
+    joined = with_positives_before(examples, events).join(
+        lists, on=USER_IDX, how="left", maintain_order="left"
     )
-    history = _slice_last(pl.col("_n_before"), max_len).fill_null(pl.lit([], dtype=pl.List(pl.Int64)))
+    history = _slice_last(pl.col(N_BEFORE), max_len).fill_null(pl.lit([], dtype=pl.List(pl.Int64)))
     return joined.select(*cols, history.alias(HISTORY))
 
 

@@ -69,6 +69,12 @@ class IdMapping:
             self.items.lazy(), on=ITEM, how="inner"
         )
 
+    def encode_raw(self, frame: pl.LazyFrame) -> pl.LazyFrame:
+        """Add the raw ``user_id``/``item_id`` of ``user_idx``/``item_idx`` rows (row order kept)."""
+        return frame.join(self.users.lazy(), on=USER_IDX, how="left", maintain_order="left").join(
+            self.items.lazy(), on=ITEM_IDX, how="left", maintain_order="left"
+        )
+
     def encode_items(self, frame: pl.LazyFrame) -> pl.LazyFrame:
         return frame.join(self.items.lazy(), on=ITEM, how="inner")
 

@@ -23,8 +23,10 @@ disk (``example_shards``); the trainer streams them shard by shard.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
+import time
 import uuid
 from pathlib import Path
 
@@ -40,10 +42,12 @@ from rankforge.features.loaders import scan_interactions
 from rankforge.features.log_spec import scan_log
 from rankforge.features.pipeline import ORDER, DataConfig, PreparedData, with_label
 from rankforge.features.schema import ITEM, ITEM_IDX, LABEL, TIMESTAMP, USER, USER_IDX
+from rankforge.features.sequences import PositiveSequences
 from rankforge.features.splits import global_time_split, leave_last_out, random_leave_out
 
+log = logging.getLogger(__name__)
 BUCKET = "_bucket"
-SHARD_KINDS = ("retrieval_examples", "ranking_examples", "train_events", "test_events", "validation_events")
+SHARD_KINDS = ("retrieval_examples", "ranking_examples", "test_events", "validation_events")
 MANIFEST = "prepared.json"
 
 
@@ -118,16 +122,33 @@ def prepare_to_disk(config: DataConfig, out: str | Path, events_per_bucket: int 
     return out
 
 
+class _Phases:
+    """Logs each phase's wall time (a 100M-event log takes minutes: the user sees where)."""
+
+    def __init__(self) -> None:
+        self.last = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = self.seconds.get(name, 0.0) + now - self.last
+        log.info("prepare: %s %.1fs", name, now - self.last)
+        self.last = now
+
+
 def _prepare(config: DataConfig, tmp: Path, events_per_bucket: int) -> None:
-    log = scan_source(config)
-    n_events = log.select(pl.len()).collect(engine="streaming").item()
+    phase = _Phases()
+    events_log = scan_source(config)
+    n_events = events_log.select(pl.len()).collect(engine="streaming").item()
     n_buckets = max(1, math.ceil(n_events / events_per_bucket))
-    cuts = _cuts(log, config)
+    cuts = _cuts(events_log, config)
+    phase("check")
     raw = tmp / "_raw"
-    log.with_columns((pl.col(USER).hash(7) % n_buckets).cast(pl.Int32).alias(BUCKET)).sink_parquet(
+    events_log.with_columns((pl.col(USER).hash(7) % n_buckets).cast(pl.Int32).alias(BUCKET)).sink_parquet(
         pl.PartitionBy(raw, key=BUCKET, include_key=False), mkdir=True, engine="streaming"
     )
     buckets = sorted(p for p in raw.iterdir() if p.is_dir())
+    phase("partition")
 
     # the id mapping: users and items of the known (train + validation) part of every bucket
     known_users, known_items = [], []
@@ -152,37 +173,45 @@ def _prepare(config: DataConfig, tmp: Path, events_per_bucket: int) -> None:
     if mapping.n_users == 0 or mapping.n_items == 0:
         raise DataError("id mapping: no users or no items in the training data")
     mapping.save(tmp / "id_mapping")
+    phase("id mapping")
 
     threshold = config.label_threshold
     users_parts, partials, positives = [], [], 0
     for b, folder in enumerate(buckets):
-        train_raw, validation_raw, test_raw = _bucket_parts(pl.scan_parquet(folder), config, cuts)
+        bucket = pl.read_parquet(folder).lazy()
+        train_raw, validation_raw, test_raw = _bucket_parts(bucket, config, cuts)
         train = with_label(mapping.encode(train_raw), threshold).collect()
         events = train.lazy()
         positives += train.filter(pl.col(LABEL) > 0).height
-        examples = hist.with_point_in_time_history(
-            events.filter(pl.col(LABEL) > 0).select(USER_IDX, ITEM_IDX, TIMESTAMP), events, config.history_len
-        )
-        ranking = hist.with_point_in_time_history(
-            events.select(USER_IDX, ITEM_IDX, TIMESTAMP, LABEL), events, config.history_len
-        )
+        phase("bucket split")
+        # examples carry n_before, not the history list: the trainer gathers it (features.sequences)
+        numbered = hist.events_with_positives_before(
+            events.select(USER_IDX, ITEM_IDX, TIMESTAMP, LABEL)
+        ).collect()
+        phase("bucket n_before")
+        ranking = numbered.lazy()
+        examples = ranking.filter(pl.col(LABEL) > 0).drop(LABEL)
+        # Examples stay in (user, time, item) order: deterministic, and the retrieval examples
+        # are then also the users' positive sequences. Training events are the ranking examples.
         parts = {
             "retrieval_examples": examples,
             "ranking_examples": ranking,
-            "train_events": events,
             "test_events": with_label(mapping.encode(test_raw), threshold),
         }
         if validation_raw is not None:
             parts["validation_events"] = with_label(mapping.encode(validation_raw), threshold)
         for kind, frame in parts.items():
             (tmp / kind).mkdir(exist_ok=True)
-            frame.sort(ORDER).collect().write_parquet(tmp / kind / f"part-{b:05d}.parquet")
+            ordered = frame if kind.endswith("_examples") else frame.sort(ORDER)
+            ordered.collect().write_parquet(tmp / kind / f"part-{b:05d}.parquet", compression="lz4")
+        phase("bucket shards")
         users_parts.append(
             user_aggregates(events)
             .join(hist.latest_history(events, config.history_len), on=USER_IDX, how="left")
             .collect()
         )
         partials.append(item_partials(events).collect())
+        phase("bucket user/item tables")
     shutil.rmtree(raw)
     if positives == 0:
         raise DataError(f"no positive training events (label value >= {threshold})")
@@ -237,6 +266,8 @@ def _prepare(config: DataConfig, tmp: Path, events_per_bucket: int) -> None:
         "training_history": config.training_history,
         "layout": layout.to_dict(),
     }
+    phase("feature tables")
+    meta["phase_seconds"] = {k: round(v, 2) for k, v in phase.seconds.items()}
     (tmp / MANIFEST).write_text(json.dumps(meta, indent=2, sort_keys=True))
 
 
@@ -254,15 +285,18 @@ def load_prepared(directory: str | Path) -> PreparedData:
     shards = {kind: _shards(d, kind) for kind in SHARD_KINDS}
     validation = pl.read_parquet(shards["validation_events"]) if shards["validation_events"] else None
     vocabularies = {p.stem: pl.read_parquet(p) for p in sorted((d / "vocabularies").glob("*.parquet"))}
-    empty_examples = pl.read_parquet(shards["ranking_examples"][0]).clear()
+    mapping = IdMapping.load(d / "id_mapping")
+    history = pl.lit([], dtype=pl.List(pl.Int64)).alias(hist.HISTORY)  # the frames' schema, no rows
     return PreparedData(
-        mapping=IdMapping.load(d / "id_mapping"),
+        mapping=mapping,
         inputs=InputLayout.from_dict(meta["layout"]),
         vocabularies=vocabularies,
-        train_events=pl.read_parquet(shards["train_events"]),
+        train_events=mapping.encode_raw(
+            pl.scan_parquet(shards["ranking_examples"]).select(USER_IDX, ITEM_IDX, TIMESTAMP, LABEL)
+        ).collect(),
         test_events=pl.read_parquet(shards["test_events"]).sort(ORDER),
-        retrieval_examples=pl.read_parquet(shards["retrieval_examples"][0]).clear(),
-        ranking_examples=empty_examples,
+        retrieval_examples=pl.read_parquet(shards["retrieval_examples"][0]).clear().with_columns(history),
+        ranking_examples=pl.read_parquet(shards["ranking_examples"][0]).clear().with_columns(history),
         user_features=pl.read_parquet(d / "user_features.parquet"),
         item_features=pl.read_parquet(d / "item_features.parquet"),
         history_len=meta["history_len"],
@@ -270,4 +304,7 @@ def load_prepared(directory: str | Path) -> PreparedData:
         training_history=meta["training_history"],
         source=meta["source"],
         example_shards={k: shards[k] for k in ("retrieval_examples", "ranking_examples")},
+        sequences=PositiveSequences.from_frame(
+            pl.read_parquet(shards["retrieval_examples"], columns=[USER_IDX, ITEM_IDX]), mapping.n_users
+        ),
     )

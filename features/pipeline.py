@@ -33,6 +33,7 @@ from rankforge.features.id_mapping import IdMapping
 from rankforge.features.loaders import load_interactions, load_lightgcn_split, load_movielens_items
 from rankforge.features.log_spec import LogSpec, read_log
 from rankforge.features.schema import ITEM, ITEM_IDX, LABEL, RATING, TIMESTAMP, USER, USER_IDX
+from rankforge.features.sequences import PositiveSequences
 from rankforge.features.splits import global_time_split, leave_last_out, random_leave_out
 from rankforge.features.synthetic import generate_log
 
@@ -192,6 +193,8 @@ class PreparedData:
     # out-of-core data (rankforge.features.out_of_core): "retrieval_examples"/"ranking_examples"
     # -> parquet shards the trainer streams; the two example frames above are then empty
     example_shards: dict[str, list[Path]] | None = None
+    # ... whose rows carry n_before instead of a history: their histories are gathered from here
+    sequences: PositiveSequences | None = None
 
     @property
     def has_validation(self) -> bool:

@@ -66,7 +66,9 @@ def require_features(bundle: Bundle, data: PreparedData) -> None:
     (equal vocabulary digests); else a one-line ``DataError`` naming the first that does not."""
     ours = data.vocabulary_digests()
     theirs = bundle.manifest.vocabularies
-    for s in bundle.inputs.declared("user") + bundle.inputs.declared("item"):
+    # a retrieval bundle's item side is its precomputed item matrix: only user features are read
+    sides = ("user",) if bundle.manifest.kind == "retrieval" else ("user", "item")
+    for s in [s for side in sides for s in bundle.inputs.declared(side)]:  # type: ignore[arg-type]
         if s.name not in ours:
             raise DataError(
                 f"bundle {str(bundle.directory)[-80:]} reads declared feature {s.name!r}, which the "
