@@ -56,18 +56,29 @@ def with_positives_before(examples: pl.LazyFrame, events: pl.LazyFrame) -> pl.La
 
 
 def events_with_positives_before(events: pl.LazyFrame) -> pl.LazyFrame:
-    """Every event with ``n_before`` (as :func:`with_positives_before` gives an example), computed
-    with window functions over the user's time-ordered events instead of an as-of join: the count
-    of positives up to the first event of the event's (user, timestamp) group, that group's own
-    positives excluded -- "strictly before" with ties on time. Rows come out in (user, time, item)
-    order."""
+    """Every event with ``n_before`` (as :func:`with_positives_before` gives an example), in
+    (user, time, item) order, by running sums instead of an as-of join: in that order a user's
+    positives before a row are the running count minus its value at the user's first row, and
+    "strictly before" (ties on time) is that count at the first row of the row's (user, time)
+    group. Group starts are carried forward with ``forward_fill``, so no group-by is needed."""
     require_columns(events, [USER_IDX, ITEM_IDX, TIMESTAMP, LABEL], "user history")
-    positive = (pl.col(LABEL) > 0).cast(pl.Int32)
-    # two steps: a window expression nested in another would restart per (user, timestamp)
+    positive = (pl.col(LABEL) > 0).cast(pl.Int64)
+    new_user = (pl.col(USER_IDX) != pl.col(USER_IDX).shift(1)).fill_null(True)
+    new_time = new_user | (pl.col(TIMESTAMP) != pl.col(TIMESTAMP).shift(1)).fill_null(True)
+    before_row = pl.col("_running") - pl.when(new_user).then(pl.col("_running")).forward_fill()
     return (
         events.sort(USER_IDX, TIMESTAMP, ITEM_IDX)
-        .with_columns((positive.cum_sum().over(USER_IDX) - positive).alias(N_BEFORE))
-        .with_columns(pl.col(N_BEFORE).min().over(USER_IDX, TIMESTAMP).cast(pl.Int32))
+        .with_columns((positive.cum_sum() - positive).alias("_running"))
+        .with_columns(pl.when(new_time).then(before_row).forward_fill().cast(pl.Int32).alias(N_BEFORE))
+        .drop("_running")
+    )
+
+
+def latest_from_ordered(events: pl.LazyFrame, max_len: int) -> pl.LazyFrame:
+    """:func:`latest_history` of events already in (user, time, item) order (no second sort):
+    group-by aggregation keeps each group's rows in frame order."""
+    return (
+        events.filter(pl.col(LABEL) > 0).group_by(USER_IDX).agg(pl.col(ITEM_IDX).tail(max_len).alias(HISTORY))
     )
 
 

@@ -207,7 +207,7 @@ def _prepare(config: DataConfig, tmp: Path, events_per_bucket: int) -> None:
         phase("bucket shards")
         users_parts.append(
             user_aggregates(events)
-            .join(hist.latest_history(events, config.history_len), on=USER_IDX, how="left")
+            .join(hist.latest_from_ordered(ranking, config.history_len), on=USER_IDX, how="left")
             .collect()
         )
         partials.append(item_partials(events).collect())

@@ -17,6 +17,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "rankforge.pipelines.demo_cli",
     "rankforge.pipelines.auction_cli",
     "rankforge.pipelines.evaluate_cli",
+    "rankforge.pipelines.prepare_cli",
     "rankforge.pipelines.train_cli",
     "rankforge.pipelines.quality_cli",
     "rankforge.serving.cli",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import polars as pl
@@ -22,7 +23,9 @@ from torchrec import KeyedJaggedTensor
 
 from rankforge.errors import DataError
 from rankforge.features.feature_spec import ITEM_ID, USER_HISTORY, USER_ID, InputLayout
+from rankforge.features.history import N_BEFORE
 from rankforge.features.pipeline import PreparedData
+from rankforge.features.schema import ITEM_IDX, LABEL, USER_IDX
 from rankforge.models.inputs import dense_inputs, pad_lists, padded_to_kjt, side_inputs
 from rankforge.training.reference import Reference
 
@@ -143,6 +146,20 @@ class NegativeSampler:
         return torch.cat([weighted, uniform], dim=1).reshape(shape)
 
 
+def _tensor(column: pl.Series) -> torch.Tensor:
+    return torch.from_numpy(column.cast(pl.Int64).to_numpy().copy())
+
+
+def gathered_history(data: PreparedData, frame: pl.DataFrame) -> torch.Tensor:
+    """Point-in-time histories ``[n, history_len]`` of out-of-core example rows (``user_idx``,
+    ``n_before``), gathered from the users' positive sequences."""
+    if data.sequences is None:
+        raise DataError("out-of-core examples need the prepared data's positive sequences")
+    return torch.from_numpy(
+        data.sequences.histories(frame[USER_IDX].to_numpy(), frame[N_BEFORE].to_numpy(), data.history_len)
+    )
+
+
 def rank_slice(n: int, rank: int, world_size: int) -> slice:
     """This rank's contiguous part of a global batch of ``n`` rows (``n`` divisible by world size)."""
     per = n // world_size
@@ -215,9 +232,39 @@ class CascadeBatch:
 
 
 class _Batches:
-    """Shared epoch mechanics: shuffle with the sampler's generator, split the tail fairly."""
+    """Shared epoch mechanics: shuffle with the sampler's generator, split the tail fairly.
 
-    def __init__(self, n_examples: int, batch_size: int, rank: int, world_size: int, seed: int) -> None:
+    In memory, every rank draws the same global batches and keeps its slice. Out of core
+    (``shards``: parquet files of examples, see ``features.out_of_core``), each rank streams its
+    own shards (``shards[rank::world_size]``) in an order drawn per epoch, holding one shard (plus
+    the previous one's leftover rows) at a time, and draws its own ``batch_size / world_size``
+    rows per step with its own generator; every rank takes the same number of steps (the fewest
+    its shards allow), so a few rows per epoch may go unused when shards differ in size. The
+    chunk being read is what the subclass's per-row tensors hold (:meth:`_set_chunk`).
+    """
+
+    def __init__(
+        self,
+        n_examples: int,
+        batch_size: int,
+        rank: int,
+        world_size: int,
+        seed: int,
+        shards: list[Path] | None = None,
+    ) -> None:
+        self.shards: list[Path] = []
+        if shards is not None:
+            counts = [pl.scan_parquet(p).select(pl.len()).collect().item() for p in shards]
+            local = batch_size // world_size
+            steps = min(sum(counts[r::world_size]) // max(local, 1) for r in range(world_size))
+            if local < 1 or steps < 1:
+                raise DataError(
+                    f"{len(shards)} example shard(s) give {world_size} process(es) no full batch "
+                    f"of {local} rows"
+                )
+            self.shards, self.steps = shards[rank::world_size], steps
+            n_examples, batch_size, seed = steps * local, local, seed * 7919 + rank
+            rank, world_size = 0, 1  # each process draws its own batches: no slicing of a global one
         if n_examples < world_size:
             raise DataError(f"{n_examples} training examples cannot be split over {world_size} processes")
         if batch_size < world_size:
@@ -231,10 +278,41 @@ class _Batches:
         self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
+        if self.shards:
+            return self.steps
         full, tail = divmod(self.n_examples, self.batch_size)
         return full + (1 if tail >= self.world_size else 0)
 
+    def _load_shard(self, path: Path) -> dict[str, torch.Tensor | None]:
+        raise NotImplementedError
+
+    def _set_chunk(self, chunk: dict[str, torch.Tensor | None]) -> None:
+        for name, value in chunk.items():
+            setattr(self, name, value)
+
+    def _streamed_batches(self) -> Iterator[torch.Tensor]:
+        """Row indices into the current chunk; chunks follow a per-epoch shard order."""
+        steps, leftover = 0, None
+        for i in torch.randperm(len(self.shards), generator=self.generator).tolist():
+            chunk = self._load_shard(self.shards[i])
+            if leftover is not None:
+                chunk = {k: None if v is None else torch.cat([leftover[k], v]) for k, v in chunk.items()}
+            self._set_chunk(chunk)
+            n = len(next(v for v in chunk.values() if v is not None))
+            order = torch.randperm(n, generator=self.generator)
+            full = n - n % self.batch_size
+            for start in range(0, full, self.batch_size):
+                if steps == self.steps:
+                    return
+                steps += 1
+                yield order[start : start + self.batch_size]
+            rest = order[full:]
+            leftover = {k: None if v is None else v[rest] for k, v in chunk.items()}
+
     def _global_batches(self) -> Iterator[torch.Tensor]:
+        if self.shards:
+            yield from self._streamed_batches()
+            return
         order = torch.randperm(self.n_examples, generator=self.generator)
         for start in range(0, self.n_examples, self.batch_size):
             rows = order[start : start + self.batch_size]
@@ -266,7 +344,9 @@ class RetrievalBatches(_Batches):
         item_keys: list[str] | None = None,
     ) -> None:
         examples = data.retrieval_examples.sort(CANONICAL_ORDER)
-        super().__init__(examples.height, batch_size, rank, world_size, seed)
+        shards = data.example_shards["retrieval_examples"] if data.example_shards else None
+        super().__init__(examples.height, batch_size, rank, world_size, seed, shards)
+        self.data = data
         self.users = torch.from_numpy(examples["user_idx"].to_numpy().copy())
         self.positives = torch.from_numpy(examples["item_idx"].to_numpy().copy())
         # point-in-time (no leakage), or None: the served latest history for every example (SimpleX)
@@ -280,6 +360,11 @@ class RetrievalBatches(_Batches):
         # the sparse inputs the model reads (matrix factorisation reads ids only)
         self.user_keys = list(user_keys or tables.user_keys)
         self.item_keys = list(item_keys or tables.item_keys)
+
+    def _load_shard(self, path: Path) -> dict[str, torch.Tensor | None]:
+        frame = pl.read_parquet(path, columns=[USER_IDX, ITEM_IDX, N_BEFORE])
+        history = None if self.data.training_history == "latest" else gathered_history(self.data, frame)
+        return {"users": _tensor(frame[USER_IDX]), "positives": _tensor(frame[ITEM_IDX]), "history": history}
 
     def __iter__(self) -> Iterator[RetrievalBatch]:
         for rows in self._global_batches():
@@ -327,17 +412,29 @@ class RankingBatches(_Batches):
         reference: Reference | None = None,
     ) -> None:
         events = data.ranking_examples.sort(CANONICAL_ORDER)
-        super().__init__(events.height, batch_size, rank, world_size, seed)
+        shards = data.example_shards["ranking_examples"] if data.example_shards else None
+        super().__init__(events.height, batch_size, rank, world_size, seed, shards)
+        self.data = data
         self.history = pad_lists(events["history"], data.history_len)
         self.users = torch.from_numpy(events["user_idx"].to_numpy().copy())
         self.items = torch.from_numpy(events["item_idx"].to_numpy().copy())
         self.labels = torch.from_numpy(events["label"].cast(pl.Float32).to_numpy().copy())
         self.n_items = data.n_items
-        self.seen = torch.unique(self.users * self.n_items + self.items)  # sorted (user, item) keys
+        seen = data.train_events if shards else events  # every (user, item) of the training part
+        self.seen = torch.unique(_tensor(seen[USER_IDX]) * self.n_items + _tensor(seen[ITEM_IDX]))  # sorted
         self.tables = tables
         self.sampler = sampler
         self.n_negatives = n_negatives
         self.reference = reference
+
+    def _load_shard(self, path: Path) -> dict[str, torch.Tensor | None]:
+        frame = pl.read_parquet(path, columns=[USER_IDX, ITEM_IDX, LABEL, N_BEFORE])
+        return {
+            "users": _tensor(frame[USER_IDX]),
+            "items": _tensor(frame[ITEM_IDX]),
+            "labels": torch.from_numpy(frame[LABEL].cast(pl.Float32).to_numpy().copy()),
+            "history": gathered_history(self.data, frame),
+        }
 
     def __iter__(self) -> Iterator[RankingBatch]:
         for rows in self._global_batches():

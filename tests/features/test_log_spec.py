@@ -116,6 +116,12 @@ def test_spec_errors_are_one_line(tmp_path: Path) -> None:
 
 def test_the_example_config_trains_on_the_example_log(rankforge_home: Path, capsys) -> None:
     from rankforge.cli import main
+    from rankforge.serving.bundle import load_bundle
 
     assert main(["train", str(REPO / "examples" / "clicks.toml")]) == 0
-    assert "my-ranker" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "my-ranker" in out
+    # the example's declared side-table features are inputs of the trained, exported ranker
+    bundle = load_bundle(out.split("; bundle ")[1].split(";")[0])
+    assert {"video_topics", "viewer_country"} <= set(bundle.manifest.inputs["ranker.onnx"])
+    assert bundle.manifest.dense_features[-1] == "video_duration"
