@@ -16,18 +16,30 @@ import polars as pl
 from rankforge.errors import DataError
 from rankforge.features.feature_spec import Feature, Side, SideTable
 from rankforge.features.log_spec import preview, read_ids, read_table
+from rankforge.features.string_ids import KEY_OF, key_table
 
 VALUE = "value"
 INDEX = "index"
 _EMPTY = pl.lit([], dtype=pl.List(pl.Int64))
 
 
-def read_side_table(table: SideTable, id_column: str) -> pl.DataFrame:
-    """A side table with its key column renamed to ``id_column`` (int64), one row per id."""
+def read_side_table(table: SideTable, id_column: str, string_ids: bool = False) -> pl.DataFrame:
+    """A side table with its key column renamed to ``id_column`` (int64), one row per id; with
+    ``string_ids`` (the log's ids are strings) the key column holds those strings, kept as the
+    ``user_key``/``item_key`` column beside their stable raw ids."""
     frame = read_table(table.path)
     if table.key not in frame.columns:
         raise DataError(f"{table.path}: key column {table.key!r} not found; it has {frame.columns}")
-    ids = read_ids(frame, table.key, table.path)
+    if string_ids:
+        keys = frame[table.key].cast(pl.String)
+        if keys.null_count():
+            raise DataError(f"{table.path}: key column {table.key!r} has null ids")
+        ids = pl.DataFrame({KEY_OF[id_column]: keys}).join(
+            key_table(keys, id_column), on=KEY_OF[id_column], how="left", maintain_order="left"
+        )[id_column]
+        frame = frame.with_columns(keys.alias(KEY_OF[id_column]))
+    else:
+        ids = read_ids(frame, table.key, table.path)
     frame = frame.with_columns(ids.alias(table.key)).rename({table.key: id_column})
     dupes = frame.with_row_index("row").filter(pl.col(id_column).is_duplicated())
     if dupes.height:

@@ -15,11 +15,22 @@ import polars as pl
 
 from rankforge.errors import DataError
 from rankforge.features.schema import ITEM, ITEM_IDX, USER, USER_IDX, require_columns
+from rankforge.features.string_ids import ITEM_KEY, USER_KEY
 
 
-def _dense_ids(values: pl.LazyFrame | pl.DataFrame, column: str, index: str) -> pl.DataFrame:
-    frame = values.lazy().select(pl.col(column)).unique().sort(column)
-    return frame.with_row_index(index).select(pl.col(column), pl.col(index).cast(pl.Int64)).collect()
+def _keys(frame: pl.LazyFrame | pl.DataFrame, key: str) -> list[str]:
+    """``[key]`` when the frame carries string ids (see ``features.string_ids``), else ``[]``."""
+    names = frame.collect_schema().names() if isinstance(frame, pl.LazyFrame) else frame.columns
+    return [key] if key in names else []
+
+
+def _dense_ids(
+    values: pl.LazyFrame | pl.DataFrame, column: str, index: str, keys: list[str] | None = None
+) -> pl.DataFrame:
+    """``column -> index`` (plus the string key of each id, for logs with string ids)."""
+    keys = keys or []
+    frame = values.lazy().select(pl.col(column), *keys).unique(subset=[column]).sort(column)
+    return frame.with_row_index(index).select(pl.col(column), pl.col(index).cast(pl.Int64), *keys).collect()
 
 
 @dataclass(frozen=True)
@@ -42,12 +53,21 @@ class IdMapping:
         Catalogue items with no interactions still get an embedding row, so they can be served.
         """
         require_columns(interactions, [USER, ITEM], "id mapping")
-        item_ids = interactions.lazy().select(ITEM)
+        item_ids = interactions.lazy().select(ITEM, *_keys(interactions, ITEM_KEY))
         if items is not None:
             require_columns(items, [ITEM], "item catalogue")
-            item_ids = pl.concat([item_ids, items.lazy().select(ITEM)])
+            item_ids = pl.concat(
+                [item_ids, items.lazy().select(ITEM, *_keys(items, ITEM_KEY))], how="diagonal_relaxed"
+            )
+        return cls.from_ids(interactions.lazy().select(USER, *_keys(interactions, USER_KEY)), item_ids)
+
+    @classmethod
+    def from_ids(cls, users: pl.LazyFrame | pl.DataFrame, items: pl.LazyFrame | pl.DataFrame) -> IdMapping:
+        """Dense indices in raw-id order for the (possibly repeated) ids of ``users``/``items``
+        (``user_id`` / ``item_id``, with their string keys when the log has string ids)."""
         mapping = cls(
-            users=_dense_ids(interactions, USER, USER_IDX), items=_dense_ids(item_ids, ITEM, ITEM_IDX)
+            users=_dense_ids(users, USER, USER_IDX, _keys(users, USER_KEY)),
+            items=_dense_ids(items, ITEM, ITEM_IDX, _keys(items, ITEM_KEY)),
         )
         if mapping.n_users == 0 or mapping.n_items == 0:
             raise DataError("id mapping: no users or no items in the training data")
@@ -65,18 +85,18 @@ class IdMapping:
 
     def encode(self, frame: pl.LazyFrame) -> pl.LazyFrame:
         """Add ``user_idx``/``item_idx``; rows with an id unseen at fit time are dropped."""
-        return frame.join(self.users.lazy(), on=USER, how="inner").join(
-            self.items.lazy(), on=ITEM, how="inner"
+        return frame.join(self.users.lazy().select(USER, USER_IDX), on=USER, how="inner").join(
+            self.items.lazy().select(ITEM, ITEM_IDX), on=ITEM, how="inner"
         )
 
     def encode_raw(self, frame: pl.LazyFrame) -> pl.LazyFrame:
         """Add the raw ``user_id``/``item_id`` of ``user_idx``/``item_idx`` rows (row order kept)."""
-        return frame.join(self.users.lazy(), on=USER_IDX, how="left", maintain_order="left").join(
-            self.items.lazy(), on=ITEM_IDX, how="left", maintain_order="left"
-        )
+        return frame.join(
+            self.users.lazy().select(USER, USER_IDX), on=USER_IDX, how="left", maintain_order="left"
+        ).join(self.items.lazy().select(ITEM, ITEM_IDX), on=ITEM_IDX, how="left", maintain_order="left")
 
     def encode_items(self, frame: pl.LazyFrame) -> pl.LazyFrame:
-        return frame.join(self.items.lazy(), on=ITEM, how="inner")
+        return frame.join(self.items.lazy().select(ITEM, ITEM_IDX), on=ITEM, how="inner")
 
     def save(self, directory: str | Path) -> None:
         d = Path(directory)

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 from rankforge.errors import DataError
 from rankforge.features.loaders import existing_file
 from rankforge.features.schema import INTERACTION_SCHEMA, ITEM, RATING, TIMESTAMP, USER
+from rankforge.features.string_ids import ITEM_KEY, KEY_OF, USER_KEY, key_table, with_stable_ids
 
 SHOWN = 5
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".ndjson": "ndjson", ".jsonl": "ndjson"}
@@ -47,6 +48,9 @@ class LogSpec(BaseModel):
     label: str | None = None
     label_rule: Literal["implicit", "binary", "threshold"] = "implicit"
     label_threshold: float | None = None
+    # "string": ids are strings ("u_95"), kept as user_key/item_key beside stable int64 raw ids
+    # (rankforge.features.string_ids); "integer": int64 ids, anything else is refused
+    ids: Literal["integer", "string"] = "integer"
 
     @model_validator(mode="after")
     def _rule_fits(self) -> LogSpec:
@@ -95,14 +99,37 @@ def read_log(path: str | Path, spec: LogSpec) -> pl.DataFrame:
         )
     if frame.height == 0:
         raise DataError(f"no interactions in {p}")
-    out = {USER: read_ids(frame, spec.user, p), ITEM: read_ids(frame, spec.item, p)}
+    if spec.ids == "string":
+        out = {
+            USER: _string_ids(frame, spec.user, p, USER),
+            ITEM: _string_ids(frame, spec.item, p, ITEM),
+        }
+        keys = {USER_KEY: frame[spec.user].cast(pl.String), ITEM_KEY: frame[spec.item].cast(pl.String)}
+    else:
+        out = {USER: read_ids(frame, spec.user, p), ITEM: read_ids(frame, spec.item, p)}
+        keys = {}
     out[RATING] = _labels(frame, spec, p) if spec.label else pl.Series(RATING, [None] * frame.height)
     out[TIMESTAMP] = (
         _timestamps(frame, spec.timestamp, spec.timestamp_unit, p)
         if spec.timestamp
         else pl.Series(TIMESTAMP, range(frame.height))
     )
-    return pl.DataFrame(out).select(pl.col(c).cast(t) for c, t in INTERACTION_SCHEMA.items())
+    canonical = pl.DataFrame(out).select(pl.col(c).cast(t) for c, t in INTERACTION_SCHEMA.items())
+    return canonical.with_columns(pl.Series(name, values) for name, values in keys.items())
+
+
+def _string_ids(frame: pl.DataFrame, column: str, path: Path, id_column: str) -> pl.Series:
+    """Stable int64 raw ids of a string id column (nulls refused, with their rows)."""
+    nulls = frame.with_row_index("row").filter(frame[column].is_null())
+    if nulls.height:
+        raise DataError(
+            f"{path}: column {column!r} has {nulls.height} null id(s): {preview(nulls.select('row', column))}"
+        )
+    keys = frame[column].cast(pl.String)
+    table = key_table(keys, id_column)
+    return pl.DataFrame({KEY_OF[id_column]: keys}).join(
+        table, on=KEY_OF[id_column], how="left", maintain_order="left"
+    )[id_column]
 
 
 def read_ids(frame: pl.DataFrame, column: str, path: Path) -> pl.Series:
@@ -117,7 +144,8 @@ def read_ids(frame: pl.DataFrame, column: str, path: Path) -> pl.Series:
     bad = frame.with_row_index("row").filter(ids.is_null())
     if bad.height:
         raise DataError(
-            f"{path}: column {column!r} holds non-integer ids (the serving API's ids are int64): "
+            f"{path}: column {column!r} holds non-integer ids (set data.log.ids = 'string' for ids "
+            "like 'u_95'): "
             f"{preview(bad.select('row', column))}"
         )
     return ids
@@ -195,10 +223,13 @@ def scan_log(path: str | Path, spec: LogSpec) -> pl.LazyFrame:
     for column, target in ((spec.user, USER), (spec.item, ITEM)):
         ids = pl.col(column).cast(pl.Int64, strict=False)
         checks[f"null {target}"] = (pl.col(column).is_null(), column, "null id(s)")
+        if spec.ids == "string":
+            out[target] = pl.col(f"_{target}")  # joined below from the distinct strings
+            continue
         checks[f"bad {target}"] = (
             ids.is_null() & pl.col(column).is_not_null(),
             column,
-            "non-integer ids (the serving API's ids are int64)",
+            "non-integer ids (set data.log.ids = 'string' for ids like 'u_95')",
         )
         out[target] = ids
     if spec.label is not None:
@@ -251,4 +282,10 @@ def scan_log(path: str | Path, spec: LogSpec) -> pl.LazyFrame:
         )
     ):
         out[TIMESTAMP] = out[TIMESTAMP] // 1000
-    return frame.select(expr.cast(INTERACTION_SCHEMA[name]).alias(name) for name, expr in out.items())
+    if spec.ids == "string":
+        for column, target in ((spec.user, USER), (spec.item, ITEM)):
+            frame = with_stable_ids(frame, column, target, f"_{target}")
+            out[KEY_OF[target]] = pl.col(KEY_OF[target])
+    return frame.select(
+        expr.cast(INTERACTION_SCHEMA.get(name, pl.String())).alias(name) for name, expr in out.items()
+    )

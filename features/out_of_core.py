@@ -44,6 +44,7 @@ from rankforge.features.pipeline import ORDER, DataConfig, PreparedData, with_la
 from rankforge.features.schema import ITEM, ITEM_IDX, LABEL, TIMESTAMP, USER, USER_IDX
 from rankforge.features.sequences import PositiveSequences
 from rankforge.features.splits import global_time_split, leave_last_out, random_leave_out
+from rankforge.features.string_ids import ITEM_KEY, USER_KEY
 
 log = logging.getLogger(__name__)
 BUCKET = "_bucket"
@@ -152,26 +153,23 @@ def _prepare(config: DataConfig, tmp: Path, events_per_bucket: int) -> None:
 
     # the id mapping: users and items of the known (train + validation) part of every bucket
     known_users, known_items = [], []
+    keys = [USER_KEY, ITEM_KEY] if config.string_ids else []
     for folder in buckets:
         train, validation, _ = _bucket_parts(pl.scan_parquet(folder), config, cuts)
         known = train if validation is None else pl.concat([train, validation])
-        frame = known.select(USER, ITEM).collect()
-        known_users.append(frame[USER].unique())
-        known_items.append(frame[ITEM].unique())
-    items = read_side_table(config.item_table, ITEM) if config.item_table is not None else None
-    users_table = read_side_table(config.user_table, USER) if config.user_table is not None else None
-    user_ids = pl.concat(known_users).unique().sort()
-    item_ids = pl.concat(known_items + ([items[ITEM]] if items is not None else [])).unique().sort()
-    mapping = IdMapping(
-        users=pl.DataFrame({USER: user_ids})
-        .with_row_index(USER_IDX)
-        .select(USER, pl.col(USER_IDX).cast(pl.Int64)),
-        items=pl.DataFrame({ITEM: item_ids})
-        .with_row_index(ITEM_IDX)
-        .select(ITEM, pl.col(ITEM_IDX).cast(pl.Int64)),
+        frame = known.select(USER, ITEM, *keys).collect()
+        known_users.append(frame.select(USER, *keys[:1]).unique(subset=[USER]))
+        known_items.append(frame.select(ITEM, *keys[1:]).unique(subset=[ITEM]))
+    items = (
+        read_side_table(config.item_table, ITEM, config.string_ids) if config.item_table is not None else None
     )
-    if mapping.n_users == 0 or mapping.n_items == 0:
-        raise DataError("id mapping: no users or no items in the training data")
+    users_table = (
+        read_side_table(config.user_table, USER, config.string_ids) if config.user_table is not None else None
+    )
+    catalogue = [items.select(ITEM, *keys[1:])] if items is not None else []
+    mapping = IdMapping.from_ids(
+        pl.concat(known_users), pl.concat(known_items + catalogue, how="diagonal_relaxed")
+    )
     mapping.save(tmp / "id_mapping")
     phase("id mapping")
 

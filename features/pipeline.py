@@ -129,6 +129,11 @@ class DataConfig(BaseModel):
         )
 
     @property
+    def string_ids(self) -> bool:
+        """Whether the log's ids are strings (``data.log.ids = "string"``): side tables too."""
+        return self.log is not None and self.log.ids == "string"
+
+    @property
     def label_threshold(self) -> float:
         """The value a log's rating/label column must reach to be a positive (a log spec's rule,
         else ``positive_threshold``; implicit logs have no label column, so every event counts)."""
@@ -314,8 +319,10 @@ def prepare(config: DataConfig) -> PreparedData:
         return load_prepared(config.path)
     log, provided_test, items = _raw_log(config)
     if config.item_table is not None:
-        items = read_side_table(config.item_table, ITEM)
-    users_table = read_side_table(config.user_table, USER) if config.user_table is not None else None
+        items = read_side_table(config.item_table, ITEM, config.string_ids)
+    users_table = (
+        read_side_table(config.user_table, USER, config.string_ids) if config.user_table is not None else None
+    )
     if provided_test is not None:
         train_raw, test_raw = log, provided_test
     else:

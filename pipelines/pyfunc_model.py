@@ -28,6 +28,7 @@ from mlflow.types import ColSpec, DataType, Schema
 from mlflow.types.schema import Array
 
 from rankforge.errors import DataError
+from rankforge.features.string_ids import stable_id
 from rankforge.serving.bundle import Bundle, load_bundle
 from rankforge.serving.model_runtime import (
     RankerRuntime,
@@ -40,9 +41,20 @@ from rankforge.serving.model_runtime import (
 DEFAULT_K = 10
 
 
-def _lists(frame: pd.DataFrame, column: str) -> list[np.ndarray]:
+def _raw(values: Any) -> np.ndarray:
+    """Raw int64 ids; string ids (a log with ``data.log.ids = "string"``) by their stable id."""
+    values = list(values)
+    if any(isinstance(v, str) for v in values):
+        return np.array([stable_id(str(v)) for v in values], dtype=np.int64)
+    return np.asarray(values, dtype=np.int64)
+
+
+def _lists(frame: pd.DataFrame, column: str, raw: bool = False) -> list[np.ndarray]:
+    """One id array per row (``raw``: raw item ids, string ids converted)."""
     if column not in frame:
         return [np.empty(0, dtype=np.int64)] * len(frame)
+    if raw:
+        return [_raw([] if v is None else v) for v in frame[column]]
     return [np.asarray([] if v is None else v, dtype=np.int64) for v in frame[column]]
 
 
@@ -67,22 +79,26 @@ class BundleModel(mlflow.pyfunc.PythonModel):
     @staticmethod
     def _recommend(runtime: RetrievalRuntime, frame: pd.DataFrame) -> pd.DataFrame:
         """Top k per row, as the server retrieves: the index's best, the user's history removed."""
-        users = runtime.users.encode(frame["user_id"].to_numpy())
+        users = runtime.users.encode(_raw(frame["user_id"]))
         ks = frame["k"].to_numpy() if "k" in frame else np.full(len(frame), DEFAULT_K)
         names = [s.name for s in runtime.layout.declared("user")]
         columns = {name: _lists(frame, name) for name in names}
         rows = []
         for row, (user, user_idx, k, seen) in enumerate(
-            zip(frame["user_id"], users, ks, _lists(frame, "history"), strict=True)
+            zip(frame["user_id"], users, ks, _lists(frame, "history", raw=True), strict=True)
         ):
             history = runtime.items.encode(seen)
             query = runtime.user_vector(
                 int(user_idx), history[history >= 0], {n: columns[n][row] for n in names}
             )
             items, scores = runtime.retrieve(query, seen, int(k))  # as the server retrieves
-            for rank, (item, score) in enumerate(zip(items[: int(k)], scores[: int(k)], strict=True), 1):
-                rows.append((user, rank, item, float(score)))
-        return pd.DataFrame(rows, columns=["user_id", "rank", "item_id", "score"])
+            keys = runtime.item_keys(items[: int(k)])
+            for rank, (item, score, key) in enumerate(
+                zip(items[: int(k)], scores[: int(k)], keys, strict=True), 1
+            ):
+                rows.append((user, rank, item, float(score), key))
+        out = pd.DataFrame(rows, columns=["user_id", "rank", "item_id", "score", "item_key"])
+        return out if runtime.keys is not None else out.drop(columns="item_key")
 
     @staticmethod
     def _score(runtime: RankerRuntime, frame: pd.DataFrame) -> pd.DataFrame:
@@ -90,13 +106,13 @@ class BundleModel(mlflow.pyfunc.PythonModel):
         missing = [c for c in ("item_id", *dense) if c not in frame]
         if missing:
             raise DataError(f"predict needs column(s) {missing} for this ranker")
-        items = runtime.items.encode(frame["item_id"].to_numpy())
+        items = runtime.items.encode(_raw(frame["item_id"]))
         if (items < 0).any():
             unknown = frame["item_id"].to_numpy()[items < 0][:5].tolist()
             raise DataError(f"items unknown to this model: {unknown}")
-        histories = [runtime.items.encode(ids) for ids in _lists(frame, "history")]
+        histories = [runtime.items.encode(ids) for ids in _lists(frame, "history", raw=True)]
         logits = runtime.score_rows(
-            runtime.users.encode(frame["user_id"].to_numpy()),
+            runtime.users.encode(_raw(frame["user_id"])),
             pad_rows([h[h >= 0] for h in histories], runtime.bundle.manifest.history_len),
             frame[dense].to_numpy(dtype=np.float32),
             items,
@@ -110,8 +126,10 @@ def signature_and_example(bundle: Bundle) -> tuple[ModelSignature, pd.DataFrame]
     """The pyfunc signature and a one-row input example built from the bundle's own ids. Every
     column ``predict`` reads is declared (MLflow drops undeclared columns before ``predict``)."""
     mapping = bundle.id_mapping
-    user = mapping.users["user_id"][0]
-    item = mapping.items["item_id"][0]
+    keyed = "item_key" in mapping.items.columns  # a log with string ids: predict takes the strings
+    ids = "string" if keyed else "long"
+    user = mapping.users["user_key" if keyed else "user_id"][0]
+    item = mapping.items["item_key" if keyed else "item_id"][0]
     layout = bundle.inputs
     sides = ("user",) if bundle.manifest.kind == "retrieval" else ("user", "item")
     # the declared id features of the bundle's feature spec, as lists of vocabulary indices
@@ -122,18 +140,19 @@ def signature_and_example(bundle: Bundle) -> tuple[ModelSignature, pd.DataFrame]
         example = pd.DataFrame({"user_id": [user], "k": [5]})
         inputs = Schema(
             [
-                ColSpec("long", "user_id"),
+                ColSpec(ids, "user_id"),
                 ColSpec("long", "k", required=False),
-                ColSpec(Array(DataType.long), "history", required=False),
+                ColSpec(Array(DataType[ids]), "history", required=False),
                 *declared,
             ]
         )
         outputs = Schema(
             [
-                ColSpec("long", "user_id"),
+                ColSpec(ids, "user_id"),
                 ColSpec("long", "rank"),
                 ColSpec("long", "item_id"),
                 ColSpec("double", "score"),
+                *([ColSpec("string", "item_key")] if keyed else []),
             ]
         )
     else:
@@ -141,10 +160,10 @@ def signature_and_example(bundle: Bundle) -> tuple[ModelSignature, pd.DataFrame]
         example = pd.DataFrame({"user_id": [user], "item_id": [item], **{d: [0.0] for d in dense}})
         inputs = Schema(
             [
-                ColSpec("long", "user_id"),
-                ColSpec("long", "item_id"),
+                ColSpec(ids, "user_id"),
+                ColSpec(ids, "item_id"),
                 *(ColSpec("double", d) for d in dense),
-                ColSpec(Array(DataType.long), "history", required=False),
+                ColSpec(Array(DataType[ids]), "history", required=False),
                 *declared,
             ]
         )

@@ -116,7 +116,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _client_options(query)
     query.add_argument("--k", type=int, default=10, help="items to return")
     query.add_argument(
-        "--candidates", type=_id_list, default=None, help="comma-separated raw item ids to rank"
+        "--candidates", type=_id_list, default=None, help="comma-separated item ids (integers or strings)"
     )
     query.set_defaults(func=_query)
 
@@ -146,7 +146,9 @@ def _client_options(parser: argparse.ArgumentParser) -> None:
     """What every request command takes: where the server is, whom the request is for, and how
     to reach it (deadline, TLS, token)."""
     parser.add_argument("--address", default=DEFAULT_ADDRESS, help="host:port of `rankforge serve`")
-    parser.add_argument("--user", type=int, required=True, help="raw user id")
+    parser.add_argument(
+        "--user", required=True, help="raw user id (a log with string ids: the id as written, e.g. u_95)"
+    )
     parser.add_argument(
         "--context", action="append", default=[], metavar="NAME=VALUE", help="request context"
     )
@@ -191,11 +193,11 @@ def _redis_answers(url: str) -> bool:
         return False
 
 
-def _id_list(text: str) -> list[int]:
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integer ids, got {text!r}") from exc
+def _id_list(text: str) -> list[int] | list[str]:
+    """Comma-separated ids: integers, or (any part not an integer) the log's string ids."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    ids = [_id(part) for part in parts]
+    return parts if any(isinstance(i, str) for i in ids) else ids  # type: ignore[return-value]
 
 
 def _bid_list(text: str) -> list[tuple[int, float]]:
@@ -309,20 +311,29 @@ def _start_workers(config: object, count: int) -> list:
     return workers
 
 
+def _id(text: str) -> int | str:
+    """An integer id, or a string id ("u_95") as the log wrote it."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
 def _query(args: argparse.Namespace) -> int:
     with _client(args) as client:
         try:
-            result = client.rank(args.user, args.k, args.candidates, _context(args.context))
+            result = client.rank(_id(args.user), args.k, args.candidates, _context(args.context))
         except grpc.RpcError as exc:
             raise _rpc_error(exc, args.address) from exc
     print(
         f"request {result.request_id}: retrieval {result.retrieval_version}, ranker "
         f"{result.ranker_version}, features {result.feature_version}, {result.n_ranked} ranked"
     )
-    print(f"{'rank':>4}  {'item_id':>10}  {'score':>10}  {'retrieval':>10}")
+    keyed = any(item.item_key for item in result.items)
+    print(f"{'rank':>4}  {'item':>10}  {'score':>10}  {'retrieval':>10}")
     for rank, item in enumerate(result.items, 1):
         retrieval = f"{item.retrieval_score:10.4f}" if item.retrieval_score is not None else f"{'-':>10}"
-        print(f"{rank:>4}  {item.item_id:>10}  {item.score:10.4f}  {retrieval}")
+        print(f"{rank:>4}  {item.item_key if keyed else item.item_id:>10}  {item.score:10.4f}  {retrieval}")
     return 0
 
 
@@ -336,7 +347,10 @@ def _rpc_error(exc: grpc.RpcError, address: str) -> ConfigError:
 def _auction(args: argparse.Namespace) -> int:
     with _client(args) as client:
         try:
-            result = client.auction(args.user, args.bids, _context(args.context))
+            user = _id(args.user)
+            if isinstance(user, str):
+                raise ConfigError(f"auction requests take integer user ids, got {args.user[:40]!r}")
+            result = client.auction(user, args.bids, _context(args.context))
         except grpc.RpcError as exc:
             raise _rpc_error(exc, args.address) from exc
     print(f"request {result.request_id}: ad ranker {result.ranker_version}, rule {result.rule}")

@@ -19,6 +19,7 @@ class RankedItem:
     item_id: int
     score: float
     retrieval_score: float | None
+    item_key: str = ""  # the log's string id, for a model trained on a log with string ids
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,12 @@ class RankResult:
     def from_proto(cls, response: ranking_pb2.RankResponse) -> RankResult:
         return cls(
             items=[
-                RankedItem(i.item_id, i.score, i.retrieval_score if i.HasField("retrieval_score") else None)
+                RankedItem(
+                    i.item_id,
+                    i.score,
+                    i.retrieval_score if i.HasField("retrieval_score") else None,
+                    i.item_key,
+                )
                 for i in response.items
             ],
             retrieval_version=response.versions.retrieval,
@@ -74,17 +80,23 @@ class AuctionResult:
 
 
 def rank_request(
-    user_id: int,
+    user_id: int | str,
     k: int,
-    candidates: Sequence[int] | None = None,
+    candidates: Sequence[int] | Sequence[str] | None = None,
     context: Mapping[str, float] | None = None,
     request_id: str = "",
 ) -> ranking_pb2.RankRequest:
-    request = ranking_pb2.RankRequest(
-        user_id=user_id, k=k, context=dict(context or {}), request_id=request_id
-    )
+    """A Rank request; string ids (a log with ``data.log.ids = "string"``) go as keys."""
+    request = ranking_pb2.RankRequest(k=k, context=dict(context or {}), request_id=request_id)
+    if isinstance(user_id, str):
+        request.user_key = user_id
+    else:
+        request.user_id = int(user_id)
     if candidates is not None:
-        request.candidates.item_ids.extend(int(c) for c in candidates)
+        if any(isinstance(c, str) for c in candidates):
+            request.candidates.item_keys.extend(str(c) for c in candidates)
+        else:
+            request.candidates.item_ids.extend(int(c) for c in candidates)
         request.candidates.SetInParent()  # an empty list is still "set": the server rejects it
     return request
 
@@ -119,9 +131,9 @@ class RankingClient:
 
     def rank(
         self,
-        user_id: int,
+        user_id: int | str,
         k: int = 10,
-        candidates: Sequence[int] | None = None,
+        candidates: Sequence[int] | Sequence[str] | None = None,
         context: Mapping[str, float] | None = None,
         request_id: str = "",
         timeout_s: float | None = None,

@@ -82,6 +82,14 @@ class RetrievalRuntime:
     index: CandidateIndex
     users: IdLookup
     items: IdLookup
+    keys: np.ndarray | None = None  # item index -> the log's string id (logs with string ids)
+
+    def item_keys(self, item_raw: np.ndarray) -> list[str]:
+        """The log's string ids of raw item ids ("" for a log with integer ids or an unknown item)."""
+        if self.keys is None:
+            return [""] * len(item_raw)
+        idx = self.items.encode(item_raw)
+        return [str(self.keys[i]) if i >= 0 else "" for i in idx]
 
     def user_vector(
         self, user_idx: int, history_idx: np.ndarray, lists: dict[str, np.ndarray] | None = None
@@ -219,6 +227,9 @@ def load_retrieval(bundle: Bundle, version: str, threads: int = 1) -> RetrievalR
         index=load_index(bundle.directory, embeddings, bundle.manifest.index),
         users=IdLookup(mapping.users, "user_id", "user_idx"),
         items=items,
+        keys=mapping.items.sort("item_idx")["item_key"].to_numpy()
+        if "item_key" in mapping.items.columns
+        else None,
     )
 
 

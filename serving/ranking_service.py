@@ -24,10 +24,11 @@ import grpc
 import numpy as np
 
 from rankforge.errors import DataError
+from rankforge.features.string_ids import MAX_KEY_CHARS, stable_id
 from rankforge.serving.bundle import Bundle
 from rankforge.serving.feature_layout import FeatureMeta, Record
 from rankforge.serving.feature_reader import FeatureReader, FeatureStoreEmpty, FeatureStoreUnavailable
-from rankforge.serving.model_runtime import RankerRuntime
+from rankforge.serving.model_runtime import RankerRuntime, RetrievalRuntime
 from rankforge.serving.model_source import ServingModels
 from rankforge.serving.proto import ranking_pb2, ranking_pb2_grpc
 from rankforge.serving.stage_profile import NO_LAPS, StageProfile
@@ -172,7 +173,7 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
         clock = self.profile.start() if self.profile is not None else NO_LAPS
         models = self._models()  # one snapshot: a refresh mid-request does not mix versions
         candidates = self._validate(request, models)
-        user_id = int(request.user_id)
+        user_id = _user_id(request)
         clock.lap("validate")
 
         read = self._read(lambda t: self._reader.read(user_id, candidates or [], t), context)
@@ -233,14 +234,16 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
         _check_scores(logits, f"ranker {ranker.version}")
         order = np.argsort(-logits, kind="stable")[: request.k]
         self._check_deadline(context)
+        keys = _item_keys(request, retrieval, item_raw[order])
         response = ranking_pb2.RankResponse(
             items=[
                 ranking_pb2.ScoredItem(
                     item_id=int(item_raw[i]),
                     score=float(logits[i]),
                     retrieval_score=None if math.isnan(retrieval_scores[i]) else float(retrieval_scores[i]),
+                    item_key=key,
                 )
-                for i in order
+                for i, key in zip(order, keys, strict=True)
             ],
             versions=ranking_pb2.ModelVersions(
                 retrieval=retrieval.version, ranker=ranker.version, features=read.version
@@ -373,9 +376,21 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
         if not 1 <= request.k <= lim.max_k:
             raise RankError(Code.INVALID_ARGUMENT, f"k must be in 1..{lim.max_k}, got {request.k}")
         _check_context_values(request)
+        if request.user_key and request.user_id:
+            raise RankError(Code.INVALID_ARGUMENT, "give user_id or user_key, not both")
+        if len(request.user_key) > MAX_KEY_CHARS:
+            raise RankError(Code.INVALID_ARGUMENT, f"user_key is longer than {MAX_KEY_CHARS} characters")
         if not request.HasField("candidates"):
             return None
-        ids = list(request.candidates.item_ids)
+        if request.candidates.item_ids and request.candidates.item_keys:
+            raise RankError(Code.INVALID_ARGUMENT, "give candidates as item_ids or item_keys, not both")
+        keys = list(request.candidates.item_keys)
+        if any(len(k) > MAX_KEY_CHARS for k in keys):
+            raise RankError(Code.INVALID_ARGUMENT, f"an item key is longer than {MAX_KEY_CHARS} characters")
+        if len(set(keys)) < len(keys):
+            twice = sorted({preview(k, 40) for k in keys if keys.count(k) > 1})[:5]
+            raise RankError(Code.INVALID_ARGUMENT, f"duplicate candidate item keys: {', '.join(twice)}")
+        ids = [stable_id(k) for k in keys] if keys else list(request.candidates.item_ids)
         if not ids:
             raise RankError(Code.INVALID_ARGUMENT, "candidates is set but empty; omit it to retrieve")
         if len(ids) > lim.max_candidates:
@@ -456,6 +471,23 @@ def _check_scores(logits: np.ndarray, model: str) -> None:
             Code.INTERNAL,
             f"the model {model} produced a non-finite score for {int(bad.sum())} of {len(logits)}",
         )
+
+
+def _user_id(request: ranking_pb2.RankRequest | ranking_pb2.AuctionRequest) -> int:
+    """The raw user id: ``user_id``, or the stable id of ``user_key`` (a log with string ids)."""
+    key = getattr(request, "user_key", "")
+    return stable_id(key) if key else int(request.user_id)
+
+
+def _item_keys(
+    request: ranking_pb2.RankRequest, retrieval: RetrievalRuntime, item_raw: np.ndarray
+) -> list[str]:
+    """Each returned item's id as the log wrote it: from the request's candidate keys, else from
+    the retrieval bundle's id mapping; empty strings for a log with integer ids."""
+    if request.HasField("candidates") and request.candidates.item_keys:
+        key_of = {stable_id(k): k for k in request.candidates.item_keys}
+        return [key_of[int(i)] for i in item_raw]
+    return retrieval.item_keys(item_raw)
 
 
 def _check_list(meta: FeatureMeta, names: list[str], name: str, bundle: Bundle) -> None:
