@@ -14,7 +14,7 @@ from pathlib import Path
 import polars as pl
 
 from rankforge.errors import DataError
-from rankforge.features.feature_spec import Feature, Side, SideTable
+from rankforge.features.feature_spec import ContextInput, Feature, Side, SideTable
 from rankforge.features.log_spec import preview, read_ids, read_table
 from rankforge.features.string_ids import KEY_OF, key_table
 
@@ -173,3 +173,38 @@ def side_table_path(table: SideTable | None, folder: Path) -> SideTable | None:
     if table is None or table.path.is_absolute():
         return table
     return table.model_copy(update={"path": folder / table.path})
+
+
+def context_features(features: list[Feature]) -> list[Feature]:
+    return [f for f in features if f.side == "context"]
+
+
+def fit_context(train: pl.DataFrame, features: list[Feature]) -> tuple[ContextInput, ...]:
+    """Each context feature's normalisation, fitted on the training events' raw column."""
+    out = []
+    for f in context_features(features):
+        values = train[f.source_column].cast(pl.Float64)
+        if f.normalization == "log1p":
+            if (values < 0).any():
+                raise DataError(f"context feature {f.name!r} (normalization 'log1p') has negative values")
+            out.append(ContextInput(f.name, "log1p"))
+        elif f.normalization == "standard":
+            std = values.std()
+            out.append(ContextInput(f.name, "none", float(values.mean() or 0.0), float(std) if std else 1.0))
+        else:
+            out.append(ContextInput(f.name))
+    return tuple(out)
+
+
+def with_context(
+    frame: pl.LazyFrame, context: tuple[ContextInput, ...], features: list[Feature]
+) -> pl.LazyFrame:
+    """``frame`` plus each context feature's normalised column (float32, named after it), computed
+    from the raw log column exactly as the server normalises a request's raw value."""
+    source = {f.name: f.source_column for f in context_features(features)}
+    exprs = []
+    for c in context:
+        raw = pl.col(source[c.name]).cast(pl.Float64)
+        value = raw.log1p() if c.transform == "log1p" else raw
+        exprs.append(((value - c.shift) / c.scale).cast(pl.Float32).alias(c.name))
+    return frame.with_columns(exprs) if exprs else frame

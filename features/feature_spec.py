@@ -29,6 +29,7 @@ so ``genres`` is a declared feature of their configs, not code.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -61,7 +62,9 @@ class Feature(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     name: str
-    side: Side
+    # "context": a request-time number, from the log's column in training and from the Rank
+    # RPC's context map (by this name, raw) when served
+    side: Literal["user", "item", "context"]
     kind: Literal["categorical", "multi_categorical", "numeric"]
     column: str | None = None  # the side table's column; default: the feature's name
     separator: str | None = None  # multi_categorical from a delimited string ("Action|Comedy")
@@ -85,6 +88,8 @@ class Feature(BaseModel):
             raise ValueError(f"feature {self.name!r}: separator only applies to kind 'multi_categorical'")
         if self.separator == "":
             raise ValueError(f"feature {self.name!r}: separator must not be empty")
+        if self.side == "context" and self.kind != "numeric":
+            raise ValueError(f"feature {self.name!r}: context features are numeric (got kind {self.kind!r})")
         return self
 
     @property
@@ -122,6 +127,21 @@ class SparseInput:
 
 
 @dataclass(frozen=True)
+class ContextInput:
+    """A request-time dense input and the normalisation fitted on the training events: the
+    served value is ``(transform(raw) - shift) / scale``, as the training column was built."""
+
+    name: str
+    transform: str = "none"  # "none" | "log1p"
+    shift: float = 0.0
+    scale: float = 1.0
+
+    def normalise(self, raw: float) -> float:
+        value = math.log1p(raw) if self.transform == "log1p" else raw
+        return (value - self.shift) / self.scale
+
+
+@dataclass(frozen=True)
 class InputLayout:
     """Every model input of one prepared data set, in the order models and graphs take them.
 
@@ -132,6 +152,7 @@ class InputLayout:
     sparse: tuple[SparseInput, ...]
     user_dense: tuple[str, ...]
     item_dense: tuple[str, ...]
+    context: tuple[ContextInput, ...] = ()
 
     @property
     def user_keys(self) -> list[str]:
@@ -142,9 +163,13 @@ class InputLayout:
         return [s.name for s in self.sparse if s.side == "item"]
 
     @property
+    def context_names(self) -> list[str]:
+        return [c.name for c in self.context]
+
+    @property
     def dense_features(self) -> list[str]:
-        """The ranker's dense input, user block then item block."""
-        return [*self.user_dense, *self.item_dense]
+        """The ranker's dense input: user block, item block, then the request context."""
+        return [*self.user_dense, *self.item_dense, *self.context_names]
 
     def input(self, name: str) -> SparseInput:
         for s in self.sparse:
@@ -162,6 +187,7 @@ class InputLayout:
             "sparse": [asdict(s) for s in self.sparse],
             "user_dense": list(self.user_dense),
             "item_dense": list(self.item_dense),
+            "context": [asdict(c) for c in self.context],
         }
 
     @classmethod
@@ -170,11 +196,17 @@ class InputLayout:
             sparse=tuple(SparseInput(**s) for s in raw["sparse"]),
             user_dense=tuple(raw["user_dense"]),
             item_dense=tuple(raw["item_dense"]),
+            context=tuple(ContextInput(**c) for c in raw.get("context", [])),
         )
 
 
 def input_layout(
-    features: list[Feature], n_users: int, n_items: int, history_len: int, vocabulary_sizes: dict[str, int]
+    features: list[Feature],
+    n_users: int,
+    n_items: int,
+    history_len: int,
+    vocabulary_sizes: dict[str, int],
+    context: tuple[ContextInput, ...] = (),
 ) -> InputLayout:
     """The built-in inputs plus the declared ones, user side first."""
     sparse = [
@@ -197,4 +229,5 @@ def input_layout(
         sparse=tuple(sparse),
         user_dense=(*USER_DENSE, *numeric["user"]),
         item_dense=(*ITEM_DENSE, *numeric["item"]),
+        context=context,
     )

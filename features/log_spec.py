@@ -85,11 +85,13 @@ def read_table(path: str | Path) -> pl.DataFrame:
         raise DataError(f"cannot read {p}: {str(exc)[:200]}") from exc
 
 
-def read_log(path: str | Path, spec: LogSpec) -> pl.DataFrame:
-    """A CSV/parquet/NDJSON log in the canonical schema, validated; errors name column and rows."""
+def read_log(path: str | Path, spec: LogSpec, context: list[str] | None = None) -> pl.DataFrame:
+    """A CSV/parquet/NDJSON log in the canonical schema, validated; errors name column and rows.
+    ``context``: numeric columns kept as they are (request-time context features)."""
     p = existing_file(path)
     frame = read_table(p)
     wanted = {"user": spec.user, "item": spec.item, "timestamp": spec.timestamp, "label": spec.label}
+    wanted |= {f"context {c!r}": c for c in context or []}
     missing = [
         f"{role}={col!r}" for role, col in wanted.items() if col is not None and col not in frame.columns
     ]
@@ -115,7 +117,19 @@ def read_log(path: str | Path, spec: LogSpec) -> pl.DataFrame:
         else pl.Series(TIMESTAMP, range(frame.height))
     )
     canonical = pl.DataFrame(out).select(pl.col(c).cast(t) for c, t in INTERACTION_SCHEMA.items())
-    return canonical.with_columns(pl.Series(name, values) for name, values in keys.items())
+    extra = {c: _context(frame, c, p) for c in context or []}
+    return canonical.with_columns(pl.Series(name, values) for name, values in {**keys, **extra}.items())
+
+
+def _context(frame: pl.DataFrame, column: str, path: Path) -> pl.Series:
+    values = frame[column].cast(pl.Float64, strict=False)
+    bad = frame.with_row_index("row").filter(values.is_null() | ~values.is_finite())
+    if bad.height:
+        raise DataError(
+            f"{path}: context column {column!r} has missing or non-numeric values: "
+            f"{preview(bad.select('row', column))}"
+        )
+    return values
 
 
 def _string_ids(frame: pl.DataFrame, column: str, path: Path, id_column: str) -> pl.Series:
@@ -202,7 +216,7 @@ def _timestamps(frame: pl.DataFrame, column: str, unit: str, path: Path) -> pl.S
     return seconds
 
 
-def scan_log(path: str | Path, spec: LogSpec) -> pl.LazyFrame:
+def scan_log(path: str | Path, spec: LogSpec, context: list[str] | None = None) -> pl.LazyFrame:
     """The log as a lazy frame in the canonical schema, checked in one streaming pass (bad rows
     are named as by :func:`read_log`, with their row numbers in the file): what out-of-core
     preparation reads, so a log larger than memory is never collected."""
@@ -213,6 +227,7 @@ def scan_log(path: str | Path, spec: LogSpec) -> pl.LazyFrame:
     frame = {"csv": pl.scan_csv, "parquet": pl.scan_parquet, "ndjson": pl.scan_ndjson}[kind](p)
     schema = frame.collect_schema()
     wanted = {"user": spec.user, "item": spec.item, "timestamp": spec.timestamp, "label": spec.label}
+    wanted |= {f"context {c!r}": c for c in context or []}
     missing = [f"{role}={col!r}" for role, col in wanted.items() if col is not None and col not in schema]
     if missing:
         raise DataError(
@@ -259,6 +274,14 @@ def scan_log(path: str | Path, spec: LogSpec) -> pl.LazyFrame:
         out[TIMESTAMP] = seconds
     else:
         out[TIMESTAMP] = pl.int_range(pl.len(), dtype=pl.Int64)
+    for column in context or []:
+        value = pl.col(column).cast(pl.Float64, strict=False)
+        checks[f"context {column}"] = (
+            value.is_null() | ~value.is_finite(),
+            column,
+            "missing or non-numeric values",
+        )
+        out[column] = value
     counts = frame.select(
         pl.len().alias("_rows"),
         *(cond.sum().alias(name) for name, (cond, _, _) in checks.items()),
@@ -287,5 +310,8 @@ def scan_log(path: str | Path, spec: LogSpec) -> pl.LazyFrame:
             frame = with_stable_ids(frame, column, target, f"_{target}")
             out[KEY_OF[target]] = pl.col(KEY_OF[target])
     return frame.select(
-        expr.cast(INTERACTION_SCHEMA.get(name, pl.String())).alias(name) for name, expr in out.items()
+        expr.cast(
+            INTERACTION_SCHEMA.get(name, pl.Float64() if name in (context or []) else pl.String())
+        ).alias(name)
+        for name, expr in out.items()
     )

@@ -35,7 +35,13 @@ import polars as pl
 from rankforge.errors import DataError
 from rankforge.features import history as hist
 from rankforge.features.aggregates import item_aggregates_from_partials, item_partials, user_aggregates
-from rankforge.features.declared_features import declared_columns, read_side_table
+from rankforge.features.declared_features import (
+    context_features,
+    declared_columns,
+    fit_context,
+    read_side_table,
+    with_context,
+)
 from rankforge.features.feature_spec import InputLayout, input_layout
 from rankforge.features.id_mapping import IdMapping
 from rankforge.features.loaders import scan_interactions
@@ -60,7 +66,7 @@ def scan_source(config: DataConfig) -> pl.LazyFrame:
             f"out-of-core preparation reads a log file (data.source = 'file'), not {config.source!r}"
         )
     if config.log is not None:
-        return scan_log(config.path, config.log)
+        return scan_log(config.path, config.log, [f.source_column for f in context_features(config.features)])
     return scan_interactions(config.path, config.layout)
 
 
@@ -152,14 +158,17 @@ def _prepare(config: DataConfig, tmp: Path, events_per_bucket: int) -> None:
     phase("partition")
 
     # the id mapping: users and items of the known (train + validation) part of every bucket
-    known_users, known_items = [], []
+    known_users, known_items, train_context = [], [], []
     keys = [USER_KEY, ITEM_KEY] if config.string_ids else []
+    context_columns = [f.source_column for f in context_features(config.features)]
     for folder in buckets:
         train, validation, _ = _bucket_parts(pl.scan_parquet(folder), config, cuts)
         known = train if validation is None else pl.concat([train, validation])
         frame = known.select(USER, ITEM, *keys).collect()
         known_users.append(frame.select(USER, *keys[:1]).unique(subset=[USER]))
         known_items.append(frame.select(ITEM, *keys[1:]).unique(subset=[ITEM]))
+        if context_columns:  # the normalisation is fitted on the training part, as prepare() does
+            train_context.append(train.select(context_columns).collect())
     items = (
         read_side_table(config.item_table, ITEM, config.string_ids) if config.item_table is not None else None
     )
@@ -174,17 +183,23 @@ def _prepare(config: DataConfig, tmp: Path, events_per_bucket: int) -> None:
     phase("id mapping")
 
     threshold = config.label_threshold
+    context = fit_context(pl.concat(train_context), config.features) if train_context else ()
+    names = [c.name for c in context]
+
+    def encoded(frame: pl.LazyFrame) -> pl.LazyFrame:
+        return with_context(with_label(mapping.encode(frame), threshold), context, config.features)
+
     users_parts, partials, positives = [], [], 0
     for b, folder in enumerate(buckets):
         bucket = pl.read_parquet(folder).lazy()
         train_raw, validation_raw, test_raw = _bucket_parts(bucket, config, cuts)
-        train = with_label(mapping.encode(train_raw), threshold).collect()
+        train = encoded(train_raw).collect()
         events = train.lazy()
         positives += train.filter(pl.col(LABEL) > 0).height
         phase("bucket split")
         # examples carry n_before, not the history list: the trainer gathers it (features.sequences)
         numbered = hist.events_with_positives_before(
-            events.select(USER_IDX, ITEM_IDX, TIMESTAMP, LABEL)
+            events.select(USER_IDX, ITEM_IDX, TIMESTAMP, LABEL, *names)
         ).collect()
         phase("bucket n_before")
         ranking = numbered.lazy()
@@ -194,10 +209,10 @@ def _prepare(config: DataConfig, tmp: Path, events_per_bucket: int) -> None:
         parts = {
             "retrieval_examples": examples,
             "ranking_examples": ranking,
-            "test_events": with_label(mapping.encode(test_raw), threshold),
+            "test_events": encoded(test_raw),
         }
         if validation_raw is not None:
-            parts["validation_events"] = with_label(mapping.encode(validation_raw), threshold)
+            parts["validation_events"] = encoded(validation_raw)
         for kind, frame in parts.items():
             (tmp / kind).mkdir(exist_ok=True)
             ordered = frame if kind.endswith("_examples") else frame.sort(ORDER)
@@ -255,6 +270,7 @@ def _prepare(config: DataConfig, tmp: Path, events_per_bucket: int) -> None:
         mapping.n_items,
         config.history_len,
         {name: v.height for name, v in vocabularies.items()},
+        context,
     )
     meta = {
         "source": config.describe() + " (out of core)",

@@ -23,10 +23,13 @@ from rankforge.features import history as hist
 from rankforge.features.aggregates import item_aggregates, user_aggregates
 from rankforge.features.auctions import AuctionTensors
 from rankforge.features.declared_features import (
+    context_features,
     declared_columns,
+    fit_context,
     read_side_table,
     side_table_path,
     vocabulary_digest,
+    with_context,
 )
 from rankforge.features.feature_spec import Feature, InputLayout, SideTable, check_unique, input_layout
 from rankforge.features.id_mapping import IdMapping
@@ -159,6 +162,10 @@ class DataConfig(BaseModel):
         if self.test_from is not None and self.split != "time":
             raise ValueError(f"data.test_from only applies to split='time', got split={self.split!r}")
         check_unique(self.features)
+        if any(f.side == "context" for f in self.features) and self.log is None:
+            raise ValueError(
+                "context features come from your own log's columns: give data.source = 'file' and data.log"
+            )
         if self.split == "provided" and self.source != "lightgcn":
             raise ValueError("split='provided' only applies to source='lightgcn' (train.txt/test.txt)")
         return self
@@ -282,7 +289,8 @@ def _raw_log(config: DataConfig) -> tuple[pl.DataFrame, pl.DataFrame | None, pl.
             return train, test, items
         return pl.concat([train, test]), None, items
     if config.log is not None:
-        return read_log(config.path, config.log), None, items
+        context = [f.source_column for f in context_features(config.features)]
+        return read_log(config.path, config.log, context), None, items
     return load_interactions(config.path, config.layout), None, items
 
 
@@ -350,17 +358,24 @@ def prepare(config: DataConfig) -> PreparedData:
     )
     mapping = IdMapping.fit(known, items)
     threshold = config.label_threshold
-    train = with_label(mapping.encode(train_raw.lazy()), threshold).collect()
-    test = with_label(mapping.encode(test_raw.lazy()), threshold).collect()
+    context = fit_context(train_raw, config.features)  # request-time features, fitted on training
+
+    def encoded(frame: pl.DataFrame) -> pl.DataFrame:
+        return with_context(
+            with_label(mapping.encode(frame.lazy()), threshold), context, config.features
+        ).collect()
+
+    train, test = encoded(train_raw), encoded(test_raw)
     if config.validation_fraction > 0:
-        validation = with_label(mapping.encode(validation_raw.lazy()), threshold).collect().sort(ORDER)
+        validation = encoded(validation_raw).sort(ORDER)
     if train.filter(pl.col(LABEL) > 0).height == 0:
         raise DataError(f"no positive training events (label value >= {threshold})")
 
     events = train.lazy()
-    positives = events.filter(pl.col(LABEL) > 0).select(USER_IDX, ITEM_IDX, TIMESTAMP)
+    names = [c.name for c in context]  # examples carry their event's request context
+    positives = events.filter(pl.col(LABEL) > 0).select(USER_IDX, ITEM_IDX, TIMESTAMP, *names)
     examples = hist.with_point_in_time_history(positives, events, config.history_len)
-    labelled = events.select(USER_IDX, ITEM_IDX, TIMESTAMP, LABEL)
+    labelled = events.select(USER_IDX, ITEM_IDX, TIMESTAMP, LABEL, *names)
     ranking_examples = hist.with_point_in_time_history(labelled, events, config.history_len)
     user_declared, user_vocab = declared_columns(
         users_table, config.features, "user", mapping.users, USER, USER_IDX, "data.user_table"
@@ -389,7 +404,9 @@ def prepare(config: DataConfig) -> PreparedData:
     sizes = {name: vocab.height for name, vocab in vocabularies.items()}
     return PreparedData(
         mapping=mapping,
-        inputs=input_layout(config.features, mapping.n_users, mapping.n_items, config.history_len, sizes),
+        inputs=input_layout(
+            config.features, mapping.n_users, mapping.n_items, config.history_len, sizes, context
+        ),
         vocabularies=vocabularies,
         # Full sort keys: joins leave row order unspecified, and seeded training must see the same rows.
         train_events=train.sort(ORDER),

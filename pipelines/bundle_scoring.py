@@ -176,9 +176,18 @@ def ranker_coverage(bundle: Bundle, events: pl.DataFrame) -> tuple[np.ndarray, d
 
 
 def ranker_probabilities(bundle: Bundle, pairs: pl.DataFrame, data: PreparedData) -> np.ndarray:
-    """P(positive) for (user_idx, item_idx) rows of ``data`` (features as served)."""
+    """P(positive) for (user_idx, item_idx) rows of ``data`` (features as served); a ranker with
+    request-context features reads them from the rows' own columns (held-out events carry them,
+    normalised as in training)."""
     require_features(bundle, data)
-    frame = ranking_frame(pairs.select("user_idx", "item_idx"), data).join(
+    context = bundle.inputs.context_names
+    missing = [c for c in context if c not in pairs.columns]
+    if missing:
+        raise DataError(
+            f"the ranker reads request context {missing}, which these rows do not carry "
+            "(replay slates and auctions have no request context)"
+        )
+    frame = ranking_frame(pairs.select("user_idx", "item_idx", *context), data).join(
         data.mapping.users, on="user_idx", how="left", maintain_order="left"
     )
     return sigmoid(ranker_logits(bundle, frame, data.raw_histories))

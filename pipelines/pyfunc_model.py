@@ -8,7 +8,8 @@ bundle's id mapping in front of them, so a user passes the ids of their own log:
   interacted with; a model that reads histories uses it) and ``k`` (default 10). Output: one row
   per recommended item, ``user_id, rank, item_id, score`` — scored with the model's own scoring
   function, the user's ``history`` items excluded, as the server does.
-* ranker: columns ``user_id``, ``item_id``, the manifest's dense features, and optionally
+* ranker: columns ``user_id``, ``item_id``, the manifest's dense features (request-context
+  features as raw values, normalised here as the server does), and optionally
   ``history`` and one column per declared id feature of the bundle's feature spec (lists of
   vocabulary indices, e.g. ``item_genres``). Output: ``logit`` and ``probability``.
 
@@ -111,10 +112,14 @@ class BundleModel(mlflow.pyfunc.PythonModel):
             unknown = frame["item_id"].to_numpy()[items < 0][:5].tolist()
             raise DataError(f"items unknown to this model: {unknown}")
         histories = [runtime.items.encode(ids) for ids in _lists(frame, "history", raw=True)]
+        values = frame[dense].to_numpy(dtype=np.float64)
+        for c in runtime.layout.context:  # request context comes raw, as to the server
+            column = dense.index(c.name)
+            values[:, column] = [c.normalise(v) for v in values[:, column]]
         logits = runtime.score_rows(
             runtime.users.encode(_raw(frame["user_id"])),
             pad_rows([h[h >= 0] for h in histories], runtime.bundle.manifest.history_len),
-            frame[dense].to_numpy(dtype=np.float32),
+            values.astype(np.float32),
             items,
             {s.name: _lists(frame, s.name) for s in runtime.layout.declared("item")},
             {s.name: _lists(frame, s.name) for s in runtime.layout.declared("user")},

@@ -70,7 +70,8 @@ def build_ranker_bundle(
     directory: str,
     metrics: dict[str, float] | None = None,
 ) -> Manifest:
-    rows = ranking_frame(data.train_events.head(EXAMPLE_ROWS).select("user_idx", "item_idx"), data)
+    pairs = data.train_events.head(EXAMPLE_ROWS).select("user_idx", "item_idx", *data.inputs.context_names)
+    rows = ranking_frame(pairs, data)
     sparse = {**side_inputs(rows, data.inputs, "user"), **side_inputs(rows, data.inputs, "item")}
     art = export_ranker(
         model.eval(), dense_inputs(rows, model.dense_features), sparse, f"{directory}/ranker.onnx"

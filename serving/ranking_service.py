@@ -269,8 +269,21 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
             return np.empty(0, dtype=np.float32)
         item_dense = np.stack([r.dense for r in records])
         columns = []
+        context = {c.name: c for c in ranker.layout.context}
         for name in ranker.dense_features:
-            if name in request.context:
+            if name in context:  # a request-time feature: the raw value, normalised as in training
+                if name not in request.context:
+                    raise RankError(
+                        Code.INVALID_ARGUMENT,
+                        f"the ranker needs request context {name!r}; give it in context "
+                        f"(it reads {ranker.layout.context_names})",
+                    )
+                raw = float(request.context[name])
+                if context[name].transform == "log1p" and raw < 0:
+                    raise RankError(Code.INVALID_ARGUMENT, f"context {name!r} must be >= 0, got {raw:g}")
+                value = context[name].normalise(raw)
+                columns.append(np.full(len(records), value, dtype=np.float32))
+            elif name in request.context:
                 columns.append(np.full(len(records), request.context[name], dtype=np.float32))
             elif name in meta.user_dense:
                 columns.append(
@@ -408,8 +421,9 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
         meta: FeatureMeta,
         ranker: RankerRuntime,
     ) -> None:
-        """Context may override the ranker's user-side dense features, nothing else."""
-        allowed = [n for n in ranker.dense_features if n in meta.user_dense]
+        """Context names the ranker's declared request-context features, or overrides its user-side
+        dense features; nothing else."""
+        allowed = ranker.layout.context_names + [n for n in ranker.dense_features if n in meta.user_dense]
         unknown = sorted(set(request.context) - set(allowed))
         if unknown:
             shown = ", ".join(preview(name, 40) for name in unknown[:5])

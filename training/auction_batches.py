@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torchrec import KeyedJaggedTensor
 
+from rankforge.errors import DataError
 from rankforge.features.auctions import AuctionTensors
 from rankforge.features.feature_spec import USER_HISTORY, USER_ID
 from rankforge.models.inputs import PAD, padded_to_kjt
@@ -57,6 +58,10 @@ def auction_rows(
 ) -> tuple[torch.Tensor, KeyedJaggedTensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dense, sparse, users, items, histories) of every ``[A, M]`` slot, flattened; padding slots
     hold the auction's first ad (``AuctionTensors.filled_ads``), cold users (-1) padding history."""
+    if tables.layout.context:
+        raise DataError(
+            f"auction logs carry no request context; the data declares {tables.layout.context_names}"
+        )
     a, m = auctions.ads.shape
     ads = auctions.filled_ads().reshape(-1)
     users = auctions.users.repeat_interleave(m)

@@ -95,9 +95,21 @@ class FeatureTables:
             out[USER_HISTORY] = history
         return out
 
-    def dense(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """Dense ranking features in ``layout.dense_features`` order (user block, then item block)."""
-        return torch.cat([self.user_dense[users], self.item_dense[items]], dim=1)
+    def dense(
+        self, users: torch.Tensor, items: torch.Tensor, context: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Dense ranking features in ``layout.dense_features`` order: user block, item block, then
+        the rows' request context ``[n, len(layout.context)]`` (required when the layout has any)."""
+        if context is None:
+            if self.layout.context:
+                raise DataError(f"these rows carry no request context for {self.layout.context_names}")
+            context = torch.empty(len(users), 0)
+        return torch.cat([self.user_dense[users], self.item_dense[items], context], dim=1)
+
+
+def context_tensor(frame: pl.DataFrame, layout: InputLayout) -> torch.Tensor:
+    """``[n, len(layout.context)]`` float32: the rows' normalised request context columns."""
+    return dense_inputs(frame, layout.context_names) if layout.context else torch.empty(frame.height, 0)
 
 
 class NegativeSampler:
@@ -349,6 +361,7 @@ class RetrievalBatches(_Batches):
         self.data = data
         self.users = torch.from_numpy(examples["user_idx"].to_numpy().copy())
         self.positives = torch.from_numpy(examples["item_idx"].to_numpy().copy())
+        self.context = context_tensor(examples, data.inputs)  # the event's request context (cascade)
         # point-in-time (no leakage), or None: the served latest history for every example (SimpleX)
         self.history: torch.Tensor | None = (
             None if data.training_history == "latest" else pad_lists(examples["history"], data.history_len)
@@ -362,9 +375,14 @@ class RetrievalBatches(_Batches):
         self.item_keys = list(item_keys or tables.item_keys)
 
     def _load_shard(self, path: Path) -> dict[str, torch.Tensor | None]:
-        frame = pl.read_parquet(path, columns=[USER_IDX, ITEM_IDX, N_BEFORE])
+        frame = pl.read_parquet(path, columns=[USER_IDX, ITEM_IDX, N_BEFORE, *self.data.inputs.context_names])
         history = None if self.data.training_history == "latest" else gathered_history(self.data, frame)
-        return {"users": _tensor(frame[USER_IDX]), "positives": _tensor(frame[ITEM_IDX]), "history": history}
+        return {
+            "users": _tensor(frame[USER_IDX]),
+            "positives": _tensor(frame[ITEM_IDX]),
+            "history": history,
+            "context": context_tensor(frame, self.data.inputs),
+        }
 
     def __iter__(self) -> Iterator[RetrievalBatch]:
         for rows in self._global_batches():
@@ -419,6 +437,7 @@ class RankingBatches(_Batches):
         self.users = torch.from_numpy(events["user_idx"].to_numpy().copy())
         self.items = torch.from_numpy(events["item_idx"].to_numpy().copy())
         self.labels = torch.from_numpy(events["label"].cast(pl.Float32).to_numpy().copy())
+        self.context = context_tensor(events, data.inputs)
         self.n_items = data.n_items
         seen = data.train_events if shards else events  # every (user, item) of the training part
         self.seen = torch.unique(_tensor(seen[USER_IDX]) * self.n_items + _tensor(seen[ITEM_IDX]))  # sorted
@@ -428,12 +447,15 @@ class RankingBatches(_Batches):
         self.reference = reference
 
     def _load_shard(self, path: Path) -> dict[str, torch.Tensor | None]:
-        frame = pl.read_parquet(path, columns=[USER_IDX, ITEM_IDX, LABEL, N_BEFORE])
+        frame = pl.read_parquet(
+            path, columns=[USER_IDX, ITEM_IDX, LABEL, N_BEFORE, *self.data.inputs.context_names]
+        )
         return {
             "users": _tensor(frame[USER_IDX]),
             "items": _tensor(frame[ITEM_IDX]),
             "labels": torch.from_numpy(frame[LABEL].cast(pl.Float32).to_numpy().copy()),
             "history": gathered_history(self.data, frame),
+            "context": context_tensor(frame, self.data.inputs),
         }
 
     def __iter__(self) -> Iterator[RankingBatch]:
@@ -445,6 +467,8 @@ class RankingBatches(_Batches):
             history = self.history[rows]
             neg_history = history.unsqueeze(1).expand(-1, self.n_negatives, -1)[unseen]
             all_history = torch.cat([history, neg_history])
+            context = self.context[rows]  # negatives are scored in their event's request context
+            all_context = torch.cat([context, context.unsqueeze(1).expand(-1, self.n_negatives, -1)[unseen]])
             all_users = torch.cat([users, neg_users[unseen]])
             all_items = torch.cat([self.items[rows], negatives[unseen]])
             all_labels = torch.cat([self.labels[rows], torch.zeros(int(unseen.sum()))])
@@ -453,7 +477,7 @@ class RankingBatches(_Batches):
             n = len(order) - len(order) % self.world_size
             mine = order[rank_slice(n, self.rank, self.world_size)]
             u, i, h = all_users[mine], all_items[mine], all_history[mine]
-            dense = self.tables.dense(u, i)
+            dense = self.tables.dense(u, i, all_context[mine] if self.tables.layout.context else None)
             if self.reference is None:
                 reference, covered = torch.zeros(len(u)), torch.zeros(len(u), dtype=torch.bool)
             else:
@@ -516,7 +540,11 @@ class CascadeBatches(RetrievalBatches):
             yield CascadeBatch(
                 user=padded_to_kjt(self.tables.users(users, history), self.tables.user_keys),
                 items=padded_to_kjt(items, self.tables.item_keys),
-                dense=self.tables.dense(pair_users, pair_items),
+                dense=self.tables.dense(
+                    pair_users,
+                    pair_items,
+                    self.context[mine].repeat_interleave(m, dim=0) if self.tables.layout.context else None,
+                ),
                 sparse=padded_to_kjt(
                     {**pair_user_features, **items}, self.tables.user_keys + self.tables.item_keys
                 ),

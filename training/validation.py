@@ -33,7 +33,7 @@ from rankforge.models.inputs import padded_to_kjt
 from rankforge.models.ranking import RankingModel
 from rankforge.models.retrieval import RetrievalModel
 from rankforge.training.auction_batches import auction_rows
-from rankforge.training.batches import FeatureTables
+from rankforge.training.batches import FeatureTables, context_tensor
 
 KS = (10, 20)
 Split = Literal["validation", "test"]
@@ -137,7 +137,8 @@ def ranking_validation(
     sparse = padded_to_kjt(
         {**tables.users(users), **tables.items(items)}, tables.user_keys + tables.item_keys
     )
-    probs = sigmoid(model(tables.dense(users, items), sparse).numpy())
+    context = context_tensor(test, tables.layout) if tables.layout.context else None
+    probs = sigmoid(model(tables.dense(users, items, context), sparse).numpy())
     metrics = ranking_metrics(labels, probs)
     with contextlib.suppress(ValueError):  # e.g. leave-one-out: one test event per user, no GAUC
         metrics["gauc"] = gauc(labels, probs, users.numpy())

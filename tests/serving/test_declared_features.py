@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import grpc
 import numpy as np
 import onnxruntime as ort
 import polars as pl
@@ -73,6 +74,12 @@ side = "item"
 kind = "numeric"
 column = "price"
 normalization = "log1p"
+
+[[data.features]]
+name = "hour_of_day"
+side = "context"
+kind = "numeric"
+column = "hour"
 """
 
 
@@ -81,6 +88,8 @@ def _write_world(folder: Path) -> Path:
     log = generate_log(40, 60, seed=5)
     log.interactions.rename(
         {"user_id": "uid", "item_id": "sku", "rating": "stars", "timestamp": "ts"}
+    ).with_columns(
+        ((pl.col("ts") // 3600) % 24).alias("hour")  # request-time context
     ).write_csv(folder / "log.csv")
     rng = np.random.default_rng(0)
     users = log.interactions["user_id"].unique().sort()
@@ -123,7 +132,8 @@ def test_the_spec_shapes_the_models_and_the_bundles(declared: tuple[PreparedData
     data, bundles = declared
     assert data.inputs.user_keys == ["user_id", "user_history", "user_country"]
     assert data.inputs.item_keys == ["item_id", "item_tags"]
-    assert data.inputs.dense_features[-1] == "item_price" and "user_age" in data.inputs.dense_features
+    assert data.inputs.dense_features[-2:] == ["item_price", "hour_of_day"]
+    assert "user_age" in data.inputs.dense_features
     # vocabularies from the side tables: 3 countries (nulls embed as nothing), 4 tags
     assert data.vocabularies["user_country"]["value"].to_list() == ["de", "fr", "jp"]
     assert data.vocabularies["item_tags"]["value"].to_list() == ["eco", "gift", "new", "sale"]
@@ -154,11 +164,13 @@ def test_declared_features_reach_the_served_ranking(
     server = start_server(bundles, redis_url, layout)
     try:
         with RankingClient(server.address) as client:
+            (hour,) = data.inputs.context  # served raw, normalised by the server as in training
+            at_one = {"hour_of_day": hour.normalise(13)}
             for user_id in data.mapping.users["user_id"].head(5).to_list():
-                reply = client.rank(user_id, k=5)
+                reply = client.rank(user_id, k=5, context={"hour_of_day": 13.0})
                 factor = server.config.limits.retrieve_factor
                 items, logits, _ = expected_ranking(
-                    data, bundles.retrieval, bundles.ranker, user_id, 5, factor
+                    data, bundles.retrieval, bundles.ranker, user_id, 5, factor, context=at_one
                 )
                 assert [i.item_id for i in reply.items] == items
                 np.testing.assert_allclose([i.score for i in reply.items], logits, rtol=1e-4, atol=1e-5)
@@ -166,9 +178,16 @@ def test_declared_features_reach_the_served_ranking(
             blank = data.user_features.with_columns(pl.lit([], dtype=pl.List(pl.Int64)).alias("user_country"))
             without = type(data)(**{**data.__dict__, "user_features": blank})
             _, blank_logits, _ = expected_ranking(
-                without, bundles.retrieval, bundles.ranker, user_id, 5, factor
+                without, bundles.retrieval, bundles.ranker, user_id, 5, factor, context=at_one
             )
             assert not np.allclose(blank_logits, logits, atol=1e-5)
+            # the request context is required, by its declared name, and moves the scores
+            with pytest.raises(grpc.RpcError) as missing:
+                client.rank(user_id, k=5)
+            assert missing.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "needs request context 'hour_of_day'" in missing.value.details()
+            night = client.rank(user_id, k=5, candidates=items, context={"hour_of_day": 2.0})
+            assert {i.item_id: i.score for i in night.items} != {i.item_id: i.score for i in reply.items}
     finally:
         server.stop(0)
 
@@ -191,3 +210,19 @@ def test_spec_errors_name_the_problem(tmp_path: Path) -> None:
     )
     with pytest.raises(DataError, match="numeric feature 'user_age' has non-numeric values"):
         prepare(DataConfig.from_file(path))
+
+
+def test_training_rows_carry_their_events_context(declared: tuple[PreparedData, Bundles]) -> None:
+    from rankforge.training.batches import FeatureTables, NegativeSampler, RankingBatches
+
+    data, bundles = declared
+    (hour,) = data.inputs.context
+    raw = pl.read_csv(bundles.ranker.parent / "log.csv")["hour"].cast(pl.Float64)
+    assert abs(hour.shift - raw.mean()) < 2.0 and hour.scale > 1.0  # standardised on the training part
+    tables = FeatureTables.build(data)
+    batches = RankingBatches(data, tables, NegativeSampler(tables.item_events, "uniform"), 2, batch_size=32)
+    allowed = set(np.round(data.ranking_examples["hour_of_day"].to_numpy(), 5))
+    for batch in batches:
+        assert set(np.round(batch.dense[:, -1].numpy(), 5)) <= allowed  # negatives share their event's
+    with pytest.raises(DataError, match="carry no request context"):
+        tables.dense(torch.tensor([0]), torch.tensor([0]))
