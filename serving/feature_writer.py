@@ -2,12 +2,13 @@
 
 A version is written in full (pipelined batches, every key with a TTL) before the ``current``
 pointer is switched to it with one ``SET``, so readers see either the old version or the complete
-new one, never a mix. Old versions are left to expire: a reader that resolved the old pointer a
-moment ago can still finish its request.
+new one, never a mix; a write that fails midway deletes what it wrote. Old versions are left to
+expire: a reader that resolved the old pointer a moment ago can still finish its request.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import Iterator
@@ -106,12 +107,16 @@ class FeatureWriter:
         current = self.client.get(self.layout.current)
         if current is not None and current.decode() == version:
             raise DataError(f"feature version {version!r} is live; write a new version instead")
-        n_users = self._write_batches(
-            (self.layout.user(version, uid), record) for uid, record in user_records(data)
-        )
-        n_items = self._write_batches(
-            (self.layout.item(version, iid), record) for iid, record in item_records(data)
-        )
+        try:
+            n_users = self._write_batches(
+                (self.layout.user(version, uid), record) for uid, record in user_records(data)
+            )
+            n_items = self._write_batches(
+                (self.layout.item(version, iid), record) for iid, record in item_records(data)
+            )
+        except BaseException:
+            self._discard(version)  # a half-written version is never left behind (nor made current)
+            raise
         meta = FeatureMeta(
             user_dense=list(data.inputs.user_dense),
             item_dense=list(data.inputs.item_dense),
@@ -126,6 +131,14 @@ class FeatureWriter:
         self.client.set(self.layout.meta(version), meta.to_json(), ex=self.ttl_s)
         self.client.set(self.layout.current, version)  # the switch: one atomic SET
         return WriteReport(version, n_users, n_items, time.perf_counter() - start)
+
+    def _discard(self, version: str) -> None:
+        """Delete whatever was written under ``version``; if Redis is what failed, the keys'
+        TTL removes them later."""
+        with contextlib.suppress(redis.RedisError, OSError):
+            keys = list(self.client.scan_iter(f"{self.layout.prefix}:{version}:*", count=1000))
+            for start in range(0, len(keys), self.batch_size):
+                self.client.delete(*keys[start : start + self.batch_size])
 
     def _write_batches(self, records: Iterator[tuple[str, bytes]]) -> int:
         count = 0

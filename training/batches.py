@@ -162,6 +162,16 @@ def _tensor(column: pl.Series) -> torch.Tensor:
     return torch.from_numpy(column.cast(pl.Int64).to_numpy().copy())
 
 
+def _in_sorted(values: torch.Tensor, sorted_keys: torch.Tensor) -> torch.Tensor:
+    """``torch.isin(values, sorted_keys)`` by binary search: ``isin`` sorts its inputs on every
+    call, which costs a full sort of every training (user, item) pair per batch (16M pairs: ~1 s);
+    this is O(batch * log n)."""
+    if sorted_keys.numel() == 0:
+        return torch.zeros_like(values, dtype=torch.bool)
+    at = torch.searchsorted(sorted_keys, values).clamp(max=sorted_keys.numel() - 1)
+    return sorted_keys[at] == values
+
+
 def gathered_history(data: PreparedData, frame: pl.DataFrame) -> torch.Tensor:
     """Point-in-time histories ``[n, history_len]`` of out-of-core example rows (``user_idx``,
     ``n_before``), gathered from the users' positive sequences."""
@@ -463,7 +473,7 @@ class RankingBatches(_Batches):
             users = self.users[rows]
             negatives = self.sampler.sample((len(rows), self.n_negatives), self.generator)
             neg_users = users.unsqueeze(1).expand_as(negatives)
-            unseen = ~torch.isin(neg_users * self.n_items + negatives, self.seen)
+            unseen = ~_in_sorted(neg_users * self.n_items + negatives, self.seen)
             history = self.history[rows]
             neg_history = history.unsqueeze(1).expand(-1, self.n_negatives, -1)[unseen]
             all_history = torch.cat([history, neg_history])

@@ -76,6 +76,27 @@ def test_reader_follows_the_pointer_to_a_new_version(redis_client, layout, servi
 
 
 @pytest.mark.redis
+def test_a_write_that_fails_midway_leaves_nothing(redis_client, layout, serving_data, monkeypatch) -> None:
+    from rankforge.serving import feature_writer
+
+    writer = FeatureWriter(redis_client, layout, ttl_s=120, batch_size=7)
+    writer.write(serving_data, version="good")
+    original = feature_writer.item_records
+
+    def broken(data):  # the item table fails after some records went out
+        for n, record in enumerate(original(data)):
+            if n == 20:
+                raise RuntimeError("disk gone")
+            yield record
+
+    monkeypatch.setattr(feature_writer, "item_records", broken)
+    with pytest.raises(RuntimeError, match="disk gone"):
+        writer.write(serving_data, version="bad")
+    assert list(redis_client.scan_iter(f"{layout.prefix}:bad:*")) == []
+    assert redis_client.get(layout.current) == b"good"  # readers never saw the half-written one
+
+
+@pytest.mark.redis
 def test_empty_store_and_dead_store_errors(redis_client, layout, closed_port) -> None:
     with pytest.raises(FeatureStoreEmpty):
         FeatureReader(redis_client, layout).read(1, [], 1.0)

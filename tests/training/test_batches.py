@@ -164,3 +164,13 @@ def test_bad_inputs_fail_clearly(small_data: PreparedData, tables: FeatureTables
     broken = small_data.item_features.filter(pl.col("item_idx") != 3)
     with pytest.raises(DataError, match="every index"):
         FeatureTables.build(dataclasses.replace(small_data, item_features=broken))
+
+
+def test_membership_by_binary_search_agrees_with_isin() -> None:
+    from rankforge.training.batches import _in_sorted
+
+    g = torch.Generator().manual_seed(0)
+    keys = torch.unique(torch.randint(0, 1000, (300,), generator=g))
+    values = torch.cat([torch.randint(-5, 1010, (500,), generator=g), keys[:10]])
+    assert torch.equal(_in_sorted(values, keys), torch.isin(values, keys))
+    assert not _in_sorted(values, keys[:0]).any()
