@@ -112,7 +112,7 @@ def declared_columns(
     """(``idx_column`` + one column per declared feature of ``side`` for every known id, in index
     order; the vocabularies of the categorical ones). ``ids`` maps raw id -> index; ids the table
     lacks get empty lists and null numbers (0 once the dense matrix is built)."""
-    mine = [f for f in features if f.side == side]
+    mine = [f for f in features if f.side == side and f.kind != "sequence"]  # sequences: see below
     base = ids.select(idx_column, id_column).sort(idx_column)
     if not mine:
         return base.select(idx_column), {}
@@ -208,3 +208,23 @@ def with_context(
         value = raw.log1p() if c.transform == "log1p" else raw
         exprs.append(((value - c.shift) / c.scale).cast(pl.Float32).alias(c.name))
     return frame.with_columns(exprs) if exprs else frame
+
+
+def with_sequences(
+    users: pl.DataFrame, items: pl.DataFrame, features: list[Feature], vocabularies: dict[str, pl.DataFrame]
+) -> tuple[pl.DataFrame, dict[str, pl.DataFrame]]:
+    """User features plus each declared sequence: the values of its item feature over the user's
+    latest history (items without a value left out), in the item feature's vocabulary (which the
+    sequence shares: returned under the sequence's name too)."""
+    sequences = [f for f in features if f.kind == "sequence"]
+    if not sequences:
+        return users, {}
+    rows = users.select("user_idx", "history").with_row_index("_row").explode("history")
+    for f in sequences:
+        values = items.select(
+            pl.col("item_idx").alias("history"), pl.col(f.column).list.first().alias(f.name)
+        )
+        rows = rows.join(values, on="history", how="left", maintain_order="left")
+    lists = rows.group_by("_row", maintain_order=True).agg(pl.col(f.name).drop_nulls() for f in sequences)
+    out = users.with_row_index("_row").join(lists, on="_row", how="left", maintain_order="left").drop("_row")
+    return out, {f.name: vocabularies[f.column] for f in sequences}  # type: ignore[index]

@@ -65,7 +65,9 @@ class Feature(BaseModel):
     # "context": a request-time number, from the log's column in training and from the Rank
     # RPC's context map (by this name, raw) when served
     side: Literal["user", "item", "context"]
-    kind: Literal["categorical", "multi_categorical", "numeric"]
+    # "sequence" (side "user"): the point-in-time history of an item feature -- the values of
+    # the declared categorical item feature named by ``column`` over the user's history items
+    kind: Literal["categorical", "multi_categorical", "numeric", "sequence"]
     column: str | None = None  # the side table's column; default: the feature's name
     separator: str | None = None  # multi_categorical from a delimited string ("Action|Comedy")
     max_len: int = Field(8, ge=1, le=1024)  # multi_categorical: values kept per row
@@ -90,6 +92,11 @@ class Feature(BaseModel):
             raise ValueError(f"feature {self.name!r}: separator must not be empty")
         if self.side == "context" and self.kind != "numeric":
             raise ValueError(f"feature {self.name!r}: context features are numeric (got kind {self.kind!r})")
+        if self.kind == "sequence" and (self.side != "user" or self.column is None):
+            raise ValueError(
+                f"feature {self.name!r}: a sequence is a user feature whose column names a categorical "
+                "item feature"
+            )
         return self
 
     @property
@@ -107,12 +114,20 @@ class Feature(BaseModel):
 
 
 def check_unique(features: list[Feature]) -> None:
-    """Two declarations with one name would silently share (or shadow) a column."""
+    """Two declarations with one name would silently share (or shadow) a column; a sequence must
+    name a declared single-valued categorical item feature."""
     seen: set[str] = set()
     for f in features:
         if f.name in seen:
             raise ValueError(f"feature {f.name!r} is declared twice")
         seen.add(f.name)
+    items = {f.name: f for f in features if f.side == "item"}
+    for f in features:
+        if f.kind == "sequence" and (f.column not in items or items[f.column].kind != "categorical"):
+            raise ValueError(
+                f"feature {f.name!r}: sequence column {f.column!r} must name a declared categorical item "
+                f"feature (declared: {sorted(items)})"
+            )
 
 
 @dataclass(frozen=True)
@@ -124,6 +139,7 @@ class SparseInput:
     max_len: int
     num_embeddings: int
     pooling: str = "mean"
+    sequence_of: str = ""  # a sequence: the item feature whose values over the history it holds
 
 
 @dataclass(frozen=True)
@@ -217,7 +233,14 @@ def input_layout(
         if side == "item":
             sparse.append(SparseInput(ITEM_ID, "item", 1, n_items, "sum"))
         sparse += [
-            SparseInput(f.name, f.side, f.width, max(vocabulary_sizes[f.name], 1), f.pooling)
+            SparseInput(
+                f.name,
+                f.side,  # type: ignore[arg-type]
+                history_len if f.kind == "sequence" else f.width,
+                max(vocabulary_sizes[f.column if f.kind == "sequence" else f.name], 1),  # type: ignore[index]
+                f.pooling,
+                f.column or "" if f.kind == "sequence" else "",
+            )
             for f in features
             if f.side == side and f.is_sparse
         ]

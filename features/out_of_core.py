@@ -41,6 +41,7 @@ from rankforge.features.declared_features import (
     fit_context,
     read_side_table,
     with_context,
+    with_sequences,
 )
 from rankforge.features.feature_spec import InputLayout, input_layout
 from rankforge.features.id_mapping import IdMapping
@@ -256,11 +257,15 @@ def _prepare(config: DataConfig, tmp: Path, events_per_bucket: int) -> None:
         .sort(ITEM_IDX)
         .collect()
     )
+    vocabularies = {**user_vocab, **item_vocab}
+    user_features, sequence_vocab = with_sequences(
+        user_features, item_features, config.features, vocabularies
+    )
+    vocabularies |= sequence_vocab
     user_features.write_parquet(tmp / "user_features.parquet")
     item_features.select(ITEM_IDX, ITEM, pl.exclude(ITEM_IDX, ITEM)).write_parquet(
         tmp / "item_features.parquet"
     )
-    vocabularies = {**user_vocab, **item_vocab}
     (tmp / "vocabularies").mkdir()
     for name, vocab in vocabularies.items():
         vocab.write_parquet(tmp / "vocabularies" / f"{name}.parquet")

@@ -30,6 +30,7 @@ from rankforge.features.declared_features import (
     side_table_path,
     vocabulary_digest,
     with_context,
+    with_sequences,
 )
 from rankforge.features.feature_spec import Feature, InputLayout, SideTable, check_unique, input_layout
 from rankforge.features.id_mapping import IdMapping
@@ -401,6 +402,8 @@ def prepare(config: DataConfig) -> PreparedData:
         .collect()
     )
     vocabularies = {**user_vocab, **item_vocab}
+    users, sequence_vocab = with_sequences(users, item_table, config.features, vocabularies)
+    vocabularies |= sequence_vocab
     sizes = {name: vocab.height for name, vocab in vocabularies.items()}
     return PreparedData(
         mapping=mapping,

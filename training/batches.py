@@ -26,7 +26,7 @@ from rankforge.features.feature_spec import ITEM_ID, USER_HISTORY, USER_ID, Inpu
 from rankforge.features.history import N_BEFORE
 from rankforge.features.pipeline import PreparedData
 from rankforge.features.schema import ITEM_IDX, LABEL, USER_IDX
-from rankforge.models.inputs import dense_inputs, pad_lists, padded_to_kjt, side_inputs
+from rankforge.models.inputs import PAD, dense_inputs, pad_lists, padded_to_kjt, side_inputs
 from rankforge.training.reference import Reference
 
 #: Polars does not promise a row order after joins and group-bys; shuffling a canonical order
@@ -89,10 +89,25 @@ class FeatureTables:
         return {ITEM_ID: flat.reshape(-1, 1), **{k: v[flat] for k, v in self.item_lists.items()}}
 
     def users(self, idx: torch.Tensor, history: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """``history`` overrides the latest one (point-in-time histories of training examples)."""
+        """``history`` overrides the latest one (point-in-time histories of training examples), and
+        with it every declared sequence (its item feature's values over that history)."""
         out = {USER_ID: idx.reshape(-1, 1), **{k: v[idx] for k, v in self.user_lists.items()}}
         if history is not None:
             out[USER_HISTORY] = history
+            out |= self.sequences(history)
+        return out
+
+    def sequences(self, history: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each declared sequence over padded item-index ``history`` rows (``-1`` stays padding,
+        as do items without a value)."""
+        out = {}
+        for s in self.layout.sparse:
+            if s.sequence_of:
+                value = self.item_lists[s.sequence_of][:, 0]  # a categorical item feature: one value
+                rows = torch.where(history >= 0, value[history.clamp(min=0)], PAD)
+                # left-aligned like the served (latest) list: values in history order, then padding
+                order = torch.argsort((rows < 0).to(torch.int8), dim=1, stable=True)
+                out[s.name] = rows.gather(1, order)
         return out
 
     def dense(

@@ -114,9 +114,10 @@ class BundleReference:
         layout, user_idx = self.bundle.inputs, users.numpy()
         known = torch.from_numpy(user_idx >= 0)
         user_lists = {}
+        ours = self.tables.users(users.clamp(min=0), histories)  # sequences over these histories
         for s in layout.declared("user"):  # a cold user's features are padding, as when served
             rows = np.full((len(user_idx), s.max_len), -1, dtype=np.int64)
-            rows[known.numpy()] = _fit_width(self.tables.user_lists[s.name][users[known]].numpy(), s.max_len)
+            rows[known.numpy()] = _fit_width(ours[s.name][known].numpy(), s.max_len)
             user_lists[s.name] = rows
         item_lists = {
             s.name: _fit_width(self.tables.item_lists[s.name][items].numpy(), s.max_len)

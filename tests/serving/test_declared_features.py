@@ -76,6 +76,18 @@ column = "price"
 normalization = "log1p"
 
 [[data.features]]
+name = "item_brand"
+side = "item"
+kind = "categorical"
+column = "brand"
+
+[[data.features]]
+name = "brand_history"       # the brands of the user's history items, point-in-time
+side = "user"
+kind = "sequence"
+column = "item_brand"
+
+[[data.features]]
 name = "hour_of_day"
 side = "context"
 kind = "numeric"
@@ -105,9 +117,10 @@ def _write_world(folder: Path) -> Path:
         "|".join(rng.choice(["new", "sale", "eco", "gift"], size=rng.integers(0, 4), replace=False))
         for _ in items
     ]
-    pl.DataFrame({"sku": items, "tags": tags, "price": rng.gamma(2.0, 20.0, size=len(items))}).write_parquet(
-        folder / "items.parquet"
-    )
+    brands = rng.choice(["acme", "globex", "initech"], size=len(items))
+    pl.DataFrame(
+        {"sku": items, "tags": tags, "price": rng.gamma(2.0, 20.0, size=len(items)), "brand": brands}
+    ).write_parquet(folder / "items.parquet")
     path = folder / "job.toml"
     path.write_text(CONFIG)
     return path
@@ -130,8 +143,8 @@ def declared(tmp_path_factory: pytest.TempPathFactory) -> tuple[PreparedData, Bu
 
 def test_the_spec_shapes_the_models_and_the_bundles(declared: tuple[PreparedData, Bundles]) -> None:
     data, bundles = declared
-    assert data.inputs.user_keys == ["user_id", "user_history", "user_country"]
-    assert data.inputs.item_keys == ["item_id", "item_tags"]
+    assert data.inputs.user_keys == ["user_id", "user_history", "user_country", "brand_history"]
+    assert data.inputs.item_keys == ["item_id", "item_tags", "item_brand"]
     assert data.inputs.dense_features[-2:] == ["item_price", "hour_of_day"]
     assert "user_age" in data.inputs.dense_features
     # vocabularies from the side tables: 3 countries (nulls embed as nothing), 4 tags
@@ -152,7 +165,13 @@ def test_the_spec_shapes_the_models_and_the_bundles(declared: tuple[PreparedData
     assert "user_country" in {i.name for i in tower.get_inputs()}
     manifest = load_bundle(bundles.ranker).manifest
     assert manifest.dense_features == data.inputs.dense_features
-    assert set(manifest.vocabularies) == {"user_country", "item_tags"}
+    assert set(manifest.vocabularies) == {"user_country", "item_tags", "item_brand", "brand_history"}
+    # a sequence: the brands of the user's latest history items, in the brand vocabulary
+    brand_of = dict(
+        zip(data.item_features["item_idx"], data.item_features["item_brand"].list.first(), strict=True)
+    )
+    for history, brands in data.user_features.select("history", "brand_history").head(20).iter_rows():
+        assert brands == [brand_of[i] for i in history]
 
 
 @pytest.mark.redis
@@ -201,6 +220,11 @@ def test_spec_errors_name_the_problem(tmp_path: Path) -> None:
     path.write_text(text.replace('name = "user_age"', 'name = "user_id"'))
     with pytest.raises(ConfigError, match="feature name 'user_id' is built in"):
         DataConfig.from_file(path)
+    path.write_text(text.replace('column = "item_brand"', 'column = "item_tags"'))
+    with pytest.raises(
+        ConfigError, match="sequence column 'item_tags' must name a declared categorical item"
+    ):
+        DataConfig.from_file(path)
     path.write_text(text.replace('name = "user_age"', 'name = "user_country"'))
     with pytest.raises(ConfigError, match="feature 'user_country' is declared twice"):
         DataConfig.from_file(path)
@@ -210,6 +234,26 @@ def test_spec_errors_name_the_problem(tmp_path: Path) -> None:
     )
     with pytest.raises(DataError, match="numeric feature 'user_age' has non-numeric values"):
         prepare(DataConfig.from_file(path))
+
+
+def test_point_in_time_sequences_match_the_served_ones(declared: tuple[PreparedData, Bundles]) -> None:
+    from rankforge.models.inputs import pad_lists
+    from rankforge.training.batches import FeatureTables
+
+    data, _ = declared
+    tables = FeatureTables.build(data)
+    users = torch.arange(data.n_users)
+    # computed from the latest history as training computes it from a point-in-time one ...
+    from_history = tables.users(users, tables.user_history)["brand_history"]
+    # ... equals the list written to Redis and served
+    served = pad_lists(data.user_features["brand_history"], data.history_len)
+    assert torch.equal(from_history, served)
+    example = data.ranking_examples.filter(pl.col("history").list.len() > 2).row(0, named=True)
+    got = tables.users(torch.tensor([example["user_idx"]]), pad_lists([example["history"]], data.history_len))
+    brand_of = tables.item_lists["item_brand"][:, 0]
+    assert got["brand_history"][0][: len(example["history"])].tolist() == [
+        int(brand_of[i]) for i in example["history"]
+    ]
 
 
 def test_training_rows_carry_their_events_context(declared: tuple[PreparedData, Bundles]) -> None:
