@@ -134,11 +134,7 @@ def _context(frame: pl.DataFrame, column: str, path: Path) -> pl.Series:
 
 def _string_ids(frame: pl.DataFrame, column: str, path: Path, id_column: str) -> pl.Series:
     """Stable int64 raw ids of a string id column (nulls refused, with their rows)."""
-    nulls = frame.with_row_index("row").filter(frame[column].is_null())
-    if nulls.height:
-        raise DataError(
-            f"{path}: column {column!r} has {nulls.height} null id(s): {preview(nulls.select('row', column))}"
-        )
+    _refuse_null_ids(frame, column, path)
     keys = frame[column].cast(pl.String)
     table = key_table(keys, id_column)
     return pl.DataFrame({KEY_OF[id_column]: keys}).join(
@@ -146,15 +142,18 @@ def _string_ids(frame: pl.DataFrame, column: str, path: Path, id_column: str) ->
     )[id_column]
 
 
-def read_ids(frame: pl.DataFrame, column: str, path: Path) -> pl.Series:
-    """``column`` as int64 ids; null or non-integer ids are refused with a few offending rows."""
-    values = frame[column]
-    nulls = frame.with_row_index("row").filter(values.is_null())
+def _refuse_null_ids(frame: pl.DataFrame, column: str, path: Path) -> None:
+    nulls = frame.with_row_index("row").filter(frame[column].is_null())
     if nulls.height:
         raise DataError(
             f"{path}: column {column!r} has {nulls.height} null id(s): {preview(nulls.select('row', column))}"
         )
-    ids = values.cast(pl.Int64, strict=False)
+
+
+def read_ids(frame: pl.DataFrame, column: str, path: Path) -> pl.Series:
+    """``column`` as int64 ids; null or non-integer ids are refused with a few offending rows."""
+    _refuse_null_ids(frame, column, path)
+    ids = frame[column].cast(pl.Int64, strict=False)
     bad = frame.with_row_index("row").filter(ids.is_null())
     if bad.height:
         raise DataError(

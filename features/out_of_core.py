@@ -37,17 +37,15 @@ from rankforge.features import history as hist
 from rankforge.features.aggregates import item_aggregates_from_partials, item_partials, user_aggregates
 from rankforge.features.declared_features import (
     context_features,
-    declared_columns,
     fit_context,
     read_side_table,
     with_context,
-    with_sequences,
 )
-from rankforge.features.feature_spec import InputLayout, input_layout
+from rankforge.features.feature_spec import InputLayout
 from rankforge.features.id_mapping import IdMapping
 from rankforge.features.loaders import scan_interactions
 from rankforge.features.log_spec import scan_log
-from rankforge.features.pipeline import ORDER, DataConfig, PreparedData, with_label
+from rankforge.features.pipeline import ORDER, DataConfig, PreparedData, feature_tables, with_label
 from rankforge.features.schema import ITEM, ITEM_IDX, LABEL, TIMESTAMP, USER, USER_IDX
 from rankforge.features.sequences import PositiveSequences
 from rankforge.features.splits import global_time_split, leave_last_out, random_leave_out
@@ -235,48 +233,21 @@ def _prepare(config: DataConfig, tmp: Path, events_per_bucket: int) -> None:
     ):
         raise DataError("the split left no test events; lower n_test_per_user or raise test_fraction")
 
-    user_declared, user_vocab = declared_columns(
-        users_table, config.features, "user", mapping.users, USER, USER_IDX, "data.user_table"
-    )
-    item_declared, item_vocab = declared_columns(
-        items, config.features, "item", mapping.items, ITEM, ITEM_IDX, "data.item_table"
-    )
-    user_features = (
-        mapping.users.lazy()
-        .select(USER_IDX)
-        .join(pl.concat(users_parts).lazy(), on=USER_IDX, how="left")
-        .with_columns(pl.col(hist.HISTORY).fill_null(pl.lit([], dtype=pl.List(pl.Int64))))
-        .join(user_declared.lazy(), on=USER_IDX, how="left")
-        .sort(USER_IDX)
-        .collect()
-    )
-    item_features = (
-        item_aggregates_from_partials(pl.concat(partials).lazy(), mapping.n_items)
-        .join(item_declared.lazy(), on=ITEM_IDX, how="left")
-        .join(mapping.items.lazy(), on=ITEM_IDX, how="left")
-        .sort(ITEM_IDX)
-        .collect()
-    )
-    vocabularies = {**user_vocab, **item_vocab}
-    user_features, sequence_vocab = with_sequences(
-        user_features, item_features, config.features, vocabularies
-    )
-    vocabularies |= sequence_vocab
-    user_features.write_parquet(tmp / "user_features.parquet")
-    item_features.select(ITEM_IDX, ITEM, pl.exclude(ITEM_IDX, ITEM)).write_parquet(
-        tmp / "item_features.parquet"
-    )
-    (tmp / "vocabularies").mkdir()
-    for name, vocab in vocabularies.items():
-        vocab.write_parquet(tmp / "vocabularies" / f"{name}.parquet")
-    layout = input_layout(
-        config.features,
-        mapping.n_users,
-        mapping.n_items,
-        config.history_len,
-        {name: v.height for name, v in vocabularies.items()},
+    tables = feature_tables(
+        config,
+        mapping,
+        users_table,
+        items,
+        pl.concat(users_parts).lazy(),
+        item_aggregates_from_partials(pl.concat(partials).lazy(), mapping.n_items),
         context,
     )
+    tables.users.write_parquet(tmp / "user_features.parquet")
+    tables.items.write_parquet(tmp / "item_features.parquet")
+    (tmp / "vocabularies").mkdir()
+    for name, vocab in tables.vocabularies.items():
+        vocab.write_parquet(tmp / "vocabularies" / f"{name}.parquet")
+    layout = tables.layout
     meta = {
         "source": config.describe() + " (out of core)",
         "events": n_events,

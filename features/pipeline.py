@@ -32,7 +32,14 @@ from rankforge.features.declared_features import (
     with_context,
     with_sequences,
 )
-from rankforge.features.feature_spec import Feature, InputLayout, SideTable, check_unique, input_layout
+from rankforge.features.feature_spec import (
+    ContextInput,
+    Feature,
+    InputLayout,
+    SideTable,
+    check_unique,
+    input_layout,
+)
 from rankforge.features.id_mapping import IdMapping
 from rankforge.features.loaders import load_interactions, load_lightgcn_split, load_movielens_items
 from rankforge.features.log_spec import LogSpec, read_log
@@ -319,6 +326,59 @@ def with_label(frame: pl.LazyFrame, threshold: float) -> pl.LazyFrame:
     return frame.with_columns(label.cast(pl.Int8).alias(LABEL))
 
 
+@dataclass(frozen=True)
+class FeatureTablesOut:
+    users: pl.DataFrame  # user_idx (every known user, in order), aggregates, history, declared
+    items: pl.DataFrame  # item_idx, item_id, aggregates, declared
+    vocabularies: dict[str, pl.DataFrame]
+    layout: InputLayout
+
+
+def feature_tables(
+    config: DataConfig,
+    mapping: IdMapping,
+    users_table: pl.DataFrame | None,
+    items_table: pl.DataFrame | None,
+    user_stats: pl.LazyFrame,
+    item_stats: pl.LazyFrame,
+    context: tuple[ContextInput, ...],
+) -> FeatureTablesOut:
+    """The user and item feature tables, vocabularies and input layout from per-user rows
+    (aggregates and latest history, some users may lack them) and per-item aggregates (every
+    item): one assembly for the in-memory and the out-of-core pipelines."""
+    user_declared, user_vocab = declared_columns(
+        users_table, config.features, "user", mapping.users, USER, USER_IDX, "data.user_table"
+    )
+    item_declared, item_vocab = declared_columns(
+        items_table, config.features, "item", mapping.items, ITEM, ITEM_IDX, "data.item_table"
+    )
+    users = (
+        mapping.users.lazy()
+        .select(USER_IDX)  # every known user, also one whose events all went to validation
+        .join(user_stats, on=USER_IDX, how="left")
+        .with_columns(pl.col(hist.HISTORY).fill_null(pl.lit([], dtype=pl.List(pl.Int64))))
+        .join(user_declared.lazy(), on=USER_IDX, how="left")
+        .sort(USER_IDX)
+        .collect()
+    )
+    items = (
+        item_stats.join(item_declared.lazy(), on=ITEM_IDX, how="left")
+        .join(mapping.items.lazy().select(ITEM, ITEM_IDX), on=ITEM_IDX, how="left")
+        .sort(ITEM_IDX)
+        .collect()
+    )
+    vocabularies = {**user_vocab, **item_vocab}
+    users, sequence_vocab = with_sequences(users, items, config.features, vocabularies)
+    vocabularies |= sequence_vocab
+    sizes = {name: vocab.height for name, vocab in vocabularies.items()}
+    layout = input_layout(
+        config.features, mapping.n_users, mapping.n_items, config.history_len, sizes, context
+    )
+    return FeatureTablesOut(
+        users, items.select(ITEM_IDX, ITEM, pl.exclude(ITEM_IDX, ITEM)), vocabularies, layout
+    )
+
+
 def prepare(config: DataConfig) -> PreparedData:
     """Load, split, encode and featurise a log according to ``config``."""
     if config.source == "prepared":
@@ -378,46 +438,28 @@ def prepare(config: DataConfig) -> PreparedData:
     examples = hist.with_point_in_time_history(positives, events, config.history_len)
     labelled = events.select(USER_IDX, ITEM_IDX, TIMESTAMP, LABEL, *names)
     ranking_examples = hist.with_point_in_time_history(labelled, events, config.history_len)
-    user_declared, user_vocab = declared_columns(
-        users_table, config.features, "user", mapping.users, USER, USER_IDX, "data.user_table"
+    tables = feature_tables(
+        config,
+        mapping,
+        users_table,
+        items,
+        user_aggregates(events).join(
+            hist.latest_history(events, config.history_len), on=USER_IDX, how="left"
+        ),
+        item_aggregates(events, mapping.n_items),
+        context,
     )
-    item_declared, item_vocab = declared_columns(
-        items, config.features, "item", mapping.items, ITEM, ITEM_IDX, "data.item_table"
-    )
-    users = (
-        mapping.users.lazy()
-        .select(USER_IDX)  # every known user, also one whose events all went to validation
-        .join(user_aggregates(events), on=USER_IDX, how="left")
-        .join(hist.latest_history(events, config.history_len), on=USER_IDX, how="left")
-        .with_columns(pl.col(hist.HISTORY).fill_null(pl.lit([], dtype=pl.List(pl.Int64))))
-        .join(user_declared.lazy(), on=USER_IDX, how="left")
-        .sort(USER_IDX)
-        .collect()
-    )
-    item_table = (
-        item_aggregates(events, mapping.n_items)
-        .join(item_declared.lazy(), on=ITEM_IDX, how="left")
-        .join(mapping.items.lazy(), on=ITEM_IDX, how="left")
-        .sort(ITEM_IDX)
-        .collect()
-    )
-    vocabularies = {**user_vocab, **item_vocab}
-    users, sequence_vocab = with_sequences(users, item_table, config.features, vocabularies)
-    vocabularies |= sequence_vocab
-    sizes = {name: vocab.height for name, vocab in vocabularies.items()}
     return PreparedData(
         mapping=mapping,
-        inputs=input_layout(
-            config.features, mapping.n_users, mapping.n_items, config.history_len, sizes, context
-        ),
-        vocabularies=vocabularies,
+        inputs=tables.layout,
+        vocabularies=tables.vocabularies,
         # Full sort keys: joins leave row order unspecified, and seeded training must see the same rows.
         train_events=train.sort(ORDER),
         test_events=test.sort(ORDER),
         retrieval_examples=examples.sort(ORDER).collect(),
         ranking_examples=ranking_examples.sort(ORDER).collect(),
-        user_features=users,
-        item_features=item_table.select(ITEM_IDX, ITEM, pl.exclude(ITEM_IDX, ITEM)),
+        user_features=tables.users,
+        item_features=tables.items,
         history_len=config.history_len,
         validation_events=validation,
         training_history=config.training_history,
