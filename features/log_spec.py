@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 from rankforge.errors import DataError
 from rankforge.features.loaders import existing_file
 from rankforge.features.schema import INTERACTION_SCHEMA, ITEM, RATING, TIMESTAMP, USER
-from rankforge.features.string_ids import ITEM_KEY, KEY_OF, USER_KEY, key_table, with_stable_ids
+from rankforge.features.string_ids import KEY_OF, with_stable_ids
 
 SHOWN = 5
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".ndjson": "ndjson", ".jsonl": "ndjson"}
@@ -87,59 +87,13 @@ def read_table(path: str | Path) -> pl.DataFrame:
 
 def read_log(path: str | Path, spec: LogSpec, context: list[str] | None = None) -> pl.DataFrame:
     """A CSV/parquet/NDJSON log in the canonical schema, validated; errors name column and rows.
-    ``context``: numeric columns kept as they are (request-time context features)."""
-    p = existing_file(path)
-    frame = read_table(p)
-    wanted = {"user": spec.user, "item": spec.item, "timestamp": spec.timestamp, "label": spec.label}
-    wanted |= {f"context {c!r}": c for c in context or []}
-    missing = [
-        f"{role}={col!r}" for role, col in wanted.items() if col is not None and col not in frame.columns
-    ]
-    if missing:
-        raise DataError(
-            f"{p}: data.log names column(s) the file lacks: {', '.join(missing)}; it has {frame.columns}"
-        )
-    if frame.height == 0:
-        raise DataError(f"no interactions in {p}")
-    if spec.ids == "string":
-        out = {
-            USER: _string_ids(frame, spec.user, p, USER),
-            ITEM: _string_ids(frame, spec.item, p, ITEM),
-        }
-        keys = {USER_KEY: frame[spec.user].cast(pl.String), ITEM_KEY: frame[spec.item].cast(pl.String)}
-    else:
-        out = {USER: read_ids(frame, spec.user, p), ITEM: read_ids(frame, spec.item, p)}
-        keys = {}
-    out[RATING] = _labels(frame, spec, p) if spec.label else pl.Series(RATING, [None] * frame.height)
-    out[TIMESTAMP] = (
-        _timestamps(frame, spec.timestamp, spec.timestamp_unit, p)
-        if spec.timestamp
-        else pl.Series(TIMESTAMP, range(frame.height))
-    )
-    canonical = pl.DataFrame(out).select(pl.col(c).cast(t) for c, t in INTERACTION_SCHEMA.items())
-    extra = {c: _context(frame, c, p) for c in context or []}
-    return canonical.with_columns(pl.Series(name, values) for name, values in {**keys, **extra}.items())
-
-
-def _context(frame: pl.DataFrame, column: str, path: Path) -> pl.Series:
-    values = frame[column].cast(pl.Float64, strict=False)
-    bad = frame.with_row_index("row").filter(values.is_null() | ~values.is_finite())
-    if bad.height:
-        raise DataError(
-            f"{path}: context column {column!r} has missing or non-numeric values: "
-            f"{preview(bad.select('row', column))}"
-        )
-    return values
-
-
-def _string_ids(frame: pl.DataFrame, column: str, path: Path, id_column: str) -> pl.Series:
-    """Stable int64 raw ids of a string id column (nulls refused, with their rows)."""
-    _refuse_null_ids(frame, column, path)
-    keys = frame[column].cast(pl.String)
-    table = key_table(keys, id_column)
-    return pl.DataFrame({KEY_OF[id_column]: keys}).join(
-        table, on=KEY_OF[id_column], how="left", maintain_order="left"
-    )[id_column]
+    ``context``: numeric columns kept as they are (request-time context features). The checks
+    and the mapping are :func:`scan_log`'s; this collects its result."""
+    lazy = scan_log(path, spec, context)
+    try:
+        return lazy.collect()
+    except (pl.exceptions.ComputeError, OSError) as exc:
+        raise DataError(f"cannot read {path}: {str(exc)[:200]}") from exc
 
 
 def _refuse_null_ids(frame: pl.DataFrame, column: str, path: Path) -> None:
@@ -164,61 +118,10 @@ def read_ids(frame: pl.DataFrame, column: str, path: Path) -> pl.Series:
     return ids
 
 
-def _labels(frame: pl.DataFrame, spec: LogSpec, path: Path) -> pl.Series:
-    column = spec.label
-    assert column is not None
-    raw = frame[column]
-    values = raw.cast(pl.Float64, strict=False) if raw.dtype != pl.Boolean else raw.cast(pl.Float64)
-    indexed = frame.with_row_index("row")
-    bad = indexed.filter(values.is_null() | ~values.is_finite())
-    if bad.height:
-        raise DataError(
-            f"{path}: label column {column!r} has missing or non-numeric values: "
-            f"{preview(bad.select('row', column))}"
-        )
-    negative = indexed.filter(values < 0)
-    if negative.height:
-        raise DataError(
-            f"{path}: label column {column!r} has negative values: {preview(negative.select('row', column))}"
-        )
-    if spec.label_rule == "binary":
-        other = indexed.filter(~values.is_in([0.0, 1.0]))
-        if other.height:
-            raise DataError(
-                f"{path}: label column {column!r} (label_rule 'binary') holds values other than 0/1: "
-                f"{preview(other.select('row', column))}"
-            )
-    return values
-
-
-def _timestamps(frame: pl.DataFrame, column: str, unit: str, path: Path) -> pl.Series:
-    raw = frame[column]
-    indexed = frame.with_row_index("row")
-    if raw.dtype == pl.String:
-        parsed = raw.str.to_datetime(strict=False, time_zone="UTC")
-        bad = indexed.filter(parsed.is_null())
-        if bad.height:
-            raise DataError(
-                f"{path}: column {column!r} has unparsable timestamps: {preview(bad.select('row', column))}"
-            )
-        return parsed.dt.epoch("s")
-    if raw.dtype.is_temporal():
-        return raw.dt.epoch("s")
-    seconds = raw.cast(pl.Int64, strict=False)
-    bad = indexed.filter(seconds.is_null())
-    if bad.height:
-        raise DataError(
-            f"{path}: column {column!r} has non-integer timestamps: {preview(bad.select('row', column))}"
-        )
-    if unit == "ms" or (unit == "auto" and seconds.max() > MS_THRESHOLD):
-        seconds = seconds // 1000
-    return seconds
-
-
 def scan_log(path: str | Path, spec: LogSpec, context: list[str] | None = None) -> pl.LazyFrame:
-    """The log as a lazy frame in the canonical schema, checked in one streaming pass (bad rows
-    are named as by :func:`read_log`, with their row numbers in the file): what out-of-core
-    preparation reads, so a log larger than memory is never collected."""
+    """The log as a lazy frame in the canonical schema, checked in one streaming pass: bad rows
+    are named with their row numbers in the file. Both :func:`read_log` (which collects it) and
+    out-of-core preparation (which never does) read logs through this."""
     p = existing_file(path)
     kind = FORMATS.get(p.suffix.lower())
     if kind is None:
@@ -232,30 +135,39 @@ def scan_log(path: str | Path, spec: LogSpec, context: list[str] | None = None) 
         raise DataError(
             f"{p}: data.log names column(s) the file lacks: {', '.join(missing)}; it has {schema.names()}"
         )
-    checks: dict[str, tuple[pl.Expr, str, str]] = {}  # name -> (bad row, column, problem)
+    # name -> (bad row, column, message; "{n}" is the number of bad rows), checked in this order
+    checks: dict[str, tuple[pl.Expr, str, str]] = {}
     out = {}
     for column, target in ((spec.user, USER), (spec.item, ITEM)):
         ids = pl.col(column).cast(pl.Int64, strict=False)
-        checks[f"null {target}"] = (pl.col(column).is_null(), column, "null id(s)")
+        checks[f"null {target}"] = (
+            pl.col(column).is_null(),
+            column,
+            f"column {column!r} has {{n}} null id(s)",
+        )
         if spec.ids == "string":
             out[target] = pl.col(f"_{target}")  # joined below from the distinct strings
             continue
         checks[f"bad {target}"] = (
             ids.is_null() & pl.col(column).is_not_null(),
             column,
-            "non-integer ids (set data.log.ids = 'string' for ids like 'u_95')",
+            f"column {column!r} holds non-integer ids (set data.log.ids = 'string' for ids like 'u_95')",
         )
         out[target] = ids
     if spec.label is not None:
-        raw = pl.col(spec.label)
-        value = raw.cast(pl.Float64, strict=False)
-        checks["label"] = (value.is_null() | ~value.is_finite(), spec.label, "missing or non-numeric values")
-        checks["negative"] = (value < 0, spec.label, "negative values")
+        label = spec.label
+        value = pl.col(label).cast(pl.Float64, strict=False)
+        checks["label"] = (
+            value.is_null() | ~value.is_finite(),
+            label,
+            f"label column {label!r} has missing or non-numeric values",
+        )
+        checks["negative"] = (value < 0, label, f"label column {label!r} has negative values")
         if spec.label_rule == "binary":
             checks["binary"] = (
                 ~value.is_in([0.0, 1.0]),
-                spec.label,
-                "values other than 0/1 (label_rule 'binary')",
+                label,
+                f"label column {label!r} (label_rule 'binary') holds values other than 0/1",
             )
         out[RATING] = value
     else:
@@ -269,7 +181,12 @@ def scan_log(path: str | Path, spec: LogSpec, context: list[str] | None = None) 
             seconds = raw.dt.epoch("s")
         else:
             seconds = raw.cast(pl.Int64, strict=False)
-        checks["timestamp"] = (seconds.is_null(), spec.timestamp, "unparsable timestamps")
+        problem = "unparsable" if dtype == pl.String or dtype.is_temporal() else "non-integer"
+        checks["timestamp"] = (
+            seconds.is_null(),
+            spec.timestamp,
+            f"column {spec.timestamp!r} has {problem} timestamps",
+        )
         out[TIMESTAMP] = seconds
     else:
         out[TIMESTAMP] = pl.int_range(pl.len(), dtype=pl.Int64)
@@ -278,23 +195,26 @@ def scan_log(path: str | Path, spec: LogSpec, context: list[str] | None = None) 
         checks[f"context {column}"] = (
             value.is_null() | ~value.is_finite(),
             column,
-            "missing or non-numeric values",
+            f"context column {column!r} has missing or non-numeric values",
         )
         out[column] = value
-    counts = frame.select(
-        pl.len().alias("_rows"),
-        *(cond.sum().alias(name) for name, (cond, _, _) in checks.items()),
-        (out[TIMESTAMP].max() if spec.timestamp is not None else pl.lit(0)).alias("_max_ts"),
-    ).collect(engine="streaming")
+    try:
+        counts = frame.select(
+            pl.len().alias("_rows"),
+            *(cond.sum().alias(name) for name, (cond, _, _) in checks.items()),
+            (out[TIMESTAMP].max() if spec.timestamp is not None else pl.lit(0)).alias("_max_ts"),
+        ).collect(engine="streaming")
+    except (pl.exceptions.ComputeError, OSError) as exc:
+        raise DataError(f"cannot read {p}: {str(exc)[:200]}") from exc
     if counts["_rows"].item() == 0:
         raise DataError(f"no interactions in {p}")
-    for name, (cond, column, problem) in checks.items():
+    for name, (cond, column, message) in checks.items():
         n = counts[name].item()
         if n:
             rows = frame.with_row_index("row").filter(cond).select("row", column).head(SHOWN).collect()
             more = f" (+{n - rows.height} more)" if n > rows.height else ""
             shown = ", ".join(str(r) for r in rows.rows(named=True))
-            raise DataError(f"{p}: column {column!r} has {problem}: {shown}{more}")
+            raise DataError(f"{p}: {message.replace('{n}', str(n))}: {shown}{more}")
     if (
         spec.timestamp is not None
         and schema[spec.timestamp].is_numeric()
