@@ -16,7 +16,7 @@ import polars as pl
 from rankforge.errors import DataError
 from rankforge.features.feature_spec import ContextInput, Feature, Side, SideTable
 from rankforge.features.log_spec import preview, read_ids, read_table
-from rankforge.features.string_ids import KEY_OF, key_table
+from rankforge.features.string_ids import with_stable_ids
 
 VALUE = "value"
 INDEX = "index"
@@ -31,13 +31,11 @@ def read_side_table(table: SideTable, id_column: str, string_ids: bool = False) 
     if table.key not in frame.columns:
         raise DataError(f"{table.path}: key column {table.key!r} not found; it has {frame.columns}")
     if string_ids:
-        keys = frame[table.key].cast(pl.String)
-        if keys.null_count():
+        if frame[table.key].null_count():
             raise DataError(f"{table.path}: key column {table.key!r} has null ids")
-        ids = pl.DataFrame({KEY_OF[id_column]: keys}).join(
-            key_table(keys, id_column), on=KEY_OF[id_column], how="left", maintain_order="left"
-        )[id_column]
-        frame = frame.with_columns(keys.alias(KEY_OF[id_column]))
+        frame = with_stable_ids(frame.lazy(), table.key, id_column, "_stable_id").collect()
+        ids = frame["_stable_id"]
+        frame = frame.drop("_stable_id")
     else:
         ids = read_ids(frame, table.key, table.path)
     frame = frame.with_columns(ids.alias(table.key)).rename({table.key: id_column})

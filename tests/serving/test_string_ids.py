@@ -159,3 +159,30 @@ def test_registered_models_take_the_logs_string_ids(
     )
     expected = ranker_logits(load_bundle(bundles.ranker), rows, histories)
     np.testing.assert_allclose(by_key["logit"].to_numpy(), expected, rtol=1e-5)
+
+
+def test_side_tables_are_keyed_by_the_same_strings(tmp_path: Path) -> None:
+    from rankforge.features.feature_spec import Feature, SideTable
+
+    pl.DataFrame({"u": ["a", "a", "b", "b"], "i": ["x", "y", "x", "z"], "ts": [1, 2, 3, 4]}).write_csv(
+        tmp_path / "log.csv"
+    )
+    pl.DataFrame({"i": ["x", "y", "z"], "brand": ["p", "q", "p"]}).write_csv(tmp_path / "items.csv")
+    data = prepare(
+        DataConfig(
+            source="file",
+            path=tmp_path / "log.csv",
+            log=LogSpec(user="u", item="i", timestamp="ts", ids="string"),
+            split="random",
+            test_fraction=0.3,
+            item_table=SideTable(path=tmp_path / "items.csv", key="i"),
+            features=[Feature(name="item_brand", side="item", kind="categorical", column="brand")],
+        )
+    )
+    brand = dict(
+        zip(data.vocabularies["item_brand"]["index"], data.vocabularies["item_brand"]["value"], strict=True)
+    )
+    got = data.item_features.join(data.mapping.items, on=["item_id", "item_idx"]).select(
+        "item_key", "item_brand"
+    )
+    assert {k: brand[b[0]] for k, b in got.iter_rows()} == {"x": "p", "y": "q", "z": "p"}
