@@ -39,16 +39,15 @@ from rankforge.features.declared_features import (
     context_features,
     fit_context,
     read_side_table,
-    with_context,
 )
 from rankforge.features.feature_spec import InputLayout
 from rankforge.features.id_mapping import IdMapping
 from rankforge.features.loaders import scan_interactions
 from rankforge.features.log_spec import scan_log
-from rankforge.features.pipeline import ORDER, DataConfig, PreparedData, feature_tables, with_label
+from rankforge.features.pipeline import ORDER, DataConfig, PreparedData, encode_events, feature_tables
 from rankforge.features.schema import ITEM, ITEM_IDX, LABEL, TIMESTAMP, USER, USER_IDX
 from rankforge.features.sequences import PositiveSequences
-from rankforge.features.splits import global_time_split, leave_last_out, random_leave_out
+from rankforge.features.splits import global_time_split, leave_last_out, random_leave_out, time_cut
 from rankforge.features.string_ids import ITEM_KEY, USER_KEY
 
 log = logging.getLogger(__name__)
@@ -70,23 +69,14 @@ def scan_source(config: DataConfig) -> pl.LazyFrame:
 
 
 def _cuts(log: pl.LazyFrame, config: DataConfig) -> tuple[int | None, int | None]:
-    """(test_from, validation_from) of a ``time`` split, over the whole log (streaming)."""
+    """(test_from, validation_from) of a ``time`` split, over the whole log, as ``prepare``
+    cuts it: the validation cut is taken on the training part."""
     if config.split != "time":
         return None, None
-    test_from = config.test_from
-    if test_from is None:
-        cut = log.select(pl.col(TIMESTAMP).quantile(1.0 - config.test_fraction, interpolation="lower"))
-        test_from = int(cut.collect(engine="streaming").item()) + 1
+    test_from = config.test_from if config.test_from is not None else time_cut(log, config.test_fraction)
     validation_from = None
     if config.validation_fraction > 0:
-        train = log.filter(pl.col(TIMESTAMP) < test_from)
-        cut = train.select(
-            pl.col(TIMESTAMP).quantile(1.0 - config.validation_fraction, interpolation="lower")
-        )
-        value = cut.collect(engine="streaming").item()
-        if value is None:
-            raise DataError("the split left no training events")
-        validation_from = int(value) + 1
+        validation_from = time_cut(log.filter(pl.col(TIMESTAMP) < test_from), config.validation_fraction)
     return test_from, validation_from
 
 
@@ -186,7 +176,7 @@ def _prepare(config: DataConfig, tmp: Path, events_per_bucket: int) -> None:
     names = [c.name for c in context]
 
     def encoded(frame: pl.LazyFrame) -> pl.LazyFrame:
-        return with_context(with_label(mapping.encode(frame), threshold), context, config.features)
+        return encode_events(frame, mapping, threshold, context, config.features)
 
     users_parts, partials, positives = [], [], 0
     for b, folder in enumerate(buckets):

@@ -320,6 +320,18 @@ def _split(
     return train.collect(), test.collect()
 
 
+def encode_events(
+    frame: pl.LazyFrame,
+    mapping: IdMapping,
+    threshold: float,
+    context: tuple[ContextInput, ...],
+    features: list[Feature],
+) -> pl.LazyFrame:
+    """Raw events as the pipelines use them: dense ids (unknown ids dropped), the label, and each
+    request-context feature normalised; the in-memory and out-of-core pipelines both call this."""
+    return with_context(with_label(mapping.encode(frame), threshold), context, features)
+
+
 def with_label(frame: pl.LazyFrame, threshold: float) -> pl.LazyFrame:
     # Logs without explicit ratings (LightGCN, clicks) are implicit feedback: every event is positive.
     label = pl.when(pl.col(RATING).is_null()).then(1).otherwise((pl.col(RATING) >= threshold).cast(pl.Int8))
@@ -422,9 +434,7 @@ def prepare(config: DataConfig) -> PreparedData:
     context = fit_context(train_raw, config.features)  # request-time features, fitted on training
 
     def encoded(frame: pl.DataFrame) -> pl.DataFrame:
-        return with_context(
-            with_label(mapping.encode(frame.lazy()), threshold), context, config.features
-        ).collect()
+        return encode_events(frame.lazy(), mapping, threshold, context, config.features).collect()
 
     train, test = encoded(train_raw), encoded(test_raw)
     if config.validation_fraction > 0:

@@ -20,15 +20,24 @@ def global_time_split(
     ``test_from`` the cut is that timestamp instead: events at or after it are test (a fixed
     calendar cut that several logs, e.g. of a previous and a new model, can share)."""
     require_columns(log, [TIMESTAMP], "global time split")
-    if test_from is not None:
-        return log.filter(pl.col(TIMESTAMP) < test_from), log.filter(pl.col(TIMESTAMP) >= test_from)
+    if test_from is None:
+        test_from = time_cut(log, test_fraction)
+    return log.filter(pl.col(TIMESTAMP) < test_from), log.filter(pl.col(TIMESTAMP) >= test_from)
+
+
+def time_cut(log: pl.LazyFrame, test_fraction: float) -> int:
+    """The first timestamp of the last ``test_fraction`` of time: one past the (1 - f) quantile
+    (lower interpolation), computed with the streaming engine (a log larger than memory is
+    scanned, never collected)."""
     _check_fraction(test_fraction)
     cutoff = (
-        log.select(pl.col(TIMESTAMP).quantile(1.0 - test_fraction, interpolation="lower")).collect().item()
+        log.select(pl.col(TIMESTAMP).quantile(1.0 - test_fraction, interpolation="lower"))
+        .collect(engine="streaming")
+        .item()
     )
     if cutoff is None:
         raise DataError("global time split: the log has no timestamps")
-    return log.filter(pl.col(TIMESTAMP) <= cutoff), log.filter(pl.col(TIMESTAMP) > cutoff)
+    return int(cutoff) + 1
 
 
 def leave_last_out(
