@@ -200,12 +200,7 @@ def with_context(
     """``frame`` plus each context feature's normalised column (float32, named after it), computed
     from the raw log column exactly as the server normalises a request's raw value."""
     source = {f.name: f.source_column for f in context_features(features)}
-    exprs = []
-    for c in context:
-        raw = pl.col(source[c.name]).cast(pl.Float64)
-        value = raw.log1p() if c.transform == "log1p" else raw
-        exprs.append(((value - c.shift) / c.scale).cast(pl.Float32).alias(c.name))
-    return frame.with_columns(exprs) if exprs else frame
+    return frame.with_columns(c.expr(source[c.name]) for c in context) if context else frame
 
 
 def with_sequences(

@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
+import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rankforge.features.aggregates import ITEM_DENSE, USER_DENSE
@@ -153,8 +154,15 @@ class ContextInput:
     scale: float = 1.0
 
     def normalise(self, raw: float) -> float:
+        """One served value (the server and the pyfunc model)."""
         value = math.log1p(raw) if self.transform == "log1p" else raw
         return (value - self.shift) / self.scale
+
+    def expr(self, column: str) -> pl.Expr:
+        """The same transform over a log column (training and held-out events), float32."""
+        raw = pl.col(column).cast(pl.Float64)
+        value = raw.log1p() if self.transform == "log1p" else raw
+        return ((value - self.shift) / self.scale).cast(pl.Float32).alias(self.name)
 
 
 @dataclass(frozen=True)

@@ -263,6 +263,10 @@ def test_training_rows_carry_their_events_context(declared: tuple[PreparedData, 
     (hour,) = data.inputs.context
     raw = pl.read_csv(bundles.ranker.parent / "log.csv")["hour"].cast(pl.Float64)
     assert abs(hour.shift - raw.mean()) < 2.0 and hour.scale > 1.0  # standardised on the training part
+    # the training column is the served transform of each event's raw value
+    events = data.ranking_examples.select("timestamp", "hour_of_day").head(50)
+    expected = [hour.normalise(float((ts // 3600) % 24)) for ts in events["timestamp"]]
+    np.testing.assert_allclose(events["hour_of_day"].to_numpy(), expected, rtol=1e-5, atol=1e-6)
     tables = FeatureTables.build(data)
     batches = RankingBatches(data, tables, NegativeSampler(tables.item_events, "uniform"), 2, batch_size=32)
     allowed = set(np.round(data.ranking_examples["hour_of_day"].to_numpy(), 5))
