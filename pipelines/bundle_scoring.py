@@ -64,20 +64,18 @@ class RetrievalScores:
 def require_features(bundle: Bundle, data: PreparedData) -> None:
     """``data`` holds every feature the bundle reads, declared feature ids meaning the same values
     (equal vocabulary digests); else a one-line ``DataError`` naming the first that does not."""
-    ours = data.vocabulary_digests()
-    theirs = bundle.manifest.vocabularies
     # a retrieval bundle's item side is its precomputed item matrix: only user features are read
     sides = ("user",) if bundle.manifest.kind == "retrieval" else ("user", "item")
-    for s in [s for side in sides for s in bundle.inputs.declared(side)]:  # type: ignore[arg-type]
-        if s.name not in ours:
-            raise DataError(
-                f"bundle {str(bundle.directory)[-80:]} reads declared feature {s.name!r}, which the "
-                "evaluation data does not declare: give its training config's [data] (--data-config)"
-            )
-        if ours[s.name] != theirs.get(s.name):
-            raise DataError(
-                f"feature {s.name!r} has another vocabulary in the evaluation data than in the bundle"
-            )
+    unmatched = bundle.unmatched_feature(data.vocabulary_digests(), sides)
+    if unmatched is not None and unmatched[1] == "missing":
+        raise DataError(
+            f"bundle {str(bundle.directory)[-80:]} reads declared feature {unmatched[0]!r}, which the "
+            "evaluation data does not declare: give its training config's [data] (--data-config)"
+        )
+    if unmatched is not None:
+        raise DataError(
+            f"feature {unmatched[0]!r} has another vocabulary in the evaluation data than in the bundle"
+        )
     missing = [n for n in bundle.manifest.dense_features if n not in data.inputs.dense_features]
     if missing:
         raise DataError(f"the evaluation data lacks the bundle's dense feature(s) {missing}")

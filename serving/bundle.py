@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -95,6 +96,21 @@ class Bundle:
     @property
     def id_mapping(self) -> IdMapping:
         return IdMapping.load(self.directory / "id_mapping")
+
+    def unmatched_feature(
+        self, digests: Mapping[str, str | None], sides: tuple[str, ...] = ("user", "item")
+    ) -> tuple[str, str] | None:
+        """The first declared feature of ``sides`` this model reads that a feature source lacks
+        (``"missing"``) or holds in another vocabulary (``"vocabulary"``); None when all match.
+        ``digests``: the source's feature -> vocabulary digest (a data set's, a feature version's).
+        The one compatibility rule for the server, evaluation and reference models."""
+        for side in sides:
+            for s in self.inputs.declared(side):  # type: ignore[arg-type]
+                if s.name not in digests:
+                    return s.name, "missing"
+                if digests[s.name] != self.manifest.vocabularies.get(s.name):
+                    return s.name, "vocabulary"
+        return None
 
     def vocabulary(self, name: str) -> pl.DataFrame:
         """A declared feature's ``value -> index`` table (what its ids mean in this model)."""

@@ -297,11 +297,11 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
                     f"the ranker needs dense feature {name!r}, which feature version lacks "
                     f"(it has {meta.user_dense + meta.item_dense})",
                 )
-        item_lists: dict[str, list[np.ndarray]] = {}
-        for s in ranker.layout.declared("item"):
-            _check_list(meta, meta.item_lists, s.name, ranker.bundle)
-            at = meta.item_lists.index(s.name)
-            item_lists[s.name] = [r.lists[at] for r in records]
+        _check_features(meta, meta.item_lists, ranker.bundle, "item")
+        item_lists = {
+            s.name: [r.lists[meta.item_lists.index(s.name)] for r in records]
+            for s in ranker.layout.declared("item")
+        }
         return ranker.score(
             int(ranker.users.encode([user_id])[0]),
             _known(ranker.items.encode(history_raw)),
@@ -504,30 +504,31 @@ def _item_keys(
     return retrieval.item_keys(item_raw)
 
 
-def _check_list(meta: FeatureMeta, names: list[str], name: str, bundle: Bundle) -> None:
-    """The feature version holds the declared id feature ``name`` with the model's vocabulary."""
-    if name not in names:
+def _check_features(meta: FeatureMeta, names: list[str], bundle: Bundle, side: str) -> None:
+    """The feature version's ``side`` lists hold every declared feature of that side the model
+    reads, in the model's vocabulary (``Bundle.unmatched_feature``)."""
+    unmatched = bundle.unmatched_feature({n: meta.vocabularies.get(n) for n in names}, (side,))
+    if unmatched is None:
+        return
+    name, problem = unmatched
+    if problem == "missing":
         raise RankError(
             Code.FAILED_PRECONDITION,
             f"the model reads feature {name!r}, which the feature version lacks (it has {names})",
         )
-    if meta.vocabularies.get(name) != bundle.manifest.vocabularies.get(name):
-        raise RankError(
-            Code.FAILED_PRECONDITION,
-            f"feature {name!r}: the feature version's vocabulary differs from the model's; "
-            "materialize the features of the model's data",
-        )
+    raise RankError(
+        Code.FAILED_PRECONDITION,
+        f"feature {name!r}: the feature version's vocabulary differs from the model's; "
+        "materialize the features of the model's data",
+    )
 
 
 def _declared_lists(
     meta: FeatureMeta, names: list[str], record: Record, bundle: Bundle, side: str
 ) -> dict[str, np.ndarray]:
     """The declared id features of ``side`` a model reads, from one feature record."""
-    out = {}
-    for s in bundle.inputs.declared(side):  # type: ignore[arg-type]
-        _check_list(meta, names, s.name, bundle)
-        out[s.name] = record.lists[names.index(s.name)]
-    return out
+    _check_features(meta, names, bundle, side)
+    return {s.name: record.lists[names.index(s.name)] for s in bundle.inputs.declared(side)}  # type: ignore[arg-type]
 
 
 def _known(indices: np.ndarray) -> np.ndarray:

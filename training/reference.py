@@ -75,16 +75,15 @@ class BundleReference:
                 f"objective.reference reads dense features {m.dense_features}, "
                 f"this job builds {data.inputs.dense_features}"
             )
-        ours = data.vocabulary_digests()
-        for s in bundle.inputs.declared("user") + bundle.inputs.declared("item"):
-            if s.name not in ours:
-                raise ConfigError(
-                    f"objective.reference reads feature {s.name!r}, which this data does not declare"
-                )
-            if ours[s.name] != m.vocabularies.get(s.name):
-                raise ConfigError(
-                    f"objective.reference: feature {s.name!r} has another vocabulary there; its ids differ"
-                )
+        unmatched = bundle.unmatched_feature(data.vocabulary_digests())
+        if unmatched is not None and unmatched[1] == "missing":
+            raise ConfigError(
+                f"objective.reference reads feature {unmatched[0]!r}, which this data does not declare"
+            )
+        if unmatched is not None:
+            raise ConfigError(
+                f"objective.reference: feature {unmatched[0]!r} has another vocabulary there; its ids differ"
+            )
         self.bundle = bundle
         self.runtime = load_ranker(bundle, "reference", threads=1)
         maps = translate_ids(data.mapping, bundle.id_mapping)

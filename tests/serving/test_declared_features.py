@@ -274,3 +274,32 @@ def test_training_rows_carry_their_events_context(declared: tuple[PreparedData, 
         assert set(np.round(batch.dense[:, -1].numpy(), 5)) <= allowed  # negatives share their event's
     with pytest.raises(DataError, match="carry no request context"):
         tables.dense(torch.tensor([0]), torch.tensor([0]))
+
+
+@pytest.mark.redis
+def test_a_feature_version_with_another_vocabulary_is_refused(
+    declared: tuple[PreparedData, Bundles], redis_client: redis.Redis, redis_url: str, layout: KeyLayout
+) -> None:
+    import json
+
+    data, bundles = declared
+    writer = FeatureWriter(redis_client, layout, ttl_s=300)
+    writer.write(data)
+    server = start_server(bundles, redis_url, layout)
+    user_id = data.mapping.users["user_id"][0]
+    try:
+        with RankingClient(server.address) as client:
+            for change, message in [
+                ({"item_tags": "0" * 16}, "feature 'item_tags': the feature version's vocabulary differs"),
+                ({"user_country": None}, "feature 'user_country': the feature version's vocabulary differs"),
+            ]:
+                version = writer.write(data).version  # a new current version, its meta then altered
+                meta = json.loads(redis_client.get(layout.meta(version)))
+                meta["vocabularies"] |= change
+                redis_client.set(layout.meta(version), json.dumps(meta))
+                with pytest.raises(grpc.RpcError) as refused:
+                    client.rank(user_id, k=5, context={"hour_of_day": 13.0})
+                assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+                assert message in refused.value.details()
+    finally:
+        server.stop(0)
