@@ -44,10 +44,17 @@ from rankforge.features.feature_spec import InputLayout
 from rankforge.features.id_mapping import IdMapping
 from rankforge.features.loaders import scan_interactions
 from rankforge.features.log_spec import scan_log
-from rankforge.features.pipeline import ORDER, DataConfig, PreparedData, encode_events, feature_tables
+from rankforge.features.pipeline import (
+    ORDER,
+    DataConfig,
+    PreparedData,
+    encode_events,
+    feature_tables,
+    split_events,
+)
 from rankforge.features.schema import ITEM, ITEM_IDX, LABEL, TIMESTAMP, USER, USER_IDX
 from rankforge.features.sequences import PositiveSequences
-from rankforge.features.splits import global_time_split, leave_last_out, random_leave_out, time_cut
+from rankforge.features.splits import time_cut
 from rankforge.features.string_ids import ITEM_KEY, USER_KEY
 
 log = logging.getLogger(__name__)
@@ -80,24 +87,16 @@ def _cuts(log: pl.LazyFrame, config: DataConfig) -> tuple[int | None, int | None
     return test_from, validation_from
 
 
-def _split(
-    log: pl.LazyFrame, config: DataConfig, fraction: float, seed: int, time_from: int | None
-) -> tuple[pl.LazyFrame, pl.LazyFrame]:
-    if config.split == "leave_last_out":
-        return leave_last_out(log, n_last=config.n_test_per_user)
-    if config.split == "time":
-        return global_time_split(log, fraction, time_from)
-    return random_leave_out(log, fraction, seed=seed)
-
-
 def _bucket_parts(
     bucket: pl.LazyFrame, config: DataConfig, cuts: tuple[int | None, int | None]
 ) -> tuple[pl.LazyFrame, pl.LazyFrame | None, pl.LazyFrame]:
     """(train, validation or None, test) of one bucket, as ``prepare`` splits the whole log."""
-    train, test = _split(bucket, config, config.test_fraction, 0, cuts[0])
+    train, test = split_events(bucket, config, config.test_fraction, 0, cuts[0])
     validation = None
     if config.validation_fraction > 0:
-        train, validation = _split(train, config, config.validation_fraction, config.validation_seed, cuts[1])
+        train, validation = split_events(
+            train, config, config.validation_fraction, config.validation_seed, cuts[1]
+        )
     return train, validation, test
 
 

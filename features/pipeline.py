@@ -302,22 +302,24 @@ def _raw_log(config: DataConfig) -> tuple[pl.DataFrame, pl.DataFrame | None, pl.
     return load_interactions(config.path, config.layout), None, items
 
 
-def _split(
-    log: pl.DataFrame,
-    config: DataConfig,
-    fraction: float | None = None,
-    seed: int = 0,
-    test_from: int | None = None,
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    lazy = log.lazy()
-    fraction = config.test_fraction if fraction is None else fraction
+def split_events(
+    log: pl.LazyFrame, config: DataConfig, fraction: float, seed: int = 0, test_from: int | None = None
+) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+    """(train, held out) by ``config.split``, lazily: the whole log here, one user bucket out of
+    core (leave-last-out and random splits are per user or per row; a time split is given its cut)."""
     if config.split == "leave_last_out":
-        train, test = leave_last_out(lazy, n_last=config.n_test_per_user)
-    elif config.split == "time":
-        train, test = global_time_split(lazy, fraction, test_from)
-    else:  # random, and provided splits (their validation is carved at random, as SimpleX does)
-        train, test = random_leave_out(lazy, fraction, seed=seed)
-    return train.collect(), test.collect()
+        return leave_last_out(log, n_last=config.n_test_per_user)
+    if config.split == "time":
+        return global_time_split(log, fraction, test_from)
+    # random, and provided splits (their validation is carved at random, as SimpleX does)
+    return random_leave_out(log, fraction, seed=seed)
+
+
+def _split(
+    log: pl.DataFrame, config: DataConfig, fraction: float, seed: int = 0, test_from: int | None = None
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    train, held_out = split_events(log.lazy(), config, fraction, seed, test_from)
+    return train.collect(), held_out.collect()
 
 
 def encode_events(
@@ -407,7 +409,7 @@ def prepare(config: DataConfig) -> PreparedData:
     if provided_test is not None:
         train_raw, test_raw = log, provided_test
     else:
-        train_raw, test_raw = _split(log, config, test_from=config.test_from)
+        train_raw, test_raw = _split(log, config, config.test_fraction, test_from=config.test_from)
     if train_raw.height == 0:
         raise DataError("the split left no training events")
     if test_raw.height == 0:
