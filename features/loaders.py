@@ -6,6 +6,8 @@ Supported layouts (picked by file name, or explicitly with ``layout=``):
 * ``ratings.dat``  MovieLens 1M/10M (``user::item::rating::timestamp``, no header)
 * ``u.data``       MovieLens 100K (tab separated, no header)
 * ``train.txt`` / ``test.txt``  LightGCN user-item lists (``user item item ...`` per line)
+* ``train.tsv`` / ``test.tsv``  IR-Benchmark pairs (the PSL paper's splits, Tiny-Snow/IR-Benchmark):
+  tab separated, header ``user_procid  item_procid``, one interaction per line
 * ``*.parquet``    any log already in the canonical schema (``user_id``, ``item_id``, optional
   ``rating`` and ``timestamp``)
 
@@ -23,7 +25,7 @@ import polars as pl
 from rankforge.errors import DataError
 from rankforge.features.schema import INTERACTION_SCHEMA, ITEM, RATING, TIMESTAMP, USER, require_columns
 
-Layout = Literal["movielens-csv", "movielens-dat", "movielens-100k", "lightgcn", "parquet"]
+Layout = Literal["movielens-csv", "movielens-dat", "movielens-100k", "lightgcn", "ir-benchmark", "parquet"]
 
 _LAYOUT_BY_NAME: dict[str, Layout] = {
     "ratings.csv": "movielens-csv",
@@ -31,6 +33,8 @@ _LAYOUT_BY_NAME: dict[str, Layout] = {
     "u.data": "movielens-100k",
     "train.txt": "lightgcn",
     "test.txt": "lightgcn",
+    "train.tsv": "ir-benchmark",
+    "test.tsv": "ir-benchmark",
 }
 
 
@@ -142,6 +146,25 @@ def scan_lightgcn(path: str | Path) -> pl.LazyFrame:
     return _canonical(frame)
 
 
+IR_BENCHMARK_COLUMNS = ("user_procid", "item_procid")
+
+
+def scan_ir_benchmark(path: str | Path) -> pl.LazyFrame:
+    """IR-Benchmark ``train.tsv``/``test.tsv``: a header, then one ``user<TAB>item`` pair per line
+    (dense ids). No rating or time: the position of a pair among its user's lines becomes its
+    timestamp, as for LightGCN lists."""
+    p = existing_file(path)
+    frame = pl.scan_csv(
+        p, separator="\t", has_header=True, schema_overrides=dict.fromkeys(IR_BENCHMARK_COLUMNS, pl.String)
+    )
+    require_columns(frame, list(IR_BENCHMARK_COLUMNS), f"IR-Benchmark file {p}")
+    return _canonical(
+        frame.select(pl.col("user_procid").alias(USER), pl.col("item_procid").alias(ITEM)).with_columns(
+            pl.int_range(pl.len()).over(USER).alias(TIMESTAMP)
+        )
+    )
+
+
 def scan_parquet_log(path: str | Path) -> pl.LazyFrame:
     p = existing_file(path)
     frame = pl.scan_parquet(p)
@@ -154,6 +177,7 @@ _SCANNERS = {
     "movielens-dat": scan_movielens_dat,
     "movielens-100k": scan_movielens_100k,
     "lightgcn": scan_lightgcn,
+    "ir-benchmark": scan_ir_benchmark,
     "parquet": scan_parquet_log,
 }
 
@@ -194,3 +218,12 @@ def load_lightgcn_split(directory: str | Path) -> tuple[pl.DataFrame, pl.DataFra
     """LightGCN ships its own train/test split: keep it instead of re-splitting."""
     d = Path(directory)
     return load_interactions(d / "train.txt", "lightgcn"), load_interactions(d / "test.txt", "lightgcn")
+
+
+def load_ir_benchmark_split(directory: str | Path) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """An IR-Benchmark data set's own train/test split (``train.tsv``, ``test.tsv``)."""
+    d = Path(directory)
+    return (
+        load_interactions(d / "train.tsv", "ir-benchmark"),
+        load_interactions(d / "test.tsv", "ir-benchmark"),
+    )

@@ -41,7 +41,12 @@ from rankforge.features.feature_spec import (
     input_layout,
 )
 from rankforge.features.id_mapping import IdMapping
-from rankforge.features.loaders import load_interactions, load_lightgcn_split, load_movielens_items
+from rankforge.features.loaders import (
+    load_interactions,
+    load_ir_benchmark_split,
+    load_lightgcn_split,
+    load_movielens_items,
+)
 from rankforge.features.log_spec import LogSpec, read_log
 from rankforge.features.schema import ITEM, ITEM_IDX, LABEL, RATING, TIMESTAMP, USER, USER_IDX
 from rankforge.features.sequences import PositiveSequences
@@ -68,15 +73,22 @@ class SyntheticConfig(BaseModel):
     seed: int = 0
 
 
+#: Sources that ship their own train/test split (``split = "provided"`` keeps it), and its reader.
+PROVIDED_SPLITS = {"lightgcn": load_lightgcn_split, "ir_benchmark": load_ir_benchmark_split}
+
+
 class DataConfig(BaseModel):
     """Where the log comes from and how it becomes examples."""
 
     model_config = ConfigDict(extra="forbid")
-    source: Literal["synthetic", "movielens", "lightgcn", "file", "prepared"] = "synthetic"
+    source: Literal["synthetic", "movielens", "lightgcn", "ir_benchmark", "file", "prepared"] = "synthetic"
     # movielens/lightgcn: a directory; file: a log file; prepared: the directory `rankforge
     # prepare` wrote (out of core: the examples stay on disk, see features.out_of_core)
     path: Path | None = None
-    layout: Literal["movielens-csv", "movielens-dat", "movielens-100k", "lightgcn", "parquet"] | None = None
+    layout: (
+        Literal["movielens-csv", "movielens-dat", "movielens-100k", "lightgcn", "ir-benchmark", "parquet"]
+        | None
+    ) = None
     items_path: Path | None = None  # optional item catalogue (movies.csv layout)
     # Side tables of user / item attributes, and the features declared on them (see
     # rankforge.features.feature_spec). Without item_table, the source's catalogue (synthetic,
@@ -102,9 +114,10 @@ class DataConfig(BaseModel):
     validation_fraction: float = Field(0.0, ge=0, lt=1)
     validation_seed: int = 1
     # Which history a retrieval training example carries: the user's positives strictly before
-    # the example ("point_in_time", leakage-free, the default) or the user's whole latest training
-    # history as served ("latest": SimpleX's reference code, which feeds every example the user's
-    # interacted items; right for logs without meaningful time such as the LightGCN splits).
+    # the example ("point_in_time", leakage-free, the default) or the user's latest training
+    # history as served, without the example's own item ("latest": SimpleX's reference code,
+    # which feeds every example the user's other interacted items; right for logs without
+    # meaningful time such as the LightGCN splits).
     training_history: Literal["point_in_time", "latest"] = "point_in_time"
 
     @classmethod
@@ -174,8 +187,11 @@ class DataConfig(BaseModel):
             raise ValueError(
                 "context features come from your own log's columns: give data.source = 'file' and data.log"
             )
-        if self.split == "provided" and self.source != "lightgcn":
-            raise ValueError("split='provided' only applies to source='lightgcn' (train.txt/test.txt)")
+        if self.split == "provided" and self.source not in PROVIDED_SPLITS:
+            raise ValueError(
+                "split='provided' only applies to source='lightgcn' (train.txt/test.txt) or "
+                "'ir_benchmark' (train.tsv/test.tsv)"
+            )
         return self
 
 
@@ -291,8 +307,8 @@ def _raw_log(config: DataConfig) -> tuple[pl.DataFrame, pl.DataFrame | None, pl.
         if items is None and (directory / "movies.csv").is_file():
             items = load_movielens_items(directory / "movies.csv")
         return load_interactions(found), None, items
-    if config.source == "lightgcn":
-        train, test = load_lightgcn_split(config.path)
+    if config.source in PROVIDED_SPLITS:
+        train, test = PROVIDED_SPLITS[config.source](config.path)
         if config.split == "provided":
             return train, test, items
         return pl.concat([train, test]), None, items

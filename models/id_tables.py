@@ -64,10 +64,18 @@ class IdTableModel(RetrievalModel):
         return self._pooled(item_kjt)["item_id"][: item_kjt.stride()]
 
     def forward(
-        self, user_kjt: KeyedJaggedTensor, item_kjt: KeyedJaggedTensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self, user_kjt: KeyedJaggedTensor, item_kjt: KeyedJaggedTensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Raw user vectors ``[B, d]`` and item vectors ``[M, d]`` from one lookup; ``item_kjt``
+        ``None`` looks up users only (the caller reads :meth:`item_table`)."""
+        if item_kjt is None:
+            return self.user_embedding(user_kjt), None
         pooled = self._pooled(user_kjt, item_kjt)  # one lookup per step
         return self._user(pooled, user_kjt.stride()), pooled["item_id"][: item_kjt.stride()]
+
+    def item_table(self) -> torch.Tensor | None:
+        bags = getattr(self.ebc, "embedding_bags", None)  # a sharded collection has none
+        return None if bags is None else bags["t_item_id"].weight
 
 
 class IdTwin(nn.Module):

@@ -105,10 +105,9 @@ def side_inputs(frame: pl.DataFrame, layout: InputLayout, side: Side) -> dict[st
         if s.side != side:
             continue
         column = BUILT_IN_COLUMNS.get(s.name, s.name)
+        # the id columns hold one id per row; every other input is a list (a history of length 1 too)
         out[s.name] = (
-            ids_column(frame[column])
-            if s.max_len == 1 and s.name in BUILT_IN_COLUMNS
-            else pad_lists(frame[column], s.max_len)
+            ids_column(frame[column]) if s.name in (USER_ID, ITEM_ID) else pad_lists(frame[column], s.max_len)
         )
     return out
 

@@ -2,6 +2,8 @@
 
 The model of MF-BPR (Rendle et al. 2009) and of SimpleX's "MF-CCL" (Mao et al. 2021, Table 3):
 ``score(u, i) = sim(e_u, e_i)``, with ``sim`` the model's scoring function (dot or cosine).
+``dropout`` (the MF-CCL config's ``embedding_dropout`` in the SimpleX authors' code) drops entries
+of the normalised user vector while training.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ class MatrixFactorization(IdTableModel):
         scoring: Scoring = DOT,
         init_std: float | None = None,
         device: torch.device | None = None,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.scoring = scoring
@@ -35,6 +38,8 @@ class MatrixFactorization(IdTableModel):
             device=device,
         )
         self._collection_built()
+        if dropout > 0:
+            self.query_dropout = nn.Dropout(dropout)
 
     @property
     def user_keys(self) -> list[str]:

@@ -49,9 +49,24 @@ class RetrievalModel(nn.Module):
     def candidate(self, item_kjt: KeyedJaggedTensor) -> torch.Tensor:
         return self.scoring.candidate(self.item_embedding(item_kjt))
 
+    def training_query(self, user: torch.Tensor) -> torch.Tensor:
+        """What a training score is computed from: raw user vectors ``[B, d]`` normalised as the
+        scoring function does (no temperature: an objective applies its own), then the model's
+        ``query_dropout`` if it has one (SimpleX's and MF-CCL's dropout on the normalised user
+        vector, as in the authors' code). Evaluation and serving use :meth:`query`."""
+        query = self.scoring.normalise(user)
+        dropout = self._modules.get("query_dropout")
+        return dropout(query) if dropout is not None else query
+
     def portable(self, side: str) -> nn.Module:
         """A plain-torch module ``(*padded ids in side_keys order) -> raw vectors`` for export."""
         raise NotImplementedError
+
+    def item_table(self) -> torch.Tensor | None:
+        """Every item's raw vector ``[n_items, d]`` as one differentiable tensor, where the item
+        side *is* an unsharded id table (matrix factorisation, SimpleX on replicated tables);
+        ``None`` otherwise (a tower, or tables sharded by TorchRec)."""
+        return None
 
 
 def merged_kjt(parts: list[KeyedJaggedTensor], keys: list[str]) -> KeyedJaggedTensor:

@@ -55,17 +55,21 @@ class Scoring:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def normalise(self, vectors: torch.Tensor) -> torch.Tensor:
+        """Vectors ``[..., d]`` whose inner products are the similarity itself (unit vectors for
+        cosine, unchanged for dot): what an objective scores, before any temperature."""
+        if self.similarity == "cosine":
+            return torch.nn.functional.normalize(vectors, dim=-1, eps=NORM_EPS)
+        return vectors
+
     def query(self, user: torch.Tensor) -> torch.Tensor:
         """User vectors ``[B, d]`` in scoring space."""
-        if self.similarity == "cosine":
-            user = torch.nn.functional.normalize(user, dim=-1, eps=NORM_EPS)
+        user = self.normalise(user)
         return user / self.temperature if self.temperature != 1.0 else user
 
     def candidate(self, item: torch.Tensor) -> torch.Tensor:
         """Item vectors ``[M, d]`` in scoring space."""
-        if self.similarity == "cosine":
-            return torch.nn.functional.normalize(item, dim=-1, eps=NORM_EPS)
-        return item
+        return self.normalise(item)
 
     def score(self, user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
         """Scores ``[B, M]`` of raw user ``[B, d]`` and raw item ``[M, d]`` vectors."""

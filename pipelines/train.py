@@ -9,6 +9,7 @@ from its last epoch checkpoint, in the same MLflow run.
 from __future__ import annotations
 
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from rankforge.pipelines.registry import BUNDLE_ARTIFACT, RegisteredModel, log_a
 from rankforge.pipelines.train_config import UNTRAINED_KINDS, TrainConfig
 from rankforge.serving.export_bundle import build_ranker_bundle, build_retrieval_bundle
 from rankforge.settings import Settings, configure_mlflow
+from rankforge.training.allocator import reuse_large_allocations
 from rankforge.training.batches import FeatureTables
 from rankforge.training.sharding import DistEnv, init_distributed, shutdown_distributed
 from rankforge.training.trainer import EpochStats, Trainer
@@ -46,6 +48,9 @@ class TrainResult:
     run_id: str | None
     epochs: list[EpochStats] = field(default_factory=list)
     stages: list[RegisteredModel] = field(default_factory=list)  # every registered model (2 for a cascade)
+    # the job's wall minutes when the selected epoch had been validated (kept out of the bundle's
+    # metrics: a rerun of the same config must export the same bundle)
+    best_epoch_minutes: float | None = None
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -76,6 +81,19 @@ def selection_value(scores: dict[str, float], metric: str, higher_is_better: boo
     if metric not in scores:
         raise ConfigError(f"training.selection_metric {metric!r} is not among {sorted(scores)}")
     return scores[metric] if higher_is_better else -scores[metric]
+
+
+def epoch_line(stats: EpochStats, config: TrainConfig, scores: dict[str, float], best: bool) -> str:
+    """One line per epoch (the job's curve in its log): loss, speed and, when the epoch was
+    validated, the selection metric and whether it is the best so far."""
+    line = (
+        f"epoch {stats.epoch}/{config.training.epochs}: loss {stats.loss:.4f}, "
+        f"{stats.examples_per_second:,.0f} examples/s, {stats.seconds:.1f} s"
+    )
+    name = config.selection[0]
+    if name in scores:
+        line += f"; validation {name} {scores[name]:.4f}" + (" (best)" if best else "")
+    return line
 
 
 def _is_first_version(name: str) -> bool:
@@ -223,6 +241,7 @@ def run_training(config: TrainConfig) -> TrainResult:
     started = time.monotonic()
     if config.training.threads is not None:
         torch.set_num_threads(config.training.threads)
+    reuse_large_allocations()
     data = prepare(config.data)
     if config.auctions is not None:
         data = with_auctions(data, config.auctions, config.data)
@@ -258,13 +277,20 @@ def run_training(config: TrainConfig) -> TrainResult:
             }
             stop = False
             validation_started = time.monotonic()
+            scores: dict[str, float] = {}
             if model is not None:
                 scores = validate(model, data, trainer.tables, split="validation")
                 metrics.update({f"val_{metric_name(k)}": v for k, v in scores.items()})
                 if scores:  # e.g. a validation split with a single label has no ranking metrics
-                    trainer.keep_if_best(model, stats.epoch, selection_value(scores, *config.selection))
+                    value = selection_value(scores, *config.selection)
+                    trainer.keep_if_best(model, stats.epoch, value, (time.monotonic() - started) / 60.0)
                 patience = config.training.patience
                 stop = patience is not None and stats.epoch - trainer.best_epoch >= patience
+            print(
+                epoch_line(stats, config, scores, trainer.best_epoch == stats.epoch),
+                file=sys.stderr,
+                flush=True,
+            )
             budget = config.training.time_budget_minutes
             if budget is not None:
                 # the next epoch, its validation and the final test (about one more validation)
@@ -288,7 +314,13 @@ def run_training(config: TrainConfig) -> TrainResult:
                 metrics["best_epoch"] = float(trainer.best_epoch)
                 name, higher = config.selection
                 metrics[f"best_val_{name}"] = trainer.best_value if higher else -trainer.best_value
-                mlflow.log_metrics({"best_epoch": trainer.best_epoch, "epochs_run": trainer.epochs_done})
+                mlflow.log_metrics(
+                    {
+                        "best_epoch": trainer.best_epoch,
+                        "epochs_run": trainer.epochs_done,
+                        "best_epoch_minutes": trainer.best_minutes,
+                    }
+                )
             if epochs:
                 metrics["train_loss"] = epochs[-1].loss
             registered_stages = publish(model, data, config, metrics, bundle_dir)
@@ -298,7 +330,10 @@ def run_training(config: TrainConfig) -> TrainResult:
         if active:
             mlflow.end_run()
             active = False
-        return TrainResult(registered, bundle_dir, metrics, run_id, list(epochs), registered_stages)
+        best_minutes = trainer.best_minutes if select and model is not None else None
+        return TrainResult(
+            registered, bundle_dir, metrics, run_id, list(epochs), registered_stages, best_minutes
+        )
     finally:
         if active:
             mlflow.end_run(status="FAILED")

@@ -90,9 +90,16 @@ class ModelConfig(_Section):
     tower_sizes: list[int] = Field(default_factory=lambda: [64, 32], min_length=1)
     # mf / simplex: N(0, init_std) table init (None: TorchRec's default uniform)
     init_std: float | None = Field(None, gt=0)
-    # simplex: the gating weight g of h_u = g e_u + (1 - g) V mean(history), and dropout on h_u
+    # simplex: the gating weight g of h_u = g e_u + (1 - g) V agg(history); the aggregator (mean or
+    # the authors' user attention); the history's table (the item table, or one of its own);
+    # attention_pad_length: padding slots in the attention softmax as in the authors' code (0: none)
     gamma: float = Field(0.5, ge=0, le=1)
-    dropout: float = Field(0.1, ge=0, lt=1)
+    aggregator: Literal["mean", "user_attention"] = "mean"
+    history_table: Literal["shared", "separate"] = "shared"
+    attention_pad_length: int = Field(0, ge=0)
+    # mf / simplex: dropout on the normalised user vector while training (None: 0.1 for simplex,
+    # none for mf)
+    dropout: float | None = Field(None, ge=0, lt=1)
     # ranking (DLRM)
     dense_sizes: list[int] = Field(default_factory=lambda: [32], min_length=1)
     over_sizes: list[int] = Field(default_factory=lambda: [64, 1], min_length=1)
@@ -161,9 +168,19 @@ class OptimizerConfig(_Section):
     sparse_eps: float = Field(1e-8, gt=0)
     # L2 penalty on the embeddings a batch looks up: l2 * sum ||e||^2 / batch (LightGCN, SimpleX)
     embedding_l2: float = Field(0.0, ge=0)
-    # learning-rate schedule over the configured epochs, applied to every optimizer each step
-    schedule: Literal["constant", "cosine", "linear"] = "constant"
+    # L2 on whole tables, lambda / 2 * ||W||^2 added to every step's loss (the SimpleX authors'
+    # embedding_regularizer; Adam's coupled weight decay); replicated (Adam on CPU) tables only
+    embedding_weight_decay: float = Field(0.0, ge=0)
+    # clip the global gradient norm of the unfused parameters (the SimpleX authors clip at 10)
+    max_grad_norm: float | None = Field(None, gt=0)
+    # learning-rate schedule, applied to every optimizer: over the configured epochs (constant,
+    # cosine, linear, each after `warmup_steps`), or "plateau": times `plateau_factor` (not below
+    # `min_lr`) after each validation that does not improve, restarting from the best weights
+    # (the SimpleX authors' reduce-on-plateau)
+    schedule: Literal["constant", "cosine", "linear", "plateau"] = "constant"
     warmup_steps: int = Field(0, ge=0)
+    plateau_factor: float = Field(0.1, gt=0, lt=1)
+    min_lr: float = Field(1e-6, ge=0)
 
 
 class TrainingConfig(_Section):
@@ -196,6 +213,10 @@ class NegativesConfig(_Section):
     uniform_share: float = Field(0.0, ge=0, le=1)
     # retrieval only: one pool of `count` negatives for the whole batch ([N, D]) instead of per example
     shared: bool = False
+    # retrieval, per example: which sampled items do not count as negatives. "positive": a
+    # negative equal to the example's own item is masked out; "user_positives": any item the user
+    # has a training positive with is drawn again (the IR-Benchmark sampler of the PSL paper)
+    exclude: Literal["positive", "user_positives"] = "positive"
 
 
 class ShardingConfig(_Section):
@@ -237,6 +258,9 @@ class AuctionConfig(_Section):
 class CheckpointConfig(_Section):
     resume: bool = True  # pick up an interrupted job's last checkpoint in output_dir
     keep: int = Field(2, ge=1)
+    # write one every N epochs (and after the last): a resumed job re-trains at most N - 1 epochs,
+    # exactly as the first time (every random draw is in the checkpoint)
+    every: int = Field(1, ge=1)
 
 
 class TrainConfig(_Section):
@@ -290,9 +314,24 @@ class TrainConfig(_Section):
         return self
 
     @model_validator(mode="after")
+    def _plateau_needs_validation(self) -> TrainConfig:
+        if self.optimizer.schedule == "plateau" and self.data.validation_fraction <= 0 and not self.auctions:
+            raise ValueError(
+                "optimizer.schedule = 'plateau' reacts to validation: set data.validation_fraction > 0"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _negatives_fit_model(self) -> TrainConfig:
         if self.negatives.count == 0 and self.model.kind != "ranking":
             raise ValueError(f"negatives.count = 0 only applies to ranking, not {self.model.kind!r}")
+        if self.negatives.exclude == "user_positives" and (
+            self.negatives.shared or self.model.kind not in RETRIEVAL_KINDS
+        ):
+            raise ValueError(
+                "negatives.exclude = 'user_positives' applies to per-example retrieval negatives "
+                "(negatives.shared = false)"
+            )
         return self
 
     @model_validator(mode="after")

@@ -12,6 +12,7 @@ from rankforge.features.synthetic import GENRES_FEATURE
 REPO = Path(__file__).resolve().parents[1]
 MOVIELENS = REPO.parent / "shared" / "data" / "ml-latest-small"
 GOWALLA = REPO.parent / "shared" / "data" / "gowalla"
+PSL_ELECTRONIC = REPO.parent / "shared" / "data" / "psl-ir-benchmark" / "amazon2014-electronic"
 
 
 @pytest.fixture
@@ -48,6 +49,16 @@ def gowalla_dir() -> Path:
             f"Gowalla (LightGCN split) not found at {GOWALLA} (the shared/ folder next to the repository)"
         )
     return GOWALLA
+
+
+@pytest.fixture(scope="session")
+def psl_electronic_dir() -> Path:
+    if not (PSL_ELECTRONIC / "train.tsv").is_file():
+        pytest.fail(
+            f"the PSL paper's Amazon-Electronic split not found at {PSL_ELECTRONIC} "
+            "(the shared/ folder next to the repository)"
+        )
+    return PSL_ELECTRONIC
 
 
 @pytest.fixture(scope="session")

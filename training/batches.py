@@ -28,6 +28,7 @@ from rankforge.features.pipeline import PreparedData
 from rankforge.features.schema import ITEM_IDX, LABEL, USER_IDX
 from rankforge.models.inputs import PAD, dense_inputs, pad_lists, padded_to_kjt, side_inputs
 from rankforge.training.reference import Reference
+from rankforge.training.sampled_scores import SampledPattern
 
 #: Polars does not promise a row order after joins and group-bys; shuffling a canonical order
 #: is what makes a seed reproduce a run.
@@ -204,11 +205,43 @@ def rank_slice(n: int, rank: int, world_size: int) -> slice:
 
 
 @dataclass(frozen=True)
+class UserItems:
+    """Each user's items in CSR form: ``items[offsets[u]:offsets[u + 1]]`` are user ``u``'s."""
+
+    offsets: torch.Tensor  # [n_users + 1]
+    items: torch.Tensor  # [n_pairs]
+
+    @classmethod
+    def of(cls, users: torch.Tensor, items: torch.Tensor, n_users: int) -> UserItems:
+        order = torch.argsort(users, stable=True)
+        offsets = torch.zeros(n_users + 1, dtype=torch.int64)
+        torch.cumsum(torch.bincount(users, minlength=n_users), 0, out=offsets[1:])
+        return cls(offsets, items[order])
+
+    def mask(self, users: torch.Tensor, n_items: int) -> torch.Tensor:
+        """``[len(users), n_items]`` bool: True where row ``r``'s user has the item. One dense row
+        per batch row makes the membership test of ``B x N`` sampled items one gather."""
+        starts, ends = self.offsets[users], self.offsets[users + 1]
+        counts = ends - starts
+        rows = torch.repeat_interleave(torch.arange(len(users)), counts)
+        first = torch.cumsum(counts, 0) - counts  # each row's first slot among the gathered items
+        picks = torch.arange(int(counts.sum())) - first[rows] + starts[rows]
+        out = torch.zeros(len(users), n_items, dtype=torch.bool)
+        out[rows, self.items[picks]] = True
+        return out
+
+
+@dataclass(frozen=True)
 class RetrievalBatch:
+    """Per-example negatives: ``items`` are the batch's distinct candidates (positives and
+    negatives) and ``pattern`` says which candidate each of the ``[b, 1 + N]`` scores reads.
+    A shared pool: ``items`` are the ``b`` positives then the ``N`` shared negatives, no pattern."""
+
     user: KeyedJaggedTensor  # b users
-    items: KeyedJaggedTensor  # b positives, then the negatives (b * N, or N when shared)
+    # distinct candidates [U] (per example), b positives + N shared, or None: the whole catalogue
+    items: KeyedJaggedTensor | None
     neg_mask: torch.Tensor  # [b, N] bool: False where a negative is the example's positive
-    shared_negatives: bool
+    pattern: SampledPattern | None = None
 
     @property
     def size(self) -> int:
@@ -216,7 +249,10 @@ class RetrievalBatch:
 
     def to(self, device: torch.device) -> RetrievalBatch:
         return RetrievalBatch(
-            self.user.to(device), self.items.to(device), self.neg_mask.to(device), self.shared_negatives
+            self.user.to(device),
+            None if self.items is None else self.items.to(device),
+            self.neg_mask.to(device),
+            None if self.pattern is None else self.pattern.to(device),
         )
 
 
@@ -379,6 +415,8 @@ class RetrievalBatches(_Batches):
         seed: int = 0,
         user_keys: list[str] | None = None,
         item_keys: list[str] | None = None,
+        over_catalogue: bool = False,
+        exclude: Literal["positive", "user_positives"] = "positive",
     ) -> None:
         examples = data.retrieval_examples.sort(CANONICAL_ORDER)
         shards = data.example_shards["retrieval_examples"] if data.example_shards else None
@@ -398,6 +436,15 @@ class RetrievalBatches(_Batches):
         # the sparse inputs the model reads (matrix factorisation reads ids only)
         self.user_keys = list(user_keys or tables.user_keys)
         self.item_keys = list(item_keys or tables.item_keys)
+        # per-example negatives scored against the model's whole item table (see RetrievalTask)
+        self.over_catalogue = over_catalogue and not shared_negatives
+        # exclude = "user_positives": every user's training positives
+        self.user_positives: UserItems | None = None
+        if exclude == "user_positives":
+            if shared_negatives:
+                raise ValueError("user positives are excluded from per-example negatives only")
+            seen = data.train_events.filter(pl.col(LABEL) > 0)
+            self.user_positives = UserItems.of(_tensor(seen[USER_IDX]), _tensor(seen[ITEM_IDX]), data.n_users)
 
     def _load_shard(self, path: Path) -> dict[str, torch.Tensor | None]:
         frame = pl.read_parquet(path, columns=[USER_IDX, ITEM_IDX, N_BEFORE, *self.data.inputs.context_names])
@@ -414,6 +461,8 @@ class RetrievalBatches(_Batches):
             n_rows = len(rows)
             shape = (self.n_negatives,) if self.shared else (n_rows, self.n_negatives)
             negatives = self.sampler.sample(shape, self.generator)
+            if self.user_positives is not None:
+                self._redraw_user_positives(self.users[rows], negatives)
             local = rank_slice(n_rows - n_rows % self.world_size, self.rank, self.world_size)
             mine = rows[local]
             positives = self.positives[mine]
@@ -423,15 +472,47 @@ class RetrievalBatches(_Batches):
             else:
                 neg_ids = negatives[local]
                 neg_mask = neg_ids != positives.unsqueeze(1)
-            history = None if self.history is None else self.history[mine]
-            users = self.tables.users(self.users[mine], history)
-            items = self.tables.items(torch.cat([positives, neg_ids.reshape(-1)]))
+            users = self.tables.users(self.users[mine], self._history(mine, positives))
+            pattern, items = None, None
+            if self.shared:
+                items = self.tables.items(torch.cat([positives, neg_ids]))
+            else:
+                scored = torch.cat([positives.unsqueeze(1), neg_ids], dim=1)  # [b, 1 + N]
+                if self.over_catalogue:
+                    pattern = SampledPattern.over_catalogue(scored, self.tables.n_items)
+                else:
+                    pattern = SampledPattern.of(scored)
+                    items = self.tables.items(pattern.unique)
             yield RetrievalBatch(
                 user=padded_to_kjt(users, self.user_keys),
-                items=padded_to_kjt(items, self.item_keys),
+                items=None if items is None else padded_to_kjt(items, self.item_keys),
                 neg_mask=neg_mask,
-                shared_negatives=self.shared,
+                pattern=pattern,
             )
+
+    def _redraw_user_positives(self, users: torch.Tensor, negatives: torch.Tensor) -> None:
+        """Draw again, in place, every negative ``[n, N]`` the user has a training positive with,
+        until none is left (rejection sampling, as the IR-Benchmark sampler does)."""
+        assert self.user_positives is not None
+        known = self.user_positives.mask(users, self.tables.n_items)  # [n, n_items]
+        hit = known.gather(1, negatives)
+        while bool(hit.any()):
+            rows, cols = hit.nonzero(as_tuple=True)
+            fresh = self.sampler.sample((len(rows),), self.generator)
+            negatives[rows, cols] = fresh
+            hit = torch.zeros_like(hit)
+            hit[rows, cols] = known[rows, fresh]
+
+    def _history(self, rows: torch.Tensor, positives: torch.Tensor) -> torch.Tensor | None:
+        """The examples' histories: point-in-time ones, or (``training_history = "latest"``) the
+        user's latest history without the example's own item, as the SimpleX authors build it
+        (``history.remove(item)``), so no example sees its target among its inputs."""
+        if self.history is not None:
+            return self.history[rows]
+        if USER_HISTORY not in self.user_keys:
+            return None
+        latest = self.tables.user_history[self.users[rows]]
+        return latest.masked_fill(latest == positives.unsqueeze(1), PAD)
 
 
 class RankingBatches(_Batches):

@@ -31,7 +31,7 @@ from torch import nn
 from torchrec.optim.keyed import KeyedOptimizer
 
 from rankforge.errors import ConfigError
-from rankforge.training.sharding import DistEnv
+from rankforge.training.sharding import DistEnv, unwrap
 
 _NAME = re.compile(r"^epoch_(\d{4,})$")
 EXTRA = "job_state.pt"
@@ -106,7 +106,9 @@ class Checkpointer:
             shutil.rmtree(partial, ignore_errors=True)
             partial.mkdir(parents=True)
         dist.barrier()
-        dcp.save({"model": model.state_dict(), "optim": optimizer.state_dict()}, checkpoint_id=partial)
+        dcp.save(
+            {"model": unwrap(model).state_dict(), "optim": optimizer.state_dict()}, checkpoint_id=partial
+        )
         dist.barrier()
         if self.env.is_main:
             torch.save(extra, partial / EXTRA)
@@ -152,6 +154,34 @@ class Checkpointer:
         except (OSError, RuntimeError, EOFError, ValueError) as exc:
             raise ConfigError(f"cannot read {path / EXTRA}: {type(exc).__name__}: {str(exc)[:120]}") from exc
 
+    @property
+    def best_weights(self) -> Path:
+        """Where :meth:`save_weights` keeps the best epoch's weights (the plateau schedule)."""
+        return self.directory / "best_weights"
+
+    def save_weights(self, target: Path, model: nn.Module) -> None:
+        """Collective: the model's weights alone (each rank its shards), replacing ``target``
+        atomically; no optimizer state (restoring them keeps the optimizer's, as the SimpleX
+        authors' trainer does)."""
+        partial = target.with_name(f".{target.name}.partial")
+        if self.env.is_main:
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+        dist.barrier()
+        dcp.save({"model": unwrap(model).state_dict()}, checkpoint_id=partial)
+        dist.barrier()
+        if self.env.is_main:
+            shutil.rmtree(target, ignore_errors=True)
+            partial.rename(target)
+        dist.barrier()
+
+    def load_weights(self, source: Path, model: nn.Module) -> None:
+        """Collective: load weights written by :meth:`save_weights` in place."""
+        model = unwrap(model)
+        state = {"model": model.state_dict()}
+        dcp.load(state, checkpoint_id=source)
+        model.load_state_dict(state["model"])
+
     def load(
         self, path: Path, model: nn.Module, optimizer: KeyedOptimizer, dense_optimizer: KeyedOptimizer
     ) -> None:
@@ -161,6 +191,7 @@ class Checkpointer:
         first (``init_state``); the weights that step may touch are overwritten by the load.
         """
         dense_optimizer.init_state()
+        model = unwrap(model)
         state = {"model": model.state_dict(), "optim": optimizer.state_dict()}
         dcp.load(state, checkpoint_id=path)
         model.load_state_dict(state["model"])

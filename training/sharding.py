@@ -1,10 +1,15 @@
 """Process group, sharding plan, DMP wrapping, optimizers and gathering of the unsharded model.
 
 Everything that depends on how many processes there are lives here, so the trainer reads the same
-on one process as on N: TorchRec's planner places each embedding table (table-wise or column-wise
-on CPU, row-wise too on GPUs), DistributedModelParallel shards the tables and wraps the dense
-layers in DDP, the tables' optimizer is fused into FBGEMM's backward, and
-:func:`unsharded_state_dict` reassembles one plain state dict on rank 0 for export.
+on one process as on N. Where a table's optimizer is fused into FBGEMM's backward (row-wise Adagrad
+everywhere, Adam on GPUs), TorchRec's planner places each embedding table (table-wise or
+column-wise on CPU, row-wise too on GPUs) and DistributedModelParallel shards the tables and wraps
+the dense layers in DDP. Where it is not (Adam on CPU: FBGEMM 1.8 has none there), the tables are
+replicated anyway, and TorchRec's data-parallel CPU path (FBGEMM's dense lookup kernel behind a
+Python autograd function, plus DDP even on one process) measured 2-3x slower than torch's own
+``embedding_bag`` kernels on the same tables: those models train as plain torch modules, wrapped in
+DDP only when there are several processes (:func:`shard`). :func:`unsharded_state_dict`
+reassembles one plain state dict on rank 0 for export either way.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import torch.distributed as dist
 from fbgemm_gpu.split_embedding_configs import EmbOptimType
 from torch import nn
 from torch.distributed._shard.sharded_tensor import ShardedTensor
+from torch.nn.parallel import DistributedDataParallel
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
@@ -38,10 +44,10 @@ CPU_FUSED_OPTIMIZERS = ("exact_rowwise_adagrad",)
 def tables_fused(optimizer: OptimizerConfig, device: torch.device) -> bool:
     """Whether the tables' optimizer is fused into FBGEMM's backward on this device.
 
-    FBGEMM 1.8's CPU kernels have no Adam. There the tables are replicated (TorchRec's
-    ``data_parallel`` sharding with the ``dense`` kernel: plain parameters, gradients all-reduced by
-    DDP across ranks) and stepped by torch's fused Adam together with the dense layers — exactly
-    the ``nn.Embedding`` + ``torch.optim.Adam`` of the papers' reference code.
+    FBGEMM 1.8's CPU kernels have no Adam. There the tables are replicated plain torch tables
+    (gradients all-reduced by DDP across processes) and stepped by torch's fused Adam together
+    with the dense layers: exactly the ``nn.Embedding`` + ``torch.optim.Adam`` of the papers'
+    reference code.
     """
     return device.type != "cpu" or optimizer.sparse in CPU_FUSED_OPTIMIZERS
 
@@ -136,14 +142,9 @@ def plan_sharding(
     sharder: EmbeddingBagCollectionSharder,
     config: ShardingConfig,
     env: DistEnv,
-    fused: bool = True,
 ) -> ShardingPlan:
-    """One plan agreed by every rank (rank 0 plans, the others receive it); unfused tables are
-    replicated data-parallel (see :func:`tables_fused`)."""
-    if fused:
-        types, kernels = allowed_sharding_types(config, env.device), [config.compute_kernel]
-    else:
-        types, kernels = ["data_parallel"], ["dense"]
+    """One plan agreed by every rank (rank 0 plans, the others receive it)."""
+    types, kernels = allowed_sharding_types(config, env.device), [config.compute_kernel]
     constraints = {
         name: ParameterConstraints(sharding_types=types, compute_kernels=kernels)
         for name in embedding_tables(module)
@@ -156,36 +157,48 @@ def plan_sharding(
     return planner.collective_plan(module, [sharder], dist.GroupMember.WORLD)
 
 
-def shard(
-    module: nn.Module, sharding: ShardingConfig, optimizer: OptimizerConfig, env: DistEnv
-) -> DistributedModelParallel:
-    """Shard ``module`` (built on the meta device) with its tables' optimizer fused into backward
-    where FBGEMM has it on this device, replicated with an unfused Adam otherwise."""
-    fused = tables_fused(optimizer, env.device)
+def model_device(optimizer: OptimizerConfig, env: DistEnv) -> torch.device:
+    """Where the trainer builds the model: the meta device when DMP will shard and materialise
+    the tables, the process's device when they are replicated plain torch modules."""
+    return torch.device("meta") if tables_fused(optimizer, env.device) else env.device
+
+
+def shard(module: nn.Module, sharding: ShardingConfig, optimizer: OptimizerConfig, env: DistEnv) -> nn.Module:
+    """Shard ``module`` (built on :func:`model_device`) with its tables' optimizer fused into
+    backward where FBGEMM has it on this device; otherwise it stays a plain module with
+    replicated tables (DDP across processes), stepped by torch's fused Adam."""
+    if not tables_fused(optimizer, env.device):
+        if env.world_size == 1:
+            return module
+        return DistributedDataParallel(module, device_ids=[env.device] if env.device.type == "cuda" else None)
     sharder = EmbeddingBagCollectionSharder(
         fused_params={
             "optimizer": SPARSE_OPTIMIZERS[optimizer.sparse],
             "learning_rate": optimizer.sparse_lr,
             "eps": optimizer.sparse_eps,
         }
-        if fused
-        else None
     )
-    plan = plan_sharding(module, sharder, sharding, env, fused)
+    plan = plan_sharding(module, sharder, sharding, env)
     return DistributedModelParallel(module, device=env.device, plan=plan, sharders=[sharder])
 
 
-def build_optimizers(
-    dmp: DistributedModelParallel, config: OptimizerConfig
-) -> tuple[CombinedOptimizer, KeyedOptimizer]:
-    """(combined, dense): the fused table optimizer plus Adam/AdamW over the remaining parameters.
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module whose parameter and state-dict names are the model's own: DDP's wrapper (which
+    prefixes ``module.``) removed; DMP already names them so."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def build_optimizers(model: nn.Module, config: OptimizerConfig) -> tuple[CombinedOptimizer, KeyedOptimizer]:
+    """(combined, dense): the fused table optimizer (sharded models) plus Adam/AdamW over the
+    remaining parameters.
 
     Unfused (replicated) tables are among the remaining parameters: they get their own group with
-    ``sparse_lr``/``sparse_eps`` and no weight decay (their regulariser is ``embedding_l2``).
-    The dense one is returned too because only it has lazy state that needs ``init_state`` before
-    a checkpoint can be loaded into it.
+    ``sparse_lr``/``sparse_eps`` and ``embedding_weight_decay`` (coupled L2, the SimpleX authors'
+    ``embedding_regularizer``: ``lambda / 2 * ||W||^2`` over the whole table); the batch regulariser
+    ``embedding_l2`` is the task's. The dense one is returned too because only it has lazy state
+    that needs ``init_state`` before a checkpoint can be loaded into it.
     """
-    dense_params = dict(in_backward_optimizer_filter(dmp.named_parameters()))
+    dense_params = dict(in_backward_optimizer_filter(unwrap(model).named_parameters()))
     cls = torch.optim.AdamW if config.dense == "adamw" else torch.optim.Adam
     tables = {id(p) for name, p in dense_params.items() if "embedding_bags" in name}
 
@@ -196,28 +209,29 @@ def build_optimizers(
                 "params": [p for p in params if id(p) in tables],
                 "lr": config.sparse_lr,
                 "eps": config.sparse_eps,
-                "weight_decay": 0.0,
+                "weight_decay": config.embedding_weight_decay,
             },
         ]
         groups = [g for g in groups if g["params"]]
         # torch's fused kernel: one pass over all parameters (6x faster than foreach on CPU tables)
         return cls(groups, lr=config.dense_lr, weight_decay=config.weight_decay, fused=True)
 
+    fused = [("sparse", model.fused_optimizer)] if isinstance(model, DistributedModelParallel) else []
     if not dense_params:  # every parameter is a fused table (e.g. matrix factorisation)
-        return CombinedOptimizer([("sparse", dmp.fused_optimizer)]), KeyedOptimizer({}, {}, [])
+        return CombinedOptimizer(fused), KeyedOptimizer({}, {}, [])
     dense = KeyedOptimizerWrapper(dense_params, factory)
-    return CombinedOptimizer([("sparse", dmp.fused_optimizer), ("dense", dense)]), dense
+    return CombinedOptimizer([*fused, ("dense", dense)]), dense
 
 
 @torch.no_grad()
-def unsharded_state_dict(dmp: DistributedModelParallel, env: DistEnv) -> dict[str, torch.Tensor] | None:
+def unsharded_state_dict(model: nn.Module, env: DistEnv) -> dict[str, torch.Tensor] | None:
     """The full state dict on rank 0 (``None`` elsewhere); a collective: every rank must call it.
 
     Sharded tables are gathered shard by shard into one tensor; dense tensors are identical on
     every rank (DDP) and taken as they are.
     """
     full: dict[str, torch.Tensor] = {}
-    for key, value in dmp.state_dict().items():
+    for key, value in unwrap(model).state_dict().items():
         if isinstance(value, ShardedTensor):
             out = torch.empty(value.size(), dtype=value.dtype, device=env.device) if env.is_main else None
             value.gather(dst=0, out=out)

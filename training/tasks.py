@@ -23,6 +23,8 @@ from rankforge.models.two_tower import TwoTower
 from rankforge.pipelines.train_config import ModelConfig
 from rankforge.training.auction_batches import AuctionBatch
 from rankforge.training.batches import CascadeBatch, RankingBatch, RetrievalBatch
+from rankforge.training.objectives._retrieval import RetrievalObjective
+from rankforge.training.sampled_scores import SampledPattern, sampled_scores, unit_rows
 
 Model = RetrievalModel | RankingModel | CascadeModel
 
@@ -57,10 +59,22 @@ def build_model(
     if config.kind == "retrieval":
         return two_tower()
     if config.kind == "mf":
-        return MatrixFactorization(data.n_users, data.n_items, dim, scoring, init, device=device)
+        return MatrixFactorization(
+            data.n_users, data.n_items, dim, scoring, init, device=device, dropout=config.dropout or 0.0
+        )
     if config.kind == "simplex":
         return SimpleX(
-            data.n_users, data.n_items, dim, config.gamma, config.dropout, scoring, init, device=device
+            data.n_users,
+            data.n_items,
+            dim,
+            config.gamma,
+            0.1 if config.dropout is None else config.dropout,
+            scoring,
+            init,
+            device=device,
+            aggregator=config.aggregator,
+            history_table=config.history_table,
+            attention_pad_length=config.attention_pad_length,
         )
     if config.kind in ("ranking", "auction"):
         return ranker()
@@ -68,30 +82,58 @@ def build_model(
 
 
 class RetrievalTask(nn.Module):
-    """Retrieval model forward + a ``retrieval`` objective; positives and negatives share one item
-    pass. ``embedding_l2`` adds ``l2 * (sum of squared looked-up vectors) / batch`` — the batch L2
-    regulariser of LightGCN and SimpleX (only rows a batch touches are penalised)."""
+    """Retrieval model forward + a ``retrieval`` objective's :meth:`from_scores`; the task
+    computes the scores in the model's similarity, in one of three layouts:
 
-    def __init__(
-        self, model: RetrievalModel, loss: nn.Module, shared_negatives: bool, embedding_l2: float = 0.0
-    ) -> None:
+    * per-example negatives over the catalogue (a :class:`SampledPattern` with ``items`` None):
+      the model's whole item table is the candidate matrix (normalised once per step), and row
+      ``b`` scores its positive and its own negatives through :func:`sampled_scores`;
+    * per-example negatives over distinct candidates (a pattern and ``items``): the batch's
+      distinct candidates ``[U]`` are looked up once, then scored the same way;
+    * a shared pool (no pattern): ``items`` are the ``B`` positives then the ``N`` shared
+      negatives; negatives score by one ``[B, D] x [D, N]`` product.
+
+    None of them materialises a ``[B, 1 + N, D]`` copy. User vectors go through
+    :meth:`RetrievalModel.training_query` (normalised, then the model's dropout).
+    ``embedding_l2`` adds ``l2 * (sum of squared looked-up vectors) / batch`` — the batch L2
+    regulariser of LightGCN and SimpleX (only rows a batch scores are penalised, each as often as
+    the batch scores it)."""
+
+    def __init__(self, model: RetrievalModel, loss: RetrievalObjective, embedding_l2: float = 0.0) -> None:
         super().__init__()
         self.model = model
         self.loss = loss
-        self.shared_negatives = shared_negatives
         self.embedding_l2 = float(embedding_l2)
 
+    def _normalise(self, vectors: torch.Tensor) -> torch.Tensor:
+        return unit_rows(vectors) if self.model.scoring.similarity == "cosine" else vectors
+
     def forward(
-        self, user: KeyedJaggedTensor, items: KeyedJaggedTensor, neg_mask: torch.Tensor
+        self,
+        user: KeyedJaggedTensor,
+        items: KeyedJaggedTensor | None,
+        neg_mask: torch.Tensor,
+        pattern: SampledPattern | None = None,
     ) -> torch.Tensor:
         user_emb, item_emb = self.model(user, items)
+        if item_emb is None:  # candidates over the whole catalogue
+            item_emb = self.model.item_table()
+            if item_emb is None or pattern is None:
+                raise ValueError("a batch without items needs a pattern and a model with an item table")
         b = user_emb.shape[0]
-        pos, neg = item_emb[:b], item_emb[b:]
-        if not self.shared_negatives:
-            neg = neg.reshape(b, -1, neg.shape[-1])
-        loss = self.loss(user_emb, pos, neg, neg_mask)
+        query = self.model.training_query(user_emb)
+        candidates = self._normalise(item_emb)
+        if pattern is not None:
+            scores = sampled_scores(query, candidates, pattern)
+            pos, neg = scores[:, 0], scores[:, 1:]
+        else:
+            pos = (query * candidates[:b]).sum(-1)
+            neg = query @ candidates[b:].T
+        loss = self.loss.from_scores(pos, neg, neg_mask)
         if self.embedding_l2 > 0:
-            loss = loss + self.embedding_l2 * (user_emb.square().sum() + item_emb.square().sum()) / b
+            squares = item_emb.square().sum(-1)
+            items_l2 = squares.sum() if pattern is None else (pattern.counts * squares).sum()
+            loss = loss + self.embedding_l2 * (user_emb.square().sum() + items_l2) / b
         return loss
 
 
@@ -164,7 +206,6 @@ class AuctionTask(RankingTask):
 def make_task(
     model: Model,
     loss: nn.Module,
-    shared_negatives: bool = False,
     embedding_l2: float = 0.0,
     auctions: bool = False,
 ) -> nn.Module:
@@ -172,7 +213,8 @@ def make_task(
         assert isinstance(model, RankingModel)
         return AuctionTask(model, loss)
     if isinstance(model, RetrievalModel):
-        return RetrievalTask(model, loss, shared_negatives, embedding_l2)
+        assert isinstance(loss, RetrievalObjective)
+        return RetrievalTask(model, loss, embedding_l2)
     if isinstance(model, CascadeModel):
         return CascadeTask(model, loss)
     return RankingTask(model, loss)
@@ -191,7 +233,7 @@ def task_inputs(batch: RetrievalBatch | RankingBatch | CascadeBatch | AuctionBat
             batch.has_teacher,
         )
     if isinstance(batch, RetrievalBatch):
-        return batch.user, batch.items, batch.neg_mask
+        return batch.user, batch.items, batch.neg_mask, batch.pattern
     if isinstance(batch, CascadeBatch):
         return batch.user, batch.items, batch.dense, batch.sparse, batch.labels, batch.mask
     return batch.dense, batch.sparse, batch.labels, batch.reference_logits, batch.reference_mask

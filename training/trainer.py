@@ -8,7 +8,9 @@ in the checkpoint, so "crash and resume" reproduces the uninterrupted run.
 
 from __future__ import annotations
 
+import logging
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,15 +36,34 @@ from rankforge.training.batches import (
 )
 from rankforge.training.checkpoint import Checkpointer
 from rankforge.training.losses import resolve_objective
+from rankforge.training.prefetch import prefetched
 from rankforge.training.reference import fetch_bundle, open_reference
 from rankforge.training.schedule import LearningRateSchedule
-from rankforge.training.sharding import DistEnv, build_optimizers, shard, unsharded_state_dict
+from rankforge.training.sharding import (
+    DistEnv,
+    build_optimizers,
+    model_device,
+    shard,
+    unsharded_state_dict,
+)
 from rankforge.training.tasks import Model, build_model, make_task, task_inputs
 from rankforge.training.warm_start import warm_start
 
 #: Written into the checkpoint folder once a job has registered its model: the next scheduled run
 #: then starts from scratch instead of "resuming" a finished job.
 FINISHED = "FINISHED"
+log = logging.getLogger(__name__)
+
+
+def clip_gradients(parameters: list[torch.Tensor], max_norm: float) -> None:
+    """``clip_grad_norm_``, except that gradients already within ``max_norm`` are left alone
+    (torch scales them by a clamped 1.0 anyway: a pass over every table gradient per step)."""
+    with_grads = [p for p in parameters if p.grad is not None]
+    if not with_grads:
+        return
+    total = torch.nn.utils.get_total_norm([p.grad for p in with_grads])
+    if float(total) > max_norm:
+        torch.nn.utils.clip_grads_with_norm_(with_grads, max_norm, total)
 
 
 @dataclass(frozen=True)
@@ -69,17 +90,20 @@ class Trainer:
         )
         # The objective declares the similarity it trains with; the model keeps it from here on.
         self.scoring = Scoring.of(loss)
-        model = build_model(config.model, data, device=torch.device("meta"), scoring=self.scoring)
-        task = make_task(
-            model,
-            loss,
-            config.negatives.shared,
-            config.optimizer.embedding_l2,
-            auctions=config.model.kind == "auction",
+        model = build_model(
+            config.model, data, device=model_device(config.optimizer, env), scoring=self.scoring
         )
-        self.dmp = shard(task, config.sharding, config.optimizer, env)
-        self.optimizer, self._dense_optimizer = build_optimizers(self.dmp, config.optimizer)
+        task = make_task(model, loss, config.optimizer.embedding_l2, auctions=config.model.kind == "auction")
+        self.module = shard(task, config.sharding, config.optimizer, env)
+        self.optimizer, self._dense_optimizer = build_optimizers(self.module, config.optimizer)
         self._keys = (model.user_keys, model.item_keys) if isinstance(model, RetrievalModel) else None
+        # Per-example negatives against the whole item table when the model exposes it and a
+        # batch's 1 + N candidates per example would touch most of the catalogue anyway.
+        self._over_catalogue = (
+            isinstance(model, RetrievalModel)
+            and model.item_table() is not None
+            and config.training.batch_size // env.world_size * (1 + config.negatives.count) >= data.n_items
+        )
         self.reference = open_reference(
             config.objective.reference,
             data,
@@ -92,7 +116,11 @@ class Trainer:
             config.optimizer.schedule,
             total_steps=len(self.batches) * config.training.epochs,
             warmup_steps=config.optimizer.warmup_steps,
+            plateau_factor=config.optimizer.plateau_factor,
+            min_lr=config.optimizer.min_lr,
         )
+        # parameters whose gradient norm is clipped: every one with a .grad (fused tables have none)
+        self._clipped = [p for p in self.module.parameters() if p.requires_grad]
         self.checkpointer = Checkpointer(config.output_dir / "checkpoints", config.checkpoint.keep, env)
         self.epochs_done = 0
         self.history: list[EpochStats] = []
@@ -100,7 +128,11 @@ class Trainer:
         # model selection on the validation split (see pipelines.train)
         self.best_epoch = 0
         self.best_value = float("-inf")
+        self.validated_epoch = 0  # the last epoch model selection scored (rank 0)
+        self.best_minutes = 0.0  # the job's wall time when the best epoch had been scored
         self.stopped_early = False
+        # plateau schedule: the best weights are restored before the next epoch trains
+        self.restore_pending = False
         self.warm_rows: dict[str, int] = {}  # rows copied by training.warm_start, per id space
 
     def _batches(self) -> RetrievalBatches | RankingBatches | CascadeBatches | AuctionBatches:
@@ -133,6 +165,8 @@ class Trainer:
                 **common,
                 user_keys=self._keys[0],
                 item_keys=self._keys[1],
+                over_catalogue=self._over_catalogue,
+                exclude=c.negatives.exclude,
             )
         return RankingBatches(
             self.data, self.tables, sampler, c.negatives.count, **common, reference=self.reference
@@ -148,7 +182,9 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "run_id": self.run_id or "",
             "history": [[s.epoch, s.loss, s.examples, s.seconds] for s in self.history],
-            "best": [self.best_epoch, self.best_value, int(self.stopped_early)],
+            "best": [self.best_epoch, self.best_value, int(self.stopped_early), self.best_minutes],
+            "schedule": self.schedule.state_dict(),
+            "restore_pending": int(self.restore_pending),
         }
 
     def start(self, resume: bool = True) -> bool:
@@ -176,18 +212,21 @@ class Trainer:
                 f"checkpoint {latest} was written by a job with a different configuration; use another "
                 "output_dir, delete it, or set checkpoint.resume = false"
             )
-        self.checkpointer.load(latest, self.dmp, self.optimizer, self._dense_optimizer)
+        self.checkpointer.load(latest, self.module, self.optimizer, self._dense_optimizer)
         self.epochs_done = int(state["epochs_done"])
         self.batches.load_state_dict(state["batches"])
         torch.set_rng_state(state["torch_rng"])
         self.run_id = state["run_id"] or None
         self.history = [EpochStats(int(e), float(lo), int(n), float(s)) for e, lo, n, s in state["history"]]
-        best_epoch, best_value, stopped = state.get("best", [0, float("-inf"), 0])
+        best_epoch, best_value, stopped, *minutes = state.get("best", [0, float("-inf"), 0])
         self.best_epoch, self.best_value, self.stopped_early = (
             int(best_epoch),
             float(best_value),
             bool(stopped),
         )
+        self.best_minutes = float(minutes[0]) if minutes else 0.0
+        self.schedule.load_state_dict(state.get("schedule", {}))
+        self.restore_pending = bool(state.get("restore_pending", 0))
         return True
 
     def _warm_start(self) -> None:
@@ -198,7 +237,7 @@ class Trainer:
             return
         folder = self.config.output_dir / f"warm_start_rank{self.env.rank}"
         bundle = fetch_bundle(spec, folder, "training.warm_start")
-        self.warm_rows = warm_start(self.dmp, bundle, self.data.mapping, self.data.vocabularies)
+        self.warm_rows = warm_start(self.module, bundle, self.data.mapping, self.data.vocabularies)
 
     def mark_finished(self) -> None:
         dist.barrier()
@@ -210,7 +249,10 @@ class Trainer:
     # -- training --------------------------------------------------------------------------------
 
     def train_epoch(self) -> EpochStats:
-        self.dmp.train()
+        if self.restore_pending:  # plateau: continue from the best weights at the reduced rate
+            self.checkpointer.load_weights(self.checkpointer.best_weights, self.module)
+            self.restore_pending = False
+        self.module.train()
         epoch = self.epochs_done + 1
         totals = torch.zeros(2, dtype=torch.float64)  # sum of per-example loss, examples (this rank)
         start = time.perf_counter()
@@ -219,17 +261,20 @@ class Trainer:
             desc=f"epoch {epoch}/{self.config.training.epochs}",
             unit="batch",
             leave=False,
-            # rank 0 only; not passing `disable` there lets tqdm's TQDM_DISABLE=1 switch it off
-            **({} if self.env.is_main else {"disable": True}),
+            # rank 0 on a terminal only (a log gets one line per epoch from the job instead);
+            # not passing `disable` there lets tqdm's TQDM_DISABLE=1 switch it off
+            **({} if self.env.is_main and sys.stderr.isatty() else {"disable": True}),
         )
         step = self.epochs_done * len(self.batches)
-        for batch in self.batches:
+        for batch in prefetched(self.batches):
             self.schedule.set(step)
             step += 1
             batch = batch.to(self.env.device)
-            loss = self.dmp(*task_inputs(batch))
+            loss = self.module(*task_inputs(batch))
             self.optimizer.zero_grad()
             loss.backward()
+            if self.config.optimizer.max_grad_norm is not None:
+                clip_gradients(self._clipped, self.config.optimizer.max_grad_norm)
             self.optimizer.step()
             value = float(loss.detach())
             totals += torch.tensor([value * batch.size, batch.size], dtype=torch.float64)
@@ -245,22 +290,44 @@ class Trainer:
         return EpochStats(epoch, loss_sum / max(examples, 1.0), int(examples), time.perf_counter() - start)
 
     def fit(self, on_epoch_end: Callable[[EpochStats], bool | None] | None = None) -> list[EpochStats]:
-        """Train the remaining epochs; each is checkpointed before ``on_epoch_end`` sees it.
+        """Train the remaining epochs; a checkpoint is written every ``checkpoint.every`` epochs
+        (and after the last) before ``on_epoch_end`` sees the epoch.
 
-        ``on_epoch_end`` may record the best epoch and returns True to stop early (rank 0 decides,
-        every rank follows); its outcome is then written into that epoch's checkpoint state."""
+        ``on_epoch_end`` may score the epoch (:meth:`keep_if_best`) and returns True to stop early
+        (rank 0 decides, every rank follows); its outcome is then written into that epoch's
+        checkpoint state. Under the plateau schedule an improved epoch's weights are kept as the
+        best snapshot and a validated epoch that did not improve lowers the rate and restores that
+        snapshot before the next epoch."""
+        every = self.config.checkpoint.every
         while self.epochs_done < self.config.training.epochs and not self.stopped_early:
             stats = self.train_epoch()
             self.epochs_done = stats.epoch
             self.history.append(stats)
-            path = self.checkpointer.save(self.epochs_done, self.dmp, self.optimizer, self.job_state())
+            path = None
+            if self.epochs_done % every == 0 or self.epochs_done == self.config.training.epochs:
+                path = self.checkpointer.save(self.epochs_done, self.module, self.optimizer, self.job_state())
             if on_epoch_end is None:
                 continue
             stop = bool(on_epoch_end(stats))
-            flag = torch.tensor([1 if stop else 0], device=self.env.device)
-            dist.broadcast(flag, src=0)
-            self.stopped_early = bool(flag.item())
-            if self.env.is_main:  # what model selection decided belongs to this epoch's checkpoint
+            validated = self.validated_epoch == stats.epoch
+            improved = validated and self.best_epoch == stats.epoch
+            flags = torch.tensor([int(stop), int(validated), int(improved)], device=self.env.device)
+            dist.broadcast(flags, src=0)
+            stop, validated, improved = (bool(f) for f in flags.tolist())
+            self.stopped_early = stop
+            if self.schedule.kind == "plateau" and validated:
+                if improved:
+                    self.checkpointer.save_weights(self.checkpointer.best_weights, self.module)
+                elif not stop:
+                    rate = self.schedule.reduce()
+                    self.restore_pending = True
+                    if self.env.is_main:
+                        log.info(
+                            "epoch %d did not improve: learning rate %.3g, best weights restored",
+                            stats.epoch,
+                            rate,
+                        )
+            if path is not None and self.env.is_main:  # what selection decided belongs to this checkpoint
                 self.checkpointer.update_state(path, self.job_state())
         return self.history
 
@@ -269,11 +336,13 @@ class Trainer:
         """The selected epoch's unsharded weights (rank 0), beside the checkpoints."""
         return self.checkpointer.directory / "best_model.pt"
 
-    def keep_if_best(self, model: Model, epoch: int, value: float) -> bool:
-        """Rank 0: remember ``model`` as the best so far if ``value`` beats the best; True if so."""
+    def keep_if_best(self, model: Model, epoch: int, value: float, minutes: float = 0.0) -> bool:
+        """Rank 0: record that ``epoch`` was scored ``value`` at ``minutes`` of the job's wall
+        time, and remember ``model`` as the best so far if ``value`` beats the best; True if so."""
+        self.validated_epoch = epoch
         if not value > self.best_value:
             return False
-        self.best_epoch, self.best_value = epoch, value
+        self.best_epoch, self.best_value, self.best_minutes = epoch, value, minutes
         self.best_path.parent.mkdir(parents=True, exist_ok=True)
         partial = self.best_path.with_suffix(".partial")
         torch.save(model.state_dict(), partial)
@@ -284,7 +353,7 @@ class Trainer:
 
     def unsharded_state_dict(self) -> dict[str, torch.Tensor] | None:
         """The model's full state dict (tables gathered) on rank 0, ``None`` elsewhere; collective."""
-        full = unsharded_state_dict(self.dmp, self.env)
+        full = unsharded_state_dict(self.module, self.env)
         if full is None:
             return None
         return {k.removeprefix("model."): v for k, v in full.items() if k.startswith("model.")}

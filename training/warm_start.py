@@ -18,14 +18,15 @@ import re
 import numpy as np
 import polars as pl
 import torch
+from torch import nn
 from torch.distributed._shard.sharded_tensor import ShardedTensor
-from torchrec.distributed import DistributedModelParallel
 
 from rankforge.errors import ConfigError
 from rankforge.features.declared_features import INDEX, VALUE
 from rankforge.features.id_mapping import IdMapping
 from rankforge.serving.bundle import WEIGHTS, Bundle
 from rankforge.serving.id_lookup import translate_ids
+from rankforge.training.sharding import unwrap
 
 #: Which id space each built-in sparse feature's table rows are indexed by; a declared feature's
 #: rows are its vocabulary's (translated by value).
@@ -52,7 +53,7 @@ def translate_values(ours: pl.DataFrame, theirs: pl.DataFrame) -> np.ndarray:
 
 @torch.no_grad()
 def warm_start(
-    dmp: DistributedModelParallel,
+    model: nn.Module,
     bundle: Bundle,
     mapping: IdMapping,
     vocabularies: dict[str, pl.DataFrame] | None = None,
@@ -68,7 +69,8 @@ def warm_start(
     maps = translate_ids(mapping, bundle.id_mapping)
     for name, vocab in vocabularies.items():
         maps[name] = translate_values(vocab, bundle.vocabulary(name))
-    state = dmp.state_dict()
+    model = unwrap(model)
+    state = model.state_dict()
     ours = {key: key[key.index(prefix) + len(prefix) :] for key in state if prefix in key}
     missing = sorted(set(ours.values()) - set(theirs))
     if missing:
@@ -86,7 +88,7 @@ def warm_start(
                     "(another model config?)"
                 )
             value.copy_(source)
-    dmp.load_state_dict(state)
+    model.load_state_dict(state)
     return {space: int((rows >= 0).sum()) for space, rows in maps.items()}
 
 

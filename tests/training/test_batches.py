@@ -91,12 +91,23 @@ def test_retrieval_rank_slices_partition_the_global_batch(
             assert torch.equal(users, whole.user["user_id"].values())
             assert torch.equal(torch.cat([a.neg_mask, b.neg_mask]), whole.neg_mask)
     first = single[0]
-    n_neg = 5 if shared else first.size * 5
-    assert first.items.stride() == first.size + n_neg
-    positives = first.items["item_id"].values()[: first.size]
-    negatives = first.items["item_id"].values()[first.size :].reshape(-1 if shared else first.size, 5)
+    positives, negatives = _scored_items(first)
+    assert negatives.shape == ((5,) if shared else (first.size, 5))
     hits = negatives.unsqueeze(0) == positives.view(-1, 1) if shared else negatives == positives.view(-1, 1)
     assert torch.equal(first.neg_mask, ~hits.reshape(first.neg_mask.shape))
+    if not shared:  # each distinct candidate is looked up once
+        ids = first.items["item_id"].values()
+        assert first.items.stride() == len(ids) == len(torch.unique(ids))
+
+
+def _scored_items(batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positives [b], negatives [b, N] per example or [N] shared) as item ids: what each score of
+    the batch reads."""
+    ids = batch.items["item_id"].values()
+    if batch.pattern is None:
+        return ids[: batch.size], ids[batch.size :]
+    scored = ids[batch.pattern.cols].view(batch.size, -1)
+    return scored[:, 0], scored[:, 1:]
 
 
 def test_retrieval_positives_and_histories_come_from_the_examples(
@@ -105,7 +116,7 @@ def test_retrieval_positives_and_histories_come_from_the_examples(
     batch = next(iter(_retrieval(small_data, tables, 0, 1, False)))
     ex = small_data.retrieval_examples
     users = batch.user["user_id"].values()
-    positives = batch.items["item_id"].values()[: batch.size]
+    positives, _ = _scored_items(batch)
     pairs = set(zip(ex["user_idx"].to_list(), ex["item_idx"].to_list(), strict=True))
     assert all((u, i) in pairs for u, i in zip(users.tolist(), positives.tolist(), strict=True))
 
@@ -174,3 +185,36 @@ def test_membership_by_binary_search_agrees_with_isin() -> None:
     values = torch.cat([torch.randint(-5, 1010, (500,), generator=g), keys[:10]])
     assert torch.equal(_in_sorted(values, keys), torch.isin(values, keys))
     assert not _in_sorted(values, keys[:0]).any()
+
+
+def test_user_positives_are_drawn_again(small_data: PreparedData, tables: FeatureTables) -> None:
+    """exclude = "user_positives" (the PSL paper's sampler): no negative is an item its user has a
+    training positive with, and the draws still split across ranks like one global batch."""
+    d = small_data
+    sampler = NegativeSampler(tables.item_events, "uniform")
+
+    def batches(rank: int, world: int) -> list:
+        return list(
+            RetrievalBatches(
+                d, tables, sampler, 30, False, 100, rank, world, seed=5, exclude="user_positives"
+            )
+        )
+
+    positives = {
+        (u, i)
+        for u, i, label in d.train_events.select("user_idx", "item_idx", "label").iter_rows()
+        if label > 0
+    }
+    single = batches(0, 1)
+    for batch in single:
+        users = batch.user["user_id"].values()
+        _, negatives = _scored_items(batch)
+        assert not any(
+            (u, i) in positives
+            for u, row in zip(users.tolist(), negatives.tolist(), strict=True)
+            for i in row
+        )
+        assert bool(batch.neg_mask.all())
+    halves = [batches(r, 2) for r in (0, 1)]
+    whole, a, b = single[0], halves[0][0], halves[1][0]
+    assert torch.equal(torch.cat([_scored_items(a)[1], _scored_items(b)[1]]), _scored_items(whole)[1])

@@ -18,10 +18,13 @@ from rankforge.training.sharding import DistEnv, init_distributed, shutdown_dist
 from rankforge.training.trainer import EpochStats, Trainer
 
 
-def _config(output_dir: Path, **optimizer: object) -> TrainConfig:
+def _config(output_dir: Path, validation: float = 0.0, **optimizer: object) -> TrainConfig:
     return parse_config(
         {
-            "data": {"synthetic": {"n_users": 60, "n_items": 90, "seed": 3}},
+            "data": {
+                "synthetic": {"n_users": 60, "n_items": 90, "seed": 3},
+                "validation_fraction": validation,
+            },
             "model": {"kind": "mf", "embedding_dim": 8, "init_std": 0.1},
             "objective": {"name": "ccl", "params": {"margin": 0.5}},
             "optimizer": {"sparse": "adam", "sparse_lr": 0.05, **optimizer},
@@ -100,3 +103,64 @@ def test_schedules_follow_their_formulas() -> None:
     linear.set(25)
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.5 * 0.75)
     assert cosine.factor(35) == pytest.approx(0.5 * (1 + math.cos(math.pi * 25 / 100)))
+
+
+def test_plateau_lowers_the_rate_and_restarts_from_the_best_weights(
+    small_data: PreparedData, tmp_path: Path, env: DistEnv
+) -> None:
+    """The SimpleX authors' reduce-on-plateau: after a validation that does not improve, every
+    rate is multiplied by the factor (not below min_lr) and the next epoch starts from the best
+    epoch's weights; a resumed job continues the same schedule."""
+    config = _config(tmp_path, schedule="plateau", plateau_factor=0.1, min_lr=0.001, validation=0.2)
+    trainer = Trainer(config, small_data, env)
+    trainer.start()
+    weights: dict[int, dict[str, torch.Tensor]] = {}
+    rates: dict[int, float] = {}
+
+    def on_epoch_end(stats: EpochStats) -> bool:
+        model = trainer.unsharded_model()
+        assert model is not None
+        weights[stats.epoch] = {k: v.clone() for k, v in model.state_dict().items()}
+        rates[stats.epoch] = max(g["lr"] for g in trainer.optimizer.param_groups)
+        trainer.keep_if_best(model, stats.epoch, {1: 0.3, 2: 0.2, 3: 0.1, 4: 0.4}[stats.epoch])
+        return False
+
+    load = trainer.checkpointer.load_weights
+    started_from: dict[int, dict[str, torch.Tensor]] = {}
+
+    def spied_load(source: Path, module: torch.nn.Module) -> None:
+        load(source, module)  # the trainer's own restore; record what the next epoch starts from
+        state = trainer.unsharded_state_dict()
+        assert state is not None
+        started_from[trainer.epochs_done + 1] = state
+
+    trainer.checkpointer.load_weights = spied_load  # type: ignore[method-assign]
+    trainer.fit(on_epoch_end)
+    assert rates == {1: 0.05, 2: 0.05, 3: pytest.approx(0.005), 4: pytest.approx(0.001)}  # floor
+    assert trainer.schedule.scale == pytest.approx(0.01)
+    # epochs 3 and 4 started from epoch 1's weights (the best), not from the epoch before them
+    assert sorted(started_from) == [3, 4]
+    for epoch in (3, 4):
+        for key, value in weights[1].items():
+            torch.testing.assert_close(started_from[epoch][key], value, rtol=0, atol=0)
+
+
+def test_full_table_weight_decay_is_the_l2_gradient_and_clipping_bounds_the_norm(
+    small_data: PreparedData, tmp_path: Path, env: DistEnv
+) -> None:
+    """embedding_weight_decay = lambda adds lambda * W to every table row's gradient (the authors'
+    lambda / 2 * ||W||^2 regulariser), rows the batch never touched included."""
+    trainer = Trainer(_config(tmp_path, embedding_weight_decay=0.5), small_data, env)
+    tables = [g for g in trainer.optimizer.param_groups if g["weight_decay"] == 0.5]
+    assert tables and all(p.dim() == 2 for g in tables for p in g["params"])
+    from rankforge.training.trainer import clip_gradients
+
+    params = [torch.nn.Parameter(torch.ones(4)), torch.nn.Parameter(torch.ones(3))]
+    for p in params:
+        p.grad = torch.full_like(p, 3.0)  # norm 3 * sqrt(7)
+    clip_gradients(params, 1.0)
+    assert float(torch.nn.utils.get_total_norm([p.grad for p in params])) == pytest.approx(1.0)
+    small = [torch.nn.Parameter(torch.ones(2))]
+    small[0].grad = torch.tensor([0.1, 0.2])
+    clip_gradients(small, 1.0)
+    assert torch.equal(small[0].grad, torch.tensor([0.1, 0.2]))  # within the bound: untouched

@@ -49,7 +49,7 @@ def _worker(out: Path, kind: str, sharding_types: list[str]) -> None:
     from torch.distributed._shard.sharded_tensor import ShardedTensor
 
     from rankforge.features.pipeline import prepare
-    from rankforge.training.sharding import init_distributed, shutdown_distributed
+    from rankforge.training.sharding import init_distributed, shutdown_distributed, unwrap
     from rankforge.training.trainer import Trainer
 
     config = _config(out / "job", kind, sharding_types)
@@ -59,7 +59,7 @@ def _worker(out: Path, kind: str, sharding_types: list[str]) -> None:
     trainer.start(resume=False)
     stats = trainer.fit()
     dense, shards = {}, {}
-    for key, value in trainer.dmp.state_dict().items():
+    for key, value in unwrap(trainer.module).state_dict().items():
         if isinstance(value, ShardedTensor):
             shards[key] = [
                 (list(s.metadata.shard_offsets), s.tensor.detach().clone()) for s in value.local_shards()

@@ -1,13 +1,19 @@
-"""User/item scoring shared by the retrieval losses (CCL, PSL).
+"""User/item scoring shared by the retrieval losses (CCL, PSL, BPR, sampled softmax).
 
-Both losses see the same inputs: one positive per user and a large pool of negatives, either
-per-example ``[B, N, D]`` or shared by the whole batch ``[N, D]``. Scoring is one batched matmul;
-for cosine the vectors are normalised first (``B + N`` rows), never the ``[B, N]`` score matrix.
+Every retrieval loss is a function of scores: one positive score per user and a pool of negative
+scores, ``(pos [B], neg [B, N], mask [B, N])`` (:meth:`RetrievalObjective.from_scores`). Its
+``forward`` takes embeddings instead (one positive per user and negatives either per-example
+``[B, N, D]`` or shared by the whole batch ``[N, D]``), scores them in the loss's similarity with
+one batched matmul (for cosine the vectors are normalised first, ``B + N`` rows, never the
+``[B, N]`` score matrix) and calls ``from_scores``. The trainer's fast path computes the scores
+itself (``training.sampled_scores``) and calls ``from_scores`` directly, so both paths share one
+definition of each loss.
 """
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
+from torch import nn
 
 from ._validation import (
     require_bool,
@@ -71,3 +77,30 @@ def retrieval_scores(
     else:
         neg = torch.bmm(neg_emb, user_emb.unsqueeze(-1)).squeeze(-1)  # [B, N]
     return pos, neg, neg_mask
+
+
+class RetrievalObjective(nn.Module):
+    """A ``retrieval`` loss: ``forward(user_emb [B, D], pos_emb [B, D], neg_emb [B, N, D] or
+    shared [N, D], neg_mask [B, N] bool | None) -> scalar``, defined by :meth:`from_scores`.
+
+    Subclasses declare ``similarity`` (the scores' similarity: ``"cosine"`` or ``"dot"``); the
+    trained model keeps it as its scoring function (``models.scoring``).
+    """
+
+    kind: ClassVar[str] = "retrieval"
+    similarity: Similarity
+
+    def forward(
+        self,
+        user_emb: torch.Tensor,
+        pos_emb: torch.Tensor,
+        neg_emb: torch.Tensor,
+        neg_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        pos, neg, mask = retrieval_scores(user_emb, pos_emb, neg_emb, neg_mask, self.similarity)
+        return self.from_scores(pos, neg, mask)
+
+    def from_scores(self, pos: torch.Tensor, neg: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The loss (mean over the batch) of positive scores ``[B]`` and negative scores ``[B, N]``
+        in ``self.similarity``; ``mask`` ``[B, N]`` is False where a negative does not count."""
+        raise NotImplementedError

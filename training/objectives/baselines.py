@@ -18,8 +18,6 @@ from .psl import PairwiseSoftmaxLoss
 
 
 class SampledSoftmaxLoss(PairwiseSoftmaxLoss):
-    kind: ClassVar[str] = "retrieval"
-
     def __init__(self, temperature: float = 0.1, similarity: Similarity = "dot") -> None:
         super().__init__(
             activation="exp", temperature=temperature, similarity=similarity, include_positive=True

@@ -9,35 +9,23 @@ per positive this is the paper's loss exactly; with a pool of negatives it is it
 pool. Masked negatives are left out of the average; a user with none contributes 0.
 """
 
-from typing import ClassVar
-
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from ._retrieval import SIMILARITIES, Similarity, retrieval_scores
+from ._retrieval import SIMILARITIES, RetrievalObjective, Similarity
 from ._validation import require_choice
 
 
-class BPRLoss(nn.Module):
+class BPRLoss(RetrievalObjective):
     """``forward(user_emb [B, D], pos_emb [B, D], neg_emb [B, N, D] or shared [N, D],
     neg_mask [B, N] bool | None) -> scalar`` (mean over the batch)."""
-
-    kind: ClassVar[str] = "retrieval"
 
     def __init__(self, similarity: Similarity = "dot") -> None:
         super().__init__()
         require_choice("similarity", similarity, SIMILARITIES)
         self.similarity: Similarity = similarity
 
-    def forward(
-        self,
-        user_emb: torch.Tensor,
-        pos_emb: torch.Tensor,
-        neg_emb: torch.Tensor,
-        neg_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        pos, neg, mask = retrieval_scores(user_emb, pos_emb, neg_emb, neg_mask, self.similarity)
+    def from_scores(self, pos: torch.Tensor, neg: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         terms = -F.logsigmoid(pos.unsqueeze(-1) - neg).masked_fill(~mask, 0.0)
         count = mask.sum(dim=-1).clamp_min(1).to(terms.dtype)
         return (terms.sum(dim=-1) / count).mean()

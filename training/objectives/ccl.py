@@ -4,25 +4,29 @@ Mao et al., "SimpleX: A Simple and Strong Baseline for Collaborative Filtering",
 Sec. 3.1 "Cosine Contrastive Loss". For a user ``u``, its positive item ``i`` and a set ``N`` of
 sampled negatives::
 
-    L_CCL(u, i) = (1 - y_ui) + w / |N| * sum_{j in N} max(0, y_uj - m)
+    L_CCL(u, i) = max(0, 1 - y_ui) + w / |N| * sum_{j in N} max(0, y_uj - m)
 
 where ``y`` is the cosine similarity of the user and item embeddings, ``m`` the margin on
 negatives and ``w`` the negative weight. Why this form: the margin filters out the many easy
 negatives (only those with ``cos > m`` are pushed), and ``w`` re-balances the single positive
 against the large negative pool, which is what makes a negative sampling ratio in the hundreds
 useful (the paper's central finding).
+
+The positive term is ``max(0, 1 - y)`` as in the authors' code (reczoo/RecZoo, SimpleX,
+``CosineContrastiveLoss``): equal to the paper's ``1 - y`` for a cosine, and zero, not negative,
+when dropout on the user vector (the authors' ``net_dropout``, applied after normalisation)
+scales a score above 1.
 """
 
 from typing import ClassVar
 
 import torch
-from torch import nn
 
-from ._retrieval import retrieval_scores
+from ._retrieval import RetrievalObjective
 from ._validation import require_positive
 
 
-class CosineContrastiveLoss(nn.Module):
+class CosineContrastiveLoss(RetrievalObjective):
     """SimpleX CCL over one positive and ``N`` (possibly masked) negatives per user.
 
     Args:
@@ -38,9 +42,8 @@ class CosineContrastiveLoss(nn.Module):
     negatives of that user; a user with no valid negative keeps only its positive term.
     """
 
-    kind: ClassVar[str] = "retrieval"
     #: CCL is defined on cosine similarity: the trained model scores by cosine.
-    similarity: ClassVar[str] = "cosine"
+    similarity: ClassVar[str] = "cosine"  # type: ignore[misc]  # fixed by the loss, not a parameter
 
     def __init__(self, margin: float = 0.8, negative_weight: float | None = None) -> None:
         super().__init__()
@@ -51,15 +54,8 @@ class CosineContrastiveLoss(nn.Module):
         self.margin = float(margin)
         self.negative_weight = None if negative_weight is None else float(negative_weight)
 
-    def forward(
-        self,
-        user_emb: torch.Tensor,
-        pos_emb: torch.Tensor,
-        neg_emb: torch.Tensor,
-        neg_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        pos, neg, mask = retrieval_scores(user_emb, pos_emb, neg_emb, neg_mask, "cosine")
-        pos_loss = 1.0 - pos
+    def from_scores(self, pos: torch.Tensor, neg: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        pos_loss = torch.relu(1.0 - pos)
         hinge = torch.relu(neg - self.margin).masked_fill(~mask, 0.0)
         neg_sum = hinge.sum(dim=-1)
         if self.negative_weight is None:

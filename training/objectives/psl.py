@@ -29,13 +29,11 @@ masked, or all clipped) then contributes 0 instead of ``-inf``.
 """
 
 from collections.abc import Callable
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from ._retrieval import SIMILARITIES, Similarity, retrieval_scores
+from ._retrieval import SIMILARITIES, RetrievalObjective, Similarity
 from ._validation import require_choice, require_positive
 
 _LN2 = 0.6931471805599453
@@ -55,7 +53,7 @@ LOG_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
-class PairwiseSoftmaxLoss(nn.Module):
+class PairwiseSoftmaxLoss(RetrievalObjective):
     """PSL over one positive and ``N`` (possibly masked) sampled negatives per user.
 
     Args:
@@ -71,8 +69,6 @@ class PairwiseSoftmaxLoss(nn.Module):
     ``forward(user_emb [B, D], pos_emb [B, D], neg_emb [B, N, D] or shared [N, D],
     neg_mask [B, N] bool | None) -> scalar`` (mean over the batch).
     """
-
-    kind: ClassVar[str] = "retrieval"
 
     def __init__(
         self,
@@ -95,14 +91,7 @@ class PairwiseSoftmaxLoss(nn.Module):
         self.score_temperature = float(score_temperature)
         self.include_positive = include_positive
 
-    def forward(
-        self,
-        user_emb: torch.Tensor,
-        pos_emb: torch.Tensor,
-        neg_emb: torch.Tensor,
-        neg_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        pos, neg, mask = retrieval_scores(user_emb, pos_emb, neg_emb, neg_mask, self.similarity)
+    def from_scores(self, pos: torch.Tensor, neg: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         diff = (neg - pos.unsqueeze(-1)) / self.score_temperature  # d_uij, [B, N]
         terms = LOG_ACTIVATIONS[self.activation](diff) / self.temperature
         terms = terms.masked_fill(~mask, float("-inf"))
