@@ -65,7 +65,8 @@ def synthetic_log(folder: Path, users: int, items: int, events: int, seed: int =
 
 
 def trainer_rate(log: Path, args: argparse.Namespace, shared: bool, out: Path) -> float:
-    """Examples/s of one training epoch of the platform's trainer."""
+    """Examples/s of one training epoch of the platform's trainer (the catalogue is the log's,
+    less the few users/items whose only event fell into the 1% test split)."""
     config = parse_config(
         {
             "data": {
@@ -85,7 +86,7 @@ def trainer_rate(log: Path, args: argparse.Namespace, shared: bool, out: Path) -
         }
     )
     data = prepare(config.data)
-    assert (data.n_users, data.n_items) == (args.users, args.items)
+    assert data.n_users > 0.98 * args.users and data.n_items > 0.98 * args.items
     env = init_distributed()
     try:
         trainer = Trainer(config, data, env)

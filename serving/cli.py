@@ -241,7 +241,7 @@ def _tls(args: argparse.Namespace):
 def _serve(args: argparse.Namespace) -> int:
     from rankforge.serving.ranking_service import ServiceLimits
     from rankforge.serving.security import read_token
-    from rankforge.serving.server import RankingServer, ServerConfig
+    from rankforge.serving.server import RankingServer, ServerConfig, exit_when_stopped
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if any(s and s.startswith("models:/") for s in (args.retrieval, args.ranker, args.ad_ranker)):
@@ -295,6 +295,7 @@ def _serve(args: argparse.Namespace) -> int:
             worker.terminate()
         for worker in workers:
             worker.join(timeout=10)
+    exit_when_stopped(server)  # does not return: a handler the grace did not end is not waited for
     return 0
 
 

@@ -94,6 +94,9 @@ class ServiceLimits:
     max_candidates: int = MAX_CANDIDATES
     redis_timeout_s: float = 0.25  # per request, before the deadline caps it further
     retrieve_factor: int = 4  # candidates retrieved per requested item, before ranking
+    # Rank/Auction calls running at once (0: no cap); one more is answered RESOURCE_EXHAUSTED at
+    # once, so the server's spare worker threads stay free for health checks and reflection
+    max_concurrent: int = 0
 
 
 def _ids_preview(ids: list[int] | np.ndarray, limit: int = 10) -> str:
@@ -118,6 +121,8 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
         self.limits = limits or ServiceLimits()
         self.outcomes: Counter[str] = Counter()  # status code name -> count, for tests and logs
         self._outcomes_lock = threading.Lock()
+        cap = self.limits.max_concurrent
+        self._slots = threading.BoundedSemaphore(cap) if cap > 0 else None
 
     def Rank(
         self, request: ranking_pb2.RankRequest, context: grpc.ServicerContext
@@ -142,6 +147,22 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
             )
         given = request.request_id  # type: ignore[attr-defined]
         request_id = given or uuid.uuid4().hex
+        if self._slots is not None and not self._slots.acquire(blocking=False):
+            self._count(Code.RESOURCE_EXHAUSTED)
+            context.abort(
+                Code.RESOURCE_EXHAUSTED,
+                f"the server is busy ({self.limits.max_concurrent} requests running); retry "
+                f"(request_id={preview(request_id)})",
+            )
+        try:
+            return self._handle(handler, request, request_id, given, context)
+        finally:
+            if self._slots is not None:
+                self._slots.release()
+
+    def _handle(
+        self, handler: Callable, request: object, request_id: str, given: str, context: grpc.ServicerContext
+    ) -> object:
         try:
             if len(given) > MAX_REQUEST_ID:
                 request_id = uuid.uuid4().hex
@@ -175,6 +196,7 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
         candidates = self._validate(request, models)
         user_id = _user_id(request)
         clock.lap("validate")
+        self._check_deadline(context)
 
         read = self._read(lambda t: self._reader.read(user_id, candidates or [], t), context)
         clock.lap("redis")
@@ -212,6 +234,7 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
             item_raw, scores = retrieval.retrieve(query, history_raw, request.k * self.limits.retrieve_factor)
             retrieval_scores = scores.astype(np.float32)
             clock.lap("index search")
+            self._check_deadline(context)
             fetched = self._read(
                 lambda t: self._reader.read_items(read.version, item_raw.tolist(), t), context
             )
@@ -395,19 +418,24 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
             raise RankError(Code.INVALID_ARGUMENT, f"user_key is longer than {MAX_KEY_CHARS} characters")
         if not request.HasField("candidates"):
             return None
-        if request.candidates.item_ids and request.candidates.item_keys:
+        given = request.candidates
+        if given.item_ids and given.item_keys:
             raise RankError(Code.INVALID_ARGUMENT, "give candidates as item_ids or item_keys, not both")
-        keys = list(request.candidates.item_keys)
+        # the size first, before any per-candidate work: every later check is linear in it
+        n = len(given.item_keys) or len(given.item_ids)
+        if n > lim.max_candidates:
+            raise RankError(Code.INVALID_ARGUMENT, f"at most {lim.max_candidates} candidates, got {n}")
+        keys = list(given.item_keys)
         if any(len(k) > MAX_KEY_CHARS for k in keys):
             raise RankError(Code.INVALID_ARGUMENT, f"an item key is longer than {MAX_KEY_CHARS} characters")
-        if len(set(keys)) < len(keys):
-            twice = sorted({preview(k, 40) for k in keys if keys.count(k) > 1})[:5]
-            raise RankError(Code.INVALID_ARGUMENT, f"duplicate candidate item keys: {', '.join(twice)}")
-        ids = [stable_id(k) for k in keys] if keys else list(request.candidates.item_ids)
+        repeated = [k for k, count in Counter(keys).items() if count > 1]
+        if repeated:
+            twice = sorted(preview(k, 40) for k in repeated[:5])
+            more = f" (+{len(repeated) - 5} more)" if len(repeated) > 5 else ""
+            raise RankError(Code.INVALID_ARGUMENT, f"duplicate candidate item keys: {', '.join(twice)}{more}")
+        ids = [stable_id(k) for k in keys] if keys else list(given.item_ids)
         if not ids:
             raise RankError(Code.INVALID_ARGUMENT, "candidates is set but empty; omit it to retrieve")
-        if len(ids) > lim.max_candidates:
-            raise RankError(Code.INVALID_ARGUMENT, f"at most {lim.max_candidates} candidates, got {len(ids)}")
         unique, counts = np.unique(np.asarray(ids, dtype=np.int64), return_counts=True)
         if (counts > 1).any():
             raise RankError(
@@ -458,9 +486,12 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
 
     @staticmethod
     def _check_deadline(context: grpc.ServicerContext) -> None:
+        """Between stages: stop working for a caller whose deadline passed or who has gone."""
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:
             raise RankError(Code.DEADLINE_EXCEEDED, "deadline expired while ranking")
+        if not context.is_active():
+            raise RankError(Code.CANCELLED, "the caller cancelled the request")
 
 
 def _check_context_values(request: ranking_pb2.RankRequest | ranking_pb2.AuctionRequest) -> None:

@@ -8,10 +8,11 @@ balancers stop routing) and ``server.stop(grace)`` lets in-flight requests finis
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from concurrent import futures
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -26,6 +27,8 @@ from rankforge.serving.security import BearerTokenInterceptor, TlsConfig, check_
 
 log = logging.getLogger(__name__)
 
+#: Worker threads beyond the Rank/Auction cap: health checks and reflection never wait behind ranking.
+RESERVED_WORKERS = 2
 DEFAULT_RETRIEVAL = "models:/rankforge-retrieval@champion"
 DEFAULT_RANKER = "models:/rankforge-ranker@champion"
 
@@ -88,12 +91,17 @@ class RankingServer:
             config.redis_url, timeout_s=config.limits.redis_timeout_s, max_connections=config.workers * 2
         )
         self.reader = FeatureReader(client, KeyLayout(config.feature_prefix), config.item_cache_size)
+        limits = replace(config.limits, max_concurrent=config.limits.max_concurrent or config.workers)
         self.service = RankingService(
-            lambda: self.watcher.models, self.reader, config.limits, auction_rule=config.auction_rule
+            lambda: self.watcher.models, self.reader, limits, auction_rule=config.auction_rule
         )
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="rankforge-rpc"),
+            # Rank/Auction hold at most `workers` threads (ServiceLimits.max_concurrent): the extra
+            # ones always answer health checks and reflection, however busy the service is
+            futures.ThreadPoolExecutor(
+                max_workers=config.workers + RESERVED_WORKERS, thread_name_prefix="rankforge-rpc"
+            ),
             options=[("grpc.so_reuseport", 1 if config.reuse_port else 0)],
             interceptors=[BearerTokenInterceptor(config.auth_token)] if config.auth_token else None,
         )
@@ -174,6 +182,23 @@ class RankingServer:
         self.server.wait_for_termination()
         self._stopped.wait()
 
+    def busy_workers(self) -> list[threading.Thread]:
+        """RPC threads still running a handler (after :meth:`stop`: ones the grace did not end,
+        e.g. blocked in a read that outlives it)."""
+        return [t for t in threading.enumerate() if t.name.startswith("rankforge-rpc") and t.is_alive()]
+
+
+def exit_when_stopped(server: RankingServer) -> None:
+    """Wait until ``server`` has stopped (SIGTERM/SIGINT), then end the process at once, even if
+    a handler thread outlived the drain grace: Python would otherwise wait for it at exit (a read
+    blocked for its whole timeout kept a stopped server's process alive)."""
+    server.wait()
+    busy = server.busy_workers()
+    if busy:
+        log.warning("%d request(s) still running after the drain grace: exiting without them", len(busy))
+    logging.shutdown()
+    os._exit(0)
+
 
 def serve_forever(config: ServerConfig) -> None:
     """One server process until SIGTERM/SIGINT (the body of every ``serve --processes`` worker)."""
@@ -181,4 +206,4 @@ def serve_forever(config: ServerConfig) -> None:
     server = RankingServer(config)
     server.install_signal_handlers()
     server.start()
-    server.wait()
+    exit_when_stopped(server)

@@ -105,7 +105,7 @@ def start_server(
         redis_url=redis_url,
         feature_prefix=layout.prefix,
         port=0,
-        workers=4,
+        workers=overrides.pop("workers", 4),
         refresh_interval_s=overrides.pop("refresh_interval_s", 0.0),
         limits=limits,
         **overrides,
