@@ -186,6 +186,12 @@ def download_bundle(uri_or_path: str | Path, destination: str | Path | None = No
     )
     if not local.resolve().is_relative_to(target.resolve()):
         raise DataError(f"{name}/{registered.version}: its bundle resolved outside the download folder")
+    registered_digest = tags.get(BUNDLE_DIGEST_TAG)
+    if registered_digest and bundle_digest(local) != registered_digest:
+        raise DataError(
+            f"{name}/{registered.version}: the downloaded bundle differs from the one registered "
+            f"({BUNDLE_DIGEST_TAG} {registered_digest[:12]}...): its files changed after registration"
+        )
     return load_bundle(local)
 
 

@@ -139,14 +139,50 @@ def export_index(vectors: np.ndarray, config: IndexConfig, directory: Path) -> d
     return record
 
 
+#: Sampled exact queries a bundle's index must answer at load, and how far below the recall
+#: recorded at export their recall may fall (sampling noise) before the bundle is refused.
+CHECK_QUERIES = 64
+RECALL_TOLERANCE = 0.1
+
+
+def _positive_int(record: dict[str, object], key: str, where: Path) -> int:
+    value = record.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise DataError(f"ANN index {where}: {key} must be a positive integer, got {str(value)[:40]!r}")
+    return value
+
+
+def _recorded_recall(record: dict[str, object]) -> tuple[int, float] | None:
+    """(K, recall@K) the export measured, from the manifest's ``recall_at_K`` entry."""
+    for key, value in record.items():
+        if (
+            key.startswith("recall_at_")
+            and key[len("recall_at_") :].isdigit()
+            and isinstance(value, int | float)
+        ):
+            return int(key[len("recall_at_") :]), float(value)
+    return None
+
+
 def load_index(
     directory: Path, vectors: np.ndarray, record: dict[str, object]
 ) -> AnnIndex | ExactInnerProductIndex:
-    """The index a bundle's manifest names (exact when it names none)."""
+    """The index a bundle's manifest names (exact when it names none), verified before it serves:
+    its file lies inside the bundle, its kind and search parameters are what the manifest says,
+    it covers the item vectors (count, dimension), and a sample of exact top-K queries finds
+    their neighbours at the recall recorded at export. Anything else is a ``DataError``: an index
+    over other vectors, rows shuffled or bytes corrupted would otherwise answer OK with wrong
+    items."""
     exact = ExactInnerProductIndex(vectors)
-    if not record or record.get("kind") == "exact":
+    kind = record.get("kind", "exact") if record else "exact"
+    if kind == "exact":
         return exact
-    path = directory / str(record.get("file", INDEX_FILE))
+    if kind not in ("hnsw", "ivf"):
+        raise DataError(f"bundle {directory}: unknown ANN index kind {str(kind)[:40]!r}")
+    name = str(record.get("file", INDEX_FILE))
+    path = (directory / name).resolve()
+    if not path.is_relative_to(directory.resolve()) or not path.is_file():
+        raise DataError(f"bundle {directory}: ANN index file {name[:80]!r} is not a file inside the bundle")
     try:
         index = faiss.read_index(str(path))
     except RuntimeError as exc:
@@ -155,8 +191,30 @@ def load_index(
         raise DataError(
             f"ANN index {path} holds {index.ntotal} x {index.d}, the bundle {exact.size} x {exact.dim}"
         )
-    if record.get("kind") == "hnsw":
-        index.hnsw.efSearch = int(record.get("ef_search", 256))
-    elif record.get("kind") == "ivf":
-        index.nprobe = int(record.get("nprobe", 16))
-    return AnnIndex(index, exact)
+    if kind == "hnsw":
+        if not hasattr(index, "hnsw"):
+            raise DataError(
+                f"ANN index {path}: the manifest says hnsw, the file holds {type(index).__name__}"
+            )
+        index.hnsw.efSearch = _positive_int({"ef_search": 256, **record}, "ef_search", path)
+    else:
+        try:
+            ivf = faiss.extract_index_ivf(index)
+        except RuntimeError as exc:
+            raise DataError(
+                f"ANN index {path}: the manifest says ivf, the file holds {type(index).__name__}"
+            ) from exc
+        nprobe = _positive_int({"nprobe": 16, **record}, "nprobe", path)
+        ivf.nprobe = min(nprobe, ivf.nlist)
+    loaded = AnnIndex(index, exact)
+    recorded = _recorded_recall(record)
+    if recorded is not None:
+        k, expected = recorded
+        found = recall_at_k(index, vectors, k, CHECK_QUERIES, seed=1)
+        if found < expected - RECALL_TOLERANCE:
+            raise DataError(
+                f"ANN index {path} does not match the bundle's item vectors: recall@{min(k, exact.size)} "
+                f"{found:.2f} on {min(CHECK_QUERIES, exact.size)} sampled exact queries, {expected:.2f} "
+                "recorded at export (rows shuffled, another index, or corrupted)"
+            )
+    return loaded

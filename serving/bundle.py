@@ -71,6 +71,9 @@ class Manifest:
     # retrieval: the ANN index beside the exact vectors ({} = exact search), with its measured
     # recall against exact search (see serving.ann_index)
     index: dict[str, object] = field(default_factory=dict)
+    # every other file of the bundle -> its SHA-256, checked at load: a byte changed after export
+    # (a disk error, a copy cut off, an edit) refuses the bundle instead of serving wrong scores
+    files: dict[str, str] = field(default_factory=dict)
 
 
 def write_manifest(directory: str | Path, manifest: Manifest) -> Path:
@@ -125,6 +128,47 @@ class Bundle:
         return np.load(self.path("item_embeddings.npy"))
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_digests(directory: str | Path) -> dict[str, str]:
+    """SHA-256 of every file of a bundle but its manifest, by path relative to the bundle."""
+    root = Path(directory)
+    return {
+        str(p.relative_to(root)): _sha256(p)
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
+
+
+def seal(directory: str | Path) -> None:
+    """Record the digest of every file in the bundle's manifest (export does this last; a tool
+    that rewrites a bundle's files on purpose seals it again)."""
+    path = Path(directory) / MANIFEST
+    raw = json.loads(path.read_text())
+    raw["files"] = file_digests(directory)
+    path.write_text(json.dumps(raw, indent=2, sort_keys=True))
+
+
+def _check_files(directory: Path, recorded: dict[str, str]) -> None:
+    for name, expected in recorded.items():
+        path = (directory / name).resolve()
+        if not path.is_relative_to(directory.resolve()):
+            raise DataError(f"bundle {directory}: manifest names a file outside it: {name[:80]!r}")
+        if not path.is_file():
+            raise DataError(f"bundle {directory} lacks {name!r}")
+        if _sha256(path) != expected:
+            raise DataError(
+                f"bundle {directory}: {name} differs from the file exported with it (SHA-256 "
+                f"{expected[:12]}...): changed or damaged after export"
+            )
+
+
 def bundle_digest(directory: str | Path) -> str:
     """SHA-256 of every file of a bundle (names and bytes): equal digests, identical models."""
     root = Path(directory)
@@ -161,4 +205,5 @@ def load_bundle(directory: str | Path, expect: BundleKind | None = None) -> Bund
     ]
     if missing:
         raise DataError(f"bundle {d} lacks {missing}")
+    _check_files(d, manifest.files)
     return Bundle(directory=d, manifest=manifest)

@@ -13,7 +13,7 @@ from rankforge.models.inputs import dense_inputs, padded_to_kjt, side_inputs
 from rankforge.models.ranking import RankingModel
 from rankforge.models.retrieval import RetrievalModel
 from rankforge.serving.ann_index import IndexConfig, export_index
-from rankforge.serving.bundle import VOCABULARIES, WEIGHTS, BundleKind, Manifest, write_manifest
+from rankforge.serving.bundle import VOCABULARIES, WEIGHTS, BundleKind, Manifest, file_digests, write_manifest
 from rankforge.serving.onnx_export import export_ranker, export_retrieval_towers
 
 EXAMPLE_ROWS = 4
@@ -109,6 +109,7 @@ def _finish(
         scoring=dict(scoring or {}),
         data_fingerprint=data.fingerprint(),
         index=dict(index or {}),
+        files=file_digests(directory),
     )
     write_manifest(directory, manifest)
     return manifest

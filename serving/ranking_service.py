@@ -94,9 +94,11 @@ class ServiceLimits:
     max_candidates: int = MAX_CANDIDATES
     redis_timeout_s: float = 0.25  # per request, before the deadline caps it further
     retrieve_factor: int = 4  # candidates retrieved per requested item, before ranking
-    # Rank/Auction calls running at once (0: no cap); one more is answered RESOURCE_EXHAUSTED at
-    # once, so the server's spare worker threads stay free for health checks and reflection
+    # Rank/Auction calls running at once (0: no cap); as many more wait for a slot (up to their
+    # deadline, or queue_timeout_s without one), beyond that one is answered RESOURCE_EXHAUSTED at
+    # once: the server's remaining worker threads stay free for health checks and reflection
     max_concurrent: int = 0
+    queue_timeout_s: float = 10.0
 
 
 def _ids_preview(ids: list[int] | np.ndarray, limit: int = 10) -> str:
@@ -123,6 +125,7 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
         self._outcomes_lock = threading.Lock()
         cap = self.limits.max_concurrent
         self._slots = threading.BoundedSemaphore(cap) if cap > 0 else None
+        self._waiting = 0  # calls waiting for a slot (at most max_concurrent)
 
     def Rank(
         self, request: ranking_pb2.RankRequest, context: grpc.ServicerContext
@@ -147,18 +150,40 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
             )
         given = request.request_id  # type: ignore[attr-defined]
         request_id = given or uuid.uuid4().hex
-        if self._slots is not None and not self._slots.acquire(blocking=False):
+        if self._slots is not None and not self._admitted(context):
             self._count(Code.RESOURCE_EXHAUSTED)
             context.abort(
                 Code.RESOURCE_EXHAUSTED,
-                f"the server is busy ({self.limits.max_concurrent} requests running); retry "
-                f"(request_id={preview(request_id)})",
+                f"the server is busy ({self.limits.max_concurrent} requests running, as many waiting); "
+                f"retry (request_id={preview(request_id)})",
             )
         try:
             return self._handle(handler, request, request_id, given, context)
         finally:
             if self._slots is not None:
                 self._slots.release()
+
+    def _admitted(self, context: grpc.ServicerContext) -> bool:
+        """A running slot for this call: at once, or after waiting (with at most
+        ``max_concurrent`` others) until one frees up, within the call's deadline."""
+        assert self._slots is not None
+        if self._slots.acquire(blocking=False):
+            return True
+        with self._outcomes_lock:
+            if self._waiting >= self.limits.max_concurrent:
+                return False
+            self._waiting += 1
+        try:
+            remaining = context.time_remaining()
+            wait = (
+                self.limits.queue_timeout_s
+                if remaining is None
+                else min(remaining, self.limits.queue_timeout_s)
+            )
+            return self._slots.acquire(timeout=max(wait, 0.0))
+        finally:
+            with self._outcomes_lock:
+                self._waiting -= 1
 
     def _handle(
         self, handler: Callable, request: object, request_id: str, given: str, context: grpc.ServicerContext

@@ -97,10 +97,11 @@ class RankingServer:
         )
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self.server = grpc.server(
-            # Rank/Auction hold at most `workers` threads (ServiceLimits.max_concurrent): the extra
-            # ones always answer health checks and reflection, however busy the service is
+            # Rank/Auction hold at most 2 x `workers` threads (`workers` running, as many waiting
+            # for a slot: ServiceLimits.max_concurrent); the reserved ones always answer health
+            # checks and reflection, however busy the service is
             futures.ThreadPoolExecutor(
-                max_workers=config.workers + RESERVED_WORKERS, thread_name_prefix="rankforge-rpc"
+                max_workers=2 * config.workers + RESERVED_WORKERS, thread_name_prefix="rankforge-rpc"
             ),
             options=[("grpc.so_reuseport", 1 if config.reuse_port else 0)],
             interceptors=[BearerTokenInterceptor(config.auth_token)] if config.auth_token else None,

@@ -16,7 +16,7 @@ from rankforge.features.pipeline import PreparedData
 from rankforge.pipelines.ab_compare import ABConfig, compare
 from rankforge.pipelines.bundle_scoring import slate_scores
 from rankforge.pipelines.replay_log import as_log, build_replay_log, policy_probabilities
-from rankforge.serving.bundle import load_bundle
+from rankforge.serving.bundle import load_bundle, seal
 
 from .conftest import random_ranker_bundle
 from .crafted_bundles import perfect_retrieval_bundle, random_retrieval_bundle
@@ -72,6 +72,7 @@ def test_ranker_events_with_unknown_items_are_dropped_and_counted(
         pl.when(pl.col("item_id").is_in(gone.implode())).then(pl.col("item_id") + 10**9).otherwise("item_id")
     )
     items.write_parquet(shifted / "id_mapping/items.parquet")
+    seal(shifted)  # a deliberately different bundle, not a damaged one
     expected_dropped = small_data.test_events.filter(pl.col("item_id").is_in(gone.implode())).height
     assert expected_dropped >= 5
 

@@ -3,10 +3,17 @@ OK, each reproduced against a real server, a real Redis and real files."""
 
 from __future__ import annotations
 
+import json
+import logging
+import shutil
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
+import faiss
 import grpc
+import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -49,8 +56,9 @@ def test_a_huge_candidate_list_is_refused_before_any_per_item_work(server, user_
 
 
 def test_health_is_never_starved_by_rank_work(make_server, feature_version, user_id) -> None:
-    """With every Rank slot busy, one more Rank answers RESOURCE_EXHAUSTED at once and health
-    checks and reflection still answer: they have worker threads of their own."""
+    """With every Rank slot busy and as many calls waiting for one, one more Rank answers
+    RESOURCE_EXHAUSTED at once, health checks still answer (they have worker threads of their
+    own), and the waiting calls are served once slots free up."""
     server = make_server(workers=2)
     release = threading.Event()
     entered = threading.Semaphore(0)
@@ -62,16 +70,21 @@ def test_health_is_never_starved_by_rank_work(make_server, feature_version, user
         return original(request, request_id, context)
 
     server.service._rank = slow_rank  # type: ignore[method-assign]
-    with RankingClient(server.address, timeout_s=30.0) as client, ThreadPoolExecutor(2) as pool:
-        busy = [pool.submit(client.rank, user_id, 3) for _ in range(2)]
+    with RankingClient(server.address, timeout_s=30.0) as client, ThreadPoolExecutor(4) as pool:
+        running = [pool.submit(client.rank, user_id, 3) for _ in range(2)]
         for _ in range(2):
             assert entered.acquire(timeout=10)
+        waiting = [pool.submit(client.rank, user_id, 3) for _ in range(2)]
+        deadline = time.monotonic() + 10
+        while server.service._waiting < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.service._waiting == 2
         err = _status(lambda: client.rank(user_id, k=3, timeout_s=5.0))
         assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "busy" in err.details()
         for service in ("", "rankforge.v1.RankingService"):
             assert _health(server.address, service) == health_pb2.HealthCheckResponse.SERVING
         release.set()
-        assert all(f.result().items for f in busy)
+        assert all(f.result().items for f in running + waiting)
     assert server.service.outcomes["RESOURCE_EXHAUSTED"] == 1
 
 
@@ -133,3 +146,133 @@ def test_sigterm_ends_the_process_within_the_grace_while_a_request_is_stuck(
     finally:
         if server.poll() is None:
             server.kill()
+
+
+# -- a bundle is verified at load (item 2) -----------------------------------------------------
+
+
+@pytest.fixture
+def indexed_bundle(serving_data, tmp_path) -> Path:
+    """A retrieval bundle with an HNSW index whose export recorded recall@10 = 1.0."""
+    import torch
+
+    from rankforge.models.inputs import sparse_features
+    from rankforge.models.two_tower import TwoTower
+    from rankforge.serving.ann_index import IndexConfig
+    from rankforge.serving.export_bundle import build_retrieval_bundle
+
+    torch.manual_seed(0)
+    d = serving_data
+    model = TwoTower(sparse_features(d.inputs, "user"), sparse_features(d.inputs, "item"), 8, (16, 8))
+    path = tmp_path / "indexed"
+    path.mkdir()
+    build_retrieval_bundle(
+        model, d, str(path), index=IndexConfig(kind="hnsw", recall_k=10, recall_queries=80)
+    )
+    return path
+
+
+def _edit_manifest(bundle: Path, **index: object) -> None:
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["index"].update(index)
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _replace_index(bundle: Path, vectors: np.ndarray, kind: str = "hnsw") -> None:
+    """A parseable index over other vectors, re-recorded in the manifest as if exported with it."""
+    from rankforge.serving.ann_index import INDEX_FILE, IndexConfig, build
+    from rankforge.serving.bundle import seal
+
+    faiss.write_index(build(vectors, IndexConfig(kind=kind, nprobe=4)), str(bundle / INDEX_FILE))
+    seal(bundle)  # not a damaged file: a consistent, wrong bundle
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("shuffled rows", "does not match the bundle's item vectors"),
+        ("another index", "does not match the bundle's item vectors"),
+        ("ef_search 0", "ef_search must be a positive integer"),
+        ("ef_search text", "ef_search must be a positive integer"),
+        ("file outside", "is not a file inside the bundle"),
+        ("kind mismatch", "the manifest says hnsw, the file holds"),
+        ("bytes changed", "differs from the file exported with it"),
+    ],
+)
+def test_a_bundle_whose_index_does_not_fit_its_vectors_is_refused(indexed_bundle, damage, message) -> None:
+    from rankforge.errors import DataError
+    from rankforge.serving.bundle import load_bundle
+    from rankforge.serving.model_runtime import load_retrieval
+
+    vectors = np.load(indexed_bundle / "item_embeddings.npy")
+    load_retrieval(load_bundle(indexed_bundle), "v1")  # intact: loads
+    if damage == "shuffled rows":
+        _replace_index(indexed_bundle, vectors[np.random.default_rng(0).permutation(len(vectors))])
+    elif damage == "another index":
+        _replace_index(indexed_bundle, np.random.default_rng(1).normal(size=vectors.shape).astype(np.float32))
+    elif damage == "ef_search 0":
+        _edit_manifest(indexed_bundle, ef_search=0)
+    elif damage == "ef_search text":
+        _edit_manifest(indexed_bundle, ef_search="fast")
+    elif damage == "file outside":
+        _edit_manifest(indexed_bundle, file="/etc/hostname")
+    elif damage == "kind mismatch":
+        _replace_index(indexed_bundle, vectors, kind="ivf")
+        _edit_manifest(indexed_bundle, kind="hnsw")
+    else:  # 4 KB of the item matrix overwritten after export
+        path = indexed_bundle / "item_embeddings.npy"
+        raw = bytearray(path.read_bytes())
+        raw[-min(4096, len(raw) - 200) :] = b"\xff" * min(4096, len(raw) - 200)
+        path.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=message):
+        load_retrieval(load_bundle(indexed_bundle), "v2")
+
+
+def test_a_refused_bundle_keeps_the_old_model_and_reports_not_serving(
+    make_server, indexed_bundle, feature_version, user_id, tmp_path, caplog
+) -> None:
+    import os
+
+    link = tmp_path / "current"
+    link.symlink_to(indexed_bundle)
+    srv = make_server(retrieval=link)
+    version = srv.watcher.models.retrieval.version
+    shuffled = tmp_path / "shuffled"
+    shutil.copytree(indexed_bundle, shuffled)
+    vectors = np.load(shuffled / "item_embeddings.npy")
+    _replace_index(shuffled, vectors[np.random.default_rng(0).permutation(len(vectors))])
+    staged = tmp_path / "current.new"
+    staged.symlink_to(shuffled)
+    os.replace(staged, link)
+    with caplog.at_level(logging.ERROR):
+        assert srv.watcher.refresh() is False
+        assert srv.watcher.refresh() is False
+    assert (
+        len([r for r in caplog.records if "does not match the bundle's item vectors" in r.getMessage()]) == 1
+    )
+    assert _health(srv.address, srv.MODELS_HEALTH) == health_pb2.HealthCheckResponse.NOT_SERVING
+    with RankingClient(srv.address) as client:
+        assert client.rank(user_id, k=3).retrieval_version == version
+
+
+def test_a_registered_bundle_changed_after_registration_is_refused_at_download(
+    bundles, rankforge_home, tmp_path
+) -> None:
+    from urllib.parse import urlparse
+
+    import mlflow
+
+    from rankforge.errors import DataError
+    from rankforge.pipelines.registry import download_bundle, log_and_register
+    from rankforge.settings import Settings, configure_mlflow
+
+    configure_mlflow(Settings.from_env(), "digest-test")
+    with mlflow.start_run() as run:
+        log_and_register(bundles.retrieval, "rf-digest", alias="champion")
+    download_bundle("models:/rf-digest@champion", tmp_path / "ok")  # intact: fine
+    stored = next(Path(urlparse(run.info.artifact_uri).path).rglob("item_embeddings.npy"))
+    raw = bytearray(stored.read_bytes())
+    raw[-64:] = b"\x00" * 64
+    stored.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match="differs from the one registered"):
+        download_bundle("models:/rf-digest@champion", tmp_path / "bad")
