@@ -43,11 +43,17 @@ class LocalCluster:
     ports: list[int]
     directory: Path
     processes: list[subprocess.Popen] = field(default_factory=list)
+    password: str | None = None  # every node's requirepass (and masterauth)
 
     @property
     def url(self) -> str:
-        """The cluster URL rankforge reads (``rediscluster://host:port,host:port,...``)."""
-        return "rediscluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports)
+        """The cluster URL rankforge reads (``rediscluster://[:password@]host:port,host:port,...``)."""
+        credentials = f":{self.password}@" if self.password else ""
+        return f"rediscluster://{credentials}" + ",".join(f"127.0.0.1:{p}" for p in self.ports)
+
+    def node(self, port: int) -> redis.Redis:
+        """A plain client of one node."""
+        return redis.Redis(port=port, password=self.password)
 
     def stop(self) -> None:
         for process in self.processes:
@@ -60,15 +66,17 @@ class LocalCluster:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def start_cluster(nodes: int = 3, wait_s: float = 20.0) -> LocalCluster:
-    """A running ``nodes``-primary cluster whose every slot is served (cluster_state:ok)."""
+def start_cluster(nodes: int = 3, wait_s: float = 20.0, password: str | None = None) -> LocalCluster:
+    """A running ``nodes``-primary cluster whose every slot is served (cluster_state:ok); with
+    ``password``, every node requires it."""
     server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
     if server is None or cli is None:
         raise RuntimeError("a local Redis Cluster needs redis-server and redis-cli on PATH")
     ports: list[int] = []
     for _ in range(nodes):
         ports.append(_free_port(ports))
-    cluster = LocalCluster(ports, Path(tempfile.mkdtemp(prefix="rf-cluster-")))
+    cluster = LocalCluster(ports, Path(tempfile.mkdtemp(prefix="rf-cluster-")), password=password)
+    auth = ["--requirepass", password, "--masterauth", password] if password else []
     try:
         for port in cluster.ports:
             cluster.processes.append(
@@ -89,6 +97,7 @@ def start_cluster(nodes: int = 3, wait_s: float = 20.0) -> LocalCluster:
                         "",
                         "--appendonly",
                         "no",
+                        *auth,
                     ],
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
@@ -96,18 +105,19 @@ def start_cluster(nodes: int = 3, wait_s: float = 20.0) -> LocalCluster:
             )
         deadline = time.monotonic() + wait_s
         for port in cluster.ports:
-            while not _answers(port):
+            while not _answers(port, password):
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"cluster node on port {port} did not start")
                 time.sleep(0.05)
         addresses = [f"127.0.0.1:{p}" for p in cluster.ports]
+        auth_cli = ["-a", password] if password else []
         subprocess.run(
-            [cli, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+            [cli, *auth_cli, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
             check=True,
             capture_output=True,
             timeout=wait_s,
         )
-        while redis.Redis(port=cluster.ports[0]).cluster("info").get("cluster_state") != "ok":
+        while cluster.node(cluster.ports[0]).cluster("info").get("cluster_state") != "ok":
             if time.monotonic() > deadline:
                 raise RuntimeError("the local cluster did not reach cluster_state:ok")
             time.sleep(0.05)
@@ -117,8 +127,9 @@ def start_cluster(nodes: int = 3, wait_s: float = 20.0) -> LocalCluster:
         raise
 
 
-def _answers(port: int) -> bool:
+def _answers(port: int, password: str | None = None) -> bool:
     try:
-        return bool(redis.Redis(port=port, socket_connect_timeout=0.2, socket_timeout=0.2).ping())
+        client = redis.Redis(port=port, password=password, socket_connect_timeout=0.2, socket_timeout=0.2)
+        return bool(client.ping())
     except (redis.ConnectionError, redis.TimeoutError, OSError):
         return False

@@ -13,6 +13,8 @@ from urllib.parse import urlparse
 
 import redis
 
+from rankforge.serving.redis_urls import masked
+
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -32,10 +34,12 @@ def ensure_redis(url: str = "redis://127.0.0.1:6379/0", wait_s: float = 10.0) ->
     parsed = urlparse(url)
     host, port = parsed.hostname or "127.0.0.1", parsed.port or 6379
     if host not in LOCAL_HOSTS:
-        raise RuntimeError(f"Redis at {url} does not answer (not starting one: the host is not local)")
+        raise RuntimeError(
+            f"Redis at {masked(url)} does not answer (not starting one: the host is not local)"
+        )
     binary = shutil.which("redis-server")
     if binary is None:
-        raise RuntimeError(f"Redis at {url} does not answer and redis-server is not installed")
+        raise RuntimeError(f"Redis at {masked(url)} does not answer and redis-server is not installed")
     subprocess.run(
         [
             binary,
@@ -58,7 +62,7 @@ def ensure_redis(url: str = "redis://127.0.0.1:6379/0", wait_s: float = 10.0) ->
         if ping(url):
             return
         time.sleep(0.1)
-    raise RuntimeError(f"started redis-server on port {port} but {url} still does not answer")
+    raise RuntimeError(f"started redis-server on port {port} but {masked(url)} still does not answer")
 
 
 if __name__ == "__main__":

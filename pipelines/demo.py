@@ -28,6 +28,7 @@ from rankforge.serving.client import AuctionResult, RankingClient, RankResult
 from rankforge.serving.feature_layout import KeyLayout
 from rankforge.serving.feature_reader import connect
 from rankforge.serving.feature_writer import FeatureWriter
+from rankforge.serving.redis_urls import masked
 from rankforge.serving.server import RankingServer, ServerConfig
 from rankforge.settings import Settings, configure_mlflow
 
@@ -96,7 +97,7 @@ def run_demo(
         )
         ad_rankers = _ads(ads_cfg, run_dir, settings, say)
 
-    say(f"[{steps - 1}/{steps}] materialising online features into Redis at {settings.redis_url}")
+    say(f"[{steps - 1}/{steps}] materialising online features into Redis at {masked(settings.redis_url)}")
     data = prepare(ranking_cfg.data)
     report = FeatureWriter(connect(settings.redis_url), KeyLayout()).write(data)
     say(f"      feature version {report.version}: {report.n_users} users, {report.n_items} items")

@@ -17,6 +17,7 @@ from pathlib import Path
 import grpc
 
 from rankforge.errors import ConfigError
+from rankforge.serving.redis_urls import masked
 from rankforge.settings import Settings, configure_mlflow
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
@@ -271,8 +272,8 @@ def _serve(args: argparse.Namespace) -> int:
         raise ConfigError(f"cannot listen on {args.host}:{args.port} (in use? try --port): {exc}") from exc
     if not _redis_answers(args.redis_url):
         print(
-            f"rankforge serve: warning: Redis at {args.redis_url} is not answering; requests fail with "
-            "UNAVAILABLE until it does (start redis-server, then rankforge materialize)",
+            f"rankforge serve: warning: Redis at {masked(args.redis_url)} is not answering; requests "
+            "fail with UNAVAILABLE until it does (start redis-server, then rankforge materialize)",
             file=sys.stderr,
             flush=True,
         )
@@ -370,7 +371,7 @@ def _materialize(args: argparse.Namespace) -> int:
     config = DataConfig() if args.data_config is None else DataConfig.from_file(args.data_config)
     if not _redis_answers(args.redis_url):
         raise ConfigError(
-            f"Redis at {args.redis_url} is not answering: start redis-server, or point --redis-url "
+            f"Redis at {masked(args.redis_url)} is not answering: start redis-server, or point --redis-url "
             "(RANKFORGE_REDIS_URL) at one"
         )
     data = prepare(config)

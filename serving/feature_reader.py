@@ -16,15 +16,27 @@ from dataclasses import dataclass
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
-from redis.exceptions import RedisClusterException
+from redis.exceptions import ClusterDownError, MasterDownError, RedisClusterException, TryAgainError
 from redis.retry import Retry
 
 from rankforge.errors import ConfigError, DataError, RankforgeError
 from rankforge.serving.feature_layout import FeatureMeta, KeyLayout, Record, unpack
+from rankforge.serving.redis_urls import CLUSTER_SCHEME, masked, parse_cluster
 
 
 class FeatureStoreUnavailable(RuntimeError):
-    """Redis did not answer in time or refused the connection."""
+    """Redis did not answer in time, refused the connection, or (a cluster) is failing over."""
+
+
+#: Replies that say "not now" rather than "wrong": a cluster with a slot uncovered or failing over,
+#: a replica loading its data. A client retries those (UNAVAILABLE), never a corrupt store.
+TRANSIENT_REPLIES = ("CLUSTERDOWN", "TRYAGAIN", "MASTERDOWN", "LOADING")
+
+
+def _transient(exc: Exception) -> bool:
+    return isinstance(exc, ClusterDownError | TryAgainError | MasterDownError) or str(exc).startswith(
+        TRANSIENT_REPLIES
+    )
 
 
 class FeatureStoreEmpty(RankforgeError):
@@ -43,9 +55,6 @@ class FeatureRead:
     items: list[Record | None]  # in the order asked for
 
 
-CLUSTER_SCHEME = "rediscluster://"
-
-
 def connect(url: str, timeout_s: float = 0.25, max_connections: int = 64) -> redis.Redis:
     """A client that fails fast: short connect/socket timeouts and no retries.
 
@@ -54,15 +63,12 @@ def connect(url: str, timeout_s: float = 0.25, max_connections: int = 64) -> red
     URL gives a Redis Cluster client (its nodes are discovered from any of those given).
     """
     if url.startswith(CLUSTER_SCHEME):
-        nodes = []
-        for part in url.removeprefix(CLUSTER_SCHEME).strip("/").split(","):
-            host, _, port = part.rpartition(":")
-            if not host or not port.isdigit():
-                raise DataError(f"cluster URL {url[:120]!r}: expected host:port[,host:port...]")
-            nodes.append(ClusterNode(host, int(port)))
+        cluster = parse_cluster(url)
         try:  # a cluster client discovers its slots now, so a dead cluster shows at startup
             return RedisCluster(  # type: ignore[return-value]
-                startup_nodes=nodes,
+                startup_nodes=[ClusterNode(host, port) for host, port in cluster.nodes],
+                username=cluster.username,
+                password=cluster.password,
                 socket_connect_timeout=timeout_s,
                 socket_timeout=timeout_s,
                 retry=Retry(NoBackoff(), 0),
@@ -70,7 +76,7 @@ def connect(url: str, timeout_s: float = 0.25, max_connections: int = 64) -> red
                 protocol=2,
             )
         except (RedisClusterException, redis.RedisError, OSError) as exc:
-            raise ConfigError(f"Redis Cluster at {url[:120]} does not answer: {str(exc)[:120]}") from exc
+            raise ConfigError(f"Redis Cluster at {masked(url)} does not answer: {str(exc)[:120]}") from exc
     return redis.Redis.from_url(
         url,
         socket_connect_timeout=timeout_s,
@@ -179,6 +185,8 @@ class FeatureReader:
         try:
             flat = pipe.execute(raise_on_error=True)
         except redis.ResponseError as exc:
+            if _transient(exc):  # CLUSTERDOWN, TRYAGAIN, ...: the cluster is failing over
+                raise FeatureStoreUnavailable(f"Redis Cluster unavailable: {str(exc)[:160]}") from exc
             raise FeatureStoreCorrupt(f"feature store error: {str(exc)[:160]}") from exc
         except (redis.ConnectionError, redis.TimeoutError, RedisClusterException, OSError) as exc:
             raise FeatureStoreUnavailable(f"Redis Cluster did not answer: {str(exc)[:160]}") from exc

@@ -276,3 +276,81 @@ def test_a_registered_bundle_changed_after_registration_is_refused_at_download(
     stored.write_bytes(bytes(raw))
     with pytest.raises(DataError, match="differs from the one registered"):
         download_bundle("models:/rf-digest@champion", tmp_path / "bad")
+
+
+# -- Redis Cluster faults and credentials (items 3 and 6) ----------------------------------------
+
+
+@pytest.fixture
+def secret_cluster():
+    from rankforge.infra.redis_cluster import start_cluster
+
+    cluster = start_cluster(3, password="s3cret-pw")
+    yield cluster
+    cluster.stop()
+
+
+def test_a_cluster_with_credentials_serves_and_a_cluster_down_answers_unavailable(
+    secret_cluster, make_server, serving_data, layout, user_id, caplog
+) -> None:
+    """``rediscluster://:pw@host:port,...`` authenticates (the password no longer lands in the host
+    name), and CLUSTERDOWN (a slot no node serves) is UNAVAILABLE, which clients retry, not
+    INTERNAL logged at ERROR per request."""
+    from rankforge.serving.feature_reader import connect
+    from rankforge.serving.feature_writer import FeatureWriter
+
+    cluster = secret_cluster
+    FeatureWriter(connect(cluster.url, timeout_s=2.0), layout, ttl_s=120).write(serving_data)
+    server = make_server(redis_url=cluster.url)
+    with RankingClient(server.address) as client:
+        assert len(client.rank(user_id, k=3).items) == 3
+        # take the slot of the version pointer (read by every request) away from its node
+        owner = cluster.node(cluster.ports[0])
+        slot = owner.cluster("keyslot", layout.current)
+        for port in cluster.ports:
+            node = cluster.node(port)
+            if any(slot in range(lo, hi + 1) for lo, hi, *_ in _slot_ranges(node, port)):
+                node.cluster("delslots", slot)
+        with caplog.at_level(logging.INFO):
+            err = _status(lambda: client.rank(user_id, k=3))
+    assert err.code() == grpc.StatusCode.UNAVAILABLE and "Redis Cluster unavailable" in err.details()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "s3cret-pw" not in err.details()
+
+
+def _slot_ranges(node, port: int) -> list[tuple[int, int]]:
+    """The slot ranges ``node`` (on ``port``) serves itself."""
+    ranges = []
+    for lo, hi, primary, *_ in node.execute_command("CLUSTER", "SLOTS"):
+        if int(primary[1]) == port:
+            ranges.append((int(lo), int(hi)))
+    return ranges
+
+
+def test_urls_never_show_their_password() -> None:
+    from rankforge.serving.redis_urls import masked, parse_cluster
+
+    assert masked("redis://user:hunter2@db.internal:6379/0") == "redis://user:***@db.internal:6379/0"
+    assert masked("redis://:hunter2@db:6379") == "redis://:***@db:6379"
+    assert masked("rediss://hunter2@db:6380/1") == "rediss://***@db:6380/1"
+    assert masked("redis://db:6379/0") == "redis://db:6379/0"
+    assert masked("rediscluster://u:p%40ss@h1:7000,h2:7001") == "rediscluster://u:***@h1:7000,h2:7001"
+    parsed = parse_cluster("rediscluster://u:p%40ss@h1:7000,h2:7001/")
+    assert parsed.nodes == [("h1", 7000), ("h2", 7001)] and (parsed.username, parsed.password) == (
+        "u",
+        "p@ss",
+    )
+    assert parse_cluster("rediscluster://:pw@h:1").username is None
+
+
+def test_cli_output_masks_the_password_of_the_redis_url(closed_port, monkeypatch, capsys) -> None:
+    """materialize's and serve's "not answering" messages, from --redis-url or RANKFORGE_REDIS_URL."""
+    from rankforge.cli import main
+
+    url = f"redis://admin:topsecret@127.0.0.1:{closed_port}/0"
+    assert main(["materialize", "--redis-url", url]) == 2
+    err = capsys.readouterr().err
+    assert "topsecret" not in err and "admin:***@127.0.0.1" in err
+    monkeypatch.setenv("RANKFORGE_REDIS_URL", url)
+    assert main(["materialize"]) == 2
+    assert "topsecret" not in capsys.readouterr().err
