@@ -114,6 +114,8 @@ class ModelWatcher:
         self._on_failure = on_failure
         self.failed: dict[tuple[str, str], str] = {}  # (model, version) -> why it did not load
         self.refresh_failures = 0  # a counter for monitoring
+        # models whose source points at a version that did not load (the served one is older)
+        self.stale: set[str] = set()
         self._lock = threading.Lock()  # one refresh at a time; readers never take it
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -137,21 +139,27 @@ class ModelWatcher:
             ]
             if self._ad_ranker is not None and current.ad_ranker is not None:
                 tracked_models.append(("ad_ranker", self._ad_ranker, current.ad_ranker.version))
+            was_stale = bool(self.stale)
             for field, tracked, live in tracked_models:
                 version = None
                 try:
                     version = tracked.source.current_version()
-                    if version != live and (field, version) not in self.failed:
+                    if version == live and field in self.stale:  # e.g. the alias moved back
+                        self.stale.discard(field)
+                        log.info("%s model source is back at the served version %s", field, live)
+                    elif version != live and (field, version) not in self.failed:
                         updated = replace(updated, **{field: tracked.load(version)})
+                        self.stale.discard(field)
                         log.info("loaded %s model %s (was %s)", field, version, live)
                 except Exception as exc:
+                    self.stale.add(field)
                     self._failed(field, version or "?", tracked.source.spec, exc)
-            if updated is current:
-                return False
-            self.models = updated  # one reference assignment: atomic for concurrent readers
-        if self._on_swap is not None:
+            swapped = updated is not current
+            if swapped:
+                self.models = updated  # one reference assignment: atomic for concurrent readers
+        if self._on_swap is not None and (swapped or (was_stale and not self.stale)):
             self._on_swap(updated)
-        return True
+        return swapped
 
     def _failed(self, field: str, version: str, spec: str, exc: Exception) -> None:
         """One log line per failed version (not a traceback per poll); the version is not retried

@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import logging
 import os
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +29,7 @@ import grpc
 
 from rankforge.errors import ConfigError
 
+log = logging.getLogger(__name__)
 TOKEN_ENV = "RANKFORGE_AUTH_TOKEN"
 #: Reachable without a token: load balancers and orchestrators probe these.
 OPEN_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
@@ -70,17 +74,31 @@ def check_exposure(host: str, tls: TlsConfig | None, allow_insecure: bool) -> No
 
 
 def read_token(path: Path | None) -> str | None:
-    """The bearer token from ``path``, else ``RANKFORGE_AUTH_TOKEN``, else None (no token check)."""
+    """The bearer token from ``path``, else ``RANKFORGE_AUTH_TOKEN``, else None (no token check).
+
+    A source that is given but blank, or a token no client can send in a header (whitespace
+    inside, control or non-ASCII characters), is refused: a server must never start without the
+    authentication its operator asked for."""
     if path is not None:
         try:
-            token = Path(path).read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read the auth token file {str(path)[:120]}: {exc.strerror}") from exc
+            raw = Path(path).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            why = getattr(exc, "strerror", None) or "not text"
+            raise ConfigError(f"cannot read the auth token file {str(path)[:120]}: {why}") from exc
+        source = f"the auth token file {str(path)[:120]}"
+    elif TOKEN_ENV in os.environ:
+        raw, source = os.environ[TOKEN_ENV], TOKEN_ENV
     else:
-        token = os.environ.get(TOKEN_ENV, "").strip()
-    if path is not None and not token:
-        raise ConfigError(f"the auth token file {str(path)[:120]} is empty")
-    return token or None
+        return None
+    token = raw.strip()
+    if not token:
+        raise ConfigError(f"{source} is empty or blank: give a token, or unset it to serve without one")
+    if not all(0x21 <= ord(c) <= 0x7E for c in token):
+        raise ConfigError(
+            f"{source} holds a token with whitespace, control or non-ASCII characters, which no "
+            "client can send in an authorization header"
+        )
+    return token
 
 
 def _deny(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
@@ -100,12 +118,38 @@ def _deny(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler
 
 
 class BearerTokenInterceptor(grpc.ServerInterceptor):
-    """Rejects every call without ``authorization: Bearer <token>`` except the health checks."""
+    """Rejects every call without ``authorization: Bearer <token>`` except the health checks.
 
-    def __init__(self, token: str) -> None:
-        if not token:
+    The scheme is matched case-insensitively (RFC 7235), the token in constant time. Rejected
+    calls are counted (``rejected``) and logged at most once per ``log_every_s`` with how many
+    there were and the last one's method (never the token that was sent)."""
+
+    def __init__(self, token: str, log_every_s: float = 10.0) -> None:
+        if not token or not token.strip():
             raise ValueError("an empty bearer token would let everyone in")
-        self._expected = f"Bearer {token}".encode()
+        self._expected = token.encode()
+        self.rejected = 0
+        self._log_every_s = log_every_s
+        self._unlogged = 0
+        self._last_log = float("-inf")
+        self._lock = threading.Lock()
+
+    def _accepts(self, given: str | bytes) -> bool:
+        text = given.decode("latin-1") if isinstance(given, bytes) else given
+        scheme, _, credentials = text.strip().partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            credentials.strip().encode("latin-1", "replace"), self._expected
+        )
+
+    def _rejected(self, method: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self.rejected += 1
+            self._unlogged += 1
+            if now - self._last_log < self._log_every_s:
+                return
+            count, self._unlogged, self._last_log = self._unlogged, 0, now
+        log.warning("rejected %d call(s) without a valid bearer token (latest: %s)", count, method[:120])
 
     def intercept_service(
         self,
@@ -116,9 +160,8 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
         if handler is None or handler_call_details.method in OPEN_METHODS:
             return handler
         given = dict(handler_call_details.invocation_metadata or ()).get("authorization", "")
-        if isinstance(given, str):
-            given = given.encode()
-        if not hmac.compare_digest(given, self._expected):
+        if not self._accepts(given):
+            self._rejected(handler_call_details.method)
             return _deny(handler, "missing or wrong bearer token (metadata 'authorization: Bearer ...')")
         return handler
 

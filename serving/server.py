@@ -96,6 +96,8 @@ class RankingServer:
             lambda: self.watcher.models, self.reader, limits, auction_rule=config.auction_rule
         )
         self.health = health.HealthServicer(experimental_non_blocking=True)
+        # the token check (None: no token): counts the calls it rejects (`auth.rejected`)
+        self.auth = BearerTokenInterceptor(config.auth_token) if config.auth_token else None
         self.server = grpc.server(
             # Rank/Auction hold at most 2 x `workers` threads (`workers` running, as many waiting
             # for a slot: ServiceLimits.max_concurrent); the reserved ones always answer health
@@ -104,7 +106,7 @@ class RankingServer:
                 max_workers=2 * config.workers + RESERVED_WORKERS, thread_name_prefix="rankforge-rpc"
             ),
             options=[("grpc.so_reuseport", 1 if config.reuse_port else 0)],
-            interceptors=[BearerTokenInterceptor(config.auth_token)] if config.auth_token else None,
+            interceptors=[self.auth] if self.auth is not None else None,
         )
         self.server.add_generic_rpc_handlers((service_handler(self.service),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -132,8 +134,10 @@ class RankingServer:
         self.health.set(self.MODELS_HEALTH, health_pb2.HealthCheckResponse.NOT_SERVING)
 
     def _swapped(self, models: object) -> None:
-        """A newer version loaded: the deployment is current again."""
-        self.health.set(self.MODELS_HEALTH, health_pb2.HealthCheckResponse.SERVING)
+        """A newer version loaded, or a source moved back to the served one: SERVING again once
+        no model's source points at a version that did not load."""
+        if not self.watcher.stale:
+            self.health.set(self.MODELS_HEALTH, health_pb2.HealthCheckResponse.SERVING)
 
     @property
     def address(self) -> str:

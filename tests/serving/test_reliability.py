@@ -354,3 +354,97 @@ def test_cli_output_masks_the_password_of_the_redis_url(closed_port, monkeypatch
     monkeypatch.setenv("RANKFORGE_REDIS_URL", url)
     assert main(["materialize"]) == 2
     assert "topsecret" not in capsys.readouterr().err
+
+
+def test_health_recovers_when_the_alias_moves_back_to_the_served_version(
+    make_server, bundles, feature_version, user_id, rankforge_home, tmp_path, caplog
+) -> None:
+    """#19 item 4: champion -> a broken version (refused, NOT_SERVING) -> back to the version being
+    served: the models health is SERVING again and the rollback is logged."""
+    from urllib.parse import urlparse
+
+    import mlflow
+    from mlflow import MlflowClient
+
+    from rankforge.pipelines.registry import log_and_register
+    from rankforge.settings import Settings, configure_mlflow
+
+    configure_mlflow(Settings.from_env(), "serving-rollback-test")
+    with mlflow.start_run():
+        log_and_register(bundles.ranker, "rf-rollback", alias="champion")
+    twin = tmp_path / "twin"
+    shutil.copytree(bundles.ranker, twin)
+    (twin / "NOTES.txt").write_text("a second version\n")
+    with mlflow.start_run() as run:
+        log_and_register(twin, "rf-rollback")
+    onnx = next(Path(urlparse(run.info.artifact_uri).path).rglob("ranker.onnx"))
+    onnx.write_bytes(onnx.read_bytes()[:100])
+    srv = make_server(ranker="models:/rf-rollback@champion")
+    client = MlflowClient()
+    client.set_registered_model_alias("rf-rollback", "champion", "2")
+    assert srv.watcher.refresh() is False
+    assert _health(srv.address, srv.MODELS_HEALTH) == health_pb2.HealthCheckResponse.NOT_SERVING
+    client.set_registered_model_alias("rf-rollback", "champion", "1")
+    with caplog.at_level(logging.INFO, logger="rankforge.serving.model_source"):
+        assert srv.watcher.refresh() is False  # nothing to load: version 1 is being served
+    assert _health(srv.address, srv.MODELS_HEALTH) == health_pb2.HealthCheckResponse.SERVING
+    assert any("back at the served version rf-rollback/1" in r.getMessage() for r in caplog.records)
+    with RankingClient(srv.address) as rank_client:
+        assert rank_client.rank(user_id, k=3).ranker_version == "rf-rollback/1"
+
+
+# -- authentication (item 5) -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value, problem",
+    [
+        ("  ", "is empty or blank"),
+        ("\t\n", "is empty or blank"),
+        ("to ken", "whitespace"),
+        ("tökén", "non-ASCII"),
+    ],
+)
+def test_an_unusable_token_is_refused_from_every_source(value, problem, tmp_path, monkeypatch) -> None:
+    from rankforge.errors import ConfigError
+    from rankforge.serving.security import read_token
+
+    monkeypatch.setenv("RANKFORGE_AUTH_TOKEN", value)
+    with pytest.raises(ConfigError, match=problem):
+        read_token(None)
+    path = tmp_path / "token"
+    path.write_text(value, encoding="utf-8")
+    with pytest.raises(ConfigError, match=problem):
+        read_token(path)
+    monkeypatch.delenv("RANKFORGE_AUTH_TOKEN")
+    assert read_token(None) is None  # not given at all: a server without a token (loopback)
+
+
+def test_serve_with_a_blank_token_does_not_start(bundles, monkeypatch, capsys) -> None:
+    from rankforge.cli import main
+
+    monkeypatch.setenv("RANKFORGE_AUTH_TOKEN", "  ")
+    args = ["serve", "--retrieval", str(bundles.retrieval), "--ranker", str(bundles.ranker), "--port", "0"]
+    assert main(args) == 2
+    assert "RANKFORGE_AUTH_TOKEN is empty or blank" in capsys.readouterr().err
+
+
+def test_rejected_calls_are_counted_and_logged_without_the_token_and_the_scheme_is_case_insensitive(
+    make_server, feature_version, user_id, caplog
+) -> None:
+    from rankforge.serving.proto import ranking_pb2, ranking_pb2_grpc
+
+    server = make_server(auth_token="s3cret-token")
+    interceptor = server.auth
+    request = ranking_pb2.RankRequest(user_id=user_id, k=3)
+    with grpc.insecure_channel(server.address) as channel, caplog.at_level(logging.WARNING):
+        stub = ranking_pb2_grpc.RankingServiceStub(channel)
+        for header in ("bearer s3cret-token", "BEARER  s3cret-token", "Bearer s3cret-token"):
+            assert stub.Rank(request, metadata=[("authorization", header)], timeout=5).items
+        for header in ("Bearer wrong-guess-123", "Basic s3cret-token", "s3cret-token"):
+            err = _status(lambda h=header: stub.Rank(request, metadata=[("authorization", h)], timeout=5))
+            assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert interceptor.rejected == 3
+    logged = [r.getMessage() for r in caplog.records if "without a valid bearer token" in r.getMessage()]
+    assert len(logged) == 1 and "RankingService/Rank" in logged[0]  # rate-limited: one line
+    assert not any("wrong-guess-123" in r.getMessage() or "s3cret" in r.getMessage() for r in caplog.records)
