@@ -42,7 +42,7 @@ from rankforge.pipelines.bundle_scoring import (
     served_auction_pctr,
     slate_scores,
 )
-from rankforge.pipelines.registry import download_bundle
+from rankforge.pipelines.registry import opened_bundle
 from rankforge.pipelines.replay_log import greedy_actions, policy_probabilities
 from rankforge.pipelines.train import metric_name
 from rankforge.serving.bundle import Bundle
@@ -204,16 +204,20 @@ def _gauc_or_nan(labels: np.ndarray, probs: np.ndarray, users: np.ndarray) -> fl
         return float("nan")
 
 
-def reward_model_bundle(config: ABConfig, evaluated: Bundle) -> Bundle | None:
-    """The ranker whose P(positive) is DR's reward model: the configured one, else ``evaluated``
-    (the champion, in a comparison) when it is a ranker, else none (item positive rates)."""
+def reward_model_estimates(
+    config: ABConfig, data: PreparedData, log: pl.DataFrame, evaluated: Bundle
+) -> tuple[np.ndarray, str]:
+    """DR's reward estimates for the log's slates (:func:`reward_estimates`) and which model gave
+    them: the configured ranker (downloaded for this and removed again), else ``evaluated`` (the
+    champion, in a comparison) when it is a ranker, else item positive rates."""
     if config.reward_model is None:
-        return evaluated if evaluated.manifest.kind == "ranker" else None
-    bundle = download_bundle(config.reward_model)
-    if bundle.manifest.kind != "ranker":
-        kind = bundle.manifest.kind
-        raise ConfigError(f"reward model {config.reward_model!r} is a {kind} bundle, not a ranker")
-    return bundle
+        ranker = evaluated if evaluated.manifest.kind == "ranker" else None
+        return reward_estimates(data, log, ranker), ITEM_RATE if ranker is None else "champion ranker"
+    with opened_bundle(config.reward_model) as bundle:
+        if bundle.manifest.kind != "ranker":
+            kind = bundle.manifest.kind
+            raise ConfigError(f"reward model {config.reward_model!r} is a {kind} bundle, not a ranker")
+        return reward_estimates(data, log, bundle), str(config.reward_model)
 
 
 def reward_estimates(data: PreparedData, log: pl.DataFrame, ranker: Bundle | None) -> np.ndarray:
@@ -274,7 +278,7 @@ def evaluate_bundle(
 
     Retrieval: over ``users``, by default every held-out user it can evaluate. Ranker: over
     ``events``, by default the held-out events whose item it knows. ``r_hat_slate``: DR's reward
-    estimates for the log's slates, by default from :func:`reward_model_bundle`.
+    estimates for the log's slates, by default from :func:`reward_model_estimates`.
     """
     if bundle.manifest.kind == "retrieval":
         scored = scored if scored is not None else score_retrieval(bundle, data)
@@ -286,7 +290,7 @@ def evaluate_bundle(
         offline = _ranker_evaluation(bundle, data, events)
         offline.notes = {**counts, "evaluated_events": events.height}
     if r_hat_slate is None:
-        r_hat_slate = reward_estimates(data, log, reward_model_bundle(config, bundle))
+        r_hat_slate, _ = reward_model_estimates(config, data, log, bundle)
     replay = _replay_evaluation(bundle, data, log, config.policy_temperature, r_hat_slate)
     auction = (
         _auction_evaluation(bundle, data, held_out_auctions(config.auctions, data))
@@ -344,7 +348,7 @@ def compare(
 
     Retrieval metrics are paired over the held-out users both models can be evaluated on, ranker
     metrics over the held-out events whose items both know, replay values over the log's events
-    (DR with one reward model for both, see :func:`reward_model_bundle`).
+    (DR with one reward model for both, see :func:`reward_model_estimates`).
     """
     config = config or ABConfig()
     if champion.manifest.kind != challenger.manifest.kind:
@@ -352,8 +356,7 @@ def compare(
             f"cannot compare a {champion.manifest.kind} bundle with a {challenger.manifest.kind} one"
         )
     kind = champion.manifest.kind
-    reward_model = reward_model_bundle(config, champion)
-    r_hat = reward_estimates(data, log, reward_model)
+    r_hat, described = reward_model_estimates(config, data, log, champion)
     if kind == "retrieval":
         scored = [score_retrieval(b, data) for b in (champion, challenger)]
         users = np.intersect1d(_evaluable(scored[0]), _evaluable(scored[1]))
@@ -379,7 +382,6 @@ def compare(
         )
         for name in old.metrics
     }
-    described = ITEM_RATE if reward_model is None else str(config.reward_model or "champion ranker")
     return ABReport(kind=kind, champion=old, challenger=new, deltas=deltas, reward_model=described)
 
 
@@ -413,8 +415,8 @@ def run_ab_comparison(
     Needs MLflow configured (``rankforge.settings.configure_mlflow``).
     """
     config = config or ABConfig()
-    champion, challenger = download_bundle(champion_uri), download_bundle(challenger_uri)
-    report = compare(champion, challenger, data, log, config)
+    with opened_bundle(champion_uri) as champion, opened_bundle(challenger_uri) as challenger:
+        report = compare(champion, challenger, data, log, config)
     report.champion.label, report.challenger.label = champion_uri, challenger_uri
     with mlflow.start_run(run_name=f"ab {champion_uri} vs {challenger_uri}") as parent:
         report.run_id = parent.info.run_id

@@ -13,7 +13,7 @@ from rankforge.pipelines.ab_compare import (
     evaluate_bundle,
     metrics_with_intervals,
 )
-from rankforge.pipelines.registry import download_bundle
+from rankforge.pipelines.registry import opened_bundle
 
 
 def run_evaluation(
@@ -21,8 +21,8 @@ def run_evaluation(
 ) -> ModelEvaluation:
     """Offline metrics and replay values of ``uri``, logged to one MLflow run (MLflow configured)."""
     config = config or ABConfig()
-    bundle = download_bundle(uri)
-    evaluation = evaluate_bundle(bundle, data, log, config)
+    with opened_bundle(uri) as bundle:
+        evaluation = evaluate_bundle(bundle, data, log, config)
     evaluation.label = uri
     reward_model = config.reward_model or ("itself" if bundle.manifest.kind == "ranker" else ITEM_RATE)
     with mlflow.start_run(run_name=f"evaluate {uri}") as run:

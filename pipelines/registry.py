@@ -7,7 +7,10 @@ artifacts of the same logged model, so a registry alias resolves to everything t
 
 from __future__ import annotations
 
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -169,8 +172,27 @@ def parse_model_uri(uri: str) -> tuple[str, str]:
     return name, ref
 
 
+@contextmanager
+def opened_bundle(uri_or_path: str | Path) -> Iterator[Bundle]:
+    """A bundle for the length of a ``with`` block: a registry version is downloaded into a
+    temporary folder that is removed afterwards (also when the block fails); a bundle directory
+    is used where it is."""
+    text = str(uri_or_path)
+    if not text.startswith("models:/"):
+        yield load_bundle(text)
+        return
+    folder = Path(tempfile.mkdtemp(prefix="rankforge-download-"))
+    try:
+        yield download_bundle(text, folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def download_bundle(uri_or_path: str | Path, destination: str | Path | None = None) -> Bundle:
-    """A bundle from a local directory or a ``models:/`` URI (downloaded from its run)."""
+    """A bundle from a local directory or a ``models:/`` URI (downloaded from its run).
+
+    The caller owns a download's folder (``destination``, or a new temporary one it must remove:
+    prefer :func:`opened_bundle`); a download that fails leaves nothing behind."""
     text = str(uri_or_path)
     if not text.startswith("models:/"):
         return load_bundle(text)
@@ -179,6 +201,17 @@ def download_bundle(uri_or_path: str | Path, destination: str | Path | None = No
     tags = MlflowClient().get_model_version(name, str(registered.version)).tags
     artifact = run_artifact_path(tags.get("bundle_artifact", BUNDLE_ARTIFACT), f"{name}/{registered.version}")
     target = Path(destination) if destination else Path(tempfile.mkdtemp(prefix=f"rankforge-{name}-"))
+    try:
+        return _downloaded(name, registered, tags, artifact, target)
+    except BaseException:
+        if destination is None:
+            shutil.rmtree(target, ignore_errors=True)
+        raise
+
+
+def _downloaded(
+    name: str, registered: RegisteredModel, tags: dict[str, str], artifact: str, target: Path
+) -> Bundle:
     local = Path(
         mlflow.artifacts.download_artifacts(
             run_id=registered.run_id, artifact_path=artifact, dst_path=str(target)

@@ -157,9 +157,32 @@ class ModelWatcher:
             swapped = updated is not current
             if swapped:
                 self.models = updated  # one reference assignment: atomic for concurrent readers
+                self._discard_replaced(current, updated)
         if self._on_swap is not None and (swapped or (was_stale and not self.stale)):
             self._on_swap(updated)
         return swapped
+
+    def _tracked(self) -> dict[str, _Tracked]:
+        out: dict[str, _Tracked] = {"retrieval": self._retrieval, "ranker": self._ranker}
+        if self._ad_ranker is not None:
+            out["ad_ranker"] = self._ad_ranker
+        return out
+
+    def _discard_replaced(self, old: ServingModels, new: ServingModels) -> None:
+        """Remove the downloads of the runtimes a swap replaced. Requests still holding the old
+        snapshot are unaffected: a runtime keeps its graphs, vectors and index in memory."""
+        for field, tracked in self._tracked().items():
+            before, after = getattr(old, field), getattr(new, field)
+            if before is not None and before is not after:
+                tracked.source.discard(before.bundle)
+
+    def close(self) -> None:
+        """Stop refreshing and remove the served models' downloads (at server shutdown)."""
+        self.stop()
+        for field, tracked in self._tracked().items():
+            runtime = getattr(self.models, field)
+            if runtime is not None:
+                tracked.source.discard(runtime.bundle)
 
     def _failed(self, field: str, version: str, spec: str, exc: Exception) -> None:
         """One log line per failed version (not a traceback per poll); the version is not retried

@@ -167,6 +167,7 @@ class RankingServer:
         self.watcher.stop()
         done = self.server.stop(self.config.grace_s if grace_s is None else grace_s)
         done.wait()
+        self.watcher.close()  # the drained server needs its downloads no more
         self.reader.client.close()
         self._stopped.set()
         log.info("server on %s stopped", self.address)

@@ -448,3 +448,44 @@ def test_rejected_calls_are_counted_and_logged_without_the_token_and_the_scheme_
     logged = [r.getMessage() for r in caplog.records if "without a valid bearer token" in r.getMessage()]
     assert len(logged) == 1 and "RankingService/Rank" in logged[0]  # rate-limited: one line
     assert not any("wrong-guess-123" in r.getMessage() or "s3cret" in r.getMessage() for r in caplog.records)
+
+
+# -- temporary downloads (item 7) ---------------------------------------------------------------
+
+
+def test_downloads_are_removed_on_swap_on_exit_and_after_promote(
+    make_server, bundles, feature_version, rankforge_home, small_data, tmp_path, monkeypatch
+) -> None:
+    import tempfile
+
+    import mlflow
+    from mlflow import MlflowClient
+
+    from rankforge.features.pipeline import DataConfig, SyntheticConfig
+    from rankforge.features.synthetic import GENRES_FEATURE
+    from rankforge.pipelines.ab_compare import ABConfig
+    from rankforge.pipelines.promote import promote_if_better
+    from rankforge.pipelines.registry import log_and_register
+    from rankforge.settings import Settings, configure_mlflow
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    left = lambda: sorted(p.name for p in temp.iterdir())  # noqa: E731
+    configure_mlflow(Settings.from_env(), "downloads-test")
+    for bundle, alias in ((bundles.retrieval, "champion"), (bundles.retrieval_b, None)):
+        with mlflow.start_run():
+            log_and_register(bundle, "rf-tmp", alias=alias)
+    server = make_server(retrieval="models:/rf-tmp@champion")
+    assert len(left()) == 1  # the served retrieval model's download
+    first = left()
+    MlflowClient().set_registered_model_alias("rf-tmp", "champion", "2")
+    assert server.watcher.refresh() is True
+    assert len(left()) == 1 and left() != first  # the replaced download is gone
+    server.stop(0)
+    assert left() == []  # and the served one at exit
+
+    MlflowClient().set_registered_model_alias("rf-tmp", "champion", "1")
+    data = DataConfig(synthetic=SyntheticConfig(n_users=50, n_items=80), features=[GENRES_FEATURE])
+    promote_if_better("rf-tmp", 2, data, config=ABConfig(n_resamples=50))
+    assert left() == []  # promote compared two downloads and removed both
