@@ -182,15 +182,28 @@ def fit_context(train: pl.DataFrame, features: list[Feature]) -> tuple[ContextIn
     out = []
     for f in context_features(features):
         values = train[f.source_column].cast(pl.Float64)
+        outside = pl.Series([False] * len(values))
+        if f.min is not None:
+            outside = outside | (values < f.min)
+        if f.max is not None:
+            outside = outside | (values > f.max)
+        if outside.any():
+            example = values.filter(outside)[0]
+            raise DataError(
+                f"context feature {f.name!r}: {int(outside.sum())} training event(s) outside its declared "
+                f"range [{f.min}, {f.max}] (e.g. {example:g})"
+            )
+        bounds = {"minimum": f.min, "maximum": f.max}
         if f.normalization == "log1p":
             if (values < 0).any():
                 raise DataError(f"context feature {f.name!r} (normalization 'log1p') has negative values")
-            out.append(ContextInput(f.name, "log1p"))
+            out.append(ContextInput(f.name, "log1p", **bounds))
         elif f.normalization == "standard":
             std = values.std()
-            out.append(ContextInput(f.name, "none", float(values.mean() or 0.0), float(std) if std else 1.0))
+            mean = float(values.mean() or 0.0)
+            out.append(ContextInput(f.name, "none", mean, float(std) if std else 1.0, **bounds))
         else:
-            out.append(ContextInput(f.name))
+            out.append(ContextInput(f.name, **bounds))
     return tuple(out)
 
 

@@ -75,6 +75,9 @@ class Feature(BaseModel):
     pooling: Literal["mean", "sum"] = "mean"
     max_vocabulary: int | None = Field(None, ge=1)
     normalization: Literal["none", "log1p", "standard"] = "standard"  # numeric only
+    # context: the valid range of raw values; a training row or a request outside it is refused
+    min: float | None = None
+    max: float | None = None
 
     @field_validator("name")
     @classmethod
@@ -93,6 +96,11 @@ class Feature(BaseModel):
             raise ValueError(f"feature {self.name!r}: separator must not be empty")
         if self.side == "context" and self.kind != "numeric":
             raise ValueError(f"feature {self.name!r}: context features are numeric (got kind {self.kind!r})")
+        if (self.min is not None or self.max is not None) and self.side != "context":
+            raise ValueError(f"feature {self.name!r}: min/max declare the valid range of a context feature")
+        bounds = [b for b in (self.min, self.max) if b is not None]
+        if not all(math.isfinite(b) for b in bounds) or (len(bounds) == 2 and not bounds[0] < bounds[1]):
+            raise ValueError(f"feature {self.name!r}: min and max must be finite with min < max")
         if self.kind == "sequence" and (self.side != "user" or self.column is None):
             raise ValueError(
                 f"feature {self.name!r}: a sequence is a user feature whose column names a categorical "
@@ -152,6 +160,18 @@ class ContextInput:
     transform: str = "none"  # "none" | "log1p"
     shift: float = 0.0
     scale: float = 1.0
+    minimum: float | None = None  # the declared valid range of raw values (None: unbounded)
+    maximum: float | None = None
+
+    def out_of_range(self, raw: float) -> str | None:
+        """Why a raw value is not a valid value of this input, or None."""
+        if self.transform == "log1p" and raw < 0:
+            return "must be >= 0"
+        if self.minimum is not None and raw < self.minimum:
+            return f"must be >= {self.minimum:g}"
+        if self.maximum is not None and raw > self.maximum:
+            return f"must be <= {self.maximum:g}"
+        return None
 
     def normalise(self, raw: float) -> float:
         """One served value (the server and the pyfunc model)."""

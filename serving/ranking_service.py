@@ -24,6 +24,7 @@ import grpc
 import numpy as np
 
 from rankforge.errors import DataError
+from rankforge.features.feature_spec import ContextInput
 from rankforge.features.string_ids import MAX_KEY_CHARS, stable_id
 from rankforge.serving.bundle import Bundle
 from rankforge.serving.feature_layout import FeatureMeta, Record
@@ -326,10 +327,7 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
                         f"the ranker needs request context {name!r}; give it in context "
                         f"(it reads {ranker.layout.context_names})",
                     )
-                raw = float(request.context[name])
-                if context[name].transform == "log1p" and raw < 0:
-                    raise RankError(Code.INVALID_ARGUMENT, f"context {name!r} must be >= 0, got {raw:g}")
-                value = context[name].normalise(raw)
+                value = context_value(context[name], float(request.context[name]))
                 columns.append(np.full(len(records), value, dtype=np.float32))
             elif name in request.context:
                 columns.append(np.full(len(records), request.context[name], dtype=np.float32))
@@ -533,10 +531,29 @@ def _check_context_values(request: ranking_pb2.RankRequest | ranking_pb2.Auction
             )
 
 
+def context_value(spec: ContextInput, raw: float) -> float:
+    """A request's raw context value, normalised as in training; INVALID_ARGUMENT when it lies
+    outside the feature's declared range or does not fit the graph's float32 once normalised."""
+    problem = spec.out_of_range(raw)
+    if problem is not None:
+        raise RankError(Code.INVALID_ARGUMENT, f"context {spec.name!r} {problem}, got {raw:g}")
+    value = spec.normalise(raw)
+    if not math.isfinite(value) or abs(value) > FLOAT32_MAX:
+        raise RankError(
+            Code.INVALID_ARGUMENT,
+            f"context {spec.name!r} = {raw:g} is out of the model's range (normalised: {value:g})",
+        )
+    return value
+
+
 def _check_scores(logits: np.ndarray, model: str) -> None:
-    """A model that outputs NaN or infinity fails the request: never OK with meaningless scores."""
+    """A model that outputs NaN or infinity fails the request: never OK with meaningless scores,
+    and the operator hears of it (WARNING, with the model version): it is the model's fault."""
     bad = ~np.isfinite(logits)
     if bad.any():
+        log.warning(
+            "the model %s produced a non-finite score for %d of %d items", model, bad.sum(), len(logits)
+        )
         raise RankError(
             Code.INTERNAL,
             f"the model {model} produced a non-finite score for {int(bad.sum())} of {len(logits)}",

@@ -92,6 +92,8 @@ name = "hour_of_day"
 side = "context"
 kind = "numeric"
 column = "hour"
+min = 0
+max = 23
 """
 
 
@@ -207,6 +209,12 @@ def test_declared_features_reach_the_served_ranking(
             assert "needs request context 'hour_of_day'" in missing.value.details()
             night = client.rank(user_id, k=5, candidates=items, context={"hour_of_day": 2.0})
             assert {i.item_id: i.score for i in night.items} != {i.item_id: i.score for i in reply.items}
+            # outside its declared range [0, 23]: refused, not silently reordering the ranking
+            for value, problem in ((1e6, "must be <= 23"), (-1.0, "must be >= 0")):
+                with pytest.raises(grpc.RpcError) as outside:
+                    client.rank(user_id, k=5, context={"hour_of_day": value})
+                assert outside.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert f"context 'hour_of_day' {problem}" in outside.value.details()
     finally:
         server.stop(0)
 

@@ -489,3 +489,46 @@ def test_downloads_are_removed_on_swap_on_exit_and_after_promote(
     data = DataConfig(synthetic=SyntheticConfig(n_users=50, n_items=80), features=[GENRES_FEATURE])
     promote_if_better("rf-tmp", 2, data, config=ABConfig(n_resamples=50))
     assert left() == []  # promote compared two downloads and removed both
+
+
+# -- context values (item 8) --------------------------------------------------------------------
+
+
+def test_a_context_value_that_overflows_once_normalised_is_invalid_not_internal() -> None:
+    from rankforge.features.feature_spec import ContextInput
+    from rankforge.serving.ranking_service import context_value
+
+    tight = ContextInput("price", "none", shift=0.0, scale=1e-3)  # a tiny spread in training
+    assert context_value(tight, 2.0) == pytest.approx(2000.0)
+    with pytest.raises(RankError) as err:
+        context_value(tight, 3e38)  # a valid float32, infinite once normalised
+    assert (
+        err.value.code == grpc.StatusCode.INVALID_ARGUMENT and "out of the model's range" in err.value.message
+    )
+    bounded = ContextInput("hour", minimum=0.0, maximum=23.0)
+    with pytest.raises(RankError, match="must be <= 23"):
+        context_value(bounded, 24.0)
+
+
+def test_training_rows_outside_a_declared_range_are_refused() -> None:
+    import polars as pl
+
+    from rankforge.errors import DataError
+    from rankforge.features.declared_features import fit_context
+    from rankforge.features.feature_spec import Feature
+
+    hour = Feature(name="hour_of_day", side="context", kind="numeric", column="hour", min=0, max=23)
+    assert fit_context(pl.DataFrame({"hour": [0, 5, 23]}), [hour])[0].maximum == 23
+    with pytest.raises(DataError, match=r"2 training event\(s\) outside its declared range \[0.0, 23.0\]"):
+        fit_context(pl.DataFrame({"hour": [0, 24, -1]}), [hour])
+    with pytest.raises(ValueError, match="min < max"):
+        Feature(name="bad", side="context", kind="numeric", min=5, max=1)
+
+
+def test_a_model_that_outputs_nan_is_logged_at_warning_with_its_version(caplog) -> None:
+    from rankforge.serving.ranking_service import _check_scores
+
+    with caplog.at_level(logging.WARNING), pytest.raises(RankError):
+        _check_scores(np.array([0.1, np.nan, np.inf], dtype=np.float32), "ranker rf-nan/3")
+    (record,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "ranker rf-nan/3" in record.getMessage() and "2 of 3" in record.getMessage()
