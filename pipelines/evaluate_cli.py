@@ -58,7 +58,11 @@ def _setup(args: argparse.Namespace) -> tuple[DataConfig, ABConfig]:
     from rankforge.settings import Settings, configure_mlflow
 
     data = data_config(args.data_config, args.data)  # config errors before any MLflow work
-    configure_mlflow(Settings.from_env(), args.experiment)
+    # evaluate reads a registered model (or a bundle path); promote always reads the registry
+    registry = getattr(args, "func", None) is _promote or str(getattr(args, "model", "")).startswith(
+        "models:/"
+    )
+    configure_mlflow(Settings.from_env(), args.experiment, expect_existing=registry)
     config = ABConfig(
         ks=tuple(args.ks),
         n_resamples=args.resamples,

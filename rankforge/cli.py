@@ -13,6 +13,10 @@ import sys
 from rankforge.errors import RankforgeError
 from rankforge.quiet import quiet_third_party
 
+#: Packages whose exceptions are the tracking store's (a damaged database, a server that failed):
+#: said in one line, exit 2, like a bad input, not a traceback.
+STORE_ERRORS = ("sqlalchemy", "mlflow")
+
 COMMAND_MODULES: tuple[str, ...] = (
     "rankforge.pipelines.demo_cli",
     "rankforge.pipelines.auction_cli",
@@ -43,6 +47,12 @@ def main(argv: list[str] | None = None) -> int:
         result = args.func(args)
     except RankforgeError as exc:
         print(f"rankforge {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        if type(exc).__module__.split(".")[0] not in STORE_ERRORS:
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"rankforge {args.command}: error: the MLflow store failed: {first[:200]}", file=sys.stderr)
         return 2
     return int(result or 0)
 

@@ -246,7 +246,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if any(s and s.startswith("models:/") for s in (args.retrieval, args.ranker, args.ad_ranker)):
-        configure_mlflow(Settings.from_env(), "rankforge-serving")
+        configure_mlflow(Settings.from_env(), "rankforge-serving", expect_existing=True)
     config = ServerConfig(
         retrieval=args.retrieval,
         ranker=args.ranker,

@@ -42,10 +42,16 @@ def pad_rows(rows: list[np.ndarray], max_len: int) -> np.ndarray:
 
 
 def open_session(path: str, threads: int) -> ort.InferenceSession:
+    """An ONNX Runtime session of a bundle's graph; a file it cannot load is a ``DataError``
+    naming it (ONNX Runtime's own errors are tracebacks of its C++ status)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    return ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # InvalidProtobuf, Fail, NoSuchFile...: all of onnxruntime's own types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"cannot load the ONNX graph {path[-160:]}: {first[:200]}") from exc
 
 
 def padded(rows: Lists, n: int, width: int) -> np.ndarray:

@@ -19,6 +19,7 @@ import hmac
 import ipaddress
 import logging
 import os
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -41,6 +42,30 @@ class TlsConfig:
     key: Path  # its private key (PEM)
     client_ca: Path | None = None  # set: clients must present a certificate signed by this CA
 
+    def check(self) -> None:
+        """The certificate and key load as a pair (a ``ConfigError`` saying which problem, not a
+        bind failure); a certificate past its end date is logged as a warning at start."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            context.load_cert_chain(self.cert, self.key)
+        except FileNotFoundError as exc:
+            raise ConfigError(
+                f"cannot read the TLS certificate or key: {exc.strerror}: {exc.filename}"
+            ) from exc
+        except ssl.SSLError as exc:
+            problem = "the TLS key does not match the certificate" if "MISMATCH" in str(exc) else str(exc)
+            raise ConfigError(f"{problem} ({str(self.cert)[:80]}, {str(self.key)[:80]})") from exc
+        try:  # the stdlib's own PEM decoder: the end date without a crypto dependency
+            not_after = ssl._ssl._test_decode_cert(str(self.cert))["notAfter"]  # type: ignore[attr-defined]
+        except (AttributeError, KeyError, ssl.SSLError, OSError):
+            return
+        if ssl.cert_time_to_seconds(not_after) < time.time():
+            log.warning(
+                "the TLS certificate %s expired on %s: clients will refuse it",
+                str(self.cert)[:120],
+                not_after,
+            )
+
     def credentials(self) -> grpc.ServerCredentials:
         def read(path: Path, what: str) -> bytes:
             try:
@@ -48,6 +73,7 @@ class TlsConfig:
             except OSError as exc:
                 raise ConfigError(f"cannot read the TLS {what} {str(path)[:120]}: {exc.strerror}") from exc
 
+        self.check()
         return grpc.ssl_server_credentials(
             [(read(self.key, "key"), read(self.cert, "certificate"))],
             root_certificates=read(self.client_ca, "client CA") if self.client_ca else None,

@@ -150,9 +150,13 @@ class Checkpointer:
     def read_state(self, path: Path) -> dict[str, Any]:
         """The job state of checkpoint ``path`` (cheap: read before deciding to load weights)."""
         try:
-            return torch.load(path / EXTRA, weights_only=True)
-        except (OSError, RuntimeError, EOFError, ValueError) as exc:
-            raise ConfigError(f"cannot read {path / EXTRA}: {type(exc).__name__}: {str(exc)[:120]}") from exc
+            state = torch.load(path / EXTRA, weights_only=True)
+        except Exception as exc:  # OSError, EOFError, UnpicklingError, RuntimeError of torch...
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise ConfigError(f"cannot read {path / EXTRA}: {type(exc).__name__}: {first[:120]}") from exc
+        if not isinstance(state, dict) or "epochs_done" not in state:
+            raise ConfigError(f"cannot read {path / EXTRA}: not a job state (delete the checkpoint)")
+        return state
 
     @property
     def best_weights(self) -> Path:

@@ -532,3 +532,129 @@ def test_a_model_that_outputs_nan_is_logged_at_warning_with_its_version(caplog) 
         _check_scores(np.array([0.1, np.nan, np.inf], dtype=np.float32), "ranker rf-nan/3")
     (record,) = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert "ranker rf-nan/3" in record.getMessage() and "2 of 3" in record.getMessage()
+
+
+# -- every CLI failure in one line, exit 2 (item 9) ------------------------------------------------
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "garbage"])
+def test_a_damaged_mlflow_store_is_one_line_and_exit_2(damage, bundles, rankforge_home, capsys) -> None:
+    import mlflow
+
+    from rankforge.cli import main
+    from rankforge.pipelines.registry import log_and_register
+    from rankforge.settings import Settings, configure_mlflow
+
+    settings = Settings.from_env()
+    configure_mlflow(settings, "store-test")
+    with mlflow.start_run():
+        log_and_register(bundles.ranker, "rf-store", alias="champion")
+    store = settings.home / "mlflow.db"
+    raw = store.read_bytes()
+    capsys.readouterr()  # the registration's own output
+    if damage == "empty":
+        store.write_bytes(b"")
+    elif damage == "truncated":
+        store.write_bytes(raw[: len(raw) // 3])
+    else:
+        store.write_bytes(b"\x00" * 100 + raw[100:])
+    for argv in (
+        ["promote", "rf-store", "--challenger", "1"],
+        [
+            "serve",
+            "--ranker",
+            "models:/rf-store@champion",
+            "--retrieval",
+            str(bundles.retrieval),
+            "--port",
+            "0",
+        ],
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"the MLflow store {store}" in err, err
+    assert store.stat().st_size == (0 if damage == "empty" else store.stat().st_size)  # nothing re-created
+
+
+def test_a_missing_store_is_reported_when_a_registered_model_is_expected(rankforge_home, capsys) -> None:
+    from rankforge.cli import main
+
+    assert main(["promote", "rf-nothing", "--challenger", "1"]) == 2
+    assert "no MLflow store at" in capsys.readouterr().err
+    assert not (rankforge_home / "mlflow.db").exists()
+
+
+def test_a_broken_onnx_graph_is_a_data_error_naming_it(bundles, tmp_path) -> None:
+    from rankforge.errors import DataError
+    from rankforge.serving.bundle import load_bundle, seal
+    from rankforge.serving.model_runtime import load_ranker
+
+    broken = tmp_path / "broken"
+    shutil.copytree(bundles.ranker, broken)
+    onnx = broken / "ranker.onnx"
+    onnx.write_bytes(onnx.read_bytes()[:200])
+    seal(broken)  # a bundle exported broken, not one damaged later
+    with pytest.raises(DataError, match=r"cannot load the ONNX graph .*ranker\.onnx"):
+        load_ranker(load_bundle(broken), "v1")
+
+
+def test_tls_problems_are_named_at_start(tmp_path, caplog) -> None:
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from rankforge.errors import ConfigError
+    from rankforge.serving.security import TlsConfig
+
+    def write(name: str, days: float) -> tuple[Path, Path]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        now = dt.datetime.now(dt.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=30))
+            .not_valid_after(now + dt.timedelta(days=days))
+            .sign(key, hashes.SHA256())
+        )
+        paths = tmp_path / f"{name}.pem", tmp_path / f"{name}.key"
+        paths[0].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        paths[1].write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        return paths
+
+    good_cert, good_key = write("good", 10)
+    _, other_key = write("other", 10)
+    TlsConfig(good_cert, good_key).check()
+    with pytest.raises(ConfigError, match="the TLS key does not match the certificate"):
+        TlsConfig(good_cert, other_key).check()
+    old_cert, old_key = write("expired", -1)
+    with caplog.at_level(logging.WARNING):
+        TlsConfig(old_cert, old_key).check()
+    assert any("expired on" in r.getMessage() for r in caplog.records)
+
+
+def test_an_unreadable_job_state_with_a_valid_checksum_is_one_line(tmp_path) -> None:
+    import pickle
+
+    from rankforge.errors import ConfigError
+    from rankforge.training.checkpoint import EXTRA, Checkpointer, write_checksums
+    from rankforge.training.sharding import DistEnv
+
+    folder = tmp_path / "epoch_0001"
+    folder.mkdir()
+    (folder / EXTRA).write_bytes(pickle.dumps("not a state") + b"\x00garbage")
+    write_checksums(folder)
+    env = DistEnv(0, 1, 0, __import__("torch").device("cpu"), "gloo", False)
+    checkpointer = Checkpointer(tmp_path, keep=2, env=env)
+    with pytest.raises(ConfigError, match=r"cannot read .*job_state\.pt"):
+        checkpointer.read_state(folder)
