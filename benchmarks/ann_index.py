@@ -17,8 +17,8 @@ import time
 import faiss
 import numpy as np
 
-from rankforge.serving.ann_index import AnnIndex, IndexConfig, build
-from rankforge.serving.candidate_index import ExactInnerProductIndex
+from rankforge.bundles.ann_index import AnnIndex, IndexConfig, build
+from rankforge.bundles.candidate_index import ExactInnerProductIndex
 
 
 def vectors(n: int, d: int, kind: str, seed: int = 0) -> np.ndarray:

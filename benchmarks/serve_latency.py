@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from rankforge.bundles.export import build_ranker_bundle, build_retrieval_bundle
 from rankforge.features.aggregates import DENSE_FEATURES
 from rankforge.features.pipeline import DataConfig, PreparedData, SyntheticConfig, prepare
 from rankforge.infra.redis_server import ensure_redis
@@ -28,7 +29,6 @@ from rankforge.models.inputs import sparse_features
 from rankforge.models.ranking import RankingModel
 from rankforge.models.two_tower import TwoTower
 from rankforge.serving.client import RankingClient
-from rankforge.serving.export_bundle import build_ranker_bundle, build_retrieval_bundle
 from rankforge.serving.feature_layout import KeyLayout
 from rankforge.serving.feature_reader import connect
 from rankforge.serving.feature_writer import FeatureWriter

@@ -33,15 +33,15 @@ import torch
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
+from rankforge.bundles.ann_index import IndexConfig
+from rankforge.bundles.export import build_ranker_bundle, build_retrieval_bundle
 from rankforge.features.aggregates import DENSE_FEATURES
 from rankforge.features.pipeline import DataConfig, SyntheticConfig, prepare
 from rankforge.infra.redis_server import ensure_redis
 from rankforge.models.inputs import sparse_features
 from rankforge.models.matrix_factorization import MatrixFactorization
 from rankforge.models.ranking import RankingModel
-from rankforge.serving.ann_index import IndexConfig
 from rankforge.serving.client import RankingClient, rank_request
-from rankforge.serving.export_bundle import build_ranker_bundle, build_retrieval_bundle
 from rankforge.serving.feature_layout import KeyLayout
 from rankforge.serving.feature_reader import connect
 from rankforge.serving.feature_writer import FeatureWriter

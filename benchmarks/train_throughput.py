@@ -39,8 +39,8 @@ from torch import nn
 from rankforge.features.pipeline import prepare
 from rankforge.models.inputs import SparseFeature, padded_to_kjt
 from rankforge.models.two_tower import TwoTower, tower_mlp
-from rankforge.pipelines.train_config import OptimizerConfig, ShardingConfig, parse_config
 from rankforge.training.allocator import reuse_large_allocations
+from rankforge.training.config import OptimizerConfig, ShardingConfig, parse_config
 from rankforge.training.objectives import CosineContrastiveLoss, SampledSoftmaxLoss
 from rankforge.training.sharding import build_optimizers, init_distributed, shard, shutdown_distributed
 from rankforge.training.tasks import RetrievalTask

@@ -43,8 +43,10 @@ from rankforge.features.aggregates import ITEM_DENSE, USER_DENSE
 USER_ID = "user_id"
 ITEM_ID = "item_id"
 USER_HISTORY = "user_history"
+#: The ranker graph's dense input: the user, item and context blocks of ``dense_features``.
+DENSE_INPUT = "dense"
 #: Names a declared feature cannot take: the built-in inputs and the ranker's dense input.
-RESERVED = frozenset({USER_ID, ITEM_ID, USER_HISTORY, "dense", "history", *USER_DENSE, *ITEM_DENSE})
+RESERVED = frozenset({USER_ID, ITEM_ID, USER_HISTORY, DENSE_INPUT, "history", *USER_DENSE, *ITEM_DENSE})
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 
 Side = Literal["user", "item"]

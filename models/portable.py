@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from rankforge.features.feature_spec import DENSE_INPUT
 from rankforge.models.padded_embeddings import PaddedEmbeddingBags
 from rankforge.models.ranking import RankingModel
 from rankforge.models.retrieval import RetrievalModel
@@ -60,7 +61,7 @@ class RankerTwin(nn.Module):
         self.dense_arch = dlrm.dense_arch
         self.inter_arch = dlrm.inter_arch
         self.over_arch = dlrm.over_arch
-        self.input_names = ["dense", *self.embeddings.feature_names]
+        self.input_names = [DENSE_INPUT, *self.embeddings.feature_names]
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         """``inputs`` = (dense, *ids) flat, so every twin exports with one dynamic-shape spec."""

@@ -18,9 +18,10 @@ kept so that exported scores are the logits the objective saw (``cos / t``).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
+if TYPE_CHECKING:  # the contract itself is plain data: bundles and the server read it without torch
+    import torch
 
 Similarity = Literal["dot", "cosine"]
 SIMILARITIES: tuple[str, ...] = ("dot", "cosine")
@@ -59,7 +60,9 @@ class Scoring:
         """Vectors ``[..., d]`` whose inner products are the similarity itself (unit vectors for
         cosine, unchanged for dot): what an objective scores, before any temperature."""
         if self.similarity == "cosine":
-            return torch.nn.functional.normalize(vectors, dim=-1, eps=NORM_EPS)
+            from torch.nn.functional import normalize
+
+            return normalize(vectors, dim=-1, eps=NORM_EPS)
         return vectors
 
     def query(self, user: torch.Tensor) -> torch.Tensor:

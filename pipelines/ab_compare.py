@@ -19,6 +19,9 @@ import mlflow
 import numpy as np
 import polars as pl
 
+from rankforge.bundles.bundle import Bundle
+from rankforge.bundles.id_lookup import IdLookup
+from rankforge.bundles.registry import opened_bundle
 from rankforge.errors import ConfigError, DataError
 from rankforge.evaluation.auction_metrics import auction_outcomes
 from rankforge.evaluation.bootstrap import Interval, bootstrap, paired_bootstrap_difference
@@ -42,11 +45,8 @@ from rankforge.pipelines.bundle_scoring import (
     served_auction_pctr,
     slate_scores,
 )
-from rankforge.pipelines.registry import opened_bundle
 from rankforge.pipelines.replay_log import greedy_actions, policy_probabilities
 from rankforge.pipelines.train import metric_name
-from rankforge.serving.bundle import Bundle
-from rankforge.serving.id_lookup import IdLookup
 
 Statistic = Callable[[np.ndarray], float]
 PLOT_KS = (1, 5, 10, 20, 50)
@@ -226,7 +226,7 @@ def reward_estimates(data: PreparedData, log: pl.DataFrame, ranker: Bundle | Non
     if ranker is not None:
         return slate_scores(ranker, log, data)
     rates = data.item_features["item_pos_rate"].to_numpy().astype(np.float64)  # indexed by item_idx
-    items = IdLookup(data.mapping.items, "item_id", "item_idx").encode(np.stack(log["slate"].to_numpy()))
+    items = IdLookup.items(data.mapping).encode(np.stack(log["slate"].to_numpy()))
     return np.where(items >= 0, rates[np.maximum(items, 0)], 0.0)
 
 

@@ -26,14 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
+from rankforge.bundles.bundle import load_bundle
 from rankforge.evaluation.auction_metrics import AuctionOutcomes, auction_outcomes
 from rankforge.evaluation.bootstrap import Interval, paired_bootstrap_difference
 from rankforge.features.pipeline import PreparedData, prepare
 from rankforge.pipelines.auction_data import with_auctions
 from rankforge.pipelines.bundle_scoring import served_auction_pctr
 from rankforge.pipelines.quality_benchmark import machine
-from rankforge.pipelines.train_config import TrainConfig, parse_config
-from rankforge.serving.bundle import load_bundle
+from rankforge.training.config import TrainConfig, parse_config
 
 MODELS = ("bce", "welfare", "welfare_teacher")
 

@@ -11,7 +11,7 @@ from rankforge.errors import DataError
 from rankforge.features.auction_simulator import simulate_auctions
 from rankforge.features.auctions import encode_auctions, read_auctions, split_auctions
 from rankforge.features.pipeline import AuctionSplits, DataConfig, PreparedData
-from rankforge.pipelines.train_config import AuctionConfig
+from rankforge.training.config import AuctionConfig
 
 
 def auction_log(config: AuctionConfig, data: DataConfig) -> pl.DataFrame:

@@ -17,15 +17,15 @@ import polars as pl
 import scipy.sparse as sp
 import torch
 
+from rankforge.bundles.bundle import Bundle
+from rankforge.bundles.export import ranking_frame
+from rankforge.bundles.id_lookup import IdLookup
+from rankforge.bundles.runtime import load_ranker, load_retrieval
 from rankforge.errors import DataError
 from rankforge.evaluation.metrics import sigmoid
 from rankforge.features.auctions import AuctionTensors
 from rankforge.features.pipeline import PreparedData
 from rankforge.models.inputs import pad_lists
-from rankforge.serving.bundle import Bundle
-from rankforge.serving.export_bundle import ranking_frame
-from rankforge.serving.id_lookup import IdLookup
-from rankforge.serving.model_runtime import load_ranker, load_retrieval
 
 
 @dataclass(frozen=True)
@@ -38,9 +38,7 @@ class BundleIds:
     @classmethod
     def of(cls, bundle: Bundle) -> BundleIds:
         mapping = bundle.id_mapping
-        return cls(
-            IdLookup(mapping.users, "user_id", "user_idx"), IdLookup(mapping.items, "item_id", "item_idx")
-        )
+        return cls(IdLookup.users(mapping), IdLookup.items(mapping))
 
     def encode_lists(self, lists: pl.Series, max_len: int) -> np.ndarray:
         """Raw item-id lists -> padded bundle indices; unknown items become padding (-1)."""
@@ -212,8 +210,8 @@ def slate_scores(bundle: Bundle, log: pl.DataFrame, data: PreparedData) -> np.nd
         embeddings = bundle.item_embeddings()
         scores = np.einsum("nd,nsd->ns", vectors, embeddings[np.maximum(items, 0)])
         return np.where(items >= 0, scores, -np.inf)
-    data_users = IdLookup(data.mapping.users, "user_id", "user_idx").encode(log["user_id"].to_numpy())
-    data_items = IdLookup(data.mapping.items, "item_id", "item_idx").encode(slates)
+    data_users = IdLookup.users(data.mapping).encode(log["user_id"].to_numpy())
+    data_items = IdLookup.items(data.mapping).encode(slates)
     if (data_users < 0).any() or (data_items < 0).any():
         raise ValueError("the replay log names users or items unknown to the evaluation data")
     pairs = pl.DataFrame(

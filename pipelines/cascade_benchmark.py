@@ -31,13 +31,13 @@ import numpy as np
 import polars as pl
 import torch
 
+from rankforge.bundles.bundle import Bundle, load_bundle
 from rankforge.errors import DataError
 from rankforge.evaluation.bootstrap import Interval, paired_bootstrap_mean_difference
 from rankforge.features.pipeline import PreparedData, prepare
 from rankforge.pipelines.bundle_scoring import BundleIds, ranker_probabilities, score_retrieval
 from rankforge.pipelines.quality_benchmark import machine
-from rankforge.pipelines.train_config import TrainConfig, parse_config
-from rankforge.serving.bundle import Bundle, load_bundle
+from rankforge.training.config import TrainConfig, parse_config
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,6 @@ from rankforge.features.pipeline import prepare
 from rankforge.pipelines.ab_compare import ABConfig
 from rankforge.pipelines.promote import Criterion, Decision, promote_if_better
 from rankforge.pipelines.train import TrainResult, run_training
-from rankforge.pipelines.train_config import ObjectiveConfig, TrainConfig, load_config
 from rankforge.serving.client import AuctionResult, RankingClient, RankResult
 from rankforge.serving.feature_layout import KeyLayout
 from rankforge.serving.feature_reader import connect
@@ -31,6 +30,7 @@ from rankforge.serving.feature_writer import FeatureWriter
 from rankforge.serving.redis_urls import masked
 from rankforge.serving.server import RankingServer, ServerConfig
 from rankforge.settings import Settings, configure_mlflow
+from rankforge.training.config import ObjectiveConfig, TrainConfig, load_config
 
 
 @dataclass

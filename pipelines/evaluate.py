@@ -5,6 +5,7 @@ from __future__ import annotations
 import mlflow
 import polars as pl
 
+from rankforge.bundles.registry import opened_bundle
 from rankforge.features.pipeline import PreparedData
 from rankforge.pipelines.ab_compare import (
     ITEM_RATE,
@@ -13,7 +14,6 @@ from rankforge.pipelines.ab_compare import (
     evaluate_bundle,
     metrics_with_intervals,
 )
-from rankforge.pipelines.registry import opened_bundle
 
 
 def run_evaluation(

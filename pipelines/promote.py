@@ -18,12 +18,12 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from rankforge.bundles.bundle import load_bundle
+from rankforge.bundles.registry import DATA_TAG, ID_MAPPING_TAG, RegisteredModel, log_and_register, resolve
 from rankforge.errors import ConfigError
 from rankforge.features.pipeline import DataConfig, prepare
 from rankforge.pipelines.ab_compare import ABConfig, ABReport, run_ab_comparison
-from rankforge.pipelines.registry import DATA_TAG, ID_MAPPING_TAG, RegisteredModel, log_and_register, resolve
 from rankforge.pipelines.replay_log import build_replay_log, read_replay_log
-from rankforge.serving.bundle import load_bundle
 
 CHAMPION = "champion"
 PREVIOUS = "previous-champion"

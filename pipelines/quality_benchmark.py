@@ -32,8 +32,8 @@ import numpy as np
 from rankforge.errors import ConfigError, DataError
 from rankforge.evaluation.bootstrap import bootstrap_mean
 from rankforge.features.pipeline import PreparedData, prepare
-from rankforge.pipelines.train_config import TrainConfig, load_config
 from rankforge.settings import Settings, configure_mlflow
+from rankforge.training.config import TrainConfig, load_config
 
 
 @dataclass(frozen=True)
@@ -408,9 +408,9 @@ def _common_seeds(a: QualityRow, b: QualityRow) -> list[tuple[str, str]]:
 def _per_user(bundle_dir: str, data: PreparedData) -> dict[str, np.ndarray]:
     """Test Recall@20 / NDCG@20 of every evaluable test user (in user order) of a bundle, scored
     as served (the bundle's own scoring space, training items masked)."""
+    from rankforge.bundles.bundle import load_bundle
     from rankforge.evaluation.metrics import per_user_retrieval_metrics
     from rankforge.pipelines.bundle_scoring import score_retrieval
-    from rankforge.serving.bundle import load_bundle
 
     scored = score_retrieval(load_bundle(bundle_dir, expect="retrieval"), data)
     values = per_user_retrieval_metrics(scored.scores, scored.relevant, scored.exclude, ks=(20,))

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from rankforge.bundles.bundle import load_bundle
 from rankforge.errors import DataError
 from rankforge.evaluation.metrics import auc, gauc, logloss
 from rankforge.features.loaders import load_interactions
@@ -35,8 +36,7 @@ from rankforge.features.pipeline import PreparedData, prepare
 from rankforge.features.schema import TIMESTAMP
 from rankforge.pipelines.bundle_scoring import ranker_coverage, ranker_probabilities
 from rankforge.pipelines.quality_benchmark import machine
-from rankforge.pipelines.train_config import TrainConfig, parse_config
-from rankforge.serving.bundle import load_bundle
+from rankforge.training.config import TrainConfig, parse_config
 
 VARIANTS = ("bce", "bce_warm", "confidence")
 METRICS = ("auc", "gauc", "logloss")

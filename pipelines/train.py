@@ -20,6 +20,8 @@ import torch
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from rankforge.bundles.export import build_ranker_bundle, build_retrieval_bundle
+from rankforge.bundles.registry import BUNDLE_ARTIFACT, RegisteredModel, log_and_register
 from rankforge.errors import ConfigError
 from rankforge.features.pipeline import PreparedData, prepare
 from rankforge.models.cascade import CascadeModel
@@ -27,12 +29,10 @@ from rankforge.models.popularity import MostPopular
 from rankforge.models.ranking import RankingModel
 from rankforge.models.retrieval import RetrievalModel
 from rankforge.pipelines.auction_data import with_auctions
-from rankforge.pipelines.registry import BUNDLE_ARTIFACT, RegisteredModel, log_and_register
-from rankforge.pipelines.train_config import UNTRAINED_KINDS, TrainConfig
-from rankforge.serving.export_bundle import build_ranker_bundle, build_retrieval_bundle
 from rankforge.settings import Settings, configure_mlflow
 from rankforge.training.allocator import reuse_large_allocations
 from rankforge.training.batches import FeatureTables
+from rankforge.training.config import TrainConfig
 from rankforge.training.sharding import DistEnv, init_distributed, shutdown_distributed
 from rankforge.training.trainer import EpochStats, Trainer
 from rankforge.training.validation import validate
@@ -245,7 +245,7 @@ def run_training(config: TrainConfig) -> TrainResult:
     data = prepare(config.data)
     if config.auctions is not None:
         data = with_auctions(data, config.auctions, config.data)
-    if config.model.kind in UNTRAINED_KINDS:
+    if not config.model.declared.trained:
         return run_counting(config, data)
     env = init_distributed()
     active = False

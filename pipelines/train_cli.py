@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from rankforge.pipelines.train_config import load_config
 from rankforge.settings import Settings
+from rankforge.training.config import load_config
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -19,9 +19,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Generic, TypeVar
 
-from rankforge.pipelines.registry import download_bundle, parse_model_uri, resolve
-from rankforge.serving.bundle import FILES, MANIFEST, Bundle
-from rankforge.serving.model_runtime import RankerRuntime, RetrievalRuntime, load_ranker, load_retrieval
+from rankforge.bundles.bundle import FILES, MANIFEST, Bundle
+from rankforge.bundles.registry import download_bundle, parse_model_uri, resolve
+from rankforge.bundles.runtime import RankerRuntime, RetrievalRuntime, load_ranker, load_retrieval
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -23,13 +23,13 @@ from typing import TypeVar
 import grpc
 import numpy as np
 
+from rankforge.bundles.bundle import Bundle
+from rankforge.bundles.runtime import RankerRuntime, RetrievalRuntime
 from rankforge.errors import DataError
 from rankforge.features.feature_spec import ContextInput
 from rankforge.features.string_ids import MAX_KEY_CHARS, stable_id
-from rankforge.serving.bundle import Bundle
 from rankforge.serving.feature_layout import FeatureMeta, Record
 from rankforge.serving.feature_reader import FeatureReader, FeatureStoreEmpty, FeatureStoreUnavailable
-from rankforge.serving.model_runtime import RankerRuntime, RetrievalRuntime
 from rankforge.serving.model_source import ServingModels
 from rankforge.serving.proto import ranking_pb2, ranking_pb2_grpc
 from rankforge.serving.stage_profile import NO_LAPS, StageProfile

@@ -29,11 +29,11 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import torch
 
+from rankforge.bundles.bundle import Bundle
+from rankforge.bundles.id_lookup import translate_ids
+from rankforge.bundles.runtime import load_ranker
 from rankforge.errors import ConfigError, DataError
 from rankforge.features.pipeline import PreparedData
-from rankforge.serving.bundle import Bundle
-from rankforge.serving.id_lookup import translate_ids
-from rankforge.serving.model_runtime import load_ranker
 
 if TYPE_CHECKING:
     from rankforge.training.batches import FeatureTables
@@ -160,7 +160,7 @@ def fetch_bundle(spec: str, folder: Path, setting: str) -> Bundle:
     """The bundle a training setting names (``objective.reference``, ``training.warm_start``): a
     registry URI is downloaded into ``folder`` (emptied first), a path is opened where it is; a
     name that resolves to nothing is a ``ConfigError`` naming the setting."""
-    from rankforge.pipelines.registry import download_bundle  # the registry sits above training
+    from rankforge.bundles.registry import download_bundle  # the registry sits above training
 
     shutil.rmtree(folder, ignore_errors=True)
     try:

@@ -33,7 +33,7 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer, KeyedOptimiz
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from rankforge.errors import ConfigError
-from rankforge.pipelines.train_config import CPU_SHARDING_TYPES, OptimizerConfig, ShardingConfig
+from rankforge.training.config import CPU_SHARDING_TYPES, OptimizerConfig, ShardingConfig
 
 PROPOSERS = {"greedy": GreedyProposer, "grid_search": GridSearchProposer, "uniform": UniformProposer}
 SPARSE_OPTIMIZERS = {"exact_rowwise_adagrad": EmbOptimType.EXACT_ROWWISE_ADAGRAD, "adam": EmbOptimType.ADAM}

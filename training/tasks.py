@@ -13,16 +13,13 @@ from torchrec import KeyedJaggedTensor
 
 from rankforge.features.pipeline import PreparedData
 from rankforge.models.cascade import CascadeModel
-from rankforge.models.inputs import sparse_features
-from rankforge.models.matrix_factorization import MatrixFactorization
 from rankforge.models.ranking import RankingModel
 from rankforge.models.retrieval import RetrievalModel
 from rankforge.models.scoring import DOT, Scoring
-from rankforge.models.simplex import SimpleX
-from rankforge.models.two_tower import TwoTower
-from rankforge.pipelines.train_config import ModelConfig
 from rankforge.training.auction_batches import AuctionBatch
 from rankforge.training.batches import CascadeBatch, RankingBatch, RetrievalBatch
+from rankforge.training.config import ModelConfig
+from rankforge.training.model_kinds import Batching
 from rankforge.training.objectives._retrieval import RetrievalObjective
 from rankforge.training.sampled_scores import SampledPattern, sampled_scores, unit_rows
 
@@ -35,50 +32,16 @@ def build_model(
     device: torch.device | None = None,
     scoring: Scoring = DOT,
 ) -> Model:
-    """The plain model for this config and data; ``device=meta`` leaves the tables for DMP.
+    """The plain model for this config and data (its kind's builder, ``training.model_kinds``);
+    ``device=meta`` leaves the tables for DMP.
 
     ``scoring`` is the similarity the objective trains with (``Scoring.of(objective)``); a
     retrieval model keeps it, and everything that scores the model afterwards reads it there.
     """
-    users, items = sparse_features(data.inputs, "user"), sparse_features(data.inputs, "item")
-
-    def two_tower() -> TwoTower:
-        return TwoTower(
-            users, items, config.embedding_dim, tuple(config.tower_sizes), device=device, scoring=scoring
-        )
-
-    def ranker() -> RankingModel:
-        dense, over = tuple(config.dense_sizes), tuple(config.over_sizes)
-        return RankingModel(
-            users + items, data.inputs.dense_features, config.embedding_dim, dense, over, device=device
-        )
-
-    if config.kind == "popularity":
-        raise ValueError("model kind 'popularity' is counted from the data, not built for training")
-    dim, init = config.embedding_dim, config.init_std
-    if config.kind == "retrieval":
-        return two_tower()
-    if config.kind == "mf":
-        return MatrixFactorization(
-            data.n_users, data.n_items, dim, scoring, init, device=device, dropout=config.dropout or 0.0
-        )
-    if config.kind == "simplex":
-        return SimpleX(
-            data.n_users,
-            data.n_items,
-            dim,
-            config.gamma,
-            0.1 if config.dropout is None else config.dropout,
-            scoring,
-            init,
-            device=device,
-            aggregator=config.aggregator,
-            history_table=config.history_table,
-            attention_pad_length=config.attention_pad_length,
-        )
-    if config.kind in ("ranking", "auction"):
-        return ranker()
-    return CascadeModel(two_tower(), ranker())
+    kind = config.declared
+    if kind.build is None:
+        raise ValueError(f"model kind {kind.name!r} is counted from the data, not built for training")
+    return kind.build(config, data, device, scoring)
 
 
 class RetrievalTask(nn.Module):
@@ -203,21 +166,16 @@ class AuctionTask(RankingTask):
         return self.loss(logits[mask], labels[mask])
 
 
-def make_task(
-    model: Model,
-    loss: nn.Module,
-    embedding_l2: float = 0.0,
-    auctions: bool = False,
-) -> nn.Module:
-    if auctions:
-        assert isinstance(model, RankingModel)
-        return AuctionTask(model, loss)
-    if isinstance(model, RetrievalModel):
-        assert isinstance(loss, RetrievalObjective)
+def make_task(model: Model, loss: nn.Module, batching: Batching, embedding_l2: float = 0.0) -> nn.Module:
+    """The loss-computing wrapper of a model kind's batches (``ModelKind.batching``)."""
+    if batching == "retrieval":
+        assert isinstance(model, RetrievalModel) and isinstance(loss, RetrievalObjective)
         return RetrievalTask(model, loss, embedding_l2)
-    if isinstance(model, CascadeModel):
+    if batching == "cascade":
+        assert isinstance(model, CascadeModel)
         return CascadeTask(model, loss)
-    return RankingTask(model, loss)
+    assert isinstance(model, RankingModel)
+    return AuctionTask(model, loss) if batching == "auction" else RankingTask(model, loss)
 
 
 def task_inputs(batch: RetrievalBatch | RankingBatch | CascadeBatch | AuctionBatch) -> tuple:

@@ -25,7 +25,6 @@ from rankforge.errors import ConfigError
 from rankforge.features.pipeline import PreparedData
 from rankforge.models.retrieval import RetrievalModel
 from rankforge.models.scoring import Scoring
-from rankforge.pipelines.train_config import OBJECTIVE_KIND, TrainConfig
 from rankforge.training.auction_batches import AuctionBatches
 from rankforge.training.batches import (
     CascadeBatches,
@@ -35,6 +34,7 @@ from rankforge.training.batches import (
     RetrievalBatches,
 )
 from rankforge.training.checkpoint import Checkpointer
+from rankforge.training.config import TrainConfig
 from rankforge.training.losses import resolve_objective
 from rankforge.training.prefetch import prefetched
 from rankforge.training.reference import fetch_bundle, open_reference
@@ -85,15 +85,14 @@ class Trainer:
         self.env = env
         torch.manual_seed(config.seed)  # same dense init on every rank; DMP materialises tables from it
         self.tables = FeatureTables.build(data)
-        loss = resolve_objective(
-            config.objective.name, config.objective.params, OBJECTIVE_KIND[config.model.kind]
-        )
+        kind = config.model.declared
+        loss = resolve_objective(config.objective.name, config.objective.params, kind.objective_kinds)
         # The objective declares the similarity it trains with; the model keeps it from here on.
         self.scoring = Scoring.of(loss)
         model = build_model(
             config.model, data, device=model_device(config.optimizer, env), scoring=self.scoring
         )
-        task = make_task(model, loss, config.optimizer.embedding_l2, auctions=config.model.kind == "auction")
+        task = make_task(model, loss, kind.batching, config.optimizer.embedding_l2)
         self.module = shard(task, config.sharding, config.optimizer, env)
         self.optimizer, self._dense_optimizer = build_optimizers(self.module, config.optimizer)
         self._keys = (model.user_keys, model.item_keys) if isinstance(model, RetrievalModel) else None
@@ -149,13 +148,15 @@ class Trainer:
             world_size=self.env.world_size,
             seed=c.seed,
         )
-        if c.model.kind == "cascade":
+        batching = c.model.declared.batching
+        if batching == "cascade":
             return CascadeBatches(self.data, self.tables, sampler, c.negatives.count, **common)
-        if c.model.kind == "auction":
+        if batching == "auction":
             if self.data.auctions is None:
                 raise ConfigError("model kind 'auction' needs the data's auctions (pipelines.auction_data)")
             return AuctionBatches(self.data.auctions.train, self.tables, **common, teacher=self.reference)
-        if self._keys is not None:
+        if batching == "retrieval":
+            assert self._keys is not None
             return RetrievalBatches(
                 self.data,
                 self.tables,

@@ -21,11 +21,11 @@ import torch
 from torch import nn
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 
+from rankforge.bundles.bundle import WEIGHTS, Bundle
+from rankforge.bundles.id_lookup import translate_ids
 from rankforge.errors import ConfigError
 from rankforge.features.declared_features import INDEX, VALUE
 from rankforge.features.id_mapping import IdMapping
-from rankforge.serving.bundle import WEIGHTS, Bundle
-from rankforge.serving.id_lookup import translate_ids
 from rankforge.training.sharding import unwrap
 
 #: Which id space each built-in sparse feature's table rows are indexed by; a declared feature's

@@ -115,8 +115,8 @@ def test_spec_errors_are_one_line(tmp_path: Path) -> None:
 
 
 def test_the_example_config_trains_on_the_example_log(rankforge_home: Path, capsys) -> None:
+    from rankforge.bundles.bundle import load_bundle
     from rankforge.cli import main
-    from rankforge.serving.bundle import load_bundle
 
     assert main(["train", str(REPO / "examples" / "clicks.toml")]) == 0
     out = capsys.readouterr().out

@@ -4,15 +4,15 @@ import numpy as np
 import pytest
 import torch
 
+from rankforge.bundles.bundle import load_bundle
+from rankforge.bundles.export import build_ranker_bundle, build_retrieval_bundle, ranking_frame
+from rankforge.bundles.onnx_export import max_abs_difference, run_onnx
 from rankforge.features.aggregates import DENSE_FEATURES
 from rankforge.features.pipeline import PreparedData
 from rankforge.models.inputs import dense_inputs, pad_lists, padded_to_kjt, side_inputs, sparse_features
 from rankforge.models.portable import RankerTwin, TowerTwin
 from rankforge.models.ranking import RankingModel
 from rankforge.models.two_tower import TwoTower
-from rankforge.serving.bundle import load_bundle
-from rankforge.serving.export_bundle import build_ranker_bundle, build_retrieval_bundle, ranking_frame
-from rankforge.serving.onnx_export import max_abs_difference, run_onnx
 
 MAX_GENRES = 8
 

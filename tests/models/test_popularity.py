@@ -8,12 +8,12 @@ import numpy as np
 import polars as pl
 import pytest
 
+from rankforge.bundles.bundle import load_bundle
+from rankforge.bundles.export import build_retrieval_bundle
+from rankforge.bundles.onnx_export import run_onnx
 from rankforge.features.pipeline import PreparedData
 from rankforge.models.inputs import side_inputs
 from rankforge.models.popularity import MostPopular
-from rankforge.serving.bundle import load_bundle
-from rankforge.serving.export_bundle import build_retrieval_bundle
-from rankforge.serving.onnx_export import run_onnx
 from rankforge.training.batches import FeatureTables
 
 
@@ -46,7 +46,7 @@ def test_popularity_bundle_scores_items_by_training_counts(small_data: PreparedD
 @pytest.mark.slow
 def test_popularity_job_needs_no_objective_and_is_tracked(rankforge_home: Path, tmp_path: Path) -> None:
     from rankforge.pipelines.train import run_training
-    from rankforge.pipelines.train_config import parse_config
+    from rankforge.training.config import parse_config
 
     config = parse_config(
         {

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 
+from rankforge.bundles.bundle import load_bundle
+from rankforge.bundles.export import build_retrieval_bundle
+from rankforge.bundles.onnx_export import run_onnx
 from rankforge.features.pipeline import PreparedData
 from rankforge.models.inputs import padded_to_kjt, side_inputs
 from rankforge.models.matrix_factorization import MatrixFactorization
 from rankforge.models.retrieval import merged_kjt
 from rankforge.models.scoring import Scoring
 from rankforge.models.simplex import SimpleX
-from rankforge.serving.bundle import load_bundle
-from rankforge.serving.export_bundle import build_retrieval_bundle
-from rankforge.serving.onnx_export import run_onnx
 
 
 def _tables(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from rankforge.bundles.export import build_ranker_bundle, build_retrieval_bundle
 from rankforge.features.aggregates import DENSE_FEATURES
 from rankforge.features.pipeline import DataConfig, PreparedData, SyntheticConfig, prepare
 from rankforge.features.synthetic import GENRES_FEATURE
 from rankforge.models.inputs import sparse_features
 from rankforge.models.ranking import RankingModel
 from rankforge.models.two_tower import TwoTower
-from rankforge.serving.export_bundle import build_ranker_bundle, build_retrieval_bundle
 
 EVAL_DATA = DataConfig(synthetic=SyntheticConfig(n_users=120, n_items=150, seed=3), features=[GENRES_FEATURE])
 

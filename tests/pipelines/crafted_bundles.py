@@ -13,8 +13,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from rankforge.bundles.bundle import Manifest, write_manifest
 from rankforge.features.pipeline import PreparedData
-from rankforge.serving.bundle import Manifest, write_manifest
 
 
 def _lookup_graph(table: np.ndarray, id_input: str, list_input: str, path: Path) -> None:

@@ -9,6 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from rankforge.bundles.bundle import load_bundle, seal
 from rankforge.errors import ConfigError
 from rankforge.evaluation.bootstrap import Interval
 from rankforge.evaluation.replay import dr_value
@@ -16,7 +17,6 @@ from rankforge.features.pipeline import PreparedData
 from rankforge.pipelines.ab_compare import ABConfig, compare
 from rankforge.pipelines.bundle_scoring import slate_scores
 from rankforge.pipelines.replay_log import as_log, build_replay_log, policy_probabilities
-from rankforge.serving.bundle import load_bundle, seal
 
 from .conftest import random_ranker_bundle
 from .crafted_bundles import perfect_retrieval_bundle, random_retrieval_bundle

@@ -7,6 +7,9 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from rankforge.bundles.bundle import load_bundle
+from rankforge.bundles.export import build_retrieval_bundle
+from rankforge.bundles.registry import log_and_register, resolve
 from rankforge.cli import main
 from rankforge.errors import ConfigError, DataError
 from rankforge.features.pipeline import DataConfig, PreparedData, SyntheticConfig, prepare
@@ -15,13 +18,10 @@ from rankforge.models.two_tower import TwoTower
 from rankforge.pipelines.ab_compare import ABConfig, compare
 from rankforge.pipelines.bundle_scoring import score_retrieval
 from rankforge.pipelines.promote import Criterion, decide, promote_if_better
-from rankforge.pipelines.registry import log_and_register, resolve
 from rankforge.pipelines.replay_log import build_replay_log
 from rankforge.pipelines.train import run_training
-from rankforge.pipelines.train_config import load_config
-from rankforge.serving.bundle import load_bundle
-from rankforge.serving.export_bundle import build_retrieval_bundle
 from rankforge.settings import Settings, configure_mlflow
+from rankforge.training.config import load_config
 
 from .conftest import EVAL_DATA, random_ranker_bundle, random_retrieval_bundle
 

@@ -7,15 +7,15 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from rankforge.bundles.registry import log_and_register, resolve
 from rankforge.cli import main
 from rankforge.features.auction_simulator import AuctionSimulation, simulate_auctions
 from rankforge.features.pipeline import DataConfig, SyntheticConfig, prepare
 from rankforge.pipelines.ab_compare import ABConfig
 from rankforge.pipelines.promote import Criterion, promote_if_better
-from rankforge.pipelines.registry import log_and_register, resolve
 from rankforge.pipelines.train import run_training
-from rankforge.pipelines.train_config import parse_config
 from rankforge.settings import Settings, configure_mlflow
+from rankforge.training.config import parse_config
 
 from .conftest import random_ranker_bundle
 

@@ -6,11 +6,11 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from rankforge.bundles.registry import download_bundle
 from rankforge.features.pipeline import PreparedData
-from rankforge.pipelines.registry import download_bundle
 from rankforge.pipelines.train import run_training
-from rankforge.pipelines.train_config import load_config
 from rankforge.training.batches import CascadeBatches, FeatureTables, NegativeSampler
+from rankforge.training.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 

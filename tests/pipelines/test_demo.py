@@ -7,7 +7,7 @@ import pytest
 from mlflow import MlflowClient
 
 from rankforge.pipelines.demo import run_demo
-from rankforge.pipelines.train_config import TrainConfig, load_config
+from rankforge.training.config import TrainConfig, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 

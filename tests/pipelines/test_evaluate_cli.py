@@ -8,12 +8,12 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
+from rankforge.bundles.registry import log_and_register, resolve
 from rankforge.cli import main
 from rankforge.errors import ConfigError
 from rankforge.features.pipeline import PreparedData
 from rankforge.pipelines.ab_compare import ITEM_RATE
 from rankforge.pipelines.evaluate_config import data_config
-from rankforge.pipelines.registry import log_and_register, resolve
 from rankforge.settings import Settings, configure_mlflow
 
 from .conftest import random_ranker_bundle

@@ -8,14 +8,14 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
+from rankforge.bundles.bundle import load_bundle
+from rankforge.bundles.registry import log_and_register, resolve
 from rankforge.errors import ConfigError, DataError
 from rankforge.features.pipeline import DataConfig, PreparedData, SyntheticConfig
 from rankforge.features.synthetic import GENRES_FEATURE
 from rankforge.pipelines.ab_compare import ABConfig, compare
 from rankforge.pipelines.promote import Criterion, decide, latest_version, promote_if_better
-from rankforge.pipelines.registry import log_and_register, resolve
 from rankforge.pipelines.replay_log import build_replay_log
-from rankforge.serving.bundle import load_bundle
 from rankforge.settings import Settings, configure_mlflow
 
 from .crafted_bundles import perfect_retrieval_bundle, random_retrieval_bundle

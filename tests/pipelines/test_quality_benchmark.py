@@ -9,7 +9,7 @@ import pytest
 
 from rankforge.cli import main
 from rankforge.pipelines.quality_benchmark import DATASETS, Dataset, Entry, Published, run_benchmark
-from rankforge.pipelines.train_config import load_config
+from rankforge.training.config import load_config
 
 TINY = """
 output_dir = "{out}"

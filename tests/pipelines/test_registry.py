@@ -8,19 +8,19 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from rankforge.errors import ConfigError, DataError
-from rankforge.features.pipeline import PreparedData
-from rankforge.models.inputs import sparse_features
-from rankforge.models.two_tower import TwoTower
-from rankforge.pipelines.registry import (
+from rankforge.bundles.bundle import load_bundle
+from rankforge.bundles.export import build_retrieval_bundle
+from rankforge.bundles.registry import (
     download_bundle,
     log_and_register,
     parse_model_uri,
     resolve,
     run_artifact_path,
 )
-from rankforge.serving.bundle import load_bundle
-from rankforge.serving.export_bundle import build_retrieval_bundle
+from rankforge.errors import ConfigError, DataError
+from rankforge.features.pipeline import PreparedData
+from rankforge.models.inputs import sparse_features
+from rankforge.models.two_tower import TwoTower
 from rankforge.settings import Settings, configure_mlflow
 
 from .conftest import random_ranker_bundle

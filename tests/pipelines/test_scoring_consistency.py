@@ -11,12 +11,12 @@ import onnxruntime as ort
 import pytest
 from mlflow import MlflowClient
 
+from rankforge.bundles.bundle import load_bundle
 from rankforge.features.pipeline import prepare
 from rankforge.models.inputs import pad_lists
 from rankforge.pipelines.train import run_training
-from rankforge.pipelines.train_config import load_config
-from rankforge.serving.bundle import load_bundle
 from rankforge.settings import Settings
+from rankforge.training.config import load_config
 
 CONFIG = """
 seed = 2

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from rankforge.errors import ConfigError
-from rankforge.pipelines.train_config import load_config, parse_config
+from rankforge.training.config import load_config, parse_config
 
 REPO = Path(__file__).resolve().parents[2]
 MINIMAL = {"model": {"kind": "retrieval"}, "objective": {"name": "sampled_softmax"}}

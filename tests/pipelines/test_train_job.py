@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
+from rankforge.bundles.bundle import load_bundle
+from rankforge.bundles.onnx_export import run_onnx
+from rankforge.bundles.registry import resolve
 from rankforge.cli import main
-from rankforge.pipelines.registry import resolve
 from rankforge.pipelines.train import run_training
-from rankforge.pipelines.train_config import load_config
-from rankforge.serving.bundle import load_bundle
-from rankforge.serving.onnx_export import run_onnx
 from rankforge.settings import Settings
+from rankforge.training.config import load_config
 
 RETRIEVAL = """
 seed = 1
@@ -170,7 +170,7 @@ def test_matrix_factorisation_with_the_default_fused_table_optimizer_trains(
 ) -> None:
     """MF has no dense layer: every parameter is a fused table, so there is no dense optimizer to
     build (it used to fail with torch's "optimizer got an empty parameter list")."""
-    from rankforge.pipelines.train_config import parse_config
+    from rankforge.training.config import parse_config
 
     config = parse_config(
         {

@@ -14,17 +14,17 @@ import pytest
 import redis
 import torch
 
+from rankforge.bundles.export import build_ranker_bundle, build_retrieval_bundle, ranking_frame
+from rankforge.bundles.onnx_export import run_onnx
 from rankforge.features.aggregates import DENSE_FEATURES
 from rankforge.features.pipeline import DataConfig, PreparedData, SyntheticConfig, prepare
 from rankforge.features.synthetic import GENRES_FEATURE
 from rankforge.models.inputs import dense_inputs, side_inputs, sparse_features
 from rankforge.models.ranking import RankingModel
 from rankforge.models.two_tower import TwoTower
-from rankforge.serving.export_bundle import build_ranker_bundle, build_retrieval_bundle, ranking_frame
 from rankforge.serving.feature_layout import KeyLayout
 from rankforge.serving.feature_reader import connect
 from rankforge.serving.feature_writer import FeatureWriter
-from rankforge.serving.onnx_export import run_onnx
 from rankforge.serving.ranking_service import ServiceLimits
 from rankforge.serving.server import RankingServer, ServerConfig
 

@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rankforge.bundles.ann_index import INDEX_FILE, AnnIndex, IndexConfig, build, export_index, recall_at_k
+from rankforge.bundles.bundle import load_bundle
+from rankforge.bundles.candidate_index import ExactInnerProductIndex
+from rankforge.bundles.runtime import load_retrieval
 from rankforge.errors import DataError
 from rankforge.pipelines.train import run_training
-from rankforge.pipelines.train_config import parse_config
-from rankforge.serving.ann_index import INDEX_FILE, AnnIndex, IndexConfig, build, export_index, recall_at_k
-from rankforge.serving.bundle import load_bundle
-from rankforge.serving.candidate_index import ExactInnerProductIndex
-from rankforge.serving.model_runtime import load_retrieval
+from rankforge.training.config import parse_config
 
 
 def clustered(n: int = 4000, d: int = 16, clusters: int = 40, seed: int = 0) -> np.ndarray:

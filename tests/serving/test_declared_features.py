@@ -13,15 +13,15 @@ import pytest
 import redis
 import torch
 
+from rankforge.bundles.bundle import load_bundle
+from rankforge.bundles.export import build_ranker_bundle, build_retrieval_bundle
 from rankforge.errors import ConfigError, DataError
 from rankforge.features.pipeline import DataConfig, PreparedData, prepare
 from rankforge.features.synthetic import generate_log
-from rankforge.pipelines.train_config import ModelConfig
-from rankforge.serving.bundle import load_bundle
 from rankforge.serving.client import RankingClient
-from rankforge.serving.export_bundle import build_ranker_bundle, build_retrieval_bundle
 from rankforge.serving.feature_layout import KeyLayout
 from rankforge.serving.feature_writer import FeatureWriter
+from rankforge.training.config import ModelConfig
 from rankforge.training.tasks import build_model
 
 from .conftest import Bundles, expected_ranking, start_server

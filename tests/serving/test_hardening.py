@@ -10,11 +10,11 @@ import grpc
 import pytest
 import torch
 
+from rankforge.bundles.export import build_ranker_bundle
 from rankforge.features.aggregates import DENSE_FEATURES
 from rankforge.models.inputs import sparse_features
 from rankforge.models.ranking import RankingModel
 from rankforge.serving.client import RankingClient
-from rankforge.serving.export_bundle import build_ranker_bundle
 
 pytestmark = pytest.mark.redis
 

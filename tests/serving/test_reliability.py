@@ -156,10 +156,10 @@ def indexed_bundle(serving_data, tmp_path) -> Path:
     """A retrieval bundle with an HNSW index whose export recorded recall@10 = 1.0."""
     import torch
 
+    from rankforge.bundles.ann_index import IndexConfig
+    from rankforge.bundles.export import build_retrieval_bundle
     from rankforge.models.inputs import sparse_features
     from rankforge.models.two_tower import TwoTower
-    from rankforge.serving.ann_index import IndexConfig
-    from rankforge.serving.export_bundle import build_retrieval_bundle
 
     torch.manual_seed(0)
     d = serving_data
@@ -180,8 +180,8 @@ def _edit_manifest(bundle: Path, **index: object) -> None:
 
 def _replace_index(bundle: Path, vectors: np.ndarray, kind: str = "hnsw") -> None:
     """A parseable index over other vectors, re-recorded in the manifest as if exported with it."""
-    from rankforge.serving.ann_index import INDEX_FILE, IndexConfig, build
-    from rankforge.serving.bundle import seal
+    from rankforge.bundles.ann_index import INDEX_FILE, IndexConfig, build
+    from rankforge.bundles.bundle import seal
 
     faiss.write_index(build(vectors, IndexConfig(kind=kind, nprobe=4)), str(bundle / INDEX_FILE))
     seal(bundle)  # not a damaged file: a consistent, wrong bundle
@@ -200,9 +200,9 @@ def _replace_index(bundle: Path, vectors: np.ndarray, kind: str = "hnsw") -> Non
     ],
 )
 def test_a_bundle_whose_index_does_not_fit_its_vectors_is_refused(indexed_bundle, damage, message) -> None:
+    from rankforge.bundles.bundle import load_bundle
+    from rankforge.bundles.runtime import load_retrieval
     from rankforge.errors import DataError
-    from rankforge.serving.bundle import load_bundle
-    from rankforge.serving.model_runtime import load_retrieval
 
     vectors = np.load(indexed_bundle / "item_embeddings.npy")
     load_retrieval(load_bundle(indexed_bundle), "v1")  # intact: loads
@@ -262,8 +262,8 @@ def test_a_registered_bundle_changed_after_registration_is_refused_at_download(
 
     import mlflow
 
+    from rankforge.bundles.registry import download_bundle, log_and_register
     from rankforge.errors import DataError
-    from rankforge.pipelines.registry import download_bundle, log_and_register
     from rankforge.settings import Settings, configure_mlflow
 
     configure_mlflow(Settings.from_env(), "digest-test")
@@ -366,7 +366,7 @@ def test_health_recovers_when_the_alias_moves_back_to_the_served_version(
     import mlflow
     from mlflow import MlflowClient
 
-    from rankforge.pipelines.registry import log_and_register
+    from rankforge.bundles.registry import log_and_register
     from rankforge.settings import Settings, configure_mlflow
 
     configure_mlflow(Settings.from_env(), "serving-rollback-test")
@@ -461,11 +461,11 @@ def test_downloads_are_removed_on_swap_on_exit_and_after_promote(
     import mlflow
     from mlflow import MlflowClient
 
+    from rankforge.bundles.registry import log_and_register
     from rankforge.features.pipeline import DataConfig, SyntheticConfig
     from rankforge.features.synthetic import GENRES_FEATURE
     from rankforge.pipelines.ab_compare import ABConfig
     from rankforge.pipelines.promote import promote_if_better
-    from rankforge.pipelines.registry import log_and_register
     from rankforge.settings import Settings, configure_mlflow
 
     temp = tmp_path / "tmp"
@@ -541,8 +541,8 @@ def test_a_model_that_outputs_nan_is_logged_at_warning_with_its_version(caplog) 
 def test_a_damaged_mlflow_store_is_one_line_and_exit_2(damage, bundles, rankforge_home, capsys) -> None:
     import mlflow
 
+    from rankforge.bundles.registry import log_and_register
     from rankforge.cli import main
-    from rankforge.pipelines.registry import log_and_register
     from rankforge.settings import Settings, configure_mlflow
 
     settings = Settings.from_env()
@@ -585,9 +585,9 @@ def test_a_missing_store_is_reported_when_a_registered_model_is_expected(rankfor
 
 
 def test_a_broken_onnx_graph_is_a_data_error_naming_it(bundles, tmp_path) -> None:
+    from rankforge.bundles.bundle import load_bundle, seal
+    from rankforge.bundles.runtime import load_ranker
     from rankforge.errors import DataError
-    from rankforge.serving.bundle import load_bundle, seal
-    from rankforge.serving.model_runtime import load_ranker
 
     broken = tmp_path / "broken"
     shutil.copytree(bundles.ranker, broken)

@@ -10,10 +10,10 @@ import numpy as np
 import polars as pl
 import pytest
 
+from rankforge.bundles.candidate_index import CandidateIndex, ExactInnerProductIndex
+from rankforge.bundles.id_lookup import IdLookup
+from rankforge.bundles.runtime import pad_row, pad_rows
 from rankforge.errors import DataError
-from rankforge.serving.candidate_index import CandidateIndex, ExactInnerProductIndex
-from rankforge.serving.id_lookup import IdLookup
-from rankforge.serving.model_runtime import pad_row, pad_rows
 from rankforge.serving.proto import codegen
 
 

@@ -163,7 +163,7 @@ def test_registry_alias_move_is_picked_up_by_a_running_server(
     import mlflow
     from mlflow import MlflowClient
 
-    from rankforge.pipelines.registry import log_and_register
+    from rankforge.bundles.registry import log_and_register
     from rankforge.settings import Settings, configure_mlflow
 
     configure_mlflow(Settings.from_env(), "serving-refresh-test")
@@ -197,7 +197,7 @@ def test_a_champion_moved_to_a_broken_bundle_is_reported_once_and_leaves_no_file
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     from mlflow import MlflowClient
 
-    from rankforge.pipelines.registry import log_and_register
+    from rankforge.bundles.registry import log_and_register
     from rankforge.settings import Settings, configure_mlflow
 
     configure_mlflow(Settings.from_env(), "serving-broken-test")

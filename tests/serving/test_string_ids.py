@@ -12,16 +12,16 @@ import pytest
 import redis
 import torch
 
+from rankforge.bundles.export import build_ranker_bundle, build_retrieval_bundle
 from rankforge.errors import DataError
 from rankforge.features.log_spec import LogSpec, read_log
 from rankforge.features.out_of_core import load_prepared, prepare_to_disk
 from rankforge.features.pipeline import DataConfig, PreparedData, prepare
 from rankforge.features.synthetic import generate_log
-from rankforge.pipelines.train_config import ModelConfig
 from rankforge.serving.client import RankingClient
-from rankforge.serving.export_bundle import build_ranker_bundle, build_retrieval_bundle
 from rankforge.serving.feature_layout import KeyLayout
 from rankforge.serving.feature_writer import FeatureWriter
+from rankforge.training.config import ModelConfig
 from rankforge.training.tasks import build_model
 
 from .conftest import Bundles, expected_ranking, start_server
@@ -131,7 +131,7 @@ def test_registered_models_take_the_logs_string_ids(
 ) -> None:
     import mlflow
 
-    from rankforge.pipelines.registry import log_and_register
+    from rankforge.bundles.registry import log_and_register
     from rankforge.settings import Settings, configure_mlflow
 
     _, data, bundles = keyed
@@ -148,8 +148,8 @@ def test_registered_models_take_the_logs_string_ids(
         pl.DataFrame({"user_id": [user_key] * 3, "item_id": top["item_key"].tolist(), **dense}).to_pandas()
     )
     # the same rows by raw id through the evaluation path (the server's ranker feed)
+    from rankforge.bundles.bundle import load_bundle
     from rankforge.pipelines.bundle_scoring import ranker_logits
-    from rankforge.serving.bundle import load_bundle
 
     rows = pl.DataFrame(
         {"user_id": [_independent_id(user_key)] * 3, "item_id": top["item_id"].tolist(), **dense}

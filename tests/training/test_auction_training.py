@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from rankforge.bundles.bundle import load_bundle
 from rankforge.errors import ConfigError
 from rankforge.pipelines.train import run_training
-from rankforge.pipelines.train_config import TrainConfig, parse_config
-from rankforge.serving.bundle import load_bundle
+from rankforge.training.config import TrainConfig, parse_config
 
 
 def _config(out: Path, objective: dict, **auctions: object) -> TrainConfig:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from rankforge.features.pipeline import PreparedData
-from rankforge.pipelines.train_config import TrainConfig, parse_config
+from rankforge.training.config import TrainConfig, parse_config
 from rankforge.training.schedule import LearningRateSchedule
 from rankforge.training.sharding import DistEnv, init_distributed, shutdown_distributed
 from rankforge.training.trainer import EpochStats, Trainer

@@ -13,6 +13,8 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from rankforge.bundles.bundle import WEIGHTS, load_bundle
+from rankforge.bundles.export import build_ranker_bundle, build_retrieval_bundle
 from rankforge.errors import ConfigError
 from rankforge.features.aggregates import DENSE_FEATURES
 from rankforge.features.pipeline import DataConfig, PreparedData, SyntheticConfig, prepare
@@ -21,11 +23,9 @@ from rankforge.models.inputs import sparse_features
 from rankforge.models.ranking import RankingModel
 from rankforge.pipelines.bundle_scoring import ranker_probabilities
 from rankforge.pipelines.train import run_training
-from rankforge.pipelines.train_config import MlflowConfig, TrainConfig, parse_config
-from rankforge.serving.bundle import WEIGHTS, load_bundle
-from rankforge.serving.export_bundle import build_ranker_bundle, build_retrieval_bundle
 from rankforge.settings import Settings
 from rankforge.training.batches import FeatureTables
+from rankforge.training.config import MlflowConfig, TrainConfig, parse_config
 from rankforge.training.reference import BundleReference, open_reference
 from rankforge.training.sharding import DistEnv, init_distributed, shutdown_distributed
 from rankforge.training.trainer import Trainer

@@ -18,7 +18,7 @@ TORCHRUN = Path(sys.executable).with_name("torchrun")
 
 
 def _config(output_dir: Path, kind: str, sharding_types: list[str]):
-    from rankforge.pipelines.train_config import parse_config
+    from rankforge.training.config import parse_config
 
     if kind == "mf":  # Adam tables: replicated data-parallel on CPU, gradients all-reduced by DDP
         return parse_config(

@@ -10,7 +10,7 @@ import torch
 
 from rankforge.errors import ConfigError
 from rankforge.features.pipeline import PreparedData
-from rankforge.pipelines.train_config import TrainConfig, parse_config
+from rankforge.training.config import TrainConfig, parse_config
 from rankforge.training.sharding import DistEnv, init_distributed, shutdown_distributed
 from rankforge.training.trainer import EpochStats, Trainer
 

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
+from rankforge.bundles.ann_index import load_index
+from rankforge.bundles.bundle import Bundle
+from rankforge.bundles.candidate_index import CandidateIndex
+from rankforge.bundles.id_lookup import IdLookup
 from rankforge.errors import DataError
-from rankforge.features.feature_spec import InputLayout
-from rankforge.serving.ann_index import load_index
-from rankforge.serving.bundle import Bundle
-from rankforge.serving.candidate_index import CandidateIndex
-from rankforge.serving.id_lookup import IdLookup
+from rankforge.features.feature_spec import DENSE_INPUT, ITEM_ID, USER_HISTORY, USER_ID, InputLayout
 
 PAD = -1
 #: Padded id rows of one input: a ``[n, width]`` matrix, or ``n`` unpadded arrays.
@@ -125,8 +125,8 @@ class RetrievalRuntime:
         n = len(user_idx)
         wanted = self.bundle.manifest.inputs["user_tower.onnx"]
         feed = {
-            "user_id": np.asarray(user_idx, dtype=np.int64).reshape(-1, 1),
-            "user_history": np.ascontiguousarray(histories, dtype=np.int64),
+            USER_ID: np.asarray(user_idx, dtype=np.int64).reshape(-1, 1),
+            USER_HISTORY: np.ascontiguousarray(histories, dtype=np.int64),
         }
         lists = lists or {}
         for s in self.layout.declared("user"):
@@ -195,10 +195,10 @@ class RankerRuntime:
         n = len(item_idx)
         m = self.bundle.manifest
         feed = {
-            "dense": np.ascontiguousarray(dense, dtype=np.float32).reshape(n, len(m.dense_features)),
-            "user_id": np.asarray(user_idx, dtype=np.int64).reshape(n, 1),
-            "user_history": np.ascontiguousarray(histories, dtype=np.int64).reshape(n, m.history_len),
-            "item_id": np.asarray(item_idx, dtype=np.int64).reshape(n, 1),
+            DENSE_INPUT: np.ascontiguousarray(dense, dtype=np.float32).reshape(n, len(m.dense_features)),
+            USER_ID: np.asarray(user_idx, dtype=np.int64).reshape(n, 1),
+            USER_HISTORY: np.ascontiguousarray(histories, dtype=np.int64).reshape(n, m.history_len),
+            ITEM_ID: np.asarray(item_idx, dtype=np.int64).reshape(n, 1),
         }
         user_lists = user_lists or {}
         for s in self.layout.declared("user"):
@@ -223,7 +223,7 @@ def load_retrieval(bundle: Bundle, version: str, threads: int = 1) -> RetrievalR
     )
     mapping = bundle.id_mapping
     embeddings = bundle.item_embeddings()
-    items = IdLookup(mapping.items, "item_id", "item_idx")
+    items = IdLookup.items(mapping)
     if embeddings.shape[0] != len(items):
         raise DataError(f"{embeddings.shape[0]} item embeddings but {len(items)} items in the id mapping")
     return RetrievalRuntime(
@@ -231,7 +231,7 @@ def load_retrieval(bundle: Bundle, version: str, threads: int = 1) -> RetrievalR
         bundle=bundle,
         user_tower=session,
         index=load_index(bundle.directory, embeddings, bundle.manifest.index),
-        users=IdLookup(mapping.users, "user_id", "user_idx"),
+        users=IdLookup.users(mapping),
         items=items,
         keys=mapping.items.sort("item_idx")["item_key"].to_numpy()
         if "item_key" in mapping.items.columns
@@ -243,13 +243,13 @@ def load_ranker(bundle: Bundle, version: str, threads: int = 1) -> RankerRuntime
     if bundle.manifest.kind != "ranker":
         raise DataError(f"bundle {bundle.directory} is a {bundle.manifest.kind} bundle, expected ranker")
     session = open_session(str(bundle.path("ranker.onnx")), threads)
-    built = ["dense", *bundle.inputs.user_keys, *bundle.inputs.item_keys]
+    built = [DENSE_INPUT, *bundle.inputs.user_keys, *bundle.inputs.item_keys]
     _check_inputs(session, bundle.manifest.inputs["ranker.onnx"], built, "ranker.onnx")
     mapping = bundle.id_mapping
     return RankerRuntime(
         version=version,
         bundle=bundle,
         session=session,
-        users=IdLookup(mapping.users, "user_id", "user_idx"),
-        items=IdLookup(mapping.items, "item_id", "item_idx"),
+        users=IdLookup.users(mapping),
+        items=IdLookup.items(mapping),
     )

@@ -8,13 +8,13 @@ import numpy as np
 import polars as pl
 import torch
 
+from rankforge.bundles.ann_index import IndexConfig, export_index
+from rankforge.bundles.bundle import VOCABULARIES, WEIGHTS, BundleKind, Manifest, file_digests, write_manifest
+from rankforge.bundles.onnx_export import export_ranker, export_retrieval_towers
 from rankforge.features.pipeline import PreparedData
 from rankforge.models.inputs import dense_inputs, padded_to_kjt, side_inputs
 from rankforge.models.ranking import RankingModel
 from rankforge.models.retrieval import RetrievalModel
-from rankforge.serving.ann_index import IndexConfig, export_index
-from rankforge.serving.bundle import VOCABULARIES, WEIGHTS, BundleKind, Manifest, file_digests, write_manifest
-from rankforge.serving.onnx_export import export_ranker, export_retrieval_towers
 
 EXAMPLE_ROWS = 4
 

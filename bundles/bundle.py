@@ -33,6 +33,7 @@ import polars as pl
 from rankforge.errors import DataError
 from rankforge.features.feature_spec import InputLayout
 from rankforge.features.id_mapping import IdMapping
+from rankforge.models.scoring import Scoring
 
 MANIFEST = "manifest.json"
 #: The torch state dict the graphs were exported from: what ``training.warm_start`` starts from.
@@ -85,13 +86,25 @@ def write_manifest(directory: str | Path, manifest: Manifest) -> Path:
 
 @dataclass(frozen=True)
 class Bundle:
+    """An opened bundle: its folder, its manifest as written, and the manifest's contracts parsed
+    once (:func:`load_bundle`) into types: ``inputs`` (every model input, as the feature spec of
+    its training data declared them) and, for retrieval, ``scoring`` (the similarity and
+    temperature its vectors are already in)."""
+
     directory: Path
     manifest: Manifest
+    inputs: InputLayout = field(default_factory=lambda: InputLayout((), (), ()))
+    scoring: Scoring | None = None
 
-    @property
-    def inputs(self) -> InputLayout:
-        """The model's inputs, as the feature spec of its training data declared them."""
-        return InputLayout.from_dict(self.manifest.layout)
+    @classmethod
+    def of(cls, directory: Path, manifest: Manifest) -> Bundle:
+        """A bundle over ``manifest``, its contracts parsed (a malformed one is a ``DataError``)."""
+        try:
+            inputs = InputLayout.from_dict(manifest.layout) if manifest.layout else InputLayout((), (), ())
+            scoring = Scoring.from_dict(manifest.scoring) if manifest.scoring else None
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"bad bundle manifest {directory / MANIFEST}: {str(exc)[:160]}") from exc
+        return cls(directory, manifest, inputs, scoring)
 
     def path(self, name: str) -> Path:
         return self.directory / name
@@ -206,4 +219,4 @@ def load_bundle(directory: str | Path, expect: BundleKind | None = None) -> Bund
     if missing:
         raise DataError(f"bundle {d} lacks {missing}")
     _check_files(d, manifest.files)
-    return Bundle(directory=d, manifest=manifest)
+    return Bundle.of(d, manifest)

@@ -20,9 +20,10 @@ import onnx
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from rankforge.bundles.bundle import Bundle, bundle_digest, load_bundle
+from rankforge.bundles.pyfunc_model import BundleModel, signature_and_example
 from rankforge.errors import ConfigError, DataError
-from rankforge.pipelines.pyfunc_model import BundleModel, signature_and_example
-from rankforge.serving.bundle import Bundle, bundle_digest, load_bundle
+from rankforge.features.feature_spec import DENSE_INPUT
 
 MAIN_GRAPH = {"retrieval": "user_tower.onnx", "ranker": "ranker.onnx"}
 BUNDLE_ARTIFACT = "bundle"
@@ -53,7 +54,7 @@ def onnx_example(bundle: Bundle) -> dict[str, np.ndarray]:
     graph = MAIN_GRAPH[m.kind]
     example = {}
     for name in m.inputs[graph]:
-        if name == "dense":
+        if name == DENSE_INPUT:
             example[name] = np.zeros((1, len(m.dense_features)), dtype=np.float32)
         else:
             example[name] = np.full((1, shapes[name]), -1, dtype=np.int64)

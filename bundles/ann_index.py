@@ -28,8 +28,8 @@ import faiss
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from rankforge.bundles.candidate_index import ExactInnerProductIndex
 from rankforge.errors import DataError
-from rankforge.serving.candidate_index import ExactInnerProductIndex
 
 log = logging.getLogger(__name__)
 INDEX_FILE = "item_index.faiss"

@@ -15,6 +15,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from rankforge.features.feature_spec import DENSE_INPUT
 from rankforge.models.portable import RankerTwin, ScoringSpaceTwin
 from rankforge.models.ranking import RankingModel
 from rankforge.models.retrieval import RetrievalModel
@@ -75,7 +76,7 @@ def export_ranker(
 ) -> OnnxArtifact:
     """``ranker.onnx``: (dense, sparse ids...) -> logit."""
     return export_module(
-        RankerTwin(model), {"dense": dense, **_ordered(sparse_batch, model.sparse_keys)}, "logit", path
+        RankerTwin(model), {DENSE_INPUT: dense, **_ordered(sparse_batch, model.sparse_keys)}, "logit", path
     )
 
 

@@ -28,16 +28,16 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, DataType, Schema
 from mlflow.types.schema import Array
 
-from rankforge.errors import DataError
-from rankforge.features.string_ids import stable_id
-from rankforge.serving.bundle import Bundle, load_bundle
-from rankforge.serving.model_runtime import (
+from rankforge.bundles.bundle import Bundle, load_bundle
+from rankforge.bundles.runtime import (
     RankerRuntime,
     RetrievalRuntime,
     load_ranker,
     load_retrieval,
     pad_rows,
 )
+from rankforge.errors import DataError
+from rankforge.features.string_ids import stable_id
 
 DEFAULT_K = 10
 

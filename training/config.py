@@ -15,64 +15,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from rankforge.bundles.ann_index import IndexConfig
 from rankforge.config_errors import describe
 from rankforge.errors import ConfigError
 from rankforge.features.auction_simulator import AuctionSimulation
 from rankforge.features.pipeline import DataConfig, under
-from rankforge.serving.ann_index import IndexConfig
+from rankforge.training.model_kinds import LOWER_IS_BETTER, MODEL_KINDS, ModelKind, model_kind
 
-#: ``retrieval`` is the two-tower; ``mf`` (matrix factorisation) and ``simplex`` are the retrieval
-#: models of the SimpleX/LightGCN benchmarks. All three are served as retrieval bundles.
-ModelKind = Literal["retrieval", "mf", "simplex", "popularity", "ranking", "cascade", "auction"]
-RETRIEVAL_KINDS = ("retrieval", "mf", "simplex", "popularity")
-#: Counted, not trained: no objective, optimizer or epochs (the floor of every quality table).
-UNTRAINED_KINDS = ("popularity",)
-#: The objective input contract(s) each model kind feeds (see ``rankforge.training.objectives``);
-#: an auction model (a DLRM trained on auction logs) takes auction losses and plain CTR ones.
-OBJECTIVE_KIND: dict[str, str | tuple[str, ...]] = {
-    "auction": ("auction", "ctr"),
-    "retrieval": "retrieval",
-    "mf": "retrieval",
-    "simplex": "retrieval",
-    "popularity": "retrieval",
-    "ranking": "ctr",
-    "cascade": "cascade",
-}
-#: A cascade registers both stages: ``{registered_model}-retrieval`` and ``{registered_model}-ranker``.
-DEFAULT_REGISTERED_NAME: dict[str, str] = {
-    "retrieval": "rankforge-retrieval",
-    "mf": "rankforge-retrieval",
-    "simplex": "rankforge-retrieval",
-    "popularity": "rankforge-retrieval",
-    "ranking": "rankforge-ranker",
-    "cascade": "rankforge",
-    "auction": "rankforge-ad-ranker",
-}
-_RETRIEVAL_METRICS = {f"{m}@{k}" for m in ("recall", "ndcg", "hitrate", "mrr") for k in (10, 20)}
-_RANKING_METRICS = {"auc", "gauc", "logloss", "ece"}
-_AUCTION_METRICS = {
-    "welfare_ratio",
-    "expected_welfare",
-    "realized_welfare",
-    "expected_revenue",
-    "realized_revenue",
-    "auc",
-    "logloss",
-}
-#: What each model kind's validation reports, so a selection metric is checked when the config loads.
-SELECTION_METRICS: dict[str, set[str]] = {
-    **{kind: _RETRIEVAL_METRICS for kind in RETRIEVAL_KINDS},
-    "ranking": _RANKING_METRICS,
-    "cascade": {f"retrieval_{m}" for m in _RETRIEVAL_METRICS} | {f"ranker_{m}" for m in _RANKING_METRICS},
-    "auction": _AUCTION_METRICS,
-}
-DEFAULT_SELECTION = {
-    **dict.fromkeys(RETRIEVAL_KINDS, "recall@20"),
-    "ranking": "auc",
-    "cascade": "retrieval_recall@20",
-    "auction": "realized_welfare",  # welfare_ratio when the auctions are simulated (true CTRs known)
-}
-LOWER_IS_BETTER = {"logloss", "ece"}
+#: The model kinds and everything that differs between them: ``training.model_kinds``.
 SHARDING_TYPES = ("table_wise", "row_wise", "column_wise", "table_row_wise", "table_column_wise")
 #: What TorchRec's EmbeddingBagCollectionSharder offers with a fused kernel on CPU (torchrec 1.8):
 #: row-wise variants are CUDA-only there.
@@ -84,7 +34,7 @@ class _Section(BaseModel):
 
 
 class ModelConfig(_Section):
-    kind: ModelKind
+    kind: str  # a declared model kind (training.model_kinds.MODEL_KINDS)
     embedding_dim: int = Field(32, ge=1)
     # retrieval (two-tower)
     tower_sizes: list[int] = Field(default_factory=lambda: [64, 32], min_length=1)
@@ -110,6 +60,17 @@ class ModelConfig(_Section):
         if any(s < 1 for s in sizes):
             raise ValueError(f"layer sizes must be >= 1, got {sizes}")
         return sizes
+
+    @field_validator("kind")
+    @classmethod
+    def _declared(cls, kind: str) -> str:
+        model_kind(kind)
+        return kind
+
+    @property
+    def declared(self) -> ModelKind:
+        """This model's kind: what trains it, what it exports, how it is built and batched."""
+        return MODEL_KINDS[self.kind]
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
@@ -283,7 +244,8 @@ class TrainConfig(_Section):
     def _objective_fits_model(self) -> TrainConfig:
         from rankforge.training.losses import resolve_objective
 
-        if self.model.kind in UNTRAINED_KINDS:
+        kind = self.model.declared
+        if not kind.trained:
             if self.objective is not None:
                 raise ValueError(
                     f"model kind {self.model.kind!r} trains nothing: drop the [objective] section"
@@ -294,7 +256,7 @@ class TrainConfig(_Section):
                 f"objective is required for model kind {self.model.kind!r} ([objective] name = ...)"
             )
         try:
-            resolve_objective(self.objective.name, self.objective.params, OBJECTIVE_KIND[self.model.kind])
+            resolve_objective(self.objective.name, self.objective.params, kind.objective_kinds)
         except ConfigError as exc:
             raise ValueError(str(exc)) from exc
         return self
@@ -326,7 +288,7 @@ class TrainConfig(_Section):
         if self.negatives.count == 0 and self.model.kind != "ranking":
             raise ValueError(f"negatives.count = 0 only applies to ranking, not {self.model.kind!r}")
         if self.negatives.exclude == "user_positives" and (
-            self.negatives.shared or self.model.kind not in RETRIEVAL_KINDS
+            self.negatives.shared or not self.model.declared.retrieval
         ):
             raise ValueError(
                 "negatives.exclude = 'user_positives' applies to per-example retrieval negatives "
@@ -337,17 +299,18 @@ class TrainConfig(_Section):
     @model_validator(mode="after")
     def _selection_metric_is_reported(self) -> TrainConfig:
         name = self.training.selection_metric
-        if name is not None and name not in SELECTION_METRICS[self.model.kind]:
+        metrics = self.model.declared.selection_metrics
+        if name is not None and name not in metrics:
             raise ValueError(
                 f"training.selection_metric {name!r} is not a {self.model.kind} validation metric; "
-                f"use one of {sorted(SELECTION_METRICS[self.model.kind])}"
+                f"use one of {sorted(metrics)}"
             )
         return self
 
     @property
     def selection(self) -> tuple[str, bool]:
         """(validation metric that selects the best epoch, whether higher is better)."""
-        default = DEFAULT_SELECTION[self.model.kind]
+        default = self.model.declared.default_selection
         if self.auctions is not None and self.auctions.simulate is not None:
             default = "welfare_ratio"
         name = self.training.selection_metric or default
@@ -364,7 +327,7 @@ class TrainConfig(_Section):
 
     @property
     def registered_model(self) -> str:
-        return self.mlflow.registered_model or DEFAULT_REGISTERED_NAME[self.model.kind]
+        return self.mlflow.registered_model or self.model.declared.registered_name
 
     def fingerprint(self) -> str:
         """What a checkpoint must agree on to be resumed: everything that shapes the weights."""

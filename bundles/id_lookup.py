@@ -7,6 +7,7 @@ import polars as pl
 
 from rankforge.errors import DataError
 from rankforge.features.id_mapping import IdMapping
+from rankforge.features.schema import ITEM, ITEM_IDX, USER, USER_IDX
 
 UNKNOWN = -1
 
@@ -25,6 +26,16 @@ class IdLookup:
         self.raw_of = np.empty(len(self._raw), dtype=np.int64)
         self.raw_of[self._index] = self._raw
 
+    @classmethod
+    def users(cls, mapping: IdMapping) -> IdLookup:
+        """Raw user id -> user index of an id mapping."""
+        return cls(mapping.users, USER, USER_IDX)
+
+    @classmethod
+    def items(cls, mapping: IdMapping) -> IdLookup:
+        """Raw item id -> item index of an id mapping."""
+        return cls(mapping.items, ITEM, ITEM_IDX)
+
     def __len__(self) -> int:
         return len(self._raw)
 
@@ -42,10 +53,6 @@ class IdLookup:
 def translate_ids(ours: IdMapping, theirs: IdMapping) -> dict[str, np.ndarray]:
     """Per id space (``users``, ``items``): our dense index -> theirs, ``-1`` where the other
     mapping does not know the raw id (a model trained on other data: a reference, a warm start)."""
-    users = IdLookup(theirs.users, "user_id", "user_idx").encode(
-        ours.users.sort("user_idx")["user_id"].to_numpy()
-    )
-    items = IdLookup(theirs.items, "item_id", "item_idx").encode(
-        ours.items.sort("item_idx")["item_id"].to_numpy()
-    )
+    users = IdLookup.users(theirs).encode(ours.users.sort(USER_IDX)[USER].to_numpy())
+    items = IdLookup.items(theirs).encode(ours.items.sort(ITEM_IDX)[ITEM].to_numpy())
     return {"users": users, "items": items}
