@@ -18,13 +18,13 @@ from rankforge.quiet import quiet_third_party
 STORE_ERRORS = ("sqlalchemy", "mlflow")
 
 COMMAND_MODULES: tuple[str, ...] = (
-    "rankforge.pipelines.demo_cli",
-    "rankforge.pipelines.auction_cli",
-    "rankforge.pipelines.evaluate_cli",
-    "rankforge.pipelines.prepare_cli",
-    "rankforge.pipelines.train_cli",
-    "rankforge.pipelines.quality_cli",
-    "rankforge.serving.cli",
+    "rankforge.commands.demo",
+    "rankforge.commands.auctions",
+    "rankforge.commands.evaluate",
+    "rankforge.commands.prepare",
+    "rankforge.commands.train",
+    "rankforge.commands.benchmark",
+    "rankforge.commands.serve",
 )
 
 

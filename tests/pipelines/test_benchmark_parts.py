@@ -9,11 +9,11 @@ import numpy as np
 import polars as pl
 import pytest
 
+from rankforge.benchmarks.cascade_movielens import cascade_recall
+from rankforge.benchmarks.confidence_ranking_movielens import cut_periods, user_resamples
 from rankforge.bundles.bundle import load_bundle
 from rankforge.features.pipeline import PreparedData
 from rankforge.pipelines.bundle_scoring import BundleIds, ranker_probabilities, user_vectors
-from rankforge.pipelines.cascade_benchmark import cascade_recall
-from rankforge.pipelines.retraining_benchmark import cut_periods, user_resamples
 
 from .conftest import random_ranker_bundle, random_retrieval_bundle
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from rankforge.benchmarks.quality import DATASETS, Dataset, Entry, Published, run_benchmark
 from rankforge.cli import main
-from rankforge.pipelines.quality_benchmark import DATASETS, Dataset, Entry, Published, run_benchmark
 from rankforge.training.config import load_config
 
 TINY = """
