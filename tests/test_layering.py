@@ -1,0 +1,90 @@
+"""The import layering of ARCHITECTURE.md, checked on every module (function-level imports too):
+a package imports only packages of lower layers, so the layering cannot quietly regress."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: package -> layer; a module may import its own package and packages of strictly lower layers.
+LAYERS: dict[str, int] = {
+    "core": 0,  # rankforge.errors, config_errors, settings, quiet
+    "features": 1,
+    "models": 2,
+    "evaluation": 2,
+    "bundles": 3,
+    "training": 4,
+    "serving": 4,
+    "pipelines": 5,
+    "infra": 5,
+    "benchmarks": 6,
+    "commands": 7,  # rankforge.cli and rankforge.commands: the entry points
+}
+CORE = {"errors", "config_errors", "settings", "quiet"}
+FOLDERS = [
+    "features",
+    "models",
+    "evaluation",
+    "bundles",
+    "training",
+    "serving",
+    "pipelines",
+    "infra",
+    "benchmarks",
+    "rankforge",
+]
+
+
+def _package(module: str) -> str | None:
+    """The layer package of a ``rankforge.*`` module name."""
+    parts = module.split(".")
+    if parts[0] != "rankforge":
+        return None
+    if len(parts) == 1:
+        return "core"
+    if parts[1] in CORE:
+        return "core"
+    if parts[1] in ("cli", "commands"):
+        return "commands"
+    return parts[1]
+
+
+def _own_package(path: Path) -> str:
+    folder = path.relative_to(REPO).parts[0]
+    if folder == "rankforge":
+        return "commands" if path.stem == "cli" or "commands" in path.parts else "core"
+    return folder
+
+
+def _imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return found
+
+
+def test_no_package_imports_a_higher_or_parallel_layer() -> None:
+    violations = []
+    for folder in FOLDERS:
+        for path in sorted((REPO / folder).rglob("*.py")):
+            if "proto" in path.parts:
+                continue
+            mine = _own_package(path)
+            for module in _imports(path):
+                theirs = _package(module)
+                if theirs is None or theirs == mine:
+                    continue
+                assert theirs in LAYERS, f"{module} is in no layer: add its package to LAYERS"
+                if LAYERS[theirs] >= LAYERS[mine]:
+                    violations.append(f"{path.relative_to(REPO)} ({mine}) imports {module} ({theirs})")
+    assert not violations, "\n".join(violations)
+
+
+def test_every_package_folder_has_a_layer() -> None:
+    packages = {p.parent.name for p in REPO.glob("*/__init__.py")} - {"tests"}
+    assert packages <= set(LAYERS) | {"rankforge"}, packages - set(LAYERS)
