@@ -10,7 +10,7 @@ test:
 	bash infra/test.sh
 
 lint:
-	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+	.venv/bin/ruff check . && .venv/bin/ruff format --check . && bash infra/typecheck.sh
 
 bench:
 	.venv/bin/python benchmarks/train_throughput.py

@@ -123,7 +123,8 @@ def run_seed(setting: Setting, seed: int, root: Path, n_auctions: int, epochs: i
         minutes[model] = (time.monotonic() - started) / 60
     assert config is not None and config.auctions is not None
     data = with_auctions(prepare(config.data), config.auctions, config.data)
-    test = data.auctions.test  # type: ignore[union-attr]
+    assert data.auctions is not None
+    test = data.auctions.test
     assert test.true_ctr is not None
     outcomes = {
         model: auction_outcomes(served_pctr(bundle, data), **test.outcome_inputs())

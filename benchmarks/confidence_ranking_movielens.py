@@ -165,7 +165,7 @@ def train_seed(periods: Periods, items: Path | None, root: Path, seed: int, epoc
             epochs=epochs,
         ),
     )
-    confidence = {"name": "confidence_ranking", "reference": str(previous)}
+    confidence: dict[str, object] = {"name": "confidence_ranking", "reference": str(previous)}
     run(
         "confidence",
         job(

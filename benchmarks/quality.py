@@ -200,7 +200,7 @@ def with_overrides(config: TrainConfig, **training: object) -> TrainConfig:
     return _updated(config, training={k: v for k, v in training.items() if v is not None})
 
 
-def _updated(config: TrainConfig, **sections: dict) -> TrainConfig:
+def _updated(config: TrainConfig, **sections: object) -> TrainConfig:
     raw = config.model_dump(mode="json", exclude={"source_path"})
     for section, values in sections.items():
         if isinstance(raw.get(section), dict):
@@ -385,7 +385,7 @@ def paired_deltas(rows: list[QualityRow], config: TrainConfig, baseline: str = "
     lines = []
     for other in others:
         pairs = _common_seeds(base, other)
-        deltas = {metric: [] for metric in ("recall@20", "ndcg@20")}
+        deltas: dict[str, list[np.ndarray]] = {metric: [] for metric in ("recall@20", "ndcg@20")}
         for base_dir, other_dir in pairs:
             a, b = _per_user(base_dir, data), _per_user(other_dir, data)
             for metric in deltas:

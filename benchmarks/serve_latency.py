@@ -43,7 +43,8 @@ def build_bundles(data: PreparedData, root: str) -> tuple[str, str]:
     users = sparse_features(data.inputs, "user")
     items = sparse_features(data.inputs, "item")
     retrieval, ranker = os.path.join(root, "retrieval"), os.path.join(root, "ranker")
-    os.makedirs(retrieval), os.makedirs(ranker)
+    os.makedirs(retrieval)
+    os.makedirs(ranker)
     build_retrieval_bundle(TwoTower(users, items), data, retrieval)
     build_ranker_bundle(RankingModel(users + items, DENSE_FEATURES), data, ranker)
     return retrieval, ranker

@@ -120,7 +120,8 @@ def main() -> int:
             sparse_features(data.inputs, "item"),
         )
         retrieval, ranker = os.path.join(root, "retrieval"), os.path.join(root, "ranker")
-        os.makedirs(retrieval), os.makedirs(ranker)
+        os.makedirs(retrieval)
+        os.makedirs(ranker)
         started = time.perf_counter()
         index = IndexConfig(kind=args.index, nprobe=args.nprobe, on_low_recall="warn")
         # matrix factorisation with N(0, 1) rows: item vectors as diverse as a trained catalogue's
@@ -200,6 +201,7 @@ def main() -> int:
                 command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
             )
             try:
+                assert served.stdout is not None
                 served.stdout.readline()
                 time.sleep(3 + 2 * processes)  # the spawned workers load their models
                 lat, errors = open_loop(f"127.0.0.1:{port}", users, args.qps, args.seconds)

@@ -31,7 +31,7 @@ import numpy as np
 import polars as pl
 
 from rankforge.errors import DataError
-from rankforge.features.feature_spec import InputLayout
+from rankforge.features.feature_spec import InputLayout, Side
 from rankforge.features.id_mapping import IdMapping
 from rankforge.models.scoring import Scoring
 
@@ -114,14 +114,14 @@ class Bundle:
         return IdMapping.load(self.directory / "id_mapping")
 
     def unmatched_feature(
-        self, digests: Mapping[str, str | None], sides: tuple[str, ...] = ("user", "item")
+        self, digests: Mapping[str, str | None], sides: tuple[Side, ...] = ("user", "item")
     ) -> tuple[str, str] | None:
         """The first declared feature of ``sides`` this model reads that a feature source lacks
         (``"missing"``) or holds in another vocabulary (``"vocabulary"``); None when all match.
         ``digests``: the source's feature -> vocabulary digest (a data set's, a feature version's).
         The one compatibility rule for the server, evaluation and reference models."""
         for side in sides:
-            for s in self.inputs.declared(side):  # type: ignore[arg-type]
+            for s in self.inputs.declared(side):
                 if s.name not in digests:
                     return s.name, "missing"
                 if digests[s.name] != self.manifest.vocabularies.get(s.name):

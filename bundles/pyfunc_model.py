@@ -37,6 +37,7 @@ from rankforge.bundles.runtime import (
     pad_rows,
 )
 from rankforge.errors import DataError
+from rankforge.features.feature_spec import Side
 from rankforge.features.string_ids import stable_id
 
 DEFAULT_K = 10
@@ -136,7 +137,7 @@ def signature_and_example(bundle: Bundle) -> tuple[ModelSignature, pd.DataFrame]
     user = mapping.users["user_key" if keyed else "user_id"][0]
     item = mapping.items["item_key" if keyed else "item_id"][0]
     layout = bundle.inputs
-    sides = ("user",) if bundle.manifest.kind == "retrieval" else ("user", "item")
+    sides: tuple[Side, ...] = ("user",) if bundle.manifest.kind == "retrieval" else ("user", "item")
     # the declared id features of the bundle's feature spec, as lists of vocabulary indices
     declared = [
         ColSpec(Array(DataType.long), s.name, required=False) for side in sides for s in layout.declared(side)

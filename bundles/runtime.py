@@ -9,6 +9,7 @@ serves all concurrent requests; a refresh builds a new runtime and swaps the ref
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeAlias
 
 import numpy as np
 import onnxruntime as ort
@@ -22,7 +23,7 @@ from rankforge.features.feature_spec import DENSE_INPUT, ITEM_ID, USER_HISTORY, 
 
 PAD = -1
 #: Padded id rows of one input: a ``[n, width]`` matrix, or ``n`` unpadded arrays.
-Lists = np.ndarray | list[np.ndarray]
+Lists: TypeAlias = np.ndarray | list[np.ndarray]
 
 
 def pad_row(ids: np.ndarray, max_len: int) -> np.ndarray:

@@ -23,16 +23,17 @@ sklearn's ``roc_auc_score``; GAUC reuses the same rank computation within each g
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TypeAlias
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 from scipy.special import expit
 
-Scores = torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
+Scores: TypeAlias = torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
 # A bool [users, items] mask: dense torch tensor, or any scipy.sparse matrix/array (rows densified
 # one chunk at a time, so 100k users x 10k items never needs a dense mask).
-Mask = torch.Tensor | sp.sparray | sp.spmatrix
+Mask: TypeAlias = torch.Tensor | sp.sparray | sp.spmatrix
 RETRIEVAL_METRICS = ("recall", "ndcg", "hitrate", "mrr")
 
 

@@ -119,7 +119,7 @@ def split_auctions(
         (pl.col("_u") >= test_fraction) & (pl.col("_u") < test_fraction + validation_fraction)
     )
     train = keyed.filter(pl.col("_u") >= test_fraction + validation_fraction)
-    return tuple(part.drop("_u") for part in (train, validation, test))  # type: ignore[return-value]
+    return train.drop("_u"), validation.drop("_u"), test.drop("_u")
 
 
 @dataclass(frozen=True)

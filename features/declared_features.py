@@ -193,17 +193,16 @@ def fit_context(train: pl.DataFrame, features: list[Feature]) -> tuple[ContextIn
                 f"context feature {f.name!r}: {int(outside.sum())} training event(s) outside its declared "
                 f"range [{f.min}, {f.max}] (e.g. {example:g})"
             )
-        bounds = {"minimum": f.min, "maximum": f.max}
         if f.normalization == "log1p":
             if (values < 0).any():
                 raise DataError(f"context feature {f.name!r} (normalization 'log1p') has negative values")
-            out.append(ContextInput(f.name, "log1p", **bounds))
+            transform, shift, scale = "log1p", 0.0, 1.0
         elif f.normalization == "standard":
             std = values.std()
-            mean = float(values.mean() or 0.0)
-            out.append(ContextInput(f.name, "none", mean, float(std) if std else 1.0, **bounds))
+            transform, shift, scale = "none", float(values.mean() or 0.0), float(std) if std else 1.0
         else:
-            out.append(ContextInput(f.name, **bounds))
+            transform, shift, scale = "none", 0.0, 1.0
+        out.append(ContextInput(f.name, transform, shift, scale, minimum=f.min, maximum=f.max))
     return tuple(out)
 
 
@@ -233,4 +232,4 @@ def with_sequences(
         rows = rows.join(values, on="history", how="left", maintain_order="left")
     lists = rows.group_by("_row", maintain_order=True).agg(pl.col(f.name).drop_nulls() for f in sequences)
     out = users.with_row_index("_row").join(lists, on="_row", how="left", maintain_order="left").drop("_row")
-    return out, {f.name: vocabularies[f.column] for f in sequences}  # type: ignore[index]
+    return out, {f.name: vocabularies[f.vocabulary] for f in sequences}

@@ -123,6 +123,11 @@ class Feature(BaseModel):
     def is_sparse(self) -> bool:
         return self.kind != "numeric"
 
+    @property
+    def vocabulary(self) -> str:
+        """Whose vocabulary this feature's ids index: its own, or (a sequence) its item feature's."""
+        return self.source_column if self.kind == "sequence" else self.name
+
 
 def check_unique(features: list[Feature]) -> None:
     """Two declarations with one name would silently share (or shadow) a column; a sequence must
@@ -149,7 +154,7 @@ class SparseInput:
     side: Side
     max_len: int
     num_embeddings: int
-    pooling: str = "mean"
+    pooling: Literal["mean", "sum"] = "mean"
     sequence_of: str = ""  # a sequence: the item feature whose values over the history it holds
 
 
@@ -259,15 +264,16 @@ def input_layout(
         SparseInput(USER_ID, "user", 1, n_users, "sum"),
         SparseInput(USER_HISTORY, "user", history_len, n_items, "mean"),
     ]
-    for side in ("user", "item"):
+    sides: tuple[Side, ...] = ("user", "item")
+    for side in sides:
         if side == "item":
             sparse.append(SparseInput(ITEM_ID, "item", 1, n_items, "sum"))
         sparse += [
             SparseInput(
                 f.name,
-                f.side,  # type: ignore[arg-type]
+                side,
                 history_len if f.kind == "sequence" else f.width,
-                max(vocabulary_sizes[f.column if f.kind == "sequence" else f.name], 1),  # type: ignore[index]
+                max(vocabulary_sizes[f.vocabulary], 1),
                 f.pooling,
                 f.column or "" if f.kind == "sequence" else "",
             )

@@ -91,9 +91,7 @@ BUILT_IN_COLUMNS = {USER_ID: "user_idx", ITEM_ID: "item_idx", USER_HISTORY: "his
 def sparse_features(layout: InputLayout, side: Side) -> list[SparseFeature]:
     """The embedding tables of one side's inputs, as the layout declares them."""
     return [
-        SparseFeature(s.name, s.num_embeddings, s.max_len, s.pooling)  # type: ignore[arg-type]
-        for s in layout.sparse
-        if s.side == side
+        SparseFeature(s.name, s.num_embeddings, s.max_len, s.pooling) for s in layout.sparse if s.side == side
     ]
 
 

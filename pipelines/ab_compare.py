@@ -79,6 +79,7 @@ class ModelEvaluation:
     curves: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     notes: dict[str, int] = field(default_factory=dict)
     intervals: dict[str, Interval] = field(default_factory=dict)  # per metric, over its rows
+    run_id: str | None = None  # the MLflow run that logged it (evaluate)
 
     def to_json(self) -> dict:
         return {

@@ -24,6 +24,7 @@ from rankforge.bundles.runtime import load_ranker, load_retrieval
 from rankforge.errors import DataError
 from rankforge.evaluation.metrics import sigmoid
 from rankforge.features.auctions import AuctionTensors
+from rankforge.features.feature_spec import Side
 from rankforge.features.pipeline import PreparedData
 from rankforge.models.inputs import pad_lists
 
@@ -63,7 +64,7 @@ def require_features(bundle: Bundle, data: PreparedData) -> None:
     """``data`` holds every feature the bundle reads, declared feature ids meaning the same values
     (equal vocabulary digests); else a one-line ``DataError`` naming the first that does not."""
     # a retrieval bundle's item side is its precomputed item matrix: only user features are read
-    sides = ("user",) if bundle.manifest.kind == "retrieval" else ("user", "item")
+    sides: tuple[Side, ...] = ("user",) if bundle.manifest.kind == "retrieval" else ("user", "item")
     unmatched = bundle.unmatched_feature(data.vocabulary_digests(), sides)
     if unmatched is not None and unmatched[1] == "missing":
         raise DataError(

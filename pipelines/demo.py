@@ -81,6 +81,7 @@ def run_demo(
     configure_mlflow(settings, "rankforge-evaluation")
     decisions = {}
     for cfg, trained in ((retrieval_cfg, retrieval), (ranking_cfg, ranker)):
+        assert trained.registered is not None  # the demo's configs register their models
         decision = promote_if_better(
             cfg.registered_model, trained.registered.version, cfg.data, config=ABConfig(n_resamples=200)
         )

@@ -113,10 +113,10 @@ def _challenger(name: str, challenger: str | int, register: bool) -> tuple[Regis
             new = log_and_register(bundle.directory, name)
         return new, new.model_uri
     ref = latest_version(name) if challenger == "latest" else challenger
-    new = _find(name, ref)
-    if new is None:
+    found = _find(name, ref)
+    if found is None:
         raise ConfigError(f"no registered model {name!r} at {ref!r} (and no bundle directory of that name)")
-    return new, new.model_uri
+    return found, found.model_uri
 
 
 def _trained_on(name: str, version: int | None, uri: str) -> dict[str, str]:

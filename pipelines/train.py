@@ -106,7 +106,7 @@ def _is_first_version(name: str) -> bool:
 def run_name(config: TrainConfig) -> str:
     """What a run is, readable in the MLflow UI: model kind, objective and data, e.g.
     ``simplex ccl lightgcn:gowalla``."""
-    data = config.data.source
+    data: str = config.data.source
     if config.data.path is not None:
         data += f":{config.data.path.stem if config.data.path.suffix else config.data.path.name}"
     objective = config.objective.name if config.objective is not None else "counted"

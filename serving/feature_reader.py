@@ -65,7 +65,7 @@ def connect(url: str, timeout_s: float = 0.25, max_connections: int = 64) -> red
     if url.startswith(CLUSTER_SCHEME):
         cluster = parse_cluster(url)
         try:  # a cluster client discovers its slots now, so a dead cluster shows at startup
-            return RedisCluster(  # type: ignore[return-value]
+            return RedisCluster(
                 startup_nodes=[ClusterNode(host, port) for host, port in cluster.nodes],
                 username=cluster.username,
                 password=cluster.password,

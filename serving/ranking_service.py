@@ -18,7 +18,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 import numpy as np
@@ -26,7 +26,7 @@ import numpy as np
 from rankforge.bundles.bundle import Bundle
 from rankforge.bundles.runtime import RankerRuntime, RetrievalRuntime
 from rankforge.errors import DataError
-from rankforge.features.feature_spec import ContextInput
+from rankforge.features.feature_spec import ContextInput, Side
 from rankforge.features.string_ids import MAX_KEY_CHARS, stable_id
 from rankforge.serving.feature_layout import FeatureMeta, Record
 from rankforge.serving.feature_reader import FeatureReader, FeatureStoreEmpty, FeatureStoreUnavailable
@@ -59,7 +59,7 @@ class Undecodable:
     size: int
 
 
-def safe_deserializer(message_type: type) -> Callable[[bytes], object]:
+def safe_deserializer(message_type: Any) -> Callable[[bytes], object]:
     """A request deserializer that never raises: undecodable bytes become :class:`Undecodable`,
     which the service answers with INVALID_ARGUMENT (gRPC's own path answers INTERNAL and logs a
     traceback per request)."""
@@ -131,12 +131,12 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
     def Rank(
         self, request: ranking_pb2.RankRequest, context: grpc.ServicerContext
     ) -> ranking_pb2.RankResponse:
-        return self._answer(self._rank, request, context)
+        return cast(ranking_pb2.RankResponse, self._answer(self._rank, request, context))
 
     def Auction(
         self, request: ranking_pb2.AuctionRequest, context: grpc.ServicerContext
     ) -> ranking_pb2.AuctionResponse:
-        return self._answer(self._auction, request, context)
+        return cast(ranking_pb2.AuctionResponse, self._answer(self._auction, request, context))
 
     def _answer(self, handler: Callable, request: object, context: grpc.ServicerContext) -> object:
         """Run ``handler`` and end the RPC with its precise status code on failure.
@@ -149,7 +149,7 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
             context.abort(
                 Code.INVALID_ARGUMENT, f"the request is not a valid {request.message} ({request.size} bytes)"
             )
-        given = request.request_id  # type: ignore[attr-defined]
+        given = request.request_id  # type: ignore[attr-defined]  # Rank and Auction requests both carry one
         request_id = given or uuid.uuid4().hex
         if self._slots is not None and not self._admitted(context):
             self._count(Code.RESOURCE_EXHAUSTED)
@@ -249,7 +249,7 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
                     f"(feature version {read.version}): {_ids_preview(missing)}",
                 )
             item_raw = np.asarray(candidates, dtype=np.int64)
-            records: list[Record] = list(read.items)  # type: ignore[arg-type]
+            records = [r for r in read.items if r is not None]  # none is missing (checked above)
             keep = ~np.isin(item_raw, history_raw)
             item_raw, records = item_raw[keep], [r for r, k in zip(records, keep, strict=True) if k]
             retrieval_idx = retrieval.items.encode(item_raw)
@@ -382,7 +382,7 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
                 f"{len(missing)} ad(s) have no features (feature version {read.version}): "
                 f"{_ids_preview(missing)}",
             )
-        records: list[Record] = list(read.items)  # type: ignore[arg-type]
+        records = [r for r in read.items if r is not None]  # none is missing (checked above)
         logits = self._score(request, read.meta, read.user, records, ads, read.user.ids, ranker, user_id)
         _check_scores(logits, f"ad ranker {ranker.version}")
         pctr = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
@@ -577,7 +577,7 @@ def _item_keys(
     return retrieval.item_keys(item_raw)
 
 
-def _check_features(meta: FeatureMeta, names: list[str], bundle: Bundle, side: str) -> None:
+def _check_features(meta: FeatureMeta, names: list[str], bundle: Bundle, side: Side) -> None:
     """The feature version's ``side`` lists hold every declared feature of that side the model
     reads, in the model's vocabulary (``Bundle.unmatched_feature``)."""
     unmatched = bundle.unmatched_feature({n: meta.vocabularies.get(n) for n in names}, (side,))
@@ -597,11 +597,11 @@ def _check_features(meta: FeatureMeta, names: list[str], bundle: Bundle, side: s
 
 
 def _declared_lists(
-    meta: FeatureMeta, names: list[str], record: Record, bundle: Bundle, side: str
+    meta: FeatureMeta, names: list[str], record: Record, bundle: Bundle, side: Side
 ) -> dict[str, np.ndarray]:
     """The declared id features of ``side`` a model reads, from one feature record."""
     _check_features(meta, names, bundle, side)
-    return {s.name: record.lists[names.index(s.name)] for s in bundle.inputs.declared(side)}  # type: ignore[arg-type]
+    return {s.name: record.lists[names.index(s.name)] for s in bundle.inputs.declared(side)}
 
 
 def _known(indices: np.ndarray) -> np.ndarray:

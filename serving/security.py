@@ -56,7 +56,8 @@ class TlsConfig:
             problem = "the TLS key does not match the certificate" if "MISMATCH" in str(exc) else str(exc)
             raise ConfigError(f"{problem} ({str(self.cert)[:80]}, {str(self.key)[:80]})") from exc
         try:  # the stdlib's own PEM decoder: the end date without a crypto dependency
-            not_after = ssl._ssl._test_decode_cert(str(self.cert))["notAfter"]  # type: ignore[attr-defined]
+            decode = ssl._ssl._test_decode_cert  # type: ignore[attr-defined]  # private, not in the stubs
+            not_after = decode(str(self.cert))["notAfter"]
         except (AttributeError, KeyError, ssl.SSLError, OSError):
             return
         if ssl.cert_time_to_seconds(not_after) < time.time():

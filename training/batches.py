@@ -620,7 +620,7 @@ class CascadeBatches(RetrievalBatches):
     ) -> None:
         super().__init__(data, tables, sampler, n_negatives, False, batch_size, rank, world_size, seed)
 
-    def __iter__(self) -> Iterator[CascadeBatch]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[CascadeBatch]:  # type: ignore[override]  # lists, not retrieval batches
         for rows in self._global_batches():
             n_rows = len(rows)
             negatives = self.sampler.sample((n_rows, self.n_negatives), self.generator)

@@ -92,7 +92,7 @@ class Checkpointer:
         if not self.directory.is_dir():
             return []
         found = [p for p in self.directory.iterdir() if p.is_dir() and _NAME.match(p.name)]
-        return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))  # type: ignore[union-attr]
+        return sorted(found, key=lambda p: int(p.name.removeprefix("epoch_")))  # names matched _NAME
 
     def latest(self) -> Path | None:
         done = self.completed()
@@ -132,7 +132,7 @@ class Checkpointer:
         named in the log and skipped. None when there is no checkpoint; a ``ConfigError`` naming
         each one when there are checkpoints but none is intact."""
         done = self.completed()
-        problems = []
+        problems: list[str] = []
         for path in reversed(done):
             why = damage(path)
             if why is None:

@@ -143,41 +143,31 @@ def _cascade(config: ModelConfig, data: PreparedData, device, scoring) -> Model:
     return CascadeModel(_two_tower(config, data, device, scoring), _dlrm(config, data, device, scoring))
 
 
-_RETRIEVAL = dict(
-    objective_kinds=("retrieval",),
-    exports="retrieval",
-    registered_name="rankforge-retrieval",
-    selection_metrics=RETRIEVAL_METRICS,
-    default_selection="recall@20",
-    batching="retrieval",
-)
+def _retrieval(name: str, build: Builder | None, summary: str) -> ModelKind:
+    """A retrieval kind: scores users against items, exported and served as a retrieval bundle."""
+    return ModelKind(
+        name,
+        objective_kinds=("retrieval",) if build is not None else (),
+        exports="retrieval",
+        registered_name="rankforge-retrieval",
+        selection_metrics=RETRIEVAL_METRICS,
+        default_selection="recall@20",
+        batching="retrieval",
+        build=build,
+        summary=summary,
+    )
+
 
 MODEL_KINDS: dict[str, ModelKind] = {
     kind.name: kind
     for kind in (
-        ModelKind(
-            "retrieval",
-            **_RETRIEVAL,  # type: ignore[arg-type]
-            build=_two_tower,
-            summary="two-tower: MLP towers over the id, history and declared feature tables",
+        _retrieval(
+            "retrieval", _two_tower, "two-tower: MLP towers over the id, history and declared features"
         ),
-        ModelKind(
-            "mf",
-            **_RETRIEVAL,  # type: ignore[arg-type]
-            build=_matrix_factorization,
-            summary="matrix factorisation: a user table and an item table",
-        ),
-        ModelKind(
-            "simplex",
-            **_RETRIEVAL,  # type: ignore[arg-type]
-            build=_simplex,
-            summary="SimpleX: MF plus a gated aggregation of the user's history",
-        ),
-        ModelKind(
-            "popularity",
-            **{**_RETRIEVAL, "objective_kinds": ()},  # type: ignore[arg-type]
-            build=None,
-            summary="the most popular unseen items, counted from the data (the floor of a quality table)",
+        _retrieval("mf", _matrix_factorization, "matrix factorisation: a user table and an item table"),
+        _retrieval("simplex", _simplex, "SimpleX: MF plus a gated aggregation of the user's history"),
+        _retrieval(
+            "popularity", None, "the most popular unseen items, counted (the floor of a quality table)"
         ),
         ModelKind(
             "ranking",

@@ -116,7 +116,11 @@ class SampledPattern:
 
     def to(self, device: torch.device) -> SampledPattern:
         return SampledPattern(
-            *(t.to(device) for t in (self.unique, self.cols, self.order, self.rows, self.crow)),
+            unique=self.unique.to(device),
+            cols=self.cols.to(device),
+            order=self.order.to(device),
+            rows=self.rows.to(device),
+            crow=self.crow.to(device),
             batch=self.batch,
             width=self.width,
         )
@@ -133,7 +137,7 @@ def _grouping(flat: torch.Tensor, n_values: int) -> torch.Tensor:
 
 class _SampledScores(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, query: torch.Tensor, candidates: torch.Tensor, pattern: SampledPattern) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, query: torch.Tensor, candidates: torch.Tensor, pattern: SampledPattern) -> torch.Tensor:
         ctx.save_for_backward(query, candidates)
         ctx.pattern = pattern
         shape = pattern.matrix(query.new_zeros(pattern.batch * pattern.width))
@@ -141,7 +145,7 @@ class _SampledScores(torch.autograd.Function):
         return scores.values().view(pattern.batch, pattern.width)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor):
         query, candidates = ctx.saved_tensors
         pattern: SampledPattern = ctx.pattern
         values = grad.contiguous().reshape(-1)
@@ -182,7 +186,7 @@ class _UnitRows(torch.autograd.Function):
     whole item table)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, eps: float) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor, eps: float) -> torch.Tensor:
         inverse = 1.0 / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(eps)
         y = x * inverse
         ctx.save_for_backward(y, inverse)
@@ -190,7 +194,7 @@ class _UnitRows(torch.autograd.Function):
         return y
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor):
         y, inverse = ctx.saved_tensors
         # (grad - y (grad . y)) / ||x||; rows whose norm was clamped are x / eps, a plain scaling
         along = torch.einsum("...d,...d->...", grad, y).unsqueeze(-1)

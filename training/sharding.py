@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -128,7 +129,7 @@ def allowed_sharding_types(config: ShardingConfig, device: torch.device) -> list
         raise ConfigError(
             f"sharding.compute_kernel {config.compute_kernel!r} needs a GPU; use 'fused' on CPU"
         )
-    allowed = [t for t in config.sharding_types if t in CPU_SHARDING_TYPES]
+    allowed: list[str] = [t for t in config.sharding_types if t in CPU_SHARDING_TYPES]
     if not allowed:
         raise ConfigError(
             f"sharding.sharding_types {list(config.sharding_types)}: none runs on CPU; "
@@ -203,7 +204,7 @@ def build_optimizers(model: nn.Module, config: OptimizerConfig) -> tuple[Combine
     tables = {id(p) for name, p in dense_params.items() if "embedding_bags" in name}
 
     def factory(params: list[torch.Tensor]) -> torch.optim.Optimizer:
-        groups = [
+        groups: list[dict[str, Any]] = [
             {"params": [p for p in params if id(p) not in tables]},
             {
                 "params": [p for p in params if id(p) in tables],

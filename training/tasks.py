@@ -150,7 +150,7 @@ class AuctionTask(RankingTask):
     (welfare rankloss, with a teacher's logits when one is named) or a ``ctr`` one (BCE over the
     shown ads)."""
 
-    def forward(  # type: ignore[override]
+    def forward(  # type: ignore[override]  # auction rows: the ranker task plus bids and a teacher
         self,
         dense: torch.Tensor,
         sparse: KeyedJaggedTensor,
@@ -178,7 +178,11 @@ def make_task(model: Model, loss: nn.Module, batching: Batching, embedding_l2: f
     return AuctionTask(model, loss) if batching == "auction" else RankingTask(model, loss)
 
 
-def task_inputs(batch: RetrievalBatch | RankingBatch | CascadeBatch | AuctionBatch) -> tuple:
+#: Any batch a trainer draws.
+Batch = RetrievalBatch | RankingBatch | CascadeBatch | AuctionBatch
+
+
+def task_inputs(batch: Batch) -> tuple:
     """The positional arguments of the matching task's ``forward``."""
     if isinstance(batch, AuctionBatch):
         return (

@@ -12,7 +12,7 @@ import logging
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +46,7 @@ from rankforge.training.sharding import (
     shard,
     unsharded_state_dict,
 )
-from rankforge.training.tasks import Model, build_model, make_task, task_inputs
+from rankforge.training.tasks import Batch, Model, build_model, make_task, task_inputs
 from rankforge.training.warm_start import warm_start
 
 #: Written into the checkpoint folder once a job has registered its model: the next scheduled run
@@ -86,7 +86,10 @@ class Trainer:
         torch.manual_seed(config.seed)  # same dense init on every rank; DMP materialises tables from it
         self.tables = FeatureTables.build(data)
         kind = config.model.declared
-        loss = resolve_objective(config.objective.name, config.objective.params, kind.objective_kinds)
+        objective = config.objective
+        if objective is None:  # the config requires one for every trained kind
+            raise ConfigError(f"model kind {kind.name!r} is not trained: nothing for a Trainer to do")
+        loss = resolve_objective(objective.name, objective.params, kind.objective_kinds)
         # The objective declares the similarity it trains with; the model keeps it from here on.
         self.scoring = Scoring.of(loss)
         model = build_model(
@@ -104,7 +107,7 @@ class Trainer:
             and config.training.batch_size // env.world_size * (1 + config.negatives.count) >= data.n_items
         )
         self.reference = open_reference(
-            config.objective.reference,
+            objective.reference,
             data,
             self.tables,
             config.output_dir / f"reference_rank{env.rank}",
@@ -267,7 +270,8 @@ class Trainer:
             **({} if self.env.is_main and sys.stderr.isatty() else {"disable": True}),
         )
         step = self.epochs_done * len(self.batches)
-        for batch in prefetched(self.batches):
+        drawn: Iterable[Batch] = self.batches
+        for batch in prefetched(drawn):
             self.schedule.set(step)
             step += 1
             batch = batch.to(self.env.device)

@@ -198,7 +198,8 @@ def _id_list(text: str) -> list[int] | list[str]:
     """Comma-separated ids: integers, or (any part not an integer) the log's string ids."""
     parts = [part.strip() for part in text.split(",") if part.strip()]
     ids = [_id(part) for part in parts]
-    return parts if any(isinstance(i, str) for i in ids) else ids  # type: ignore[return-value]
+    numbers = [i for i in ids if isinstance(i, int)]
+    return numbers if len(numbers) == len(ids) else parts
 
 
 def _bid_list(text: str) -> list[tuple[int, float]]:

@@ -18,11 +18,9 @@ when dropout on the user vector (the authors' ``net_dropout``, applied after nor
 scales a score above 1.
 """
 
-from typing import ClassVar
-
 import torch
 
-from ._retrieval import RetrievalObjective
+from ._retrieval import RetrievalObjective, Similarity
 from ._validation import require_positive
 
 
@@ -43,7 +41,7 @@ class CosineContrastiveLoss(RetrievalObjective):
     """
 
     #: CCL is defined on cosine similarity: the trained model scores by cosine.
-    similarity: ClassVar[str] = "cosine"  # type: ignore[misc]  # fixed by the loss, not a parameter
+    similarity: Similarity = "cosine"  # fixed by the loss, not a parameter
 
     def __init__(self, margin: float = 0.8, negative_weight: float | None = None) -> None:
         super().__init__()
