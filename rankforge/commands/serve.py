@@ -23,16 +23,31 @@ from rankforge.settings import Settings, configure_mlflow
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    settings = Settings.from_env()
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+FORMAT = argparse.ArgumentDefaultsHelpFormatter
+#: --redis-url's help: its default comes from the environment and may hold a password, so it is
+#: resolved when the command runs (redis_url) and never printed by --help.
+REDIS_HELP = "online feature store (default: $RANKFORGE_REDIS_URL, else redis://127.0.0.1:6379/0)"
 
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    _add_serve(subparsers)
+    _add_auction(subparsers)
+    _add_query(subparsers)
+    _add_materialize(subparsers)
+
+
+def redis_url(args: argparse.Namespace) -> str:
+    """--redis-url, else the configured one (RANKFORGE_REDIS_URL)."""
+    return args.redis_url or Settings.from_env().redis_url
+
+
+def _add_serve(subparsers: argparse._SubParsersAction) -> None:
     serve = subparsers.add_parser(
         "serve",
         help="run the gRPC retrieval-then-rank server",
         description="Serve the registry champions (or bundle directories) over gRPC: retrieval by the "
         "model's own scoring function, then the ONNX ranker, with features from Redis.",
-        formatter_class=fmt,
+        formatter_class=FORMAT,
     )
     serve.add_argument(
         "--retrieval", default="models:/rankforge-retrieval@champion", help="model URI or bundle dir"
@@ -40,9 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--ranker", default="models:/rankforge-ranker@champion", help="model URI or bundle dir"
     )
-    serve.add_argument(
-        "--redis-url", default=settings.redis_url, help="online feature store (RANKFORGE_REDIS_URL)"
-    )
+    serve.add_argument("--redis-url", default=None, help=REDIS_HELP)
     serve.add_argument("--feature-prefix", default="rf:v1", help="Redis key prefix written by materialize")
     serve.add_argument(
         "--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: every interface)"
@@ -95,12 +108,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     serve.set_defaults(func=_serve)
 
+
+def _add_auction(subparsers: argparse._SubParsersAction) -> None:
     auction = subparsers.add_parser(
         "auction",
         help="run one ad auction on a running server",
         description="Send one Auction request (ads and their bids) to a running `rankforge serve "
         "--ad-ranker ...` and print the ads by eCPM with their pCTR and price.",
-        formatter_class=fmt,
+        formatter_class=FORMAT,
     )
     _client_options(auction)
     auction.add_argument(
@@ -108,11 +123,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     auction.set_defaults(func=_auction)
 
+
+def _add_query(subparsers: argparse._SubParsersAction) -> None:
     query = subparsers.add_parser(
         "query",
         help="ask a running server for a user's top K",
         description="Send one Rank request to a running `rankforge serve` and print the ranking.",
-        formatter_class=fmt,
+        formatter_class=FORMAT,
     )
     _client_options(query)
     query.add_argument("--k", type=int, default=10, help="items to return")
@@ -121,12 +138,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     query.set_defaults(func=_query)
 
+
+def _add_materialize(subparsers: argparse._SubParsersAction) -> None:
     mat = subparsers.add_parser(
         "materialize",
         help="write user/item features to Redis as a new version",
         description="Compute online features from a data config and write them to Redis as a new "
         "version, switched to atomically once complete.",
-        formatter_class=fmt,
+        formatter_class=FORMAT,
     )
     mat.add_argument(
         "--data-config",
@@ -134,9 +153,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="TOML/YAML/JSON data config, or a training config (its [data] section); default: synthetic",
     )
-    mat.add_argument(
-        "--redis-url", default=settings.redis_url, help="online feature store (RANKFORGE_REDIS_URL)"
-    )
+    mat.add_argument("--redis-url", default=None, help=REDIS_HELP)
     mat.add_argument("--feature-prefix", default="rf:v1", help="Redis key prefix the server reads")
     mat.add_argument("--version", default=None, help="version name (default: UTC time + random suffix)")
     mat.add_argument("--ttl-s", type=int, default=7 * 24 * 3600, help="expiry of the written keys")
@@ -251,7 +268,7 @@ def _serve(args: argparse.Namespace) -> int:
     config = ServerConfig(
         retrieval=args.retrieval,
         ranker=args.ranker,
-        redis_url=args.redis_url,
+        redis_url=redis_url(args),
         feature_prefix=args.feature_prefix,
         host=args.host,
         port=args.port,
@@ -271,9 +288,9 @@ def _serve(args: argparse.Namespace) -> int:
         server = RankingServer(config)
     except RuntimeError as exc:  # grpc: "Failed to bind to address ..."
         raise ConfigError(f"cannot listen on {args.host}:{args.port} (in use? try --port): {exc}") from exc
-    if not _redis_answers(args.redis_url):
+    if not _redis_answers(redis_url(args)):
         print(
-            f"rankforge serve: warning: Redis at {masked(args.redis_url)} is not answering; requests "
+            f"rankforge serve: warning: Redis at {masked(redis_url(args))} is not answering; requests "
             "fail with UNAVAILABLE until it does (start redis-server, then rankforge materialize)",
             file=sys.stderr,
             flush=True,
@@ -370,13 +387,13 @@ def _materialize(args: argparse.Namespace) -> int:
     from rankforge.serving.feature_writer import FeatureWriter
 
     config = DataConfig() if args.data_config is None else DataConfig.from_file(args.data_config)
-    if not _redis_answers(args.redis_url):
+    if not _redis_answers(redis_url(args)):
         raise ConfigError(
-            f"Redis at {masked(args.redis_url)} is not answering: start redis-server, or point --redis-url "
+            f"Redis at {masked(redis_url(args))} is not answering: start redis-server, or point --redis-url "
             "(RANKFORGE_REDIS_URL) at one"
         )
     data = prepare(config)
-    client = connect(args.redis_url, timeout_s=5.0)
+    client = connect(redis_url(args), timeout_s=5.0)
     report = FeatureWriter(client, KeyLayout(args.feature_prefix), ttl_s=args.ttl_s).write(data, args.version)
     print(json.dumps({"feature_version": report.version, "users": report.n_users, "items": report.n_items}))
     return 0

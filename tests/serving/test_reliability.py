@@ -658,3 +658,13 @@ def test_an_unreadable_job_state_with_a_valid_checksum_is_one_line(tmp_path) -> 
     checkpointer = Checkpointer(tmp_path, keep=2, env=env)
     with pytest.raises(ConfigError, match=r"cannot read .*job_state\.pt"):
         checkpointer.read_state(folder)
+
+
+def test_help_never_prints_the_configured_redis_password(monkeypatch, capsys) -> None:
+    from rankforge.cli import main
+
+    monkeypatch.setenv("RANKFORGE_REDIS_URL", "redis://admin:topsecret@10.0.0.5:6379/0")
+    for command in ("serve", "materialize"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert "topsecret" not in capsys.readouterr().out
