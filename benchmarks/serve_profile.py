@@ -36,7 +36,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 from rankforge.bundles.ann_index import IndexConfig
 from rankforge.bundles.export import build_ranker_bundle, build_retrieval_bundle
 from rankforge.features.aggregates import DENSE_FEATURES
-from rankforge.features.pipeline import DataConfig, SyntheticConfig, prepare
+from rankforge.features.pipeline import DataConfig, PreparedData, SyntheticConfig, prepare
 from rankforge.infra.redis_server import ensure_redis
 from rankforge.models.inputs import sparse_features
 from rankforge.models.matrix_factorization import MatrixFactorization
@@ -91,7 +91,7 @@ def open_loop(address: str, users: list[int], qps: float, seconds: float) -> tup
     return np.asarray(latencies), errors[0]
 
 
-def main() -> int:
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=1_000_000)
     parser.add_argument("--users", type=int, default=300)
@@ -101,7 +101,85 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--profile-requests", type=int, default=300)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def _bundles(args: argparse.Namespace, data: PreparedData, root: str) -> tuple[str, str]:
+    """Fresh retrieval and ranker bundles under ``root``; returns their directories."""
+    torch.manual_seed(0)
+    u, i = sparse_features(data.inputs, "user"), sparse_features(data.inputs, "item")
+    retrieval, ranker = os.path.join(root, "retrieval"), os.path.join(root, "ranker")
+    os.makedirs(retrieval)
+    os.makedirs(ranker)
+    index = IndexConfig(kind=args.index, nprobe=args.nprobe, on_low_recall="warn")
+    # matrix factorisation with N(0, 1) rows: item vectors as diverse as a trained catalogue's
+    # (a fresh two-tower's MLP maps every item to nearly the same vector, so every user would
+    # retrieve the same items and the item cache would hit every time)
+    mf = MatrixFactorization(data.n_users, data.n_items, 64, init_std=1.0)
+    manifest = build_retrieval_bundle(mf, data, retrieval, index=index)
+    build_ranker_bundle(RankingModel(u + i, DENSE_FEATURES), data, ranker)
+    print(f"index {manifest.index or 'exact'}", flush=True)
+    return retrieval, ranker
+
+
+def _profile(config: ServerConfig, users: list[int], requests: int) -> None:
+    """Stage times of sequential requests, in process, with the item cache off and on."""
+    for cache in (0, 500_000):
+        server = RankingServer(replace(config, item_cache_size=cache)).start()
+        server.service.profile = StageProfile()
+        latencies = []
+        with RankingClient(server.address, timeout_s=5.0) as rc:
+            rc.rank(users[0], k=K)
+            server.service.profile.reset()
+            for n in range(requests):
+                began = time.perf_counter()
+                rc.rank(users[n % len(users)], k=K)
+                latencies.append((time.perf_counter() - began) * 1e3)
+        stages = server.service.profile.mean_ms()
+        server.stop(1)
+        handler = stages.pop("handler total")
+        label = "item cache off" if cache == 0 else "item cache on"
+        print(f"\nper request, sequential, {label} ({requests} requests), mean ms:")
+        for stage, ms in sorted(stages.items(), key=lambda kv: -kv[1]):
+            print(f"  {stage:<24} {ms:7.3f}")
+        print(f"  {'handler total':<24} {handler:7.3f}")
+        outside = float(np.mean(latencies)) - handler
+        print(f"  {'gRPC + Python outside':<24} {outside:7.3f}   (client mean {np.mean(latencies):.3f})")
+
+
+def _load(args: argparse.Namespace, config: ServerConfig, users: list[int]) -> None:
+    """``rankforge serve --processes P`` in its own process(es), driven open-loop at ``--qps``."""
+    print(f"\nopen loop at {args.qps:.0f} QPS for {args.seconds:.0f} s, retrieve + rank {K * FACTOR}:")
+    print(f"  {'processes':>9} {'ok':>6} {'errors':>6} {'p50 ms':>8} {'p99 ms':>8}")
+    for processes in args.processes:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        command = [
+            *(sys.executable, "-m", "rankforge.cli", "serve"),
+            *("--processes", str(processes), "--port", str(port)),
+            *("--retrieval", config.retrieval, "--ranker", config.ranker),
+            *("--redis-url", config.redis_url, "--feature-prefix", config.feature_prefix),
+            *("--refresh-interval-s", "0", "--workers", "16"),
+        ]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        served = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
+        )
+        try:
+            assert served.stdout is not None
+            served.stdout.readline()
+            time.sleep(3 + 2 * processes)  # the spawned workers load their models
+            lat, errors = open_loop(f"127.0.0.1:{port}", users, args.qps, args.seconds)
+            p50, p99 = np.percentile(lat, [50, 99]) if len(lat) else (float("nan"), float("nan"))
+            print(f"  {processes:>9} {len(lat):>6} {errors:>6} {p50:>8.2f} {p99:>8.2f}", flush=True)
+        finally:
+            served.terminate()
+            served.wait(timeout=30)
+
+
+def main() -> int:
+    args = _arguments()
     torch.set_num_threads(1)
     redis_url = Settings.from_env().redis_url
     ensure_redis(redis_url)
@@ -114,29 +192,10 @@ def main() -> int:
     client = connect(redis_url, timeout_s=5.0)
     users = [int(u) for u in data.mapping.users["user_id"]]
     with tempfile.TemporaryDirectory(prefix="rankforge-profile-") as root:
-        torch.manual_seed(0)
-        u, i = (
-            sparse_features(data.inputs, "user"),
-            sparse_features(data.inputs, "item"),
-        )
-        retrieval, ranker = os.path.join(root, "retrieval"), os.path.join(root, "ranker")
-        os.makedirs(retrieval)
-        os.makedirs(ranker)
         started = time.perf_counter()
-        index = IndexConfig(kind=args.index, nprobe=args.nprobe, on_low_recall="warn")
-        # matrix factorisation with N(0, 1) rows: item vectors as diverse as a trained catalogue's
-        # (a fresh two-tower's MLP maps every item to nearly the same vector, so every user would
-        # retrieve the same items and the item cache would hit every time)
-        mf = MatrixFactorization(data.n_users, data.n_items, 64, init_std=1.0)
-        manifest = build_retrieval_bundle(mf, data, retrieval, index=index)
-        build_ranker_bundle(RankingModel(u + i, DENSE_FEATURES), data, ranker)
+        retrieval, ranker = _bundles(args, data, root)
         FeatureWriter(client, layout, ttl_s=1800).write(data)
-        print(
-            f"setup {time.perf_counter() - started:.0f} s: {data.n_users} users, {data.n_items} items, "
-            f"index {manifest.index or 'exact'}",
-            flush=True,
-        )
-        limits = ServiceLimits(retrieve_factor=FACTOR)
+        print(f"setup {time.perf_counter() - started:.0f} s: {data.n_users} users, {data.n_items} items")
         config = ServerConfig(
             retrieval=retrieval,
             ranker=ranker,
@@ -144,75 +203,15 @@ def main() -> int:
             feature_prefix=layout.prefix,
             port=0,
             refresh_interval_s=0,
-            limits=limits,
+            limits=ServiceLimits(retrieve_factor=FACTOR),
         )
-        for cache in (0, 500_000):
-            server = RankingServer(replace(config, item_cache_size=cache)).start()
-            server.service.profile = StageProfile()
-            latencies = []
-            with RankingClient(server.address, timeout_s=5.0) as rc:
-                rc.rank(users[0], k=K)
-                server.service.profile.reset()
-                for n in range(args.profile_requests):
-                    began = time.perf_counter()
-                    rc.rank(users[n % len(users)], k=K)
-                    latencies.append((time.perf_counter() - began) * 1e3)
-            stages = server.service.profile.mean_ms()
-            server.stop(1)
-            handler = stages.pop("handler total")
-            label = "item cache off" if cache == 0 else "item cache on"
-            print(f"\nper request, sequential, {label} ({args.profile_requests} requests), mean ms:")
-            for stage, ms in sorted(stages.items(), key=lambda kv: -kv[1]):
-                print(f"  {stage:<24} {ms:7.3f}")
-            print(f"  {'handler total':<24} {handler:7.3f}")
-            outside = float(np.mean(latencies)) - handler
-            print(f"  {'gRPC + Python outside':<24} {outside:7.3f}   (client mean {np.mean(latencies):.3f})")
-
-        print(f"\nopen loop at {args.qps:.0f} QPS for {args.seconds:.0f} s, retrieve + rank {K * FACTOR}:")
-        print(f"  {'processes':>9} {'ok':>6} {'errors':>6} {'p50 ms':>8} {'p99 ms':>8}")
-        for processes in args.processes:
-            with socket.socket() as probe:
-                probe.bind(("127.0.0.1", 0))
-                port = probe.getsockname()[1]
-            command = [
-                sys.executable,
-                "-m",
-                "rankforge.cli",
-                "serve",
-                "--processes",
-                str(processes),
-                "--port",
-                str(port),
-                "--retrieval",
-                retrieval,
-                "--ranker",
-                ranker,
-                "--redis-url",
-                redis_url,
-                "--feature-prefix",
-                layout.prefix,
-                "--refresh-interval-s",
-                "0",
-                "--workers",
-                "16",
-            ]
-            env = {**os.environ, "OMP_NUM_THREADS": "1"}
-            served = subprocess.Popen(
-                command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
-            )
-            try:
-                assert served.stdout is not None
-                served.stdout.readline()
-                time.sleep(3 + 2 * processes)  # the spawned workers load their models
-                lat, errors = open_loop(f"127.0.0.1:{port}", users, args.qps, args.seconds)
-                p50, p99 = np.percentile(lat, [50, 99]) if len(lat) else (float("nan"), float("nan"))
-                print(f"  {processes:>9} {len(lat):>6} {errors:>6} {p50:>8.2f} {p99:>8.2f}", flush=True)
-            finally:
-                served.terminate()
-                served.wait(timeout=30)
-        keys = list(client.scan_iter(f"{layout.prefix}:*", count=5000))
-        for start in range(0, len(keys), 5000):
-            client.delete(*keys[start : start + 5000])
+        try:
+            _profile(config, users, args.profile_requests)
+            _load(args, config, users)
+        finally:
+            keys = list(client.scan_iter(f"{layout.prefix}:*", count=5000))
+            for start in range(0, len(keys), 5000):
+                client.delete(*keys[start : start + 5000])
     return 0
 
 

@@ -22,6 +22,7 @@ outside {0, 1}, unparsable timestamps, or a spec naming a column the file lacks.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -118,61 +119,59 @@ def read_ids(frame: pl.DataFrame, column: str, path: Path) -> pl.Series:
     return ids
 
 
-def scan_log(path: str | Path, spec: LogSpec, context: list[str] | None = None) -> pl.LazyFrame:
-    """The log as a lazy frame in the canonical schema, checked in one streaming pass: bad rows
-    are named with their row numbers in the file. Both :func:`read_log` (which collects it) and
-    out-of-core preparation (which never does) read logs through this."""
-    p = existing_file(path)
-    kind = FORMATS.get(p.suffix.lower())
-    if kind is None:
-        raise DataError(f"{p}: expected a .csv, .parquet, .ndjson or .jsonl file, got {p.suffix!r}")
-    frame = {"csv": pl.scan_csv, "parquet": pl.scan_parquet, "ndjson": pl.scan_ndjson}[kind](p)
-    schema = frame.collect_schema()
-    wanted = {"user": spec.user, "item": spec.item, "timestamp": spec.timestamp, "label": spec.label}
-    wanted |= {f"context {c!r}": c for c in context or []}
-    missing = [f"{role}={col!r}" for role, col in wanted.items() if col is not None and col not in schema]
-    if missing:
-        raise DataError(
-            f"{p}: data.log names column(s) the file lacks: {', '.join(missing)}; it has {schema.names()}"
-        )
-    # name -> (bad row, column, message; "{n}" is the number of bad rows), checked in this order
-    checks: dict[str, tuple[pl.Expr, str, str]] = {}
-    out = {}
-    for column, target in ((spec.user, USER), (spec.item, ITEM)):
-        ids = pl.col(column).cast(pl.Int64, strict=False)
-        checks[f"null {target}"] = (
-            pl.col(column).is_null(),
-            column,
-            f"column {column!r} has {{n}} null id(s)",
-        )
-        if spec.ids == "string":
-            out[target] = pl.col(f"_{target}")  # joined below from the distinct strings
-            continue
-        checks[f"bad {target}"] = (
-            ids.is_null() & pl.col(column).is_not_null(),
-            column,
-            f"column {column!r} holds non-integer ids (set data.log.ids = 'string' for ids like 'u_95')",
-        )
-        out[target] = ids
-    if spec.label is not None:
+@dataclass
+class _Columns:
+    """The canonical columns being built from the raw ones (name -> expression) and the checks on
+    the raw rows, in the order they run: name -> (bad-row condition, the column shown with the
+    bad rows, message; "{n}" is the number of bad rows)."""
+
+    out: dict[str, pl.Expr] = field(default_factory=dict)
+    checks: dict[str, tuple[pl.Expr, str, str]] = field(default_factory=dict)
+
+    def add_ids(self, spec: LogSpec) -> None:
+        for column, target in ((spec.user, USER), (spec.item, ITEM)):
+            ids = pl.col(column).cast(pl.Int64, strict=False)
+            self.checks[f"null {target}"] = (
+                pl.col(column).is_null(),
+                column,
+                f"column {column!r} has {{n}} null id(s)",
+            )
+            if spec.ids == "string":
+                self.out[target] = pl.col(f"_{target}")  # joined from the distinct strings
+                continue
+            self.checks[f"bad {target}"] = (
+                ids.is_null() & pl.col(column).is_not_null(),
+                column,
+                f"column {column!r} holds non-integer ids (set data.log.ids = 'string' for ids like 'u_95')",
+            )
+            self.out[target] = ids
+
+    def add_label(self, spec: LogSpec) -> None:
+        if spec.label is None:
+            self.out[RATING] = pl.lit(None, dtype=pl.Float64)
+            return
         label = spec.label
         value = pl.col(label).cast(pl.Float64, strict=False)
-        checks["label"] = (
+        self.checks["label"] = (
             value.is_null() | ~value.is_finite(),
             label,
             f"label column {label!r} has missing or non-numeric values",
         )
-        checks["negative"] = (value < 0, label, f"label column {label!r} has negative values")
+        self.checks["negative"] = (value < 0, label, f"label column {label!r} has negative values")
         if spec.label_rule == "binary":
-            checks["binary"] = (
+            self.checks["binary"] = (
                 ~value.is_in([0.0, 1.0]),
                 label,
                 f"label column {label!r} (label_rule 'binary') holds values other than 0/1",
             )
-        out[RATING] = value
-    else:
-        out[RATING] = pl.lit(None, dtype=pl.Float64)
-    if spec.timestamp is not None:
+        self.out[RATING] = value
+
+    def add_timestamp(self, spec: LogSpec, schema: pl.Schema) -> None:
+        """Seconds since the epoch from an integer, a date-time or a date-time string column; a log
+        without timestamps is ordered as written."""
+        if spec.timestamp is None:
+            self.out[TIMESTAMP] = pl.int_range(pl.len(), dtype=pl.Int64)
+            return
         dtype = schema[spec.timestamp]
         raw = pl.col(spec.timestamp)
         if dtype == pl.String:
@@ -182,46 +181,81 @@ def scan_log(path: str | Path, spec: LogSpec, context: list[str] | None = None) 
         else:
             seconds = raw.cast(pl.Int64, strict=False)
         problem = "unparsable" if dtype == pl.String or dtype.is_temporal() else "non-integer"
-        checks["timestamp"] = (
+        self.checks["timestamp"] = (
             seconds.is_null(),
             spec.timestamp,
             f"column {spec.timestamp!r} has {problem} timestamps",
         )
-        out[TIMESTAMP] = seconds
-    else:
-        out[TIMESTAMP] = pl.int_range(pl.len(), dtype=pl.Int64)
-    for column in context or []:
-        value = pl.col(column).cast(pl.Float64, strict=False)
-        checks[f"context {column}"] = (
-            value.is_null() | ~value.is_finite(),
-            column,
-            f"context column {column!r} has missing or non-numeric values",
+        self.out[TIMESTAMP] = seconds
+
+    def add_context(self, context: list[str]) -> None:
+        for column in context:
+            value = pl.col(column).cast(pl.Float64, strict=False)
+            self.checks[f"context {column}"] = (
+                value.is_null() | ~value.is_finite(),
+                column,
+                f"context column {column!r} has missing or non-numeric values",
+            )
+            self.out[column] = value
+
+    def check(self, frame: pl.LazyFrame, path: Path, timestamped: bool) -> int:
+        """Run every check in one streaming pass; the first failing one is an error naming its
+        first bad rows (0-based row numbers in the file). Returns the largest timestamp."""
+        try:
+            counts = frame.select(
+                pl.len().alias("_rows"),
+                *(cond.sum().alias(name) for name, (cond, _, _) in self.checks.items()),
+                (self.out[TIMESTAMP].max() if timestamped else pl.lit(0)).alias("_max_ts"),
+            ).collect(engine="streaming")
+        except (pl.exceptions.ComputeError, OSError) as exc:
+            raise DataError(f"cannot read {path}: {str(exc)[:200]}") from exc
+        if counts["_rows"].item() == 0:
+            raise DataError(f"no interactions in {path}")
+        for name, (cond, column, message) in self.checks.items():
+            n = counts[name].item()
+            if n:
+                rows = frame.with_row_index("row").filter(cond).select("row", column).head(SHOWN).collect()
+                more = f" (+{n - rows.height} more)" if n > rows.height else ""
+                shown = ", ".join(str(r) for r in rows.rows(named=True))
+                raise DataError(f"{path}: {message.replace('{n}', str(n))}: {shown}{more}")
+        return int(counts["_max_ts"].item() or 0)
+
+
+def _scan_file(path: str | Path, spec: LogSpec, context: list[str]) -> tuple[Path, pl.LazyFrame, pl.Schema]:
+    """The file scanned by its format, with every column ``spec`` and ``context`` name present."""
+    p = existing_file(path)
+    kind = FORMATS.get(p.suffix.lower())
+    if kind is None:
+        raise DataError(f"{p}: expected a .csv, .parquet, .ndjson or .jsonl file, got {p.suffix!r}")
+    frame = {"csv": pl.scan_csv, "parquet": pl.scan_parquet, "ndjson": pl.scan_ndjson}[kind](p)
+    schema = frame.collect_schema()
+    wanted = {"user": spec.user, "item": spec.item, "timestamp": spec.timestamp, "label": spec.label}
+    wanted |= {f"context {c!r}": c for c in context}
+    missing = [f"{role}={col!r}" for role, col in wanted.items() if col is not None and col not in schema]
+    if missing:
+        raise DataError(
+            f"{p}: data.log names column(s) the file lacks: {', '.join(missing)}; it has {schema.names()}"
         )
-        out[column] = value
-    try:
-        counts = frame.select(
-            pl.len().alias("_rows"),
-            *(cond.sum().alias(name) for name, (cond, _, _) in checks.items()),
-            (out[TIMESTAMP].max() if spec.timestamp is not None else pl.lit(0)).alias("_max_ts"),
-        ).collect(engine="streaming")
-    except (pl.exceptions.ComputeError, OSError) as exc:
-        raise DataError(f"cannot read {p}: {str(exc)[:200]}") from exc
-    if counts["_rows"].item() == 0:
-        raise DataError(f"no interactions in {p}")
-    for name, (cond, column, message) in checks.items():
-        n = counts[name].item()
-        if n:
-            rows = frame.with_row_index("row").filter(cond).select("row", column).head(SHOWN).collect()
-            more = f" (+{n - rows.height} more)" if n > rows.height else ""
-            shown = ", ".join(str(r) for r in rows.rows(named=True))
-            raise DataError(f"{p}: {message.replace('{n}', str(n))}: {shown}{more}")
+    return p, frame, schema
+
+
+def scan_log(path: str | Path, spec: LogSpec, context: list[str] | None = None) -> pl.LazyFrame:
+    """The log as a lazy frame in the canonical schema, checked in one streaming pass: bad rows
+    are named with their row numbers in the file. Both :func:`read_log` (which collects it) and
+    out-of-core preparation (which never does) read logs through this."""
+    context = context or []
+    p, frame, schema = _scan_file(path, spec, context)
+    columns = _Columns()
+    columns.add_ids(spec)
+    columns.add_label(spec)
+    columns.add_timestamp(spec, schema)
+    columns.add_context(context)
+    max_ts = columns.check(frame, p, timestamped=spec.timestamp is not None)
+    out = columns.out
     if (
         spec.timestamp is not None
         and schema[spec.timestamp].is_numeric()
-        and (
-            spec.timestamp_unit == "ms"
-            or (spec.timestamp_unit == "auto" and (counts["_max_ts"].item() or 0) > MS_THRESHOLD)
-        )
+        and (spec.timestamp_unit == "ms" or (spec.timestamp_unit == "auto" and max_ts > MS_THRESHOLD))
     ):
         out[TIMESTAMP] = out[TIMESTAMP] // 1000
     if spec.ids == "string":
@@ -229,8 +263,6 @@ def scan_log(path: str | Path, spec: LogSpec, context: list[str] | None = None) 
             frame = with_stable_ids(frame, column, target, f"_{target}")
             out[KEY_OF[target]] = pl.col(KEY_OF[target])
     return frame.select(
-        expr.cast(
-            INTERACTION_SCHEMA.get(name, pl.Float64() if name in (context or []) else pl.String())
-        ).alias(name)
+        expr.cast(INTERACTION_SCHEMA.get(name, pl.Float64() if name in context else pl.String())).alias(name)
         for name, expr in out.items()
     )

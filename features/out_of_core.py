@@ -28,6 +28,7 @@ import math
 import shutil
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
@@ -40,7 +41,7 @@ from rankforge.features.declared_features import (
     fit_context,
     read_side_table,
 )
-from rankforge.features.feature_spec import InputLayout
+from rankforge.features.feature_spec import ContextInput, InputLayout
 from rankforge.features.id_mapping import IdMapping
 from rankforge.features.loaders import scan_interactions
 from rankforge.features.log_spec import scan_log
@@ -131,21 +132,70 @@ class _Phases:
         self.last = now
 
 
+@dataclass
+class _Known:
+    """What the known (train + validation) part of the whole log fixes: the id mapping, the side
+    tables and the context features' normalisation."""
+
+    mapping: IdMapping
+    users_table: pl.DataFrame | None
+    items_table: pl.DataFrame | None
+    context: tuple[ContextInput, ...]
+
+
+@dataclass
+class _BucketOutputs:
+    """What each bucket contributes to the global tables."""
+
+    users: list[pl.DataFrame] = field(default_factory=list)  # user aggregates + latest histories
+    item_partials: list[pl.DataFrame] = field(default_factory=list)  # summable item aggregates
+    positives: int = 0  # positive training events
+
+
 def _prepare(config: DataConfig, tmp: Path, events_per_bucket: int) -> None:
     phase = _Phases()
     events_log = scan_source(config)
     n_events = events_log.select(pl.len()).collect(engine="streaming").item()
-    n_buckets = max(1, math.ceil(n_events / events_per_bucket))
     cuts = _cuts(events_log, config)
     phase("check")
     raw = tmp / "_raw"
+    buckets = _partition(events_log, raw, max(1, math.ceil(n_events / events_per_bucket)))
+    phase("partition")
+    known = _fit_known(config, buckets, cuts)
+    known.mapping.save(tmp / "id_mapping")
+    phase("id mapping")
+    outputs = _BucketOutputs()
+    for b, folder in enumerate(buckets):
+        _write_bucket(config, known, cuts, pl.read_parquet(folder).lazy(), tmp, b, outputs, phase)
+    shutil.rmtree(raw)
+    _check_split(config, tmp, outputs.positives)
+    layout = _write_feature_tables(config, known, outputs, tmp)
+    phase("feature tables")
+    meta = {
+        "source": config.describe() + " (out of core)",
+        "events": n_events,
+        "buckets": len(buckets),
+        "history_len": config.history_len,
+        "training_history": config.training_history,
+        "layout": layout.to_dict(),
+        "phase_seconds": {k: round(v, 2) for k, v in phase.seconds.items()},
+    }
+    (tmp / MANIFEST).write_text(json.dumps(meta, indent=2, sort_keys=True))
+
+
+def _partition(events_log: pl.LazyFrame, raw: Path, n_buckets: int) -> list[Path]:
+    """Stream the log into ``n_buckets`` folders by ``hash(user)``: every event of a user in one
+    bucket. Returns the bucket folders, sorted."""
     events_log.with_columns((pl.col(USER).hash(7) % n_buckets).cast(pl.Int32).alias(BUCKET)).sink_parquet(
         pl.PartitionBy(raw, key=BUCKET, include_key=False), mkdir=True, engine="streaming"
     )
-    buckets = sorted(p for p in raw.iterdir() if p.is_dir())
-    phase("partition")
+    return sorted(p for p in raw.iterdir() if p.is_dir())
 
-    # the id mapping: users and items of the known (train + validation) part of every bucket
+
+def _fit_known(config: DataConfig, buckets: list[Path], cuts: tuple[int | None, int | None]) -> _Known:
+    """The id mapping over the users and items of every bucket's known part (plus the item
+    table's catalogue) and the context normalisation fitted on the training part, as
+    ``prepare`` fits them on the whole log."""
     known_users, known_items, train_context = [], [], []
     keys = [USER_KEY, ITEM_KEY] if config.string_ids else []
     context_columns = [f.source_column for f in context_features(config.features)]
@@ -155,99 +205,106 @@ def _prepare(config: DataConfig, tmp: Path, events_per_bucket: int) -> None:
         frame = known.select(USER, ITEM, *keys).collect()
         known_users.append(frame.select(USER, *keys[:1]).unique(subset=[USER]))
         known_items.append(frame.select(ITEM, *keys[1:]).unique(subset=[ITEM]))
-        if context_columns:  # the normalisation is fitted on the training part, as prepare() does
+        if context_columns:
             train_context.append(train.select(context_columns).collect())
     items = (
         read_side_table(config.item_table, ITEM, config.string_ids) if config.item_table is not None else None
     )
-    users_table = (
+    users = (
         read_side_table(config.user_table, USER, config.string_ids) if config.user_table is not None else None
     )
     catalogue = [items.select(ITEM, *keys[1:])] if items is not None else []
     mapping = IdMapping.from_ids(
         pl.concat(known_users), pl.concat(known_items + catalogue, how="diagonal_relaxed")
     )
-    mapping.save(tmp / "id_mapping")
-    phase("id mapping")
-
-    threshold = config.label_threshold
     context = fit_context(pl.concat(train_context), config.features) if train_context else ()
-    names = [c.name for c in context]
+    return _Known(mapping, users, items, context)
+
+
+def _write_bucket(
+    config: DataConfig,
+    known: _Known,
+    cuts: tuple[int | None, int | None],
+    bucket: pl.LazyFrame,
+    tmp: Path,
+    b: int,
+    outputs: _BucketOutputs,
+    phase: _Phases,
+) -> None:
+    """One bucket, in memory, through the in-memory pipeline's steps: split, encode, number the
+    positives before each event, write its example and held-out shards, and add its user table
+    and item partial sums to ``outputs``."""
+    names = [c.name for c in known.context]
 
     def encoded(frame: pl.LazyFrame) -> pl.LazyFrame:
-        return encode_events(frame, mapping, threshold, context, config.features)
+        return encode_events(frame, known.mapping, config.label_threshold, known.context, config.features)
 
-    users_parts, partials, positives = [], [], 0
-    for b, folder in enumerate(buckets):
-        bucket = pl.read_parquet(folder).lazy()
-        train_raw, validation_raw, test_raw = _bucket_parts(bucket, config, cuts)
-        train = encoded(train_raw).collect()
-        events = train.lazy()
-        positives += train.filter(pl.col(LABEL) > 0).height
-        phase("bucket split")
-        # examples carry n_before, not the history list: the trainer gathers it (features.sequences)
-        numbered = hist.events_with_positives_before(
-            events.select(USER_IDX, ITEM_IDX, TIMESTAMP, LABEL, *names)
-        ).collect()
-        phase("bucket n_before")
-        ranking = numbered.lazy()
-        examples = ranking.filter(pl.col(LABEL) > 0).drop(LABEL)
-        # Examples stay in (user, time, item) order: deterministic, and the retrieval examples
-        # are then also the users' positive sequences. Training events are the ranking examples.
-        parts = {
-            "retrieval_examples": examples,
-            "ranking_examples": ranking,
-            "test_events": encoded(test_raw),
-        }
-        if validation_raw is not None:
-            parts["validation_events"] = encoded(validation_raw)
-        for kind, frame in parts.items():
-            (tmp / kind).mkdir(exist_ok=True)
-            ordered = frame if kind.endswith("_examples") else frame.sort(ORDER)
-            ordered.collect().write_parquet(tmp / kind / f"part-{b:05d}.parquet", compression="lz4")
-        phase("bucket shards")
-        users_parts.append(
-            user_aggregates(events)
-            .join(hist.latest_from_ordered(ranking, config.history_len), on=USER_IDX, how="left")
-            .collect()
-        )
-        partials.append(item_partials(events).collect())
-        phase("bucket user/item tables")
-    shutil.rmtree(raw)
+    train_raw, validation_raw, test_raw = _bucket_parts(bucket, config, cuts)
+    train = encoded(train_raw).collect()
+    events = train.lazy()
+    outputs.positives += train.filter(pl.col(LABEL) > 0).height
+    phase("bucket split")
+    # examples carry n_before, not the history list: the trainer gathers it (features.sequences)
+    ranking = (
+        hist.events_with_positives_before(events.select(USER_IDX, ITEM_IDX, TIMESTAMP, LABEL, *names))
+        .collect()
+        .lazy()
+    )
+    phase("bucket n_before")
+    # Examples stay in (user, time, item) order: deterministic, and the retrieval examples
+    # are then also the users' positive sequences. Training events are the ranking examples.
+    parts = {
+        "retrieval_examples": ranking.filter(pl.col(LABEL) > 0).drop(LABEL),
+        "ranking_examples": ranking,
+        "test_events": encoded(test_raw),
+    }
+    if validation_raw is not None:
+        parts["validation_events"] = encoded(validation_raw)
+    for kind, frame in parts.items():
+        (tmp / kind).mkdir(exist_ok=True)
+        ordered = frame if kind.endswith("_examples") else frame.sort(ORDER)
+        ordered.collect().write_parquet(tmp / kind / f"part-{b:05d}.parquet", compression="lz4")
+    phase("bucket shards")
+    outputs.users.append(
+        user_aggregates(events)
+        .join(hist.latest_from_ordered(ranking, config.history_len), on=USER_IDX, how="left")
+        .collect()
+    )
+    outputs.item_partials.append(item_partials(events).collect())
+    phase("bucket user/item tables")
+
+
+def _check_split(config: DataConfig, tmp: Path, positives: int) -> None:
+    """The split must leave positive training events and test events, as ``prepare`` checks."""
     if positives == 0:
-        raise DataError(f"no positive training events (label value >= {threshold})")
+        raise DataError(f"no positive training events (label value >= {config.label_threshold})")
     if (
         not any((tmp / "test_events").glob("*.parquet"))
         or pl.scan_parquet(tmp / "test_events").select(pl.len()).collect().item() == 0
     ):
         raise DataError("the split left no test events; lower n_test_per_user or raise test_fraction")
 
+
+def _write_feature_tables(
+    config: DataConfig, known: _Known, outputs: _BucketOutputs, tmp: Path
+) -> InputLayout:
+    """The user and item feature tables and vocabularies from the buckets' parts; returns the
+    input layout they declare."""
     tables = feature_tables(
         config,
-        mapping,
-        users_table,
-        items,
-        pl.concat(users_parts).lazy(),
-        item_aggregates_from_partials(pl.concat(partials).lazy(), mapping.n_items),
-        context,
+        known.mapping,
+        known.users_table,
+        known.items_table,
+        pl.concat(outputs.users).lazy(),
+        item_aggregates_from_partials(pl.concat(outputs.item_partials).lazy(), known.mapping.n_items),
+        known.context,
     )
     tables.users.write_parquet(tmp / "user_features.parquet")
     tables.items.write_parquet(tmp / "item_features.parquet")
     (tmp / "vocabularies").mkdir()
     for name, vocab in tables.vocabularies.items():
         vocab.write_parquet(tmp / "vocabularies" / f"{name}.parquet")
-    layout = tables.layout
-    meta = {
-        "source": config.describe() + " (out of core)",
-        "events": n_events,
-        "buckets": len(buckets),
-        "history_len": config.history_len,
-        "training_history": config.training_history,
-        "layout": layout.to_dict(),
-    }
-    phase("feature tables")
-    meta["phase_seconds"] = {k: round(v, 2) for k, v in phase.seconds.items()}
-    (tmp / MANIFEST).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    return tables.layout
 
 
 def _shards(directory: Path, kind: str) -> list[Path]:

@@ -409,6 +409,31 @@ def feature_tables(
     )
 
 
+def _split_parts(
+    log: pl.DataFrame, provided_test: pl.DataFrame | None, config: DataConfig
+) -> tuple[pl.DataFrame, pl.DataFrame | None, pl.DataFrame]:
+    """(train, validation or None, test) raw events: the test part as provided or split off the
+    log, then the validation part carved from the training part (never from the test part)."""
+    if provided_test is not None:
+        train_raw, test_raw = log, provided_test
+    else:
+        train_raw, test_raw = _split(log, config, config.test_fraction, test_from=config.test_from)
+    if train_raw.height == 0:
+        raise DataError("the split left no training events")
+    if test_raw.height == 0:
+        raise DataError("the split left no test events; lower n_test_per_user or raise test_fraction")
+    if config.validation_fraction <= 0:
+        return train_raw, None, test_raw
+    train_raw, validation_raw = _split(
+        train_raw, config, config.validation_fraction, seed=config.validation_seed
+    )
+    if validation_raw.height == 0 or train_raw.height == 0:
+        raise DataError(
+            f"data.validation_fraction={config.validation_fraction} left an empty validation or training part"
+        )
+    return train_raw, validation_raw, test_raw
+
+
 def prepare(config: DataConfig) -> PreparedData:
     """Load, split, encode and featurise a log according to ``config``."""
     if config.source == "prepared":
@@ -422,24 +447,7 @@ def prepare(config: DataConfig) -> PreparedData:
     users_table = (
         read_side_table(config.user_table, USER, config.string_ids) if config.user_table is not None else None
     )
-    if provided_test is not None:
-        train_raw, test_raw = log, provided_test
-    else:
-        train_raw, test_raw = _split(log, config, config.test_fraction, test_from=config.test_from)
-    if train_raw.height == 0:
-        raise DataError("the split left no training events")
-    if test_raw.height == 0:
-        raise DataError("the split left no test events; lower n_test_per_user or raise test_fraction")
-    validation = validation_raw = None
-    if config.validation_fraction > 0:
-        train_raw, validation_raw = _split(
-            train_raw, config, config.validation_fraction, seed=config.validation_seed
-        )
-        if validation_raw.height == 0 or train_raw.height == 0:
-            raise DataError(
-                f"data.validation_fraction={config.validation_fraction} left an empty validation or "
-                "training part"
-            )
+    train_raw, validation_raw, test_raw = _split_parts(log, provided_test, config)
     # Ids are fitted on the whole training part: an item seen only in the carved validation events
     # is still in the catalogue (untrained, like a cold item), so the test set loses nothing to it.
     known = (
@@ -455,8 +463,7 @@ def prepare(config: DataConfig) -> PreparedData:
         return encode_events(frame.lazy(), mapping, threshold, context, config.features).collect()
 
     train, test = encoded(train_raw), encoded(test_raw)
-    if config.validation_fraction > 0:
-        validation = encoded(validation_raw).sort(ORDER)
+    validation = encoded(validation_raw).sort(ORDER) if validation_raw is not None else None
     if train.filter(pl.col(LABEL) > 0).height == 0:
         raise DataError(f"no positive training events (label value >= {threshold})")
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import polars as pl
 
 from rankforge.features.auction_simulator import simulate_auctions
-from rankforge.features.pipeline import prepare
+from rankforge.features.pipeline import PreparedData, prepare
 from rankforge.pipelines.ab_compare import ABConfig
 from rankforge.pipelines.promote import Criterion, Decision, promote_if_better
 from rankforge.pipelines.train import TrainResult, run_training
@@ -78,18 +78,7 @@ def run_demo(
     say(f"      {_summary(ranker)}")
 
     say(f"[3/{steps}] champion vs challenger: A/B on held-out data and a replay log, promote if better")
-    configure_mlflow(settings, "rankforge-evaluation")
-    decisions = {}
-    for cfg, trained in ((retrieval_cfg, retrieval), (ranking_cfg, ranker)):
-        assert trained.registered is not None  # the demo's configs register their models
-        decision = promote_if_better(
-            cfg.registered_model, trained.registered.version, cfg.data, config=ABConfig(n_resamples=200)
-        )
-        decisions[cfg.registered_model] = decision
-        verdict = "promoted" if decision.applied else "champion kept"
-        say(f"      {cfg.registered_model} v{trained.registered.version}: {verdict}")
-        for reason in decision.reasons:
-            say(f"        - {reason}")
+    decisions = _promote_challengers([(retrieval_cfg, retrieval), (ranking_cfg, ranker)], settings, say)
 
     ad_rankers: list[TrainResult] = []
     if ads_cfg is not None:
@@ -104,6 +93,44 @@ def run_demo(
     say(f"      feature version {report.version}: {report.n_users} users, {report.n_items} items")
 
     say(f"[{steps}/{steps}] serving the registry champions over gRPC and querying it")
+    result = DemoResult(retrieval, ranker, decisions, report.version, ad_rankers=ad_rankers)
+    _serve_and_query(result, data, (retrieval_cfg, ranking_cfg, ads_cfg), settings, n_users, k, say)
+    say(f"MLflow store: {settings.tracking_uri}  (mlflow ui --backend-store-uri {settings.tracking_uri})")
+    return result
+
+
+def _promote_challengers(
+    trained: list[tuple[TrainConfig, TrainResult]], settings: Settings, say: Callable[[str], None]
+) -> dict[str, Decision]:
+    """A/B each newly registered model against its champion; promote it when it wins."""
+    configure_mlflow(settings, "rankforge-evaluation")
+    decisions = {}
+    for cfg, result in trained:
+        assert result.registered is not None  # the demo's configs register their models
+        decision = promote_if_better(
+            cfg.registered_model, result.registered.version, cfg.data, config=ABConfig(n_resamples=200)
+        )
+        decisions[cfg.registered_model] = decision
+        verdict = "promoted" if decision.applied else "champion kept"
+        say(f"      {cfg.registered_model} v{result.registered.version}: {verdict}")
+        for reason in decision.reasons:
+            say(f"        - {reason}")
+    return decisions
+
+
+def _serve_and_query(
+    result: DemoResult,
+    data: PreparedData,
+    configs: tuple[TrainConfig, TrainConfig, TrainConfig | None],
+    settings: Settings,
+    n_users: int,
+    k: int,
+    say: Callable[[str], None],
+) -> None:
+    """Serve the registry champions (retrieval, ranker, ad ranker) on a free port, rank
+    ``n_users`` test users (and run one auction with an ad ranker) and record the answers in
+    ``result``; the server is stopped either way."""
+    retrieval_cfg, ranking_cfg, ads_cfg = configs
     server = RankingServer(
         ServerConfig(
             retrieval=f"models:/{retrieval_cfg.registered_model}@champion",
@@ -114,7 +141,6 @@ def run_demo(
             ad_ranker=None if ads_cfg is None else f"models:/{ads_cfg.registered_model}@champion",
         )
     ).start()
-    result = DemoResult(retrieval, ranker, decisions, report.version, ad_rankers=ad_rankers)
     try:
         users = data.test_events.select("user_id").unique(maintain_order=True).head(n_users)
         with RankingClient(server.address, timeout_s=5.0) as client:
@@ -131,8 +157,6 @@ def run_demo(
                 say(_format_auction(user, result.auction))
     finally:
         server.stop(grace_s=1.0)
-    say(f"MLflow store: {settings.tracking_uri}  (mlflow ui --backend-store-uri {settings.tracking_uri})")
-    return result
 
 
 def _ads(

@@ -236,6 +236,95 @@ def run_counting(config: TrainConfig, data: PreparedData) -> TrainResult:
     )
 
 
+@dataclass
+class EpochEnd:
+    """What the trainer calls after each epoch (on every rank; rank 0 alone acts): log the epoch;
+    with a validation split, score it there every ``validate_every`` epochs and on the last, keep
+    the best weights, and say whether to stop (no improvement for ``patience`` epochs, or the time
+    budget would not hold one more epoch, its validation and the job's end)."""
+
+    config: TrainConfig
+    data: PreparedData
+    trainer: Trainer
+    env: DistEnv
+    started: float  # time.monotonic() at the job's start
+
+    def __call__(self, stats: EpochStats) -> bool:
+        validating = self.data.has_validation and (
+            stats.epoch % self.config.training.validate_every == 0
+            or stats.epoch == self.config.training.epochs
+        )
+        # collective: every rank gathers, rank 0 receives
+        model = self.trainer.unsharded_model() if validating else None
+        if not self.env.is_main:
+            return False
+        validation_started = time.monotonic()
+        scores = self._validate(model, stats.epoch) if model is not None else {}
+        validation_seconds = time.monotonic() - validation_started
+        print(
+            epoch_line(stats, self.config, scores, self.trainer.best_epoch == stats.epoch),
+            file=sys.stderr,
+            flush=True,
+        )
+        metrics = {
+            "train_loss": stats.loss,
+            "examples_per_second": stats.examples_per_second,
+            "epoch_seconds": stats.seconds,
+            **{f"val_{metric_name(k)}": v for k, v in scores.items()},
+        }
+        mlflow.log_metrics(metrics, step=stats.epoch)
+        return self._out_of_patience(stats.epoch, validated=model is not None) or self._out_of_time(
+            stats.seconds, validation_seconds
+        )
+
+    def _validate(self, model: torch.nn.Module, epoch: int) -> dict[str, float]:
+        scores = validate(model, self.data, self.trainer.tables, split="validation")
+        if scores:  # e.g. a validation split with a single label has no ranking metrics
+            value = selection_value(scores, *self.config.selection)
+            minutes = (time.monotonic() - self.started) / 60.0
+            self.trainer.keep_if_best(model, epoch, value, minutes)
+        return scores
+
+    def _out_of_patience(self, epoch: int, validated: bool) -> bool:
+        patience = self.config.training.patience
+        return validated and patience is not None and epoch - self.trainer.best_epoch >= patience
+
+    def _out_of_time(self, epoch_seconds: float, validation_seconds: float) -> bool:
+        budget = self.config.training.time_budget_minutes
+        if budget is None:
+            return False
+        # the next epoch, its validation and the final test (about one more validation)
+        needed = epoch_seconds + 2.0 * validation_seconds + EXPORT_SECONDS
+        return time.monotonic() - self.started + needed > budget * 60.0
+
+
+def _test_and_publish(
+    config: TrainConfig, data: PreparedData, trainer: Trainer, epochs: list[EpochStats]
+) -> tuple[dict[str, float], list[RegisteredModel]]:
+    """Rank 0, after training: score the test set once with the selected weights, log the
+    selection, export the bundle and register it. Returns the metrics and the registered models
+    (none on other ranks)."""
+    model = trainer.selected_model()
+    if model is None:
+        return {}, []
+    metrics = validate(model, data, trainer.tables, split="test")
+    mlflow.log_metrics({f"test_{metric_name(k)}": v for k, v in metrics.items()})
+    if data.has_validation:
+        metrics["best_epoch"] = float(trainer.best_epoch)
+        name, higher = config.selection
+        metrics[f"best_val_{name}"] = trainer.best_value if higher else -trainer.best_value
+        mlflow.log_metrics(
+            {
+                "best_epoch": trainer.best_epoch,
+                "epochs_run": trainer.epochs_done,
+                "best_epoch_minutes": trainer.best_minutes,
+            }
+        )
+    if epochs:
+        metrics["train_loss"] = epochs[-1].loss
+    return metrics, publish(model, data, config, metrics, config.output_dir / "bundle")
+
+
 def run_training(config: TrainConfig) -> TrainResult:
     """Train (or finish training) the model of ``config``, log it to MLflow and register it."""
     started = time.monotonic()
@@ -258,81 +347,20 @@ def run_training(config: TrainConfig) -> TrainResult:
             active = True
             _log_job_inputs(config, env, trainer.epochs_done)
             _log_starting_points(trainer)
-
-        select = data.has_validation
-        every = config.training.validate_every
-
-        def on_epoch_end(stats: EpochStats) -> bool:
-            """Log the epoch; with a validation split, score it there, keep the best weights and
-            say whether to stop (no improvement for ``patience`` epochs)."""
-            validating = select and (stats.epoch % every == 0 or stats.epoch == config.training.epochs)
-            # collective: every rank gathers, rank 0 receives
-            model = trainer.unsharded_model() if validating else None
-            if not env.is_main:
-                return False
-            metrics = {
-                "train_loss": stats.loss,
-                "examples_per_second": stats.examples_per_second,
-                "epoch_seconds": stats.seconds,
-            }
-            stop = False
-            validation_started = time.monotonic()
-            scores: dict[str, float] = {}
-            if model is not None:
-                scores = validate(model, data, trainer.tables, split="validation")
-                metrics.update({f"val_{metric_name(k)}": v for k, v in scores.items()})
-                if scores:  # e.g. a validation split with a single label has no ranking metrics
-                    value = selection_value(scores, *config.selection)
-                    trainer.keep_if_best(model, stats.epoch, value, (time.monotonic() - started) / 60.0)
-                patience = config.training.patience
-                stop = patience is not None and stats.epoch - trainer.best_epoch >= patience
-            print(
-                epoch_line(stats, config, scores, trainer.best_epoch == stats.epoch),
-                file=sys.stderr,
-                flush=True,
-            )
-            budget = config.training.time_budget_minutes
-            if budget is not None:
-                # the next epoch, its validation and the final test (about one more validation)
-                validation = time.monotonic() - validation_started
-                needed = stats.seconds + 2.0 * validation + EXPORT_SECONDS
-                stop = stop or time.monotonic() - started + needed > budget * 60.0
-            mlflow.log_metrics(metrics, step=stats.epoch)
-            return stop
-
-        epochs = trainer.fit(on_epoch_end)
-        model = trainer.selected_model()
-        bundle_dir = config.output_dir / "bundle"
-        metrics: dict[str, float] = {}
-        registered = None
-        registered_stages: list[RegisteredModel] = []
-        if model is not None:
-            # The test set, scored once, with the selected weights.
-            metrics = validate(model, data, trainer.tables, split="test")
-            mlflow.log_metrics({f"test_{metric_name(k)}": v for k, v in metrics.items()})
-            if select:
-                metrics["best_epoch"] = float(trainer.best_epoch)
-                name, higher = config.selection
-                metrics[f"best_val_{name}"] = trainer.best_value if higher else -trainer.best_value
-                mlflow.log_metrics(
-                    {
-                        "best_epoch": trainer.best_epoch,
-                        "epochs_run": trainer.epochs_done,
-                        "best_epoch_minutes": trainer.best_minutes,
-                    }
-                )
-            if epochs:
-                metrics["train_loss"] = epochs[-1].loss
-            registered_stages = publish(model, data, config, metrics, bundle_dir)
-            registered = registered_stages[0] if registered_stages else None
+        epochs = trainer.fit(EpochEnd(config, data, trainer, env, started))
+        metrics, registered = _test_and_publish(config, data, trainer, epochs)
         trainer.mark_finished()
-        run_id = trainer.run_id
         if active:
             mlflow.end_run()
             active = False
-        best_minutes = trainer.best_minutes if select and model is not None else None
         return TrainResult(
-            registered, bundle_dir, metrics, run_id, list(epochs), registered_stages, best_minutes
+            registered[0] if registered else None,
+            config.output_dir / "bundle",
+            metrics,
+            trainer.run_id,
+            list(epochs),
+            registered,
+            trainer.best_minutes if data.has_validation and env.is_main else None,
         )
     finally:
         if active:

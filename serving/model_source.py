@@ -28,6 +28,14 @@ T = TypeVar("T")
 
 
 class ModelSource:
+    """Where a served model comes from: a bundle directory or a registry URI
+    (``models:/name/3``, ``models:/name@champion``).
+
+    :meth:`current_version` names what the source holds now (cheaply, polled by the watcher),
+    :meth:`load` opens exactly that version (a registry bundle is downloaded, digests checked)
+    and :meth:`discard` removes a loaded bundle's download once it is no longer served.
+    """
+
     def __init__(self, spec: str | Path) -> None:
         self.spec = str(spec)
         self.is_registry = self.spec.startswith("models:/")
@@ -73,12 +81,17 @@ class ModelSource:
 
 @dataclass(frozen=True)
 class ServingModels:
+    """The models one request is answered with (taken once per request, swapped as a whole)."""
+
     retrieval: RetrievalRuntime
     ranker: RankerRuntime
     ad_ranker: RankerRuntime | None = None  # the Auction RPC's pCTR model, when configured
 
 
 class _Tracked(Generic[T]):
+    """A source and how to open its bundle as a runtime; a runtime that fails to open leaves
+    no download behind."""
+
     def __init__(self, source: ModelSource, loader: Callable[[Bundle, str], T]) -> None:
         self.source = source
         self.loader = loader

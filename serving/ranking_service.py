@@ -29,10 +29,15 @@ from rankforge.errors import DataError
 from rankforge.features.feature_spec import ContextInput, Side
 from rankforge.features.string_ids import MAX_KEY_CHARS, stable_id
 from rankforge.serving.feature_layout import FeatureMeta, Record
-from rankforge.serving.feature_reader import FeatureReader, FeatureStoreEmpty, FeatureStoreUnavailable
+from rankforge.serving.feature_reader import (
+    FeatureRead,
+    FeatureReader,
+    FeatureStoreEmpty,
+    FeatureStoreUnavailable,
+)
 from rankforge.serving.model_source import ServingModels
 from rankforge.serving.proto import ranking_pb2, ranking_pb2_grpc
-from rankforge.serving.stage_profile import NO_LAPS, StageProfile
+from rankforge.serving.stage_profile import NO_LAPS, Laps, StageProfile
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +113,21 @@ def _ids_preview(ids: list[int] | np.ndarray, limit: int = 10) -> str:
 
 
 class RankingService(ranking_pb2_grpc.RankingServiceServicer):
+    """The gRPC servicer of ``rankforge.v1.RankingService``: ``Rank`` and ``Auction``.
+
+    ``Rank(user_id, k, [item_ids | item_keys], context)``: validate (sizes first, in linear time),
+    read the user's and candidates' features from Redis, compute the user's query vector with the
+    retrieval bundle, take the given candidates or ``k * retrieve_factor`` items from the ANN
+    index (the user's history excluded either way), score them with the ranker and answer the top
+    ``k`` with both scores and the versions used. ``Auction(user_id, ads[bid], context)``: score
+    the ads with the ad ranker, order by ``bid * pCTR`` and price them (GSP or first price).
+
+    Every call takes a running slot (at most ``limits.max_concurrent``, as many waiting), checks
+    its deadline between stages and ends in OK or one precise status (see the module docstring
+    for Redis faults). ``models`` is called once per request, so a model swap never mixes
+    versions within one answer; ``outcomes`` counts status codes by name.
+    """
+
     def __init__(
         self,
         models: Callable[[], ServingModels],
@@ -241,41 +261,11 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
         clock.lap("user tower")
 
         if candidates is not None:
-            missing = [c for c, rec in zip(candidates, read.items, strict=True) if rec is None]
-            if missing:
-                raise RankError(
-                    Code.NOT_FOUND,
-                    f"{len(missing)} candidate item(s) have no features "
-                    f"(feature version {read.version}): {_ids_preview(missing)}",
-                )
-            item_raw = np.asarray(candidates, dtype=np.int64)
-            records = [r for r in read.items if r is not None]  # none is missing (checked above)
-            keep = ~np.isin(item_raw, history_raw)
-            item_raw, records = item_raw[keep], [r for r, k in zip(records, keep, strict=True) if k]
-            retrieval_idx = retrieval.items.encode(item_raw)
-            retrieval_scores = np.full(len(item_raw), np.nan, dtype=np.float32)
-            known = retrieval_idx >= 0
-            retrieval_scores[known] = retrieval.index.scores(query, retrieval_idx[known])
+            item_raw, retrieval_scores, records = self._given(candidates, read, history_raw, query, retrieval)
         else:
-            item_raw, scores = retrieval.retrieve(query, history_raw, request.k * self.limits.retrieve_factor)
-            retrieval_scores = scores.astype(np.float32)
-            clock.lap("index search")
-            self._check_deadline(context)
-            fetched = self._read(
-                lambda t: self._reader.read_items(read.version, item_raw.tolist(), t), context
+            item_raw, retrieval_scores, records = self._retrieved(
+                request, request_id, read.version, history_raw, query, retrieval, clock, context
             )
-            clock.lap("redis")
-            present = np.array([r is not None for r in fetched], dtype=bool)
-            if not present.all():
-                log.warning(
-                    "rank %s: %d retrieved item(s) lack features and were skipped: %s",
-                    request_id,
-                    int((~present).sum()),
-                    _ids_preview(item_raw[~present]),
-                )
-            item_raw, retrieval_scores = item_raw[present], retrieval_scores[present]
-            records = [r for r in fetched if r is not None]
-
         self._check_deadline(context)
         clock.lap("candidates")
         logits = self._score(request, read.meta, read.user, records, item_raw, history_raw, ranker, user_id)
@@ -283,25 +273,68 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
         _check_scores(logits, f"ranker {ranker.version}")
         order = np.argsort(-logits, kind="stable")[: request.k]
         self._check_deadline(context)
-        keys = _item_keys(request, retrieval, item_raw[order])
-        response = ranking_pb2.RankResponse(
-            items=[
-                ranking_pb2.ScoredItem(
-                    item_id=int(item_raw[i]),
-                    score=float(logits[i]),
-                    retrieval_score=None if math.isnan(retrieval_scores[i]) else float(retrieval_scores[i]),
-                    item_key=key,
-                )
-                for i, key in zip(order, keys, strict=True)
-            ],
-            versions=ranking_pb2.ModelVersions(
-                retrieval=retrieval.version, ranker=ranker.version, features=read.version
-            ),
-            request_id=request_id,
-            n_ranked=len(item_raw),
+        response = _rank_response(
+            request, request_id, retrieval, ranker, read.version, item_raw, logits, retrieval_scores, order
         )
         clock.done()
         return response
+
+    def _given(
+        self,
+        candidates: list[int],
+        read: FeatureRead,
+        history_raw: np.ndarray,
+        query: np.ndarray,
+        retrieval: RetrievalRuntime,
+    ) -> tuple[np.ndarray, np.ndarray, list[Record]]:
+        """The caller's candidates, minus the user's history: raw ids ``[n]``, retrieval scores
+        ``[n]`` (NaN for items the retrieval model has no vector for) and feature records."""
+        missing = [c for c, rec in zip(candidates, read.items, strict=True) if rec is None]
+        if missing:
+            raise RankError(
+                Code.NOT_FOUND,
+                f"{len(missing)} candidate item(s) have no features "
+                f"(feature version {read.version}): {_ids_preview(missing)}",
+            )
+        item_raw = np.asarray(candidates, dtype=np.int64)
+        records = [r for r in read.items if r is not None]  # none is missing (checked above)
+        keep = ~np.isin(item_raw, history_raw)
+        item_raw, records = item_raw[keep], [r for r, k in zip(records, keep, strict=True) if k]
+        retrieval_idx = retrieval.items.encode(item_raw)
+        retrieval_scores = np.full(len(item_raw), np.nan, dtype=np.float32)
+        known = retrieval_idx >= 0
+        retrieval_scores[known] = retrieval.index.scores(query, retrieval_idx[known])
+        return item_raw, retrieval_scores, records
+
+    def _retrieved(
+        self,
+        request: ranking_pb2.RankRequest,
+        request_id: str,
+        version: str,
+        history_raw: np.ndarray,
+        query: np.ndarray,
+        retrieval: RetrievalRuntime,
+        clock: Laps,
+        context: grpc.ServicerContext,
+    ) -> tuple[np.ndarray, np.ndarray, list[Record]]:
+        """``k * retrieve_factor`` items from the index (the history excluded) and their feature
+        records: raw ids ``[n]``, retrieval scores ``[n]``, records; retrieved items without
+        features are skipped with a warning."""
+        item_raw, scores = retrieval.retrieve(query, history_raw, request.k * self.limits.retrieve_factor)
+        retrieval_scores = scores.astype(np.float32)
+        clock.lap("index search")
+        self._check_deadline(context)
+        fetched = self._read(lambda t: self._reader.read_items(version, item_raw.tolist(), t), context)
+        clock.lap("redis")
+        present = np.array([r is not None for r in fetched], dtype=bool)
+        if not present.all():
+            log.warning(
+                "rank %s: %d retrieved item(s) lack features and were skipped: %s",
+                request_id,
+                int((~present).sum()),
+                _ids_preview(item_raw[~present]),
+            )
+        return item_raw[present], retrieval_scores[present], [r for r in fetched if r is not None]
 
     def _score(
         self,
@@ -606,3 +639,35 @@ def _declared_lists(
 
 def _known(indices: np.ndarray) -> np.ndarray:
     return indices[indices >= 0]
+
+
+def _rank_response(
+    request: ranking_pb2.RankRequest,
+    request_id: str,
+    retrieval: RetrievalRuntime,
+    ranker: RankerRuntime,
+    feature_version: str,
+    item_raw: np.ndarray,
+    logits: np.ndarray,
+    retrieval_scores: np.ndarray,
+    order: np.ndarray,
+) -> ranking_pb2.RankResponse:
+    """The answer: the items at ``order`` (positions into the ``[n]`` arrays, best first) with
+    their ranker and retrieval scores, the versions that produced them and ``n_ranked = n``."""
+    keys = _item_keys(request, retrieval, item_raw[order])
+    return ranking_pb2.RankResponse(
+        items=[
+            ranking_pb2.ScoredItem(
+                item_id=int(item_raw[i]),
+                score=float(logits[i]),
+                retrieval_score=None if math.isnan(retrieval_scores[i]) else float(retrieval_scores[i]),
+                item_key=key,
+            )
+            for i, key in zip(order, keys, strict=True)
+        ],
+        versions=ranking_pb2.ModelVersions(
+            retrieval=retrieval.version, ranker=ranker.version, features=feature_version
+        ),
+        request_id=request_id,
+        n_ranked=len(item_raw),
+    )

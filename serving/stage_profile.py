@@ -10,6 +10,15 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
+from typing import Protocol
+
+
+class Laps(Protocol):
+    """A request's stopwatch, real (:meth:`StageProfile.start`) or :data:`NO_LAPS`."""
+
+    def lap(self, stage: str) -> None: ...
+
+    def done(self) -> None: ...
 
 
 class StageProfile:
@@ -18,7 +27,7 @@ class StageProfile:
         self.seconds: dict[str, float] = defaultdict(float)
         self.requests = 0
 
-    def start(self) -> _Laps:
+    def start(self) -> Laps:
         return _Laps(self)
 
     def add(self, laps: dict[str, float]) -> None:

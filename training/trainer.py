@@ -79,6 +79,23 @@ class EpochStats:
 
 
 class Trainer:
+    """One training job's state on one rank: the model (wrapped in its task and sharded for
+    ``env``), the optimizers, the schedule, the batches and the checkpoints.
+
+    ``config`` names the model kind and objective (their declarations decide how the model is
+    built and batched and how it scores), ``data`` is the prepared split, ``env`` the process's
+    place in a ``torchrun`` launch (world size 1 without one). Usage, the same on every rank::
+
+        trainer = Trainer(config, data, env)
+        trainer.start(resume=True)          # continue an unfinished job in output_dir, if any
+        trainer.fit(on_epoch_end)           # callback (EpochStats) -> stop?, on every rank
+        model = trainer.selected_model()    # collective; the model on rank 0, None elsewhere
+        trainer.mark_finished()
+
+    Model selection is the caller's: it validates the unsharded model and hands the epoch's
+    value to :meth:`keep_if_best`, which keeps the best weights for :meth:`selected_model`.
+    """
+
     def __init__(self, config: TrainConfig, data: PreparedData, env: DistEnv) -> None:
         self.config = config
         self.data = data
@@ -179,6 +196,9 @@ class Trainer:
     # -- checkpoint / resume -------------------------------------------------------------------
 
     def job_state(self) -> dict[str, Any]:
+        """What a checkpoint records beside the weights to resume this job exactly (epochs done,
+        the config's fingerprint, the batch order and RNG, the run id, the loss history, the
+        selection and the schedule state)."""
         return {
             "epochs_done": self.epochs_done,
             "fingerprint": self.config.fingerprint(),
@@ -253,6 +273,8 @@ class Trainer:
     # -- training --------------------------------------------------------------------------------
 
     def train_epoch(self) -> EpochStats:
+        """One pass over this rank's batches (after a plateau restore, from the best weights);
+        returns the mean loss, examples per second and wall seconds."""
         if self.restore_pending:  # plateau: continue from the best weights at the reduced rate
             self.checkpointer.load_weights(self.checkpointer.best_weights, self.module)
             self.restore_pending = False
