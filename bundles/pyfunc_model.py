@@ -80,16 +80,19 @@ class BundleModel(mlflow.pyfunc.PythonModel):
 
     @staticmethod
     def _recommend(runtime: RetrievalRuntime, frame: pd.DataFrame) -> pd.DataFrame:
-        """Top k per row, as the server retrieves: the index's best, the user's history removed."""
+        """Top k per row, as the server retrieves: the index's best without the user's seen items
+        (the ``seen`` column when given, as the feature store holds them; else the history)."""
         users = runtime.users.encode(_raw(frame["user_id"]))
         ks = frame["k"].to_numpy() if "k" in frame else np.full(len(frame), DEFAULT_K)
         names = [s.name for s in runtime.layout.declared("user")]
         columns = {name: _lists(frame, name) for name in names}
+        histories = _lists(frame, "history", raw=True)
+        excluded = _lists(frame, "seen", raw=True) if "seen" in frame else histories
         rows = []
-        for row, (user, user_idx, k, seen) in enumerate(
-            zip(frame["user_id"], users, ks, _lists(frame, "history", raw=True), strict=True)
+        for row, (user, user_idx, k, raw_history, seen) in enumerate(
+            zip(frame["user_id"], users, ks, histories, excluded, strict=True)
         ):
-            history = runtime.items.encode(seen)
+            history = runtime.items.encode(raw_history)
             query = runtime.user_vector(
                 int(user_idx), history[history >= 0], {n: columns[n][row] for n in names}
             )

@@ -15,7 +15,7 @@ import polars as pl
 
 from rankforge.errors import DataError
 from rankforge.features.feature_spec import ContextInput, Feature, Side, SideTable
-from rankforge.features.log_spec import preview, read_ids, read_table
+from rankforge.features.log_spec import preview, read_ids, read_table, with_row_numbers
 from rankforge.features.string_ids import with_stable_ids
 
 VALUE = "value"
@@ -39,10 +39,11 @@ def read_side_table(table: SideTable, id_column: str, string_ids: bool = False) 
     else:
         ids = read_ids(frame, table.key, table.path)
     frame = frame.with_columns(ids.alias(table.key)).rename({table.key: id_column})
-    dupes = frame.with_row_index("row").filter(pl.col(id_column).is_duplicated())
+    numbered, row = with_row_numbers(frame, table.path)
+    dupes = numbered.filter(pl.col(id_column).is_duplicated())
     if dupes.height:
         raise DataError(
-            f"{table.path}: key column {table.key!r} repeats ids: {preview(dupes.select('row', id_column))}"
+            f"{table.path}: key column {table.key!r} repeats ids: {preview(dupes.select(row, id_column))}"
         )
     return frame
 
@@ -106,10 +107,13 @@ def declared_columns(
     id_column: str,
     idx_column: str,
     where: str,
+    fixed: dict[str, pl.DataFrame] | None = None,
 ) -> tuple[pl.DataFrame, dict[str, pl.DataFrame]]:
     """(``idx_column`` + one column per declared feature of ``side`` for every known id, in index
     order; the vocabularies of the categorical ones). ``ids`` maps raw id -> index; ids the table
-    lacks get empty lists and null numbers (0 once the dense matrix is built)."""
+    lacks get empty lists and null numbers (0 once the dense matrix is built). ``fixed``: the
+    vocabularies to encode with (a trained model's; values outside them are dropped) instead of
+    fitting them on these rows."""
     mine = [f for f in features if f.side == side and f.kind != "sequence"]  # sequences: see below
     base = ids.select(idx_column, id_column).sort(idx_column)
     if not mine:
@@ -124,7 +128,11 @@ def declared_columns(
     for f in mine:
         if f.is_sparse:
             raw = known.select(idx_column, _values(known, f, where).alias(VALUE))
-            vocab = vocabulary(raw.lazy(), f.max_vocabulary)
+            vocab = (
+                fixed[f.name]
+                if fixed is not None and f.name in fixed
+                else vocabulary(raw.lazy(), f.max_vocabulary)
+            )
             vocabularies[f.name] = vocab
             encoded = (
                 raw.lazy()

@@ -69,6 +69,24 @@ class LogSpec(BaseModel):
         return {"binary": 0.5, "threshold": self.label_threshold}.get(self.label_rule)
 
 
+def row_number(path: str | Path) -> tuple[str, int]:
+    """How a bad row is named in messages, so a user finds it in their editor: ``line`` numbers of
+    a CSV (the header is line 1) or NDJSON file, 1-based ``row`` numbers of a parquet file.
+    Returns (the name, the number of the first data row)."""
+    suffix = Path(path).suffix.lower()
+    if FORMATS.get(suffix) == "csv":
+        return "line", 2
+    if FORMATS.get(suffix) == "ndjson":
+        return "line", 1
+    return "row", 1
+
+
+def with_row_numbers(frame: pl.DataFrame, path: str | Path) -> tuple[pl.DataFrame, str]:
+    """``frame`` with each row's number in ``path`` (see :func:`row_number`) and that column's name."""
+    name, first = row_number(path)
+    return frame.with_row_index(name, offset=first), name
+
+
 def preview(frame: pl.DataFrame) -> str:
     rows = [str(r) for r in frame.head(SHOWN).rows(named=True)]
     return ", ".join(rows) + (f" (+{frame.height - SHOWN} more)" if frame.height > SHOWN else "")
@@ -98,10 +116,11 @@ def read_log(path: str | Path, spec: LogSpec, context: list[str] | None = None) 
 
 
 def _refuse_null_ids(frame: pl.DataFrame, column: str, path: Path) -> None:
-    nulls = frame.with_row_index("row").filter(frame[column].is_null())
+    numbered, row = with_row_numbers(frame, path)
+    nulls = numbered.filter(frame[column].is_null())
     if nulls.height:
         raise DataError(
-            f"{path}: column {column!r} has {nulls.height} null id(s): {preview(nulls.select('row', column))}"
+            f"{path}: column {column!r} has {nulls.height} null id(s): {preview(nulls.select(row, column))}"
         )
 
 
@@ -109,12 +128,13 @@ def read_ids(frame: pl.DataFrame, column: str, path: Path) -> pl.Series:
     """``column`` as int64 ids; null or non-integer ids are refused with a few offending rows."""
     _refuse_null_ids(frame, column, path)
     ids = frame[column].cast(pl.Int64, strict=False)
-    bad = frame.with_row_index("row").filter(ids.is_null())
+    numbered, row = with_row_numbers(frame, path)
+    bad = numbered.filter(ids.is_null())
     if bad.height:
         raise DataError(
             f"{path}: column {column!r} holds non-integer ids (set data.log.ids = 'string' for ids "
             "like 'u_95'): "
-            f"{preview(bad.select('row', column))}"
+            f"{preview(bad.select(row, column))}"
         )
     return ids
 
@@ -200,7 +220,8 @@ class _Columns:
 
     def check(self, frame: pl.LazyFrame, path: Path, timestamped: bool) -> int:
         """Run every check in one streaming pass; the first failing one is an error naming its
-        first bad rows (0-based row numbers in the file). Returns the largest timestamp."""
+        first bad rows (their line numbers in the file, see :func:`row_number`). Returns the
+        largest timestamp."""
         try:
             counts = frame.select(
                 pl.len().alias("_rows"),
@@ -214,7 +235,9 @@ class _Columns:
         for name, (cond, column, message) in self.checks.items():
             n = counts[name].item()
             if n:
-                rows = frame.with_row_index("row").filter(cond).select("row", column).head(SHOWN).collect()
+                row, first = row_number(path)
+                numbered = frame.with_row_index(row, offset=first)
+                rows = numbered.filter(cond).select(row, column).head(SHOWN).collect()
                 more = f" (+{n - rows.height} more)" if n > rows.height else ""
                 shown = ", ".join(str(r) for r in rows.rows(named=True))
                 raise DataError(f"{path}: {message.replace('{n}', str(n))}: {shown}{more}")

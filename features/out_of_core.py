@@ -36,6 +36,7 @@ import polars as pl
 from rankforge.errors import DataError
 from rankforge.features import history as hist
 from rankforge.features.aggregates import item_aggregates_from_partials, item_partials, user_aggregates
+from rankforge.features.coverage import Coverage, held_out_coverage
 from rankforge.features.declared_features import (
     context_features,
     fit_context,
@@ -150,6 +151,8 @@ class _BucketOutputs:
     users: list[pl.DataFrame] = field(default_factory=list)  # user aggregates + latest histories
     item_partials: list[pl.DataFrame] = field(default_factory=list)  # summable item aggregates
     positives: int = 0  # positive training events
+    # per held-out split, summed over buckets (each user is in one bucket: the sums are exact)
+    coverage: dict[str, Coverage] = field(default_factory=dict)
 
 
 def _prepare(config: DataConfig, tmp: Path, events_per_bucket: int) -> None:
@@ -179,6 +182,7 @@ def _prepare(config: DataConfig, tmp: Path, events_per_bucket: int) -> None:
         "training_history": config.training_history,
         "layout": layout.to_dict(),
         "phase_seconds": {k: round(v, 2) for k, v in phase.seconds.items()},
+        "coverage": {split: c.to_dict() for split, c in outputs.coverage.items()},
     }
     (tmp / MANIFEST).write_text(json.dumps(meta, indent=2, sort_keys=True))
 
@@ -240,6 +244,12 @@ def _write_bucket(
         return encode_events(frame, known.mapping, config.label_threshold, known.context, config.features)
 
     train_raw, validation_raw, test_raw = _bucket_parts(bucket, config, cuts)
+    held_out = (
+        {"test": test_raw} if validation_raw is None else {"test": test_raw, "validation": validation_raw}
+    )
+    for split, frame in held_out.items():
+        counted = held_out_coverage(frame, known.mapping, config.label_threshold)
+        outputs.coverage[split] = outputs.coverage.get(split, Coverage()) + counted
     train = encoded(train_raw).collect()
     events = train.lazy()
     outputs.positives += train.filter(pl.col(LABEL) > 0).height
@@ -343,4 +353,5 @@ def load_prepared(directory: str | Path) -> PreparedData:
         sequences=PositiveSequences.from_frame(
             pl.read_parquet(shards["retrieval_examples"], columns=[USER_IDX, ITEM_IDX]), mapping.n_users
         ),
+        coverage={split: Coverage.from_dict(c) for split, c in meta.get("coverage", {}).items()},
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -22,6 +22,7 @@ from rankforge.errors import ConfigError, DataError
 from rankforge.features import history as hist
 from rankforge.features.aggregates import item_aggregates, user_aggregates
 from rankforge.features.auctions import AuctionTensors
+from rankforge.features.coverage import Coverage, held_out_coverage
 from rankforge.features.declared_features import (
     context_features,
     declared_columns,
@@ -231,6 +232,8 @@ class PreparedData:
     example_shards: dict[str, list[Path]] | None = None
     # ... whose rows carry n_before instead of a history: their histories are gathered from here
     sequences: PositiveSequences | None = None
+    # "test" / "validation" -> which held-out events the metrics score and why not the others
+    coverage: dict[str, Coverage] = field(default_factory=dict)
 
     @property
     def has_validation(self) -> bool:
@@ -289,9 +292,21 @@ class PreparedData:
             return self.train_events
         return pl.concat([self.train_events, self.validation_events], how="vertical_relaxed")
 
+    def seen_items(self) -> pl.DataFrame:
+        """``user_idx`` -> ``seen`` (sorted distinct ``item_idx``): every item of the user's known
+        events whatever their label. The one rule for what is never recommended: offline
+        evaluation masks these items, and the server excludes them (the feature store's
+        ``seen_items`` list) unless a request or deployment asks otherwise."""
+        return (
+            self.known_events()
+            .group_by(USER_IDX)
+            .agg(pl.col(ITEM_IDX).unique().sort().alias("seen"))
+            .sort(USER_IDX)
+        )
 
-def _raw_log(config: DataConfig) -> tuple[pl.DataFrame, pl.DataFrame | None, pl.DataFrame | None]:
-    """(log, provided test log or None, item catalogue or None)."""
+
+def raw_log(config: DataConfig) -> tuple[pl.DataFrame, pl.DataFrame | None, pl.DataFrame | None]:
+    """(log, provided test log or None, the source's item catalogue or None), raw ids."""
     if config.source == "synthetic":
         s = config.synthetic
         log = generate_log(s.n_users, s.n_items, s.n_clusters, s.min_events, s.max_events, s.seed)
@@ -372,15 +387,17 @@ def feature_tables(
     user_stats: pl.LazyFrame,
     item_stats: pl.LazyFrame,
     context: tuple[ContextInput, ...],
+    vocabularies: dict[str, pl.DataFrame] | None = None,
 ) -> FeatureTablesOut:
     """The user and item feature tables, vocabularies and input layout from per-user rows
     (aggregates and latest history, some users may lack them) and per-item aggregates (every
-    item): one assembly for the in-memory and the out-of-core pipelines."""
+    item): one assembly for the in-memory and the out-of-core pipelines. ``vocabularies``: fixed
+    ones to encode declared features with (the serving snapshot's), instead of fitting them."""
     user_declared, user_vocab = declared_columns(
-        users_table, config.features, "user", mapping.users, USER, USER_IDX, "data.user_table"
+        users_table, config.features, "user", mapping.users, USER, USER_IDX, "data.user_table", vocabularies
     )
     item_declared, item_vocab = declared_columns(
-        items_table, config.features, "item", mapping.items, ITEM, ITEM_IDX, "data.item_table"
+        items_table, config.features, "item", mapping.items, ITEM, ITEM_IDX, "data.item_table", vocabularies
     )
     users = (
         mapping.users.lazy()
@@ -397,16 +414,14 @@ def feature_tables(
         .sort(ITEM_IDX)
         .collect()
     )
-    vocabularies = {**user_vocab, **item_vocab}
-    users, sequence_vocab = with_sequences(users, items, config.features, vocabularies)
-    vocabularies |= sequence_vocab
-    sizes = {name: vocab.height for name, vocab in vocabularies.items()}
+    fitted = {**user_vocab, **item_vocab}
+    users, sequence_vocab = with_sequences(users, items, config.features, fitted)
+    fitted |= sequence_vocab
+    sizes = {name: vocab.height for name, vocab in fitted.items()}
     layout = input_layout(
         config.features, mapping.n_users, mapping.n_items, config.history_len, sizes, context
     )
-    return FeatureTablesOut(
-        users, items.select(ITEM_IDX, ITEM, pl.exclude(ITEM_IDX, ITEM)), vocabularies, layout
-    )
+    return FeatureTablesOut(users, items.select(ITEM_IDX, ITEM, pl.exclude(ITEM_IDX, ITEM)), fitted, layout)
 
 
 def _split_parts(
@@ -434,6 +449,18 @@ def _split_parts(
     return train_raw, validation_raw, test_raw
 
 
+def side_tables(
+    config: DataConfig, items: pl.DataFrame | None
+) -> tuple[pl.DataFrame | None, pl.DataFrame | None]:
+    """(the item table: ``data.item_table`` or the source's own catalogue; the user table)."""
+    if config.item_table is not None:
+        items = read_side_table(config.item_table, ITEM, config.string_ids)
+    users = (
+        read_side_table(config.user_table, USER, config.string_ids) if config.user_table is not None else None
+    )
+    return items, users
+
+
 def prepare(config: DataConfig) -> PreparedData:
     """Load, split, encode and featurise a log according to ``config``."""
     if config.source == "prepared":
@@ -441,12 +468,8 @@ def prepare(config: DataConfig) -> PreparedData:
 
         assert config.path is not None
         return load_prepared(config.path)
-    log, provided_test, items = _raw_log(config)
-    if config.item_table is not None:
-        items = read_side_table(config.item_table, ITEM, config.string_ids)
-    users_table = (
-        read_side_table(config.user_table, USER, config.string_ids) if config.user_table is not None else None
-    )
+    log, provided_test, items = raw_log(config)
+    items, users_table = side_tables(config, items)
     train_raw, validation_raw, test_raw = _split_parts(log, provided_test, config)
     # Ids are fitted on the whole training part: an item seen only in the carved validation events
     # is still in the catalogue (untrained, like a cold item), so the test set loses nothing to it.
@@ -462,6 +485,9 @@ def prepare(config: DataConfig) -> PreparedData:
     def encoded(frame: pl.DataFrame) -> pl.DataFrame:
         return encode_events(frame.lazy(), mapping, threshold, context, config.features).collect()
 
+    coverage = {"test": held_out_coverage(test_raw.lazy(), mapping, threshold)}
+    if validation_raw is not None:
+        coverage["validation"] = held_out_coverage(validation_raw.lazy(), mapping, threshold)
     train, test = encoded(train_raw), encoded(test_raw)
     validation = encoded(validation_raw).sort(ORDER) if validation_raw is not None else None
     if train.filter(pl.col(LABEL) > 0).height == 0:
@@ -499,4 +525,5 @@ def prepare(config: DataConfig) -> PreparedData:
         validation_events=validation,
         training_history=config.training_history,
         source=config.describe(),
+        coverage=coverage,
     )

@@ -298,6 +298,7 @@ def evaluate_bundle(
         if config.auctions is not None and bundle.manifest.kind == "ranker"
         else ModelEvaluation(label="", metrics={}, statistics={})
     )
+    offline.notes = {**_coverage_notes(data), **offline.notes}
     evaluation = ModelEvaluation(
         label=str(bundle.directory),
         metrics={
@@ -325,6 +326,22 @@ def evaluate_bundle(
         for name in evaluation.metrics
     }
     return evaluation
+
+
+def _coverage_notes(data: PreparedData) -> dict[str, int]:
+    """What the held-out data lost before any model saw it (``features.coverage``): the split's
+    events and users, and those dropped as cold users or unknown items or without a positive."""
+    coverage = data.coverage.get("test")
+    if coverage is None:
+        return {}
+    return {
+        "held_out_events": coverage.events,
+        "held_out_users": coverage.users,
+        "dropped_cold_users": coverage.cold_users,
+        "dropped_cold_user_events": coverage.cold_user_events,
+        "dropped_unknown_item_events": coverage.unknown_item_events,
+        "users_without_positive": coverage.users_without_positive,
+    }
 
 
 def _rows(metric: str, replay_events: int, offline: int, auctions: int) -> int:

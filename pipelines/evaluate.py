@@ -38,5 +38,6 @@ def run_evaluation(
             }
         )
         mlflow.log_metrics(metrics_with_intervals(evaluation))
+        mlflow.log_metrics({f"coverage_{k}": float(v) for k, v in evaluation.notes.items()})
         mlflow.log_dict(evaluation.to_json(), "evaluation.json")
     return evaluation

@@ -85,6 +85,14 @@ def decide(report: ABReport, criteria: tuple[Criterion, ...]) -> Decision:
             f"{c.metric} ({better} is better) {verdict}: {before:.4f} -> {after:.4f}, "
             f"delta {d.estimate:+.4f} [{d.low:+.4f}, {d.high:+.4f}]"
         )
+    notes = report.champion.notes
+    if "evaluated_users" in notes:
+        paired = f"{notes['evaluated_users']:,} of {notes.get('held_out_users', 0):,} held-out users"
+    else:
+        paired = (
+            f"{notes.get('evaluated_events', 0):,} of {notes.get('held_out_events', 0):,} held-out events"
+        )
+    reasons.append(f"both models scored on the same {paired}")
     return Decision(promote=all(passed), reasons=reasons)
 
 

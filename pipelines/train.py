@@ -8,6 +8,7 @@ from its last epoch checkpoint, in the same MLflow run.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import sys
 import time
@@ -23,6 +24,7 @@ from mlflow.exceptions import MlflowException
 from rankforge.bundles.export import build_ranker_bundle, build_retrieval_bundle
 from rankforge.bundles.registry import BUNDLE_ARTIFACT, RegisteredModel, log_and_register
 from rankforge.errors import ConfigError
+from rankforge.features.coverage import Coverage
 from rankforge.features.pipeline import PreparedData, prepare
 from rankforge.models.cascade import CascadeModel
 from rankforge.models.popularity import MostPopular
@@ -36,6 +38,8 @@ from rankforge.training.config import TrainConfig
 from rankforge.training.sharding import DistEnv, init_distributed, shutdown_distributed
 from rankforge.training.trainer import EpochStats, Trainer
 from rankforge.training.validation import validate
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,8 @@ class TrainResult:
     # the job's wall minutes when the selected epoch had been validated (kept out of the bundle's
     # metrics: a rerun of the same config must export the same bundle)
     best_epoch_minutes: float | None = None
+    # which test events the metrics scored and why the others were not (features.coverage)
+    coverage: Coverage | None = None
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -123,7 +129,7 @@ def _start_run(run_id: str | None, name: str) -> mlflow.ActiveRun:
     return mlflow.start_run(run_name=name)
 
 
-def _log_job_inputs(config: TrainConfig, env: DistEnv | None, resumed_at: int) -> None:
+def _log_job_inputs(config: TrainConfig, data: PreparedData, env: DistEnv | None, resumed_at: int) -> None:
     params = flatten(config.model_dump(mode="json", exclude={"source_path"}))
     params.update(
         {
@@ -141,6 +147,8 @@ def _log_job_inputs(config: TrainConfig, env: DistEnv | None, resumed_at: int) -
     if config.source_path is not None:
         mlflow.log_artifact(str(config.source_path), "config")
     mlflow.log_dict(config.model_dump(mode="json", exclude={"source_path"}), "config/resolved.json")
+    for split, coverage in data.coverage.items():
+        mlflow.log_metrics(coverage.metrics(split))
 
 
 def _log_starting_points(trainer: Trainer) -> None:
@@ -226,13 +234,19 @@ def run_counting(config: TrainConfig, data: PreparedData) -> TrainResult:
     model = MostPopular(tables.item_events)
     configure_mlflow(Settings.from_env(), config.experiment)
     with mlflow.start_run(run_name=run_name(config)) as run:
-        _log_job_inputs(config, None, 0)
+        _log_job_inputs(config, data, None, 0)
         metrics = validate(model, data, tables, split="test")
         mlflow.log_metrics({f"test_{metric_name(k)}": v for k, v in metrics.items()})
         bundle_dir = config.output_dir / "bundle"
         registered = publish(model, data, config, metrics, bundle_dir)
     return TrainResult(
-        registered[0] if registered else None, bundle_dir, metrics, run.info.run_id, [], registered
+        registered[0] if registered else None,
+        bundle_dir,
+        metrics,
+        run.info.run_id,
+        [],
+        registered,
+        coverage=data.coverage.get("test"),
     )
 
 
@@ -322,7 +336,32 @@ def _test_and_publish(
         )
     if epochs:
         metrics["train_loss"] = epochs[-1].loss
+    if config.model.declared.exports == "retrieval":
+        metrics.update(_popularity_floor(config, data, trainer.tables, metrics))
     return metrics, publish(model, data, config, metrics, config.output_dir / "bundle")
+
+
+def _popularity_floor(
+    config: TrainConfig, data: PreparedData, tables: FeatureTables, metrics: dict[str, float]
+) -> dict[str, float]:
+    """The most-popular-unseen-items baseline on the same test split (``popularity_recall@20``,
+    ...), logged beside the model's numbers; a warning when the model does not beat it on the
+    selection metric."""
+    floor = validate(MostPopular(tables.item_events), data, tables, split="test")
+    mlflow.log_metrics({f"test_popularity_{metric_name(k)}": v for k, v in floor.items()})
+    name, higher = config.selection
+    if name in floor and name in metrics:
+        beaten = metrics[name] > floor[name] if higher else metrics[name] < floor[name]
+        if not beaten:
+            log.warning(
+                "the model does not beat the popularity floor on test %s: %.4f vs %.4f (most popular "
+                "unseen items); train longer, tune it, or serve popularity",
+                name,
+                metrics[name],
+                floor[name],
+            )
+            mlflow.set_tag("rankforge.below_popularity_floor", name)
+    return {f"popularity_{k}": v for k, v in floor.items()}
 
 
 def run_training(config: TrainConfig) -> TrainResult:
@@ -345,7 +384,7 @@ def run_training(config: TrainConfig) -> TrainResult:
             configure_mlflow(Settings.from_env(), config.experiment)
             trainer.run_id = _start_run(trainer.run_id if resumed else None, run_name(config)).info.run_id
             active = True
-            _log_job_inputs(config, env, trainer.epochs_done)
+            _log_job_inputs(config, data, env, trainer.epochs_done)
             _log_starting_points(trainer)
         epochs = trainer.fit(EpochEnd(config, data, trainer, env, started))
         metrics, registered = _test_and_publish(config, data, trainer, epochs)
@@ -361,6 +400,7 @@ def run_training(config: TrainConfig) -> TrainResult:
             list(epochs),
             registered,
             trainer.best_minutes if data.has_validation and env.is_main else None,
+            data.coverage.get("test"),
         )
     finally:
         if active:

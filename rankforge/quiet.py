@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import warnings
 
 #: Loggers whose warnings are about the library itself.
@@ -30,6 +31,16 @@ THIRD_PARTY_LOGGERS = (
 )
 #: Modules whose FutureWarning/DeprecationWarning/UserWarning concern their own internals.
 THIRD_PARTY_MODULES = r"(torch|torchrec|fbgemm_gpu|onnxscript|onnx|mlflow|copyreg)(\.|$)"
+#: Where those modules' files live: some log through the root logger (``logging.warning(...)``,
+#: e.g. TorchRec's planner: "Sharding spec not found for model.ebc.t_user_id"), by file path.
+THIRD_PARTY_FILES = re.compile(r"[/\\](torch|torchrec|fbgemm_gpu|onnxscript|onnx|mlflow)[/\\]")
+
+
+class RootLogFromLibraries(logging.Filter):
+    """Drops root-logger records below ERROR that a third-party library logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or not THIRD_PARTY_FILES.search(record.pathname)
 
 
 def quiet_third_party() -> None:
@@ -41,5 +52,8 @@ def quiet_third_party() -> None:
     warnings.filterwarnings("ignore", message=r".*(ShardedTensor|LeafSpec|broadcast_buffers).*")
     for name in THIRD_PARTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+    root = logging.getLogger()
+    if not any(isinstance(f, RootLogFromLibraries) for f in root.filters):
+        root.addFilter(RootLogFromLibraries())
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("TORCH_LOGS", "-all")  # torch's own "[rank0]:W..." lines (set before import)

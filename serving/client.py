@@ -85,9 +85,13 @@ def rank_request(
     candidates: Sequence[int] | Sequence[str] | None = None,
     context: Mapping[str, float] | None = None,
     request_id: str = "",
+    exclude_seen: bool | None = None,
 ) -> ranking_pb2.RankRequest:
-    """A Rank request; string ids (a log with ``data.log.ids = "string"``) go as keys."""
+    """A Rank request; string ids (a log with ``data.log.ids = "string"``) go as keys.
+    ``exclude_seen``: None leaves it to the server's deployment setting."""
     request = ranking_pb2.RankRequest(k=k, context=dict(context or {}), request_id=request_id)
+    if exclude_seen is not None:
+        request.exclude_seen = exclude_seen
     if isinstance(user_id, str):
         request.user_key = user_id
     else:
@@ -137,9 +141,10 @@ class RankingClient:
         context: Mapping[str, float] | None = None,
         request_id: str = "",
         timeout_s: float | None = None,
+        exclude_seen: bool | None = None,
     ) -> RankResult:
         """Raises ``grpc.RpcError`` with the server's status code and message on failure."""
-        request = rank_request(user_id, k, candidates, context, request_id)
+        request = rank_request(user_id, k, candidates, context, request_id, exclude_seen)
         response = self._stub.Rank(
             request, timeout=timeout_s if timeout_s is not None else self.timeout_s, metadata=self._metadata
         )

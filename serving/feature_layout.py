@@ -5,7 +5,8 @@ Key layout (``prefix`` defaults to ``rf:v1``; ``rf:v1`` is the layout version)::
     {prefix}:current                     -> feature version name (the pointer readers follow)
     {prefix}:{version}:meta              -> JSON: feature names, history_len, counts, written_at
     {prefix}:{version}:user:{user_id}    -> record: float32 user dense + int64 lists: the history
-                                            (raw item ids), then each declared user id feature
+                                            (raw item ids), each declared user id feature, then
+                                            the seen items (raw item ids, sorted)
     {prefix}:{version}:item:{item_id}    -> record: float32 item dense + each declared item id feature
 
 Which dense columns and id lists a record holds, in order, is the version's meta (the data's
@@ -28,6 +29,10 @@ import numpy as np
 from rankforge.errors import DataError
 
 DEFAULT_PREFIX = "rf:v1"
+#: The user record's last list: every item of the user's known events (``PreparedData.seen_items``),
+#: which the server does not recommend. A version written before it existed lacks it: the server
+#: then excludes the history only.
+SEEN_ITEMS = "seen_items"
 RECORD_FORMAT = 2
 _HEADER = struct.Struct("<BHB")  # record format, n dense float32, n int64 id lists
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")

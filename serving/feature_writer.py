@@ -23,7 +23,7 @@ from rankforge.features.aggregates import dense_matrix
 from rankforge.features.feature_spec import USER_HISTORY
 from rankforge.features.pipeline import PreparedData
 from rankforge.models.inputs import BUILT_IN_COLUMNS
-from rankforge.serving.feature_layout import FeatureMeta, KeyLayout, check_name, pack
+from rankforge.serving.feature_layout import SEEN_ITEMS, FeatureMeta, KeyLayout, check_name, pack
 
 DEFAULT_TTL_S = 7 * 24 * 3600
 
@@ -41,8 +41,9 @@ def new_version() -> str:
 
 
 def user_lists(data: PreparedData) -> list[str]:
-    """The id lists of a user record, in order: the history, then the declared user features."""
-    return [USER_HISTORY, *(s.name for s in data.inputs.declared("user"))]
+    """The id lists of a user record, in order: the history, the declared user features, then
+    the seen items."""
+    return [USER_HISTORY, *(s.name for s in data.inputs.declared("user")), SEEN_ITEMS]
 
 
 def item_lists(data: PreparedData) -> list[str]:
@@ -59,14 +60,18 @@ def _lists(frame: pl.DataFrame, columns: list[str]) -> Iterator[list[np.ndarray]
 
 
 def user_records(data: PreparedData) -> Iterator[tuple[int, bytes]]:
-    """(raw user id, record): dense user features, the latest history as raw item ids, then the
-    declared user id features."""
+    """(raw user id, record): dense user features, the latest history as raw item ids, the
+    declared user id features, then the seen items as raw item ids."""
     item_id_of = _raw_item_ids(data)
-    users = data.user_features.join(data.mapping.users, on="user_idx", how="inner")
+    users = (
+        data.user_features.join(data.mapping.users, on="user_idx", how="inner")
+        .join(data.seen_items(), on="user_idx", how="left", maintain_order="left")
+        .with_columns(pl.col("seen").fill_null(pl.lit([], dtype=pl.List(pl.Int64))))
+    )
     dense = dense_matrix(users, data.inputs.user_dense)
-    columns = [BUILT_IN_COLUMNS.get(name, name) for name in user_lists(data)]
+    columns = [BUILT_IN_COLUMNS.get(name, name) for name in user_lists(data)[:-1]] + ["seen"]
     for row, (user_id, lists) in enumerate(zip(users["user_id"], _lists(users, columns), strict=True)):
-        yield int(user_id), pack(dense[row], item_id_of[lists[0]], *lists[1:])
+        yield int(user_id), pack(dense[row], item_id_of[lists[0]], *lists[1:-1], item_id_of[lists[-1]])
 
 
 def item_records(data: PreparedData) -> Iterator[tuple[int, bytes]]:

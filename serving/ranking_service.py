@@ -28,7 +28,7 @@ from rankforge.bundles.runtime import RankerRuntime, RetrievalRuntime
 from rankforge.errors import DataError
 from rankforge.features.feature_spec import ContextInput, Side
 from rankforge.features.string_ids import MAX_KEY_CHARS, stable_id
-from rankforge.serving.feature_layout import FeatureMeta, Record
+from rankforge.serving.feature_layout import SEEN_ITEMS, FeatureMeta, Record
 from rankforge.serving.feature_reader import (
     FeatureRead,
     FeatureReader,
@@ -134,10 +134,12 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
         reader: FeatureReader,
         limits: ServiceLimits | None = None,
         auction_rule: str = "gsp",
+        exclude_seen: bool = True,
     ) -> None:
         if auction_rule not in AUCTION_RULES:
             raise ValueError(f"auction_rule must be one of {AUCTION_RULES}, got {auction_rule!r}")
         self.auction_rule = auction_rule
+        self.exclude_seen = exclude_seen  # the deployment's default; a request may override it
         self.profile: StageProfile | None = None  # set to a StageProfile to time every stage
         self._models = models
         self._reader = reader
@@ -251,7 +253,7 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
                 Code.NOT_FOUND, f"user {user_id} has no features (feature version {read.version})"
             )
         retrieval, ranker = models.retrieval, models.ranker
-        self._check_context_names(request, read.meta, ranker)
+        self._check_context_names(request, ranker)
         history_raw = read.user.ids
         query = retrieval.user_vector(
             int(retrieval.users.encode([user_id])[0]),
@@ -260,11 +262,12 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
         )
         clock.lap("user tower")
 
+        excluded = self._excluded(request, read.meta, read.user)
         if candidates is not None:
-            item_raw, retrieval_scores, records = self._given(candidates, read, history_raw, query, retrieval)
+            item_raw, retrieval_scores, records = self._given(candidates, read, excluded, query, retrieval)
         else:
             item_raw, retrieval_scores, records = self._retrieved(
-                request, request_id, read.version, history_raw, query, retrieval, clock, context
+                request, request_id, read.version, excluded, query, retrieval, clock, context
             )
         self._check_deadline(context)
         clock.lap("candidates")
@@ -279,16 +282,27 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
         clock.done()
         return response
 
+    def _excluded(self, request: ranking_pb2.RankRequest, meta: FeatureMeta, user: Record) -> np.ndarray:
+        """The raw item ids not to answer: the user's seen items (``PreparedData.seen_items``, the
+        rule offline evaluation masks with; the history in a feature version written before
+        seen items were stored) unless the request, else the deployment, says to keep them."""
+        exclude = request.exclude_seen if request.HasField("exclude_seen") else self.exclude_seen
+        if not exclude:
+            return np.empty(0, dtype=np.int64)
+        if SEEN_ITEMS in meta.user_lists:
+            return user.lists[meta.user_lists.index(SEEN_ITEMS)]
+        return user.ids
+
     def _given(
         self,
         candidates: list[int],
         read: FeatureRead,
-        history_raw: np.ndarray,
+        excluded: np.ndarray,
         query: np.ndarray,
         retrieval: RetrievalRuntime,
     ) -> tuple[np.ndarray, np.ndarray, list[Record]]:
-        """The caller's candidates, minus the user's history: raw ids ``[n]``, retrieval scores
-        ``[n]`` (NaN for items the retrieval model has no vector for) and feature records."""
+        """The caller's candidates minus ``excluded``: raw ids ``[n]``, retrieval scores ``[n]``
+        (NaN for items the retrieval model has no vector for) and feature records."""
         missing = [c for c, rec in zip(candidates, read.items, strict=True) if rec is None]
         if missing:
             raise RankError(
@@ -298,7 +312,7 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
             )
         item_raw = np.asarray(candidates, dtype=np.int64)
         records = [r for r in read.items if r is not None]  # none is missing (checked above)
-        keep = ~np.isin(item_raw, history_raw)
+        keep = ~np.isin(item_raw, excluded)
         item_raw, records = item_raw[keep], [r for r, k in zip(records, keep, strict=True) if k]
         retrieval_idx = retrieval.items.encode(item_raw)
         retrieval_scores = np.full(len(item_raw), np.nan, dtype=np.float32)
@@ -311,16 +325,16 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
         request: ranking_pb2.RankRequest,
         request_id: str,
         version: str,
-        history_raw: np.ndarray,
+        excluded: np.ndarray,
         query: np.ndarray,
         retrieval: RetrievalRuntime,
         clock: Laps,
         context: grpc.ServicerContext,
     ) -> tuple[np.ndarray, np.ndarray, list[Record]]:
-        """``k * retrieve_factor`` items from the index (the history excluded) and their feature
+        """``k * retrieve_factor`` items from the index (``excluded`` left out) and their feature
         records: raw ids ``[n]``, retrieval scores ``[n]``, records; retrieved items without
         features are skipped with a warning."""
-        item_raw, scores = retrieval.retrieve(query, history_raw, request.k * self.limits.retrieve_factor)
+        item_raw, scores = retrieval.retrieve(query, excluded, request.k * self.limits.retrieve_factor)
         retrieval_scores = scores.astype(np.float32)
         clock.lap("index search")
         self._check_deadline(context)
@@ -362,8 +376,6 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
                     )
                 value = context_value(context[name], float(request.context[name]))
                 columns.append(np.full(len(records), value, dtype=np.float32))
-            elif name in request.context:
-                columns.append(np.full(len(records), request.context[name], dtype=np.float32))
             elif name in meta.user_dense:
                 columns.append(
                     np.full(len(records), user.dense[meta.user_dense.index(name)], dtype=np.float32)
@@ -407,7 +419,7 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
             raise RankError(
                 Code.NOT_FOUND, f"user {user_id} has no features (feature version {read.version})"
             )
-        self._check_context_names(request, read.meta, ranker)
+        self._check_context_names(request, ranker)
         missing = [a for a, rec in zip(ads.tolist(), read.items, strict=True) if rec is None]
         if missing:
             raise RankError(
@@ -501,20 +513,17 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
 
     @staticmethod
     def _check_context_names(
-        request: ranking_pb2.RankRequest | ranking_pb2.AuctionRequest,
-        meta: FeatureMeta,
-        ranker: RankerRuntime,
+        request: ranking_pb2.RankRequest | ranking_pb2.AuctionRequest, ranker: RankerRuntime
     ) -> None:
-        """Context names the ranker's declared request-context features, or overrides its user-side
-        dense features; nothing else."""
-        allowed = ranker.layout.context_names + [n for n in ranker.dense_features if n in meta.user_dense]
+        """Context names the ranker's declared request-context features and nothing else: a stored
+        feature (``user_log_events``) is the feature store's, never the caller's to override."""
+        allowed = ranker.layout.context_names
         unknown = sorted(set(request.context) - set(allowed))
         if unknown:
             shown = ", ".join(preview(name, 40) for name in unknown[:5])
             more = f" (+{len(unknown) - 5} more)" if len(unknown) > 5 else ""
-            raise RankError(
-                Code.INVALID_ARGUMENT, f"unknown context feature(s) {shown}{more}; allowed: {allowed}"
-            )
+            takes = f"it takes {allowed}" if allowed else "the model declares no context feature"
+            raise RankError(Code.INVALID_ARGUMENT, f"unknown context feature(s) {shown}{more}; {takes}")
 
     def _budget(self, context: grpc.ServicerContext) -> float:
         remaining = context.time_remaining()

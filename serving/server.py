@@ -53,6 +53,7 @@ class ServerConfig:
     allow_insecure: bool = False  # plaintext on a non-loopback interface, explicitly forced
     item_cache_size: int = 500_000  # item feature records cached per feature version (0: off)
     reuse_port: bool = False  # SO_REUSEPORT: several server processes share one port (serve --processes)
+    exclude_seen: bool = True  # leave out the user's seen items unless a request says otherwise
 
 
 def service_handler(service: RankingService) -> grpc.GenericRpcHandler:
@@ -93,7 +94,11 @@ class RankingServer:
         self.reader = FeatureReader(client, KeyLayout(config.feature_prefix), config.item_cache_size)
         limits = replace(config.limits, max_concurrent=config.limits.max_concurrent or config.workers)
         self.service = RankingService(
-            lambda: self.watcher.models, self.reader, limits, auction_rule=config.auction_rule
+            lambda: self.watcher.models,
+            self.reader,
+            limits,
+            auction_rule=config.auction_rule,
+            exclude_seen=config.exclude_seen,
         )
         self.health = health.HealthServicer(experimental_non_blocking=True)
         # the token check (None: no token): counts the calls it rejects (`auth.rejected`)

@@ -262,6 +262,17 @@ class TrainConfig(_Section):
         return self
 
     @model_validator(mode="after")
+    def _features_fit_model(self) -> TrainConfig:
+        kind = self.model.declared
+        if kind.trained and not kind.reads_features and self.data.features:
+            names = [f.name for f in self.data.features]
+            raise ValueError(
+                f"model kind {kind.name!r} reads ids only, not the declared feature(s) {names}: "
+                "remove [[data.features]] or use kind 'retrieval' (a two-tower reads them)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _auctions_fit_model(self) -> TrainConfig:
         if (self.model.kind == "auction") != (self.auctions is not None):
             raise ValueError("model kind 'auction' and the [auctions] section go together")

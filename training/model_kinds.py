@@ -66,6 +66,9 @@ class ModelKind:
     batching: Batching
     build: Builder | None
     summary: str
+    # whether its model reads the data's declared features (``[[data.features]]``); a trained kind
+    # that reads ids only refuses a config declaring them rather than silently ignore them
+    reads_features: bool = True
 
     @property
     def trained(self) -> bool:
@@ -143,7 +146,7 @@ def _cascade(config: ModelConfig, data: PreparedData, device, scoring) -> Model:
     return CascadeModel(_two_tower(config, data, device, scoring), _dlrm(config, data, device, scoring))
 
 
-def _retrieval(name: str, build: Builder | None, summary: str) -> ModelKind:
+def _retrieval(name: str, build: Builder | None, summary: str, reads_features: bool = True) -> ModelKind:
     """A retrieval kind: scores users against items, exported and served as a retrieval bundle."""
     return ModelKind(
         name,
@@ -155,6 +158,7 @@ def _retrieval(name: str, build: Builder | None, summary: str) -> ModelKind:
         batching="retrieval",
         build=build,
         summary=summary,
+        reads_features=reads_features,
     )
 
 
@@ -164,10 +168,23 @@ MODEL_KINDS: dict[str, ModelKind] = {
         _retrieval(
             "retrieval", _two_tower, "two-tower: MLP towers over the id, history and declared features"
         ),
-        _retrieval("mf", _matrix_factorization, "matrix factorisation: a user table and an item table"),
-        _retrieval("simplex", _simplex, "SimpleX: MF plus a gated aggregation of the user's history"),
         _retrieval(
-            "popularity", None, "the most popular unseen items, counted (the floor of a quality table)"
+            "mf",
+            _matrix_factorization,
+            "matrix factorisation: a user table and an item table",
+            reads_features=False,
+        ),
+        _retrieval(
+            "simplex",
+            _simplex,
+            "SimpleX: MF plus a gated aggregation of the user's history",
+            reads_features=False,
+        ),
+        _retrieval(
+            "popularity",
+            None,
+            "the most popular unseen items, counted (the floor of a quality table)",
+            reads_features=False,
         ),
         ModelKind(
             "ranking",

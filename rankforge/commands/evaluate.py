@@ -88,8 +88,30 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"{name:<16}{value:>10.4f}")
     matches = evaluation.notes.get("replay_matches")
     print(f"{'replay_matched':<16}{matches:>10} of {log.height} logged events (replay averages over these)")
+    print(f"coverage: {coverage_line(evaluation.notes)}")
     _where_logged(evaluation.run_id)
     return 0
+
+
+def coverage_line(notes: dict[str, int]) -> str:
+    """How many held-out users (retrieval) or events (ranker) the metrics scored, and what was
+    not scored and why."""
+    if "evaluated_users" in notes:
+        scored = f"{notes['evaluated_users']:,} of {notes.get('held_out_users', 0):,} held-out users scored"
+    else:
+        events = notes.get("evaluated_events", 0)
+        scored = f"{events:,} of {notes.get('held_out_events', 0):,} held-out events scored"
+    reasons = {
+        "dropped_cold_users": "users not in the data's training part",
+        "dropped_unknown_item_events": "events on items not in its catalogue",
+        "users_without_positive": "users without a held-out positive",
+        "cold_users": "users the model never saw (scored as cold starts)",
+        "cold_user_events": "events of users the model never saw (scored as cold starts)",
+        "dropped_items": "held-out positives on items the model does not know",
+        "dropped_item_events": "events on items the model does not know",
+    }
+    parts = [f"{notes[k]:,} {why}" for k, why in reasons.items() if notes.get(k)]
+    return scored + ("; " + ", ".join(parts) if parts else "")
 
 
 def _where_logged(run_id: str | None) -> None:

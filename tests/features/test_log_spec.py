@@ -69,11 +69,11 @@ def test_threshold_rule_for_watch_time(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("column", "values", "message"),
     [
-        ("uid", ["1", None, "3"], r"column 'uid' has 1 null id\(s\): \{'row': 1, 'uid': None\}"),
+        ("uid", ["1", None, "3"], r"column 'uid' has 1 null id\(s\): \{'line': 3, 'uid': None\}"),
         ("uid", ["1", "u_2", "3"], r"column 'uid' holds non-integer ids .*'uid': 'u_2'"),
         ("clicked", ["1", "yes", "0"], r"label column 'clicked' has missing or non-numeric values: .*'yes'"),
-        ("clicked", ["1", "-1", "0"], r"label column 'clicked' has negative values: .*'row': 1"),
-        ("clicked", ["1", "2", "0"], r"label_rule 'binary'\) holds values other than 0/1: .*'row': 1"),
+        ("clicked", ["1", "-1", "0"], r"label column 'clicked' has negative values: .*'line': 3"),
+        ("clicked", ["1", "2", "0"], r"label_rule 'binary'\) holds values other than 0/1: .*'line': 3"),
         (
             "ts",
             ["2026-01-01", "yesterday", "2026-01-03"],
@@ -122,6 +122,6 @@ def test_the_example_config_trains_on_the_example_log(rankforge_home: Path, caps
     out = capsys.readouterr().out
     assert "my-ranker" in out
     # the example's declared side-table features are inputs of the trained, exported ranker
-    bundle = load_bundle(out.split("; bundle ")[1].split(";")[0])
+    bundle = load_bundle(out.split("; bundle ")[1].splitlines()[0])
     assert {"video_topics", "viewer_country"} <= set(bundle.manifest.inputs["ranker.onnx"])
     assert bundle.manifest.dense_features[-1] == "video_duration"

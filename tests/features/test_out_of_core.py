@@ -112,10 +112,10 @@ def test_bad_rows_are_named_and_nothing_is_left_behind(tmp_path: Path) -> None:
     log.write_csv(tmp_path / "log.csv")
     spec = LogSpec(user="uid", item="sku", timestamp="ts")
     config = DataConfig(source="file", path=tmp_path / "log.csv", log=spec, split="random")
-    with pytest.raises(DataError, match=r"column 'uid' has 1 null id\(s\): \{'row': 2, 'uid': None\}"):
+    with pytest.raises(DataError, match=r"column 'uid' has 1 null id\(s\): \{'line': 4, 'uid': None\}"):
         prepare_to_disk(config, tmp_path / "out")
     log.with_columns(pl.col("uid").fill_null(3)).write_csv(tmp_path / "log.csv")
-    with pytest.raises(DataError, match=r"column 'ts' has unparsable timestamps: \{'row': 1, 'ts': 'x'\}"):
+    with pytest.raises(DataError, match=r"column 'ts' has unparsable timestamps: \{'line': 3, 'ts': 'x'\}"):
         prepare_to_disk(config, tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["log.csv"]  # no output, no temporary folder
 

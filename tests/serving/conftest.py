@@ -175,14 +175,20 @@ def expected_ranking(
         {n: t.numpy() for n, t in side_inputs(user_row, data.inputs, "user").items()},
     )[0]
     embeddings = np.load(retrieval_dir / "item_embeddings.npy")
-    history = set(user_row["history"].item().to_list())
+    # never answered: every item of the user's known events, whatever the label (as evaluation masks)
+    known = (
+        data.train_events
+        if data.validation_events is None
+        else pl.concat([data.train_events, data.validation_events])
+    )
+    seen = set(known.filter(pl.col("user_idx") == user_idx)["item_idx"].to_list())
     if candidates is None:
-        n = min(data.n_items, k * retrieve_factor + len(history))
+        n = min(data.n_items, k * retrieve_factor + len(seen))
         top = np.argsort(-(embeddings @ query), kind="stable")[:n]
-        chosen = [int(i) for i in top if int(i) not in history]
+        chosen = [int(i) for i in top if int(i) not in seen]
     else:
         to_idx = dict(zip(data.mapping.items["item_id"], data.mapping.items["item_idx"], strict=True))
-        chosen = [to_idx[c] for c in candidates if to_idx[c] not in history]
+        chosen = [to_idx[c] for c in candidates if to_idx[c] not in seen]
     rows = ranking_frame(pl.DataFrame({"user_idx": [user_idx] * len(chosen), "item_idx": chosen}), data)
     for name, value in (context or {}).items():
         rows = rows.with_columns(pl.lit(value, dtype=pl.Float32).alias(name))
@@ -210,6 +216,24 @@ def history_item_ids(data: PreparedData, user_id: int) -> list[int]:
     history = data.user_features.filter(pl.col("user_idx") == user_idx)["history"].item().to_list()
     by_idx = dict(zip(data.mapping.items["item_idx"], data.mapping.items["item_id"], strict=True))
     return [int(by_idx[i]) for i in history]
+
+
+def seen_item_ids(data: PreparedData, user_id: int) -> list[int]:
+    """Raw ids of every item of the user's known events (any label)."""
+    user_idx = data.mapping.users.filter(pl.col("user_id") == user_id)["user_idx"].item()
+    known = (
+        data.train_events
+        if data.validation_events is None
+        else pl.concat([data.train_events, data.validation_events])
+    )
+    items = known.filter(pl.col("user_idx") == user_idx)["item_idx"].unique().to_list()
+    by_idx = dict(zip(data.mapping.items["item_idx"], data.mapping.items["item_id"], strict=True))
+    return sorted(int(by_idx[i]) for i in items)
+
+
+@pytest.fixture(scope="session")
+def seen_of(serving_data: PreparedData) -> Callable[[int], list[int]]:
+    return lambda uid: seen_item_ids(serving_data, uid)
 
 
 @pytest.fixture(scope="session")

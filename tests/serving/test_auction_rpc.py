@@ -19,9 +19,9 @@ def ads_server(make_server, bundles, feature_version):
 
 
 def test_auction_orders_by_ecpm_with_gsp_prices(
-    ads_server, serving_data, bundles, user_id, history_of, expected
+    ads_server, serving_data, bundles, user_id, seen_of, expected
 ) -> None:
-    ads = [int(i) for i in serving_data.mapping.items["item_id"] if int(i) not in history_of(user_id)][:6]
+    ads = [int(i) for i in serving_data.mapping.items["item_id"] if int(i) not in seen_of(user_id)][:6]
     bids = dict(zip(ads, [0.5, 2.0, 1.0, 3.5, 0.8, 1.2], strict=True))
     with RankingClient(ads_server.address) as client:
         result = client.auction(user_id, bids, request_id="auction-1")

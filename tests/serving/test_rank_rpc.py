@@ -14,41 +14,38 @@ pytestmark = pytest.mark.redis
 
 
 def test_retrieve_then_rank_matches_direct_computation(
-    server, serving_data, bundles, user_id, history_of, feature_version, expected
+    server, serving_data, bundles, user_id, seen_of, feature_version, expected
 ) -> None:
-    context = {"user_pos_rate": 0.25}
     with RankingClient(server.address) as client:
-        result = client.rank(user_id, k=7, context=context, request_id="req-1")
+        result = client.rank(user_id, k=7, request_id="req-1")
     ids, logits, retrieval = expected(
-        serving_data,
-        bundles.retrieval,
-        bundles.ranker,
-        user_id,
-        7,
-        server.config.limits.retrieve_factor,
-        context=context,
+        serving_data, bundles.retrieval, bundles.ranker, user_id, 7, server.config.limits.retrieve_factor
     )
     assert [i.item_id for i in result.items] == ids
     np.testing.assert_allclose([i.score for i in result.items], logits, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose([i.retrieval_score for i in result.items], retrieval, rtol=1e-4, atol=1e-5)
-    assert not set(ids) & set(history_of(user_id))
+    assert not set(ids) & set(seen_of(user_id))
     assert result.request_id == "req-1"
     assert result.feature_version == feature_version
     assert result.retrieval_version == server.watcher.models.retrieval.version
     assert result.ranker_version == server.watcher.models.ranker.version
 
 
-def test_context_override_changes_scores(server, user_id) -> None:
-    with RankingClient(server.address) as client:
-        plain = client.rank(user_id, k=5, candidates=[5, 6, 7, 8, 9, 10])
-        shifted = client.rank(user_id, k=5, candidates=[5, 6, 7, 8, 9, 10], context={"user_log_events": 9.0})
-    assert [i.score for i in plain.items] != [i.score for i in shifted.items]
+def test_stored_features_are_not_context(server, user_id) -> None:
+    """The context map takes declared request-context features only: a stored user feature is
+    the feature store's, and this ranker declares no context feature."""
+    with RankingClient(server.address) as client, pytest.raises(grpc.RpcError) as err:
+        client.rank(user_id, k=5, candidates=[5, 6, 7], context={"user_log_events": 9.0})
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith(
+        "unknown context feature(s) 'user_log_events'; the model declares no context feature"
+    )
 
 
-def test_candidate_list_is_ranked_without_history_items(
-    server, serving_data, bundles, user_id, history_of, expected
+def test_candidate_list_is_ranked_without_seen_items(
+    server, serving_data, bundles, user_id, seen_of, expected
 ) -> None:
-    history = history_of(user_id)
+    history = seen_of(user_id)
     others = [int(i) for i in serving_data.mapping.items["item_id"] if int(i) not in history][:12]
     candidates = [history[0], *others]
     with RankingClient(server.address) as client:
@@ -63,8 +60,8 @@ def test_candidate_list_is_ranked_without_history_items(
     np.testing.assert_allclose([i.retrieval_score for i in result.items], retrieval, rtol=1e-4, atol=1e-5)
 
 
-def test_k_larger_than_candidates_returns_all_eligible(server, user_id, history_of) -> None:
-    history = history_of(user_id)
+def test_k_larger_than_candidates_returns_all_eligible(server, user_id, seen_of) -> None:
+    history = seen_of(user_id)
     with RankingClient(server.address) as client:
         only_history = client.rank(user_id, k=50, candidates=history[:2])
         few = client.rank(
