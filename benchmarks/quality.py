@@ -32,15 +32,18 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from rankforge.benchmarks.machine import machine
 from rankforge.errors import ConfigError, DataError, RankforgeError
-from rankforge.evaluation.bootstrap import bootstrap_mean
-from rankforge.features.pipeline import PreparedData, prepare
+from rankforge.quiet import quiet_third_party
 from rankforge.settings import Settings, configure_mlflow
-from rankforge.training.config import TrainConfig, load_config
+
+if TYPE_CHECKING:  # loaded when a benchmark runs, not when the command line starts
+    import numpy as np
+
+    from rankforge.features.pipeline import PreparedData
+    from rankforge.training.config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -207,6 +210,8 @@ def _updated(config: TrainConfig, **sections: object) -> TrainConfig:
             raw[section].update(values)
         else:
             raw[section] = values
+    from rankforge.training.config import TrainConfig
+
     updated = TrainConfig.model_validate(raw)
     return updated.model_copy(update={"source_path": config.source_path})
 
@@ -328,7 +333,10 @@ def _execute(jobs: list[_Job], parallel: int) -> list[tuple[_Job, QualityRow]]:
     stderr and left out (one failed model must not cost the others their numbers)."""
     done: list[tuple[_Job, QualityRow]] = []
     with ProcessPoolExecutor(
-        max_workers=parallel, mp_context=get_context("spawn"), max_tasks_per_child=1
+        max_workers=parallel,
+        mp_context=get_context("spawn"),
+        max_tasks_per_child=1,
+        initializer=quiet_third_party,  # a spawned job starts without the CLI's filters
     ) as pool:
         futures = {pool.submit(run_one, j.name, j.config, j.paper): j for j in jobs}
         for future in as_completed(futures):
@@ -377,6 +385,11 @@ def paired_deltas(rows: list[QualityRow], config: TrainConfig, baseline: str = "
     """Each PSL row against the ``baseline`` row on the same seeds: the paired user-bootstrap
     interval of the difference of test Recall@20 and NDCG@20, each user's value averaged over the
     seeds both rows have. Empty when either is missing."""
+    import numpy as np
+
+    from rankforge.evaluation.bootstrap import bootstrap_mean
+    from rankforge.features.pipeline import prepare
+
     base = next((r for r in rows if r.name == baseline), None)
     others = [r for r in rows if r.name.startswith("mf_psl")]
     if base is None or not others:
@@ -439,6 +452,8 @@ def run_benchmark(
     keeps the value with the best validation score and, if the search runs were shortened, trains
     that value in full. ``seeds > 1`` trains the selected config again with seeds 1.., and every
     PSL variant is compared with SL on the same seeds by a paired user-bootstrap interval."""
+    from rankforge.training.config import load_config
+
     if parallel < 1 or seeds < 1:
         raise ConfigError(f"parallel and seeds must be >= 1, got {parallel} and {seeds}")
     configs = {}

@@ -75,6 +75,9 @@ class Manifest:
     # every other file of the bundle -> its SHA-256, checked at load: a byte changed after export
     # (a disk error, a copy cut off, an edit) refuses the bundle instead of serving wrong scores
     files: dict[str, str] = field(default_factory=dict)
+    # the data config it was trained on, paths absolute (DataConfig.portable): what `materialize`
+    # featurises for it when given no data config ({}: unknown, e.g. prepared out of core)
+    data_config: dict = field(default_factory=dict)
 
 
 def write_manifest(directory: str | Path, manifest: Manifest) -> Path:

@@ -110,6 +110,7 @@ def _finish(
         data_fingerprint=data.fingerprint(),
         index=dict(index or {}),
         files=file_digests(directory),
+        data_config=data.config.portable() if data.config is not None else {},
     )
     write_manifest(directory, manifest)
     return manifest

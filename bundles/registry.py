@@ -61,10 +61,13 @@ def onnx_example(bundle: Bundle) -> dict[str, np.ndarray]:
     return example
 
 
-def _requirements() -> list[str]:
+def _requirements(*packages: str) -> list[str]:
+    """Pinned requirements of a logged model, declared rather than inferred (MLflow's inference
+    imports the model in a subprocess: 2-3 s per model)."""
     from importlib.metadata import version
 
-    return [f"{p}=={version(p)}" for p in ("mlflow", "onnxruntime", "polars", "numpy", "pandas")]
+    names = packages or ("mlflow", "onnxruntime", "polars", "numpy", "pandas")
+    return [f"{p}=={version(p)}" for p in names]
 
 
 def _identical_version(name: str, digest: str) -> RegisteredModel | None:
@@ -114,6 +117,7 @@ def log_and_register(
         onnx_execution_providers=["CPUExecutionProvider"],
         input_example=onnx_example(bundle),
         metadata={"rankforge_kind": bundle.manifest.kind},
+        pip_requirements=_requirements("mlflow", "onnx", "onnxruntime", "numpy"),
     )
     # The registered model: raw ids in, scores out (pipelines.pyfunc_model), as MLflow users expect.
     signature, example = signature_and_example(bundle)

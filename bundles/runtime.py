@@ -108,14 +108,14 @@ class RetrievalRuntime:
         return self.user_vectors(np.array([user_idx]), history, one)[0]
 
     def retrieve(self, query: np.ndarray, exclude_raw: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """The index's best items for ``query`` [d] without the items of ``exclude_raw`` (raw ids,
-        e.g. the user's seen items): (raw item ids, scores), best first; ``n`` plus the excluded
-        are searched, so at least ``n`` remain whenever the catalogue has them."""
+        """The index's best ``n`` items for ``query`` [d] without the items of ``exclude_raw`` (raw
+        ids, e.g. the user's seen items): (raw item ids, scores), best first; ``n`` plus the
+        excluded are searched, so ``n`` remain whenever the catalogue has them."""
         total = min(self.index.size, n + len(np.unique(exclude_raw)))
         idx, scores = self.index.search(query[None, :], total)
         items = self.items.decode(idx[0])
         keep = ~np.isin(items, exclude_raw)
-        return items[keep], scores[0][keep]
+        return items[keep][:n], scores[0][keep][:n]
 
     def user_vectors(
         self, user_idx: np.ndarray, histories: np.ndarray, lists: dict[str, Lists] | None = None

@@ -11,7 +11,7 @@ import tomllib
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import polars as pl
 import yaml
@@ -166,6 +166,21 @@ class DataConfig(BaseModel):
             return self.log.positive_threshold
         return self.positive_threshold
 
+    def portable(self) -> dict:
+        """The config as JSON with every file path absolute: what a bundle records of the data it
+        was trained on, so ``materialize`` can featurise the same log for it from anywhere."""
+
+        def absolute(tree: object, key: str = "") -> object:
+            if isinstance(tree, dict):
+                return {k: absolute(v, k) for k, v in tree.items()}
+            if isinstance(tree, list):
+                return [absolute(v) for v in tree]
+            if isinstance(tree, str) and (key == "path" or key.endswith("_path")):
+                return str(Path(tree).resolve())
+            return tree
+
+        return cast(dict, absolute(self.model_dump(mode="json")))
+
     def describe(self) -> str:
         """The data set in words: source (with its path or generator settings) and split."""
         if self.source == "synthetic":
@@ -234,6 +249,8 @@ class PreparedData:
     sequences: PositiveSequences | None = None
     # "test" / "validation" -> which held-out events the metrics score and why not the others
     coverage: dict[str, Coverage] = field(default_factory=dict)
+    # the config it was prepared from (None: loaded from a prepared directory)
+    config: DataConfig | None = None
 
     @property
     def has_validation(self) -> bool:
@@ -526,4 +543,5 @@ def prepare(config: DataConfig) -> PreparedData:
         training_history=config.training_history,
         source=config.describe(),
         coverage=coverage,
+        config=config,
     )

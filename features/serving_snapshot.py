@@ -84,4 +84,5 @@ def serving_snapshot(config: DataConfig) -> PreparedData:
         history_len=config.history_len,
         training_history=config.training_history,
         source=config.describe() + " (serving snapshot: the whole log)",
+        config=config,
     )

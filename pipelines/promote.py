@@ -92,8 +92,9 @@ def decide(report: ABReport, criteria: tuple[Criterion, ...]) -> Decision:
         paired = (
             f"{notes.get('evaluated_events', 0):,} of {notes.get('held_out_events', 0):,} held-out events"
         )
-    reasons.append(f"both models scored on the same {paired}")
-    return Decision(promote=all(passed), reasons=reasons)
+    return Decision(
+        promote=all(passed), reasons=reasons, details={"paired": f"both scored on the same {paired}"}
+    )
 
 
 def _find(name: str, ref: str | int) -> RegisteredModel | None:
@@ -194,6 +195,7 @@ def promote_if_better(
         decision.champion_version, decision.challenger_version = old.version, new_version
         decision.report_run_id = report.run_id
         decision.details = {
+            **decision.details,
             "criteria": [f"{c.metric}:{'higher' if c.higher_is_better else 'lower'}" for c in used],
             "challenger": new_uri,
         }

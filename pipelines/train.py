@@ -57,6 +57,27 @@ class TrainResult:
     best_epoch_minutes: float | None = None
     # which test events the metrics scored and why the others were not (features.coverage)
     coverage: Coverage | None = None
+    # wall seconds of the job's phases (prepare, set-up, epochs, test + export + register)
+    phase_seconds: dict[str, float] = field(default_factory=dict)
+
+
+class PhaseClock:
+    """Wall seconds per phase of a job: where a job's time outside its epochs goes."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+        self.seconds: dict[str, float] = {}
+
+    def lap(self, phase: str) -> None:
+        now = time.monotonic()
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + now - self.last
+        self.last = now
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            f"job_seconds_{phase.replace(' + ', '_').replace('-', '_')}": s
+            for phase, s in self.seconds.items()
+        }
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -367,12 +388,14 @@ def _popularity_floor(
 def run_training(config: TrainConfig) -> TrainResult:
     """Train (or finish training) the model of ``config``, log it to MLflow and register it."""
     started = time.monotonic()
+    clock = PhaseClock()
     if config.training.threads is not None:
         torch.set_num_threads(config.training.threads)
     reuse_large_allocations()
     data = prepare(config.data)
     if config.auctions is not None:
         data = with_auctions(data, config.auctions, config.data)
+    clock.lap("prepare")
     if not config.model.declared.trained:
         return run_counting(config, data)
     env = init_distributed()
@@ -386,10 +409,14 @@ def run_training(config: TrainConfig) -> TrainResult:
             active = True
             _log_job_inputs(config, data, env, trainer.epochs_done)
             _log_starting_points(trainer)
+        clock.lap("set-up")
         epochs = trainer.fit(EpochEnd(config, data, trainer, env, started))
+        clock.lap("epochs")
         metrics, registered = _test_and_publish(config, data, trainer, epochs)
         trainer.mark_finished()
+        clock.lap("test + export + register")
         if active:
+            mlflow.log_metrics(clock.metrics())
             mlflow.end_run()
             active = False
         return TrainResult(
@@ -401,6 +428,7 @@ def run_training(config: TrainConfig) -> TrainResult:
             registered,
             trainer.best_minutes if data.has_validation and env.is_main else None,
             data.coverage.get("test"),
+            clock.seconds,
         )
     finally:
         if active:

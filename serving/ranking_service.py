@@ -107,9 +107,11 @@ class ServiceLimits:
     queue_timeout_s: float = 10.0
 
 
-def _ids_preview(ids: list[int] | np.ndarray, limit: int = 10) -> str:
-    ids = [int(i) for i in ids]
-    return ", ".join(map(str, ids[:limit])) + (f" (+{len(ids) - limit} more)" if len(ids) > limit else "")
+def _ids_preview(ids: list[int] | list[str] | np.ndarray, limit: int = 10) -> str:
+    """Ids as the caller knows them (string keys quoted and shortened), at most ``limit``."""
+    shown = [preview(i, 40) if isinstance(i, str) else str(int(i)) for i in list(ids)[:limit]]
+    more = f" (+{len(ids) - limit} more)" if len(ids) > limit else ""
+    return ", ".join(shown) + more
 
 
 class RankingService(ranking_pb2_grpc.RankingServiceServicer):
@@ -242,7 +244,7 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
         clock = self.profile.start() if self.profile is not None else NO_LAPS
         models = self._models()  # one snapshot: a refresh mid-request does not mix versions
         candidates = self._validate(request, models)
-        user_id = _user_id(request)
+        user_id, user_label = _user(request, models.retrieval)
         clock.lap("validate")
         self._check_deadline(context)
 
@@ -250,7 +252,7 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
         clock.lap("redis")
         if read.user is None:
             raise RankError(
-                Code.NOT_FOUND, f"user {user_id} has no features (feature version {read.version})"
+                Code.NOT_FOUND, f"user {user_label} has no features (feature version {read.version})"
             )
         retrieval, ranker = models.retrieval, models.ranker
         self._check_context_names(request, ranker)
@@ -264,7 +266,9 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
 
         excluded = self._excluded(request, read.meta, read.user)
         if candidates is not None:
-            item_raw, retrieval_scores, records = self._given(candidates, read, excluded, query, retrieval)
+            item_raw, retrieval_scores, records = self._given(
+                request, candidates, read, excluded, query, retrieval
+            )
         else:
             item_raw, retrieval_scores, records = self._retrieved(
                 request, request_id, read.version, excluded, query, retrieval, clock, context
@@ -295,6 +299,7 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
 
     def _given(
         self,
+        request: ranking_pb2.RankRequest,
         candidates: list[int],
         read: FeatureRead,
         excluded: np.ndarray,
@@ -305,10 +310,12 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
         (NaN for items the retrieval model has no vector for) and feature records."""
         missing = [c for c, rec in zip(candidates, read.items, strict=True) if rec is None]
         if missing:
+            key_of = _candidate_keys(request, retrieval)
+            named = [key_of.get(c, str(c)) for c in missing] if key_of else missing
             raise RankError(
                 Code.NOT_FOUND,
                 f"{len(missing)} candidate item(s) have no features "
-                f"(feature version {read.version}): {_ids_preview(missing)}",
+                f"(feature version {read.version}): {_ids_preview(named)}",
             )
         item_raw = np.asarray(candidates, dtype=np.int64)
         records = [r for r in read.items if r is not None]  # none is missing (checked above)
@@ -346,7 +353,11 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
                 "rank %s: %d retrieved item(s) lack features and were skipped: %s",
                 request_id,
                 int((~present).sum()),
-                _ids_preview(item_raw[~present]),
+                _ids_preview(
+                    retrieval.item_keys(item_raw[~present])
+                    if retrieval.keys is not None
+                    else item_raw[~present]
+                ),
             )
         return item_raw[present], retrieval_scores[present], [r for r in fetched if r is not None]
 
@@ -501,7 +512,7 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
             twice = sorted(preview(k, 40) for k in repeated[:5])
             more = f" (+{len(repeated) - 5} more)" if len(repeated) > 5 else ""
             raise RankError(Code.INVALID_ARGUMENT, f"duplicate candidate item keys: {', '.join(twice)}{more}")
-        ids = [stable_id(k) for k in keys] if keys else list(given.item_ids)
+        ids = [_raw_id(k, models.retrieval, "item") for k in keys] if keys else list(given.item_ids)
         if not ids:
             raise RankError(Code.INVALID_ARGUMENT, "candidates is set but empty; omit it to retrieve")
         unique, counts = np.unique(np.asarray(ids, dtype=np.int64), return_counts=True)
@@ -602,10 +613,36 @@ def _check_scores(logits: np.ndarray, model: str) -> None:
         )
 
 
-def _user_id(request: ranking_pb2.RankRequest | ranking_pb2.AuctionRequest) -> int:
-    """The raw user id: ``user_id``, or the stable id of ``user_key`` (a log with string ids)."""
-    key = getattr(request, "user_key", "")
-    return stable_id(key) if key else int(request.user_id)
+def _raw_id(key: str, retrieval: RetrievalRuntime, what: str) -> int:
+    """The raw id of a user or item key as the caller wrote it: a model trained on string ids
+    hashes every key as training did (``stable_id``; "196" is a string like any other), a model
+    trained on integer ids reads the key as that integer. A blank key is INVALID_ARGUMENT."""
+    if not key.strip():
+        raise RankError(Code.INVALID_ARGUMENT, f"the {what} key is empty or blank: {key!r}")
+    if retrieval.keys is not None:
+        return stable_id(key)
+    try:
+        return int(key.strip())
+    except ValueError:
+        raise RankError(
+            Code.INVALID_ARGUMENT,
+            f"this model was trained on integer {what} ids; got the {what} key {preview(key, 40)}",
+        ) from None
+
+
+def _user(request: ranking_pb2.RankRequest, retrieval: RetrievalRuntime) -> tuple[int, str]:
+    """(the raw user id, the user as the caller named them: the key, shortened and quoted, or
+    the integer id), for lookups and for messages respectively."""
+    if request.user_key:
+        return _raw_id(request.user_key, retrieval, "user"), preview(request.user_key, 40)
+    return int(request.user_id), str(int(request.user_id))
+
+
+def _candidate_keys(request: ranking_pb2.RankRequest, retrieval: RetrievalRuntime) -> dict[int, str]:
+    """Raw id -> the key the caller gave for it (empty when candidates came as integer ids)."""
+    if not request.HasField("candidates"):
+        return {}
+    return {_raw_id(k, retrieval, "item"): k for k in request.candidates.item_keys}
 
 
 def _item_keys(
@@ -614,7 +651,7 @@ def _item_keys(
     """Each returned item's id as the log wrote it: from the request's candidate keys, else from
     the retrieval bundle's id mapping; empty strings for a log with integer ids."""
     if request.HasField("candidates") and request.candidates.item_keys:
-        key_of = {stable_id(k): k for k in request.candidates.item_keys}
+        key_of = _candidate_keys(request, retrieval)
         return [key_of[int(i)] for i in item_raw]
     return retrieval.item_keys(item_raw)
 

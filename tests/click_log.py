@@ -16,7 +16,7 @@ LOG = """
 source = "file"
 path = "events.csv"
 split = "time"
-test_fraction = 0.2
+test_from = 1631500000      # a calendar cut: every event from 2021-09-13 on is held out
 history_len = 10
 
 [data.log]
@@ -111,15 +111,31 @@ def write_click_log(folder: Path, n_members: int = 80, n_skus: int = 120, seed: 
     return folder
 
 
-def write_config(folder: Path, model: str, item_table: bool = True, **training: object) -> Path:
-    """A training config for ``model`` (a key of MODELS) on the click log in ``folder``."""
+#: The held-out part of the log: every event at or after it (``test_from`` above).
+TEST_FROM = 1631500000
+
+
+def write_config(
+    folder: Path,
+    model: str,
+    item_table: bool = True,
+    name: str | None = None,
+    optimizer: dict[str, object] | None = None,
+    seed: int = 0,
+    **training: object,
+) -> Path:
+    """A training config for ``model`` (a key of MODELS) on the click log in ``folder``, written
+    to ``{name or model}.toml`` and registered as ``clicks-{model}``."""
+    name = name or model
     settings = {"epochs": 2, "batch_size": 64, **training}
-    lines = [f"output_dir = {str(folder / 'runs' / model)!r}", "seed = 0", LOG]
+    lines = [f"output_dir = {str(folder / 'runs' / name)!r}", f"seed = {seed}", LOG]
     if item_table:
         lines.append(ITEM_TABLE)
     lines.append(MODELS[model])
     lines.append("[training]\n" + "\n".join(f"{k} = {v!r}" for k, v in settings.items()))
+    if optimizer:
+        lines.append("[optimizer]\n" + "\n".join(f"{k} = {v!r}" for k, v in optimizer.items()))
     lines.append(f'[mlflow]\nregistered_model = "clicks-{model}"\nalias = "champion"\n')
-    path = folder / f"{model}.toml"
+    path = folder / f"{name}.toml"
     path.write_text("\n".join(lines))
     return path

@@ -145,6 +145,8 @@ def _promote(args: argparse.Namespace) -> int:
     )
     for reason in decision.reasons:
         print(f"  - {reason}")
+    if "paired" in decision.details:
+        print(f"  ({decision.details['paired']})")
     if args.json:
         print(
             json.dumps(

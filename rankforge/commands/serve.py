@@ -1,6 +1,6 @@
 """``rankforge serve``, ``rankforge query`` and ``rankforge materialize``.
 
-rankforge materialize [--data-config data.yaml] [--version V] [--ttl-s S]
+rankforge materialize [--data-config data.yaml] [--as-evaluated] [--version V] [--ttl-s S]
 rankforge serve [--retrieval models:/rankforge-retrieval@champion|DIR] [--ranker ...] [--port 50051]
 rankforge query --user 42 [--k 10] [--candidates 1,2,3] [--context user_pos_rate=0.5]
 """
@@ -13,12 +13,16 @@ import logging
 import sys
 from dataclasses import replace
 from pathlib import Path
-
-import grpc
+from typing import TYPE_CHECKING
 
 from rankforge.errors import ConfigError
 from rankforge.serving.redis_urls import masked
 from rankforge.settings import Settings, configure_mlflow
+
+if TYPE_CHECKING:
+    import grpc
+
+    from rankforge.features.pipeline import DataConfig
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 
@@ -67,6 +71,12 @@ def _add_serve(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=500_000,
         help="item feature records kept in memory per feature version (0: read every item from Redis)",
+    )
+    serve.add_argument(
+        "--include-seen",
+        action="store_true",
+        help="answer items users have already interacted with unless a request says otherwise "
+        "(default: leave them out, as offline evaluation does)",
     )
     serve.add_argument(
         "--processes",
@@ -136,6 +146,11 @@ def _add_query(subparsers: argparse._SubParsersAction) -> None:
     query.add_argument(
         "--candidates", type=_id_list, default=None, help="comma-separated item ids (integers or strings)"
     )
+    query.add_argument(
+        "--include-seen",
+        action="store_true",
+        help="also answer items the user has already interacted with (the server leaves them out by default)",
+    )
     query.set_defaults(func=_query)
 
 
@@ -143,15 +158,28 @@ def _add_materialize(subparsers: argparse._SubParsersAction) -> None:
     mat = subparsers.add_parser(
         "materialize",
         help="write user/item features to Redis as a new version",
-        description="Compute online features from a data config and write them to Redis as a new "
-        "version, switched to atomically once complete.",
+        description="Compute online features of every user and item of a log (by default the "
+        "data the served models were trained on) and write them to Redis as a new version, "
+        "switched to atomically once complete.",
         formatter_class=FORMAT,
     )
     mat.add_argument(
         "--data-config",
         type=Path,
         default=None,
-        help="TOML/YAML/JSON data config, or a training config (its [data] section); default: synthetic",
+        help="TOML/YAML/JSON data config, or a training config (its [data] section); default: the "
+        "data the served models (--retrieval, --ranker) were trained on, as their bundles record it",
+    )
+    mat.add_argument(
+        "--retrieval", default="models:/rankforge-retrieval@champion", help="served retrieval model"
+    )
+    mat.add_argument("--ranker", default="models:/rankforge-ranker@champion", help="served ranker")
+    mat.add_argument(
+        "--as-evaluated",
+        action="store_true",
+        help="write the training part of the log (the state the offline metrics were computed "
+        "from) instead of the whole log (what a live service needs: every user and item, the "
+        "held-out part included; see rankforge.features.serving_snapshot)",
     )
     mat.add_argument("--redis-url", default=None, help=REDIS_HELP)
     mat.add_argument("--feature-prefix", default="rf:v1", help="Redis key prefix the server reads")
@@ -201,22 +229,35 @@ def _client(args: argparse.Namespace):
 
 
 def _redis_answers(url: str) -> bool:
+    """Whether the feature store answers; a plain URL at a node of a Redis Cluster is a one-line
+    error (every key of another node would answer MOVED)."""
     import redis
+    from redis.cluster import RedisCluster
 
     from rankforge.serving.feature_reader import connect
 
     try:
-        return bool(connect(url, timeout_s=1.0).ping())
+        client = connect(url, timeout_s=1.0)
+        if not client.ping():
+            return False
+        node = not isinstance(client, RedisCluster) and bool(client.info("cluster").get("cluster_enabled"))
     except (redis.RedisError, OSError, ValueError):
         return False
+    if node:
+        raise ConfigError(
+            f"Redis at {masked(url)} is a node of a Redis Cluster: give the cluster as "
+            "rediscluster://host:port[,host:port...]"
+        )
+    return True
 
 
-def _id_list(text: str) -> list[int] | list[str]:
-    """Comma-separated ids: integers, or (any part not an integer) the log's string ids."""
+def _id_list(text: str) -> list[str]:
+    """Comma-separated item ids as the log wrote them; sent as keys, which the server reads with
+    the model's own id type (a string-id model hashes "196" like any string)."""
     parts = [part.strip() for part in text.split(",") if part.strip()]
-    ids = [_id(part) for part in parts]
-    numbers = [i for i in ids if isinstance(i, int)]
-    return numbers if len(numbers) == len(ids) else parts
+    if not parts:
+        raise argparse.ArgumentTypeError(f"expected comma-separated item ids, got {text[:40]!r}")
+    return parts
 
 
 def _bid_list(text: str) -> list[tuple[int, float]]:
@@ -283,6 +324,7 @@ def _serve(args: argparse.Namespace) -> int:
         allow_insecure=args.insecure,
         reuse_port=args.processes > 1,
         item_cache_size=args.item_cache_size,
+        exclude_seen=not args.include_seen,
     )
     try:
         server = RankingServer(config)
@@ -340,9 +382,19 @@ def _id(text: str) -> int | str:
 
 
 def _query(args: argparse.Namespace) -> int:
+    import grpc
+
+    if not args.user.strip():
+        raise ConfigError(f"--user is empty: give the user's id as the log wrote it, got {args.user!r}")
     with _client(args) as client:
         try:
-            result = client.rank(_id(args.user), args.k, args.candidates, _context(args.context))
+            result = client.rank(
+                args.user.strip(),  # as a key: the server reads it with the model's own id type
+                args.k,
+                args.candidates,
+                _context(args.context),
+                exclude_seen=False if args.include_seen else None,
+            )
         except grpc.RpcError as exc:
             raise _rpc_error(exc, args.address) from exc
     print(
@@ -358,6 +410,8 @@ def _query(args: argparse.Namespace) -> int:
 
 
 def _rpc_error(exc: grpc.RpcError, address: str) -> ConfigError:
+    import grpc
+
     hint = ""
     if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         hint = f" (is `rankforge serve` running at {address}? see --address)"
@@ -365,6 +419,8 @@ def _rpc_error(exc: grpc.RpcError, address: str) -> ConfigError:
 
 
 def _auction(args: argparse.Namespace) -> int:
+    import grpc
+
     with _client(args) as client:
         try:
             user = _id(args.user)
@@ -382,18 +438,68 @@ def _auction(args: argparse.Namespace) -> int:
 
 def _materialize(args: argparse.Namespace) -> int:
     from rankforge.features.pipeline import DataConfig, prepare
+    from rankforge.features.serving_snapshot import serving_snapshot
     from rankforge.serving.feature_layout import KeyLayout
     from rankforge.serving.feature_reader import connect
     from rankforge.serving.feature_writer import FeatureWriter
 
-    config = DataConfig() if args.data_config is None else DataConfig.from_file(args.data_config)
     if not _redis_answers(redis_url(args)):
         raise ConfigError(
             f"Redis at {masked(redis_url(args))} is not answering: start redis-server, or point --redis-url "
             "(RANKFORGE_REDIS_URL) at one"
         )
-    data = prepare(config)
+    config = (
+        _served_data_config(args.retrieval, args.ranker)
+        if args.data_config is None
+        else DataConfig.from_file(args.data_config)
+    )
+    data = prepare(config) if args.as_evaluated else serving_snapshot(config)
     client = connect(redis_url(args), timeout_s=5.0)
     report = FeatureWriter(client, KeyLayout(args.feature_prefix), ttl_s=args.ttl_s).write(data, args.version)
-    print(json.dumps({"feature_version": report.version, "users": report.n_users, "items": report.n_items}))
+    print(
+        json.dumps(
+            {
+                "feature_version": report.version,
+                "users": report.n_users,
+                "items": report.n_items,
+                "snapshot": "training part (as evaluated)" if args.as_evaluated else "whole log",
+                "data": config.describe(),
+            }
+        )
+    )
     return 0
+
+
+def _served_data_config(*uris: str) -> DataConfig:
+    """The data config the served models were trained on (recorded in their bundles), or a
+    one-line error naming what to pass."""
+    from rankforge.bundles.registry import opened_bundle
+    from rankforge.errors import RankforgeError
+    from rankforge.features.pipeline import DataConfig
+    from rankforge.settings import Settings, configure_mlflow
+
+    if any(uri.startswith("models:/") for uri in uris):
+        configure_mlflow(Settings.from_env(), "rankforge-serving", expect_existing=True)
+    recorded = {}
+    for uri in uris:
+        try:
+            with opened_bundle(uri) as bundle:
+                recorded[uri] = bundle.manifest.data_config
+        except RankforgeError as exc:
+            raise ConfigError(
+                f"no --data-config given and the served model {uri} cannot be read ({str(exc)[:120]}): "
+                "pass --data-config (the training config of the served models)"
+            ) from exc
+    missing = [uri for uri, config in recorded.items() if not config]
+    if missing:
+        raise ConfigError(
+            f"no --data-config given and {', '.join(missing)} records no data config (exported by an "
+            "older version or from a prepared directory): pass --data-config"
+        )
+    configs = list(recorded.values())
+    if any(config != configs[0] for config in configs[1:]):
+        raise ConfigError(
+            f"no --data-config given and the served models were trained on different data "
+            f"({' vs '.join(DataConfig(**c).describe() for c in configs)}): pass --data-config"
+        )
+    return DataConfig(**configs[0])

@@ -10,14 +10,15 @@ import argparse
 from typing import TYPE_CHECKING
 
 from rankforge.settings import Settings
-from rankforge.training.config import TrainConfig, load_config
 
 if TYPE_CHECKING:
     from rankforge.pipelines.train import TrainResult
+    from rankforge.training.config import TrainConfig
 
 
 def _run(args: argparse.Namespace) -> int:
     from rankforge.pipelines.train import run_training  # torch/torchrec load only when training
+    from rankforge.training.config import load_config
 
     config = load_config(args.config)
     result = run_training(config)
@@ -66,6 +67,9 @@ def summary_lines(result: TrainResult, config: TrainConfig) -> list[str]:
         beaten = model > base if higher else model < base
         verdict = "beaten" if beaten else f"NOT beaten on {name}: the model is no better than popularity"
         lines.append(f"popularity floor (most popular unseen items): {values}; {verdict}")
+    if result.phase_seconds:
+        phases = ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in result.phase_seconds.items())
+        lines.append(f"job time: {phases}")
     return lines
 
 

@@ -54,9 +54,10 @@ def test_evaluate_logs_the_known_metrics_of_a_perfect_bundle(
     bundle = perfect_retrieval_bundle(small_data, tmp_path / "perfect")
     args = ["evaluate", str(bundle), *SMALL, "--resamples", "20", "--experiment", "cli-eval"]
     assert main(args) == 0
-    *lines, matched, last = capsys.readouterr().out.splitlines()
+    *lines, matched, coverage, last = capsys.readouterr().out.splitlines()
     printed = dict(line.split() for line in lines)
     assert matched.startswith("replay_matched") and "logged events" in matched
+    assert coverage.startswith("coverage: ") and "held-out users scored" in coverage
     assert printed["recall@10"] == printed["ndcg@20"] == printed["replay_snips"] == "1.0000"
     assert last.startswith("run ") and "browse it: mlflow ui --backend-store-uri sqlite:" in last
     (run,) = MlflowClient().search_runs([mlflow.get_experiment_by_name("cli-eval").experiment_id])
@@ -88,6 +89,9 @@ def test_promote_with_directed_criteria_and_dry_run(
     assert main(["promote", "rf-cli", "--metric", "recall@10:lower", "--json", *common]) == 0
     out = capsys.readouterr().out
     assert out.startswith("KEEP CHAMPION") and "recall@10 (lower is better)" in out
+    scored = small_data.test_positives()["user_idx"].n_unique()  # users with a held-out positive
+    users = small_data.test_events["user_idx"].n_unique()
+    assert f"(both scored on the same {scored} of {users} held-out users)" in out
     assert '"promote": false' in out
     assert main(["promote", "rf-cli", "--metric", "recall@10", "--metric", "logloss", *common]) == 2
     assert "'logloss' is not a metric of this comparison" in capsys.readouterr().err
@@ -105,7 +109,7 @@ def test_evaluate_a_ranker_bundle(
     bundle = random_ranker_bundle(small_data, tmp_path / "ranker")
     args = ["evaluate", str(bundle), *SMALL, "--resamples", "20", "--policy-temperature", "0.5"]
     assert main([*args, "--experiment", "cli-rank"]) == 0
-    printed = dict(line.split() for line in capsys.readouterr().out.splitlines()[:-2])
+    printed = dict(line.split() for line in capsys.readouterr().out.splitlines()[:-3])
     # leave-one-out holds out one event per user: no user has both labels, so no GAUC
     assert {"auc", "logloss", "ece", "replay_dr"} <= set(printed) and "gauc" not in printed
     (run,) = MlflowClient().search_runs([mlflow.get_experiment_by_name("cli-rank").experiment_id])
@@ -127,7 +131,7 @@ def test_evaluate_a_ranker_bundle(
     ]
     assert main(random_split) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert any(line.split()[0] == "gauc" and 0.0 <= float(line.split()[1]) <= 1.0 for line in lines[:-2])
+    assert any(line.split()[0] == "gauc" and 0.0 <= float(line.split()[1]) <= 1.0 for line in lines[:-3])
     # data that does not declare the bundle's features is refused in one line, naming the feature
     assert main(["evaluate", str(bundle), *SMALL[:-2], "--experiment", "cli-rank3"]) == 2
     assert "reads declared feature 'item_genres', which the evaluation data does not declare" in (

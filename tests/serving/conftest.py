@@ -185,7 +185,7 @@ def expected_ranking(
     if candidates is None:
         n = min(data.n_items, k * retrieve_factor + len(seen))
         top = np.argsort(-(embeddings @ query), kind="stable")[:n]
-        chosen = [int(i) for i in top if int(i) not in seen]
+        chosen = [int(i) for i in top if int(i) not in seen][: k * retrieve_factor]
     else:
         to_idx = dict(zip(data.mapping.items["item_id"], data.mapping.items["item_idx"], strict=True))
         chosen = [to_idx[c] for c in candidates if to_idx[c] not in seen]

@@ -79,3 +79,16 @@ def test_a_cluster_url_that_answers_nowhere_is_a_one_line_error(closed_port) -> 
         connect(f"rediscluster://127.0.0.1:{closed_port}", timeout_s=0.2)
     with pytest.raises(DataError, match="expected host:port"):
         connect("rediscluster://nonsense", timeout_s=0.2)
+
+
+def test_a_cluster_node_given_as_a_plain_url_is_one_line(cluster: LocalCluster, tmp_path, capsys) -> None:
+    """materialize --redis-url redis://node: every key of another node would answer MOVED."""
+    from rankforge.cli import main
+
+    config = tmp_path / "data.yaml"
+    config.write_text("data:\n  synthetic:\n    n_users: 20\n    n_items: 60\n")
+    url = f"redis://127.0.0.1:{cluster.ports[0]}/0"
+    assert main(["materialize", "--data-config", str(config), "--redis-url", url]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert f"Redis at {url} is a node of a Redis Cluster: give the cluster as rediscluster://" in err
