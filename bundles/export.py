@@ -5,13 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 import torch
 
 from rankforge.bundles.ann_index import IndexConfig, export_index
 from rankforge.bundles.bundle import VOCABULARIES, WEIGHTS, BundleKind, Manifest, file_digests, write_manifest
 from rankforge.bundles.onnx_export import export_ranker, export_retrieval_towers
-from rankforge.features.pipeline import PreparedData
+from rankforge.features.pipeline import PreparedData, ranking_frame
 from rankforge.models.inputs import dense_inputs, padded_to_kjt, side_inputs
 from rankforge.models.ranking import RankingModel
 from rankforge.models.retrieval import RetrievalModel
@@ -29,13 +28,6 @@ def item_embedding_matrix(model: RetrievalModel, data: PreparedData, batch_size:
         batch = side_inputs(data.item_features.slice(start, batch_size), data.inputs, "item")
         chunks.append(model.candidate(padded_to_kjt(batch, model.item_keys)))
     return torch.cat(chunks).float().numpy()
-
-
-def ranking_frame(pairs: pl.DataFrame, data: PreparedData) -> pl.DataFrame:
-    """Attach user and item features to (user_idx, item_idx) rows: the ranker's input table."""
-    return pairs.join(data.user_features, on="user_idx", how="left").join(
-        data.item_features, on="item_idx", how="left", suffix="_item"
-    )
 
 
 def build_retrieval_bundle(

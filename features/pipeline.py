@@ -11,7 +11,7 @@ import tomllib
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Literal, cast
+from typing import TYPE_CHECKING, Literal, cast
 
 import polars as pl
 import yaml
@@ -21,7 +21,6 @@ from rankforge.config_errors import describe
 from rankforge.errors import ConfigError, DataError
 from rankforge.features import history as hist
 from rankforge.features.aggregates import item_aggregates, user_aggregates
-from rankforge.features.auctions import AuctionTensors
 from rankforge.features.coverage import Coverage, held_out_coverage
 from rankforge.features.declared_features import (
     context_features,
@@ -53,6 +52,9 @@ from rankforge.features.schema import ITEM, ITEM_IDX, LABEL, RATING, TIMESTAMP, 
 from rankforge.features.sequences import PositiveSequences
 from rankforge.features.splits import global_time_split, leave_last_out, random_leave_out
 from rankforge.features.synthetic import generate_log
+
+if TYPE_CHECKING:  # torch loads with the auction tensors, only where auctions are used
+    from rankforge.features.auctions import AuctionTensors
 
 ORDER = [TIMESTAMP, USER_IDX, ITEM_IDX]
 
@@ -320,6 +322,13 @@ class PreparedData:
             .agg(pl.col(ITEM_IDX).unique().sort().alias("seen"))
             .sort(USER_IDX)
         )
+
+
+def ranking_frame(pairs: pl.DataFrame, data: PreparedData) -> pl.DataFrame:
+    """Attach user and item features to (user_idx, item_idx) rows: the ranker's input table."""
+    return pairs.join(data.user_features, on="user_idx", how="left").join(
+        data.item_features, on="item_idx", how="left", suffix="_item"
+    )
 
 
 def raw_log(config: DataConfig) -> tuple[pl.DataFrame, pl.DataFrame | None, pl.DataFrame | None]:

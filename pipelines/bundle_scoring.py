@@ -18,14 +18,13 @@ import scipy.sparse as sp
 import torch
 
 from rankforge.bundles.bundle import Bundle
-from rankforge.bundles.export import ranking_frame
 from rankforge.bundles.id_lookup import IdLookup
 from rankforge.bundles.runtime import load_ranker, load_retrieval
 from rankforge.errors import DataError
 from rankforge.evaluation.metrics import sigmoid
 from rankforge.features.auctions import AuctionTensors
 from rankforge.features.feature_spec import Side
-from rankforge.features.pipeline import PreparedData
+from rankforge.features.pipeline import PreparedData, ranking_frame
 from rankforge.models.inputs import pad_lists
 
 
