@@ -28,6 +28,7 @@ import os
 import resource
 import sys
 import time
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
 from multiprocessing import get_context
@@ -375,6 +376,16 @@ def _model_row(
     return replace(best_row, searched=dict(sorted(scores.items(), key=lambda kv: float(kv[0])))), selected
 
 
+def _unsearched_rows(
+    dataset: Dataset, configs: dict[str, TrainConfig], parallel: int
+) -> list[tuple[QualityRow, TrainConfig]]:
+    """Every model's row at its config's own value of the searched parameter, the models trained
+    ``parallel`` at a time, in the order of ``configs``."""
+    jobs = [_Job(name, config, dataset.entry(name).paper) for name, config in configs.items()]
+    done = {job.name: row for job, row in _execute(jobs, parallel)}
+    return [(done[name], config) for name, config in configs.items() if name in done]
+
+
 def with_seed(config: TrainConfig, seed: int) -> TrainConfig:
     """``config`` with another seed (initialisation and sampling), in its own output folder; the
     data split (``data.validation_seed``) stays the same, so seeds are paired on one split."""
@@ -443,6 +454,7 @@ def run_benchmark(
     search_epochs: int | None = None,
     seeds: int = 1,
     root: Path = Path("."),
+    search: bool = True,
 ) -> list[QualityRow]:
     """Train every named model of ``dataset`` (configs under ``root / dataset.folder``), each job
     in a fresh process, ``parallel`` at a time, printing the table as models finish so a partial
@@ -450,8 +462,10 @@ def run_benchmark(
 
     A searched model trains each grid value (``search_epochs`` epochs each, or its full config),
     keeps the value with the best validation score and, if the search runs were shortened, trains
-    that value in full. ``seeds > 1`` trains the selected config again with seeds 1.., and every
-    PSL variant is compared with SL on the same seeds by a paired user-bootstrap interval."""
+    that value in full; with ``search=False`` every model trains at its config's value (the
+    paper's selected one), all models ``parallel`` at a time. ``seeds > 1`` trains the selected
+    config again with seeds 1.., and every PSL variant is compared with SL on the same seeds by a
+    paired user-bootstrap interval."""
     from rankforge.training.config import load_config
 
     if parallel < 1 or seeds < 1:
@@ -471,12 +485,18 @@ def run_benchmark(
     settings = Settings.from_env()
     for experiment in sorted({c.experiment for c in configs.values()}):
         configure_mlflow(settings, experiment)
+    if search:  # one model at a time: its grid may run in parallel
+        produced_rows: Iterable[tuple[QualityRow, TrainConfig] | None] = (
+            _model_row(dataset.entry(n), c, parallel, search_epochs) for n, c in configs.items()
+        )
+    else:  # every model at its config's value (the paper's selected one), all models in parallel
+        produced_rows = _unsearched_rows(dataset, configs, parallel)
     rows: list[QualityRow] = []
-    for name, config in configs.items():  # one model at a time: its grid may run in parallel
-        produced = _model_row(dataset.entry(name), config, parallel, search_epochs)
+    for produced in produced_rows:
         if produced is None:
             continue
         row, selected = produced
+        name = row.name
         if seeds > 1:
             again = _execute(
                 [_Job(name, with_seed(selected, s), row_paper(row)) for s in range(1, seeds)], parallel
@@ -489,7 +509,7 @@ def run_benchmark(
             )
         rows.append(row)
         rows.sort(key=lambda r: names.index(r.name))
-        deltas = paired_deltas(rows, config)
+        deltas = paired_deltas(rows, selected)
         print(table(rows, dataset.title, threads, parallel, deltas), flush=True)
         if output is not None:
             output.parent.mkdir(parents=True, exist_ok=True)
@@ -520,6 +540,7 @@ def run(args: argparse.Namespace) -> int:
         parallel=args.parallel,
         search_epochs=args.search_epochs,
         seeds=args.seeds,
+        search=not args.no_search,
     )
     return 0 if len(rows) == len(names) else 1  # a failed model was reported on stderr
 
@@ -547,6 +568,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="train each value of a searched grid for at most this many epochs, then the selected "
         "value in full (default: every grid value in full)",
+    )
+    parser.add_argument(
+        "--no-search",
+        action="store_true",
+        help="train each searched model at its config's value (the paper's selected one) instead of "
+        "searching the grid on validation; the models then train in parallel",
     )
     parser.add_argument(
         "--seeds", type=int, default=1, help="train each selected config with this many seeds (default: 1)"

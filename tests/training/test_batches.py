@@ -16,6 +16,7 @@ from rankforge.training.batches import (
     NegativeSampler,
     RankingBatches,
     RetrievalBatches,
+    UserItemPairs,
 )
 from rankforge.training.reference import ItemRateReference
 
@@ -218,3 +219,22 @@ def test_user_positives_are_drawn_again(small_data: PreparedData, tables: Featur
     halves = [batches(r, 2) for r in (0, 1)]
     whole, a, b = single[0], halves[0][0], halves[1][0]
     assert torch.equal(torch.cat([_scored_items(a)[1], _scored_items(b)[1]]), _scored_items(whole)[1])
+
+
+def test_user_item_pairs_bitset_and_sorted_keys_agree_with_a_set() -> None:
+    """Both representations of the (user, item) pair set answer membership like a Python set."""
+    g = torch.Generator().manual_seed(3)
+    users, items = torch.randint(0, 40, (300,), generator=g), torch.randint(0, 70, (300,), generator=g)
+    pairs = set(zip(users.tolist(), items.tolist(), strict=True))
+    q_users, q_items = torch.randint(0, 40, (25,), generator=g), torch.randint(0, 70, (25, 60), generator=g)
+    q_items[:5, 0] = items[:5]
+    q_users[:5] = users[:5]
+    expected = torch.tensor(
+        [[(u, i) in pairs for i in row] for u, row in zip(q_users.tolist(), q_items.tolist(), strict=True)]
+    )
+    bitset = UserItemPairs(users, items, 40, 70)
+    sorted_keys = UserItemPairs(users, items, 40, 70, max_bytes=0)
+    assert bitset.bits is not None and sorted_keys.sorted_keys is not None
+    assert expected[:5, 0].all()
+    assert torch.equal(bitset.contains(q_users, q_items), expected)
+    assert torch.equal(sorted_keys.contains(q_users, q_items), expected)
