@@ -35,7 +35,12 @@ from rankforge.settings import Settings, configure_mlflow
 from rankforge.training.allocator import reuse_large_allocations
 from rankforge.training.batches import FeatureTables
 from rankforge.training.config import TrainConfig
-from rankforge.training.sharding import DistEnv, init_distributed, shutdown_distributed
+from rankforge.training.sharding import (
+    DistEnv,
+    embedding_bytes_per_rank,
+    init_distributed,
+    shutdown_distributed,
+)
 from rankforge.training.trainer import EpochStats, Trainer
 from rankforge.training.validation import validate
 
@@ -385,6 +390,21 @@ def _popularity_floor(
     return {f"popularity_{k}": v for k, v in floor.items()}
 
 
+def _report_start(trainer: Trainer, env: DistEnv) -> None:
+    """Say where the job starts -- the checkpoint it continued and how many processes wrote it --
+    and each rank's share of the embedding tables (stderr and MLflow). A collective."""
+    per_rank = embedding_bytes_per_rank(trainer.module, env)
+    if not env.is_main:
+        return
+    if trainer.resumed_from is not None:
+        line = trainer.resumed_from.describe(env.world_size)
+        print(line, file=sys.stderr, flush=True)
+        mlflow.set_tag("rankforge.resumed_from", line)
+    shares = ", ".join(f"rank {r} {b / 2**20:.2f} MiB" for r, b in enumerate(per_rank))
+    print(f"embedding tables on {env.world_size} process(es): {shares}", file=sys.stderr, flush=True)
+    mlflow.log_metrics({f"embedding_mib_rank{r}": b / 2**20 for r, b in enumerate(per_rank)})
+
+
 def run_training(config: TrainConfig) -> TrainResult:
     """Train (or finish training) the model of ``config``, log it to MLflow and register it."""
     started = time.monotonic()
@@ -409,6 +429,7 @@ def run_training(config: TrainConfig) -> TrainResult:
             active = True
             _log_job_inputs(config, data, env, trainer.epochs_done)
             _log_starting_points(trainer)
+        _report_start(trainer, env)
         clock.lap("set-up")
         epochs = trainer.fit(EpochEnd(config, data, trainer, env, started))
         clock.lap("epochs")

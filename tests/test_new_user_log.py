@@ -381,7 +381,11 @@ def test_selected_epoch_is_an_integer_in_the_summary(
     text = config.read_text().replace("history_len = 10", "history_len = 10\nvalidation_fraction = 0.1")
     config.write_text(text)
     assert main(["train", str(config)]) == 0
-    out = capsys.readouterr().out
+    printed = capsys.readouterr()
+    out = printed.out
     assert "selected epoch " in out and "best_epoch=" not in out
+    # each rank's share of the embedding tables, said before the epochs
+    share = printed.err.split("embedding tables on 1 process(es): rank 0 ")[1].split(" MiB")[0]
+    assert float(share) > 0
     assert out.split("selected epoch ")[1].split(" ")[0].isdigit()
     assert np.isfinite(float(out.split("validation auc ")[1].split(")")[0]))

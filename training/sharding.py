@@ -225,6 +225,28 @@ def build_optimizers(model: nn.Module, config: OptimizerConfig) -> tuple[Combine
 
 
 @torch.no_grad()
+def local_embedding_bytes(model: nn.Module) -> int:
+    """Bytes of embedding-table weights this rank holds: its local shards of a sharded table, the
+    whole table where tables are replicated (data-parallel). Optimizer state is not counted."""
+    total = 0
+    for key, value in unwrap(model).state_dict().items():
+        if isinstance(value, ShardedTensor):
+            total += sum(s.tensor.numel() * s.tensor.element_size() for s in value.local_shards())
+        elif "embedding_bags" in key and key.endswith(".weight"):
+            total += value.numel() * value.element_size()
+    return total
+
+
+def embedding_bytes_per_rank(model: nn.Module, env: DistEnv) -> list[int]:
+    """Every rank's :func:`local_embedding_bytes`, in rank order, on every rank; a collective."""
+    mine = local_embedding_bytes(model)
+    if env.world_size == 1:
+        return [mine]
+    gathered = [0] * env.world_size
+    dist.all_gather_object(gathered, mine)
+    return [int(b) for b in gathered]
+
+
 def unsharded_state_dict(model: nn.Module, env: DistEnv) -> dict[str, torch.Tensor] | None:
     """The full state dict on rank 0 (``None`` elsewhere); a collective: every rank must call it.
 

@@ -78,6 +78,26 @@ class EpochStats:
         return self.examples / max(self.seconds, 1e-9)
 
 
+@dataclass(frozen=True)
+class Resumed:
+    """The checkpoint a job continued: its name, the epochs it had done and the number of
+    processes that wrote it (0: a checkpoint from before this was recorded). Another world size
+    than the job's own is fine: DCP re-shards the tables on load, and the batch order is one global
+    order split across ranks, so the next epoch trains the examples it would have."""
+
+    checkpoint: str
+    epochs_done: int
+    world_size: int
+
+    def describe(self, world_size: int) -> str:
+        by = f"{self.world_size} process(es)" if self.world_size else "an unknown number of processes"
+        moved = "" if self.world_size == world_size else ", tables re-sharded"
+        return (
+            f"resumed from checkpoint {self.checkpoint} ({self.epochs_done} epoch(s) done), written by "
+            f"{by}, continuing on {world_size}{moved}"
+        )
+
+
 class Trainer:
     """One training job's state on one rank: the model (wrapped in its task and sharded for
     ``env``), the optimizers, the schedule, the batches and the checkpoints.
@@ -153,6 +173,7 @@ class Trainer:
         # plateau schedule: the best weights are restored before the next epoch trains
         self.restore_pending = False
         self.warm_rows: dict[str, int] = {}  # rows copied by training.warm_start, per id space
+        self.resumed_from: Resumed | None = None  # set by start() when it continued a checkpoint
 
     def _batches(self) -> RetrievalBatches | RankingBatches | CascadeBatches | AuctionBatches:
         c = self.config
@@ -209,6 +230,7 @@ class Trainer:
             "best": [self.best_epoch, self.best_value, int(self.stopped_early), self.best_minutes],
             "schedule": self.schedule.state_dict(),
             "restore_pending": int(self.restore_pending),
+            "world_size": self.env.world_size,
         }
 
     def start(self, resume: bool = True) -> bool:
@@ -251,6 +273,7 @@ class Trainer:
         self.best_minutes = float(minutes[0]) if minutes else 0.0
         self.schedule.load_state_dict(state.get("schedule", {}))
         self.restore_pending = bool(state.get("restore_pending", 0))
+        self.resumed_from = Resumed(latest.name, self.epochs_done, int(state.get("world_size", 0)))
         return True
 
     def _warm_start(self) -> None:

@@ -63,6 +63,12 @@ def test_crash_and_resume_matches_straight_run(
     resumed = Trainer(_config(tmp_path / "job", kind), small_data, env)
     assert resumed.start()
     assert resumed.epochs_done == 1
+    assert resumed.resumed_from is not None and resumed.resumed_from.world_size == 1
+    assert resumed.resumed_from.describe(1) == (
+        f"resumed from checkpoint {resumed.resumed_from.checkpoint} (1 epoch(s) done), "
+        "written by 1 process(es), continuing on 1"
+    )
+    assert resumed.resumed_from.describe(4).endswith("continuing on 4, tables re-sharded")
     # what was restored is the crashed job's state, not the fresh init
     for key, value in resumed.unsharded_state_dict().items():
         torch.testing.assert_close(value, after_one[key], rtol=0, atol=0)
