@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -50,7 +51,32 @@ class IndexConfig(BaseModel):
     recall_k: int = Field(100, ge=1)  # recall@K measured against exact search at export
     recall_queries: int = Field(1000, ge=10)
     min_recall: float = Field(0.95, ge=0, le=1)
+    # the quality that matters is the served answer's: Recall@served_k of retrieval through the
+    # index on held-out users (validation split, else test), against the same with exact search;
+    # a relative loss above this is refused (or warned, by on_low_recall) at export
+    served_k: int = Field(20, ge=1)
+    max_served_recall_loss: float = Field(0.01, ge=0, le=1)
     on_low_recall: Literal["refuse", "warn"] = "refuse"
+
+
+@dataclass(frozen=True)
+class ServedRecall:
+    """Recall@k of retrieval for held-out users, through the index (``ann``) and by exact search."""
+
+    split: str
+    k: int
+    ann: float
+    exact: float
+
+    @property
+    def loss(self) -> float:
+        """The index's relative loss of served recall (0 when exact search finds nothing)."""
+        return max(0.0, 1.0 - self.ann / self.exact) if self.exact > 0 else 0.0
+
+
+#: What the exporter's caller measures: the served recall of a candidate index over the bundle's
+#: item vectors (the caller holds the model and the held-out users; this layer holds neither).
+ServedRecallCheck = Callable[["AnnIndex", int], ServedRecall]
 
 
 def build(vectors: np.ndarray, config: IndexConfig) -> faiss.Index:
@@ -115,8 +141,14 @@ class AnnIndex:
         return self.exact.scores(query, ids)
 
 
-def export_index(vectors: np.ndarray, config: IndexConfig, directory: Path) -> dict[str, object]:
-    """Build, measure and write the index into a bundle; what the manifest records about it."""
+def export_index(
+    vectors: np.ndarray, config: IndexConfig, directory: Path, served: ServedRecallCheck | None = None
+) -> dict[str, object]:
+    """Build, measure and write the index into a bundle; what the manifest records about it.
+
+    Two measurements, each refused (or warned) below its threshold: the index's recall@K against
+    exact search with item vectors as queries, and -- when ``served`` is given -- the served
+    Recall@``served_k`` of held-out users through the index against exact search."""
     index = build(vectors, config)
     recall = recall_at_k(index, vectors, config.recall_k, config.recall_queries)
     record: dict[str, object] = {
@@ -132,11 +164,32 @@ def export_index(vectors: np.ndarray, config: IndexConfig, directory: Path) -> d
             f"{config.kind} index recall@{config.recall_k} {recall:.4f} is below serving_index.min_recall "
             f"{config.min_recall} (raise ef_search / nprobe, or lower the threshold)"
         )
-        if config.on_low_recall == "refuse":
-            raise DataError(message)
-        log.warning(message)
+        _refuse_or_warn(message, config)
+    if served is not None:
+        got = served(AnnIndex(index, ExactInnerProductIndex(vectors)), config.served_k)
+        record["served_recall"] = {
+            "split": got.split,
+            "k": got.k,
+            "ann": round(got.ann, 4),
+            "exact": round(got.exact, 4),
+            "loss": round(got.loss, 4),
+            "max_loss": config.max_served_recall_loss,
+        }
+        if got.loss > config.max_served_recall_loss:
+            _refuse_or_warn(
+                f"{config.kind} index loses {got.loss:.1%} of {got.split} Recall@{got.k} through retrieval "
+                f"({got.ann:.4f} vs exact {got.exact:.4f}), more than serving_index.max_served_recall_loss "
+                f"{config.max_served_recall_loss:.1%} (raise ef_search / nprobe, or the threshold)",
+                config,
+            )
     faiss.write_index(index, str(directory / INDEX_FILE))
     return record
+
+
+def _refuse_or_warn(message: str, config: IndexConfig) -> None:
+    if config.on_low_recall == "refuse":
+        raise DataError(message)
+    log.warning(message)
 
 
 #: Sampled exact queries a bundle's index must answer at load, and how far below the recall

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rankforge.bundles.ann_index import IndexConfig, export_index
+from rankforge.bundles.ann_index import IndexConfig, ServedRecallCheck, export_index
 from rankforge.bundles.bundle import VOCABULARIES, WEIGHTS, BundleKind, Manifest, file_digests, write_manifest
 from rankforge.bundles.onnx_export import export_ranker, export_retrieval_towers
 from rankforge.features.pipeline import PreparedData, ranking_frame
@@ -36,14 +36,21 @@ def build_retrieval_bundle(
     directory: str,
     metrics: dict[str, float] | None = None,
     index: IndexConfig | None = None,
+    served_recall: ServedRecallCheck | None = None,
 ) -> Manifest:
+    """Export a retrieval model's towers, item vectors and (``index``) its ANN index, measured
+    by ``served_recall`` when given (see :func:`rankforge.bundles.ann_index.export_index`)."""
     users = side_inputs(data.user_features.head(EXAMPLE_ROWS), data.inputs, "user")
     items = side_inputs(data.item_features.head(EXAMPLE_ROWS), data.inputs, "item")
     user_art, item_art = export_retrieval_towers(model.eval(), users, items, directory)
     vectors = item_embedding_matrix(model, data)
     np.save(f"{directory}/item_embeddings.npy", vectors)
     torch.save(model.state_dict(), f"{directory}/{WEIGHTS}")
-    record = {} if index is None or index.kind == "exact" else export_index(vectors, index, Path(directory))
+    record = (
+        {}
+        if index is None or index.kind == "exact"
+        else export_index(vectors, index, Path(directory), served_recall)
+    )
     inputs = {"user_tower.onnx": user_art.input_names, "item_tower.onnx": item_art.input_names}
     return _finish(
         directory,

@@ -21,6 +21,7 @@ import torch
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from rankforge.bundles.ann_index import AnnIndex, ServedRecall, ServedRecallCheck
 from rankforge.bundles.export import build_ranker_bundle, build_retrieval_bundle
 from rankforge.bundles.registry import BUNDLE_ARTIFACT, RegisteredModel, log_and_register
 from rankforge.errors import ConfigError
@@ -42,7 +43,7 @@ from rankforge.training.sharding import (
     shutdown_distributed,
 )
 from rankforge.training.trainer import EpochStats, Trainer
-from rankforge.training.validation import validate
+from rankforge.training.validation import Split, retrieval_validation, validate
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +188,22 @@ def _log_starting_points(trainer: Trainer) -> None:
         mlflow.log_metrics({f"warm_start_{space}": float(n) for space, n in trainer.warm_rows.items()})
 
 
+def _served_recall(model: RetrievalModel, data: PreparedData) -> ServedRecallCheck:
+    """How the exporter measures a candidate ANN index: Recall@k of held-out users (the
+    validation split, so no decision reads the test set; the test split when there is none)
+    through the index, against exact search, each scored with the model's scoring function."""
+
+    def check(index: AnnIndex, k: int) -> ServedRecall:
+        split: Split = "validation" if data.has_validation else "test"
+        tables = FeatureTables.build(data)
+        exact = retrieval_validation(model, data, tables, split, ks=(k,))
+        ann = retrieval_validation(model, data, tables, split, ks=(k,), search=index.search)
+        name = f"recall@{k}"
+        return ServedRecall(split, k, ann.get(name, 0.0), exact.get(name, 0.0))
+
+    return check
+
+
 def _export(
     model: RetrievalModel | RankingModel,
     data: PreparedData,
@@ -197,7 +214,9 @@ def _export(
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
     if isinstance(model, RetrievalModel):
-        build_retrieval_bundle(model, data, str(directory), metrics, index=config.serving_index)
+        build_retrieval_bundle(
+            model, data, str(directory), metrics, config.serving_index, _served_recall(model, data)
+        )
     else:
         build_ranker_bundle(model, data, str(directory), metrics)
     return directory

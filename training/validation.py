@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
@@ -76,6 +77,35 @@ def query_vectors(model: RetrievalModel, tables: FeatureTables, users: torch.Ten
     return torch.cat(out) if out else torch.empty(0, 0)
 
 
+#: An index's search: ``(queries [n, d] float32, k) -> (item rows [n, k], scores [n, k])``.
+Search = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+
+
+def _exact(queries: torch.Tensor, items: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Score rows ``[n, n_items]`` of every item (exact search)."""
+    return lambda rows: queries[rows] @ items.T
+
+
+def _searched(
+    search: Search, queries: torch.Tensor, items: torch.Tensor, known_counts: torch.Tensor, k: int
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Score rows ``[n, n_items]`` holding the exact scores of the items ``search`` retrieves for
+    each user and -inf elsewhere. Each chunk asks for ``k`` plus its users' largest number of
+    known items, so at least ``k`` retrieved items remain once those are excluded."""
+    n_items = items.shape[0]
+
+    def scores(rows: torch.Tensor) -> torch.Tensor:
+        q = queries[rows]
+        wanted = min(n_items, k + int(known_counts[rows].max()))
+        found, _ = search(np.ascontiguousarray(q.numpy(), dtype=np.float32), wanted)
+        ids = torch.from_numpy(np.asarray(found, dtype=np.int64))
+        block = torch.full((len(rows), n_items), float("-inf"), dtype=q.dtype)
+        block.scatter_(1, ids, (q.unsqueeze(1) * items[ids]).sum(-1))
+        return block
+
+    return scores
+
+
 @torch.no_grad()
 def retrieval_validation(
     model: RetrievalModel,
@@ -83,9 +113,14 @@ def retrieval_validation(
     tables: FeatureTables,
     split: Split = "test",
     ks: tuple[int, ...] = KS,
+    search: Search | None = None,
 ) -> dict[str, float]:
     """Recall/NDCG/HitRate/MRR@k of every held-out user's positives against all items, scored
-    with the model's scoring function; the user's known items are excluded, as when serving."""
+    with the model's scoring function; the user's known items are excluded, as when serving.
+
+    With ``search`` (an index's ``search(queries [n, d], k) -> (item rows [n, k], scores)``) only
+    the items the index retrieves are ranked, as a served request ranks them: enough are asked
+    for that the top ``max(ks)`` survive the exclusion of the user's known items."""
     from rankforge.evaluation.metrics import retrieval_metrics
 
     was_training = model.training
@@ -107,9 +142,12 @@ def retrieval_validation(
             known["item_idx"].to_numpy()[keep.numpy()],
             shape,
         )
-        metrics = retrieval_metrics(
-            lambda rows: queries[rows] @ items.T, relevant, exclude, ks=ks, batch_size=CHUNK
+        scores = (
+            _exact(queries, items)
+            if search is None
+            else _searched(search, queries, items, torch.from_numpy(np.diff(exclude.indptr)), max(ks))
         )
+        metrics = retrieval_metrics(scores, relevant, exclude, ks=ks, batch_size=CHUNK)
         return {k: float(v) for k, v in metrics.items()}
     finally:
         model.train(was_training)

@@ -69,6 +69,10 @@ def test_a_retrieval_job_exports_an_hnsw_index_the_server_loads(rankforge_home: 
     )
     bundle = load_bundle(run_training(config).bundle_dir)
     assert bundle.manifest.index["kind"] == "hnsw" and bundle.manifest.index["recall_at_20"] >= 0.95
+    # the served answer's quality, beside the index's: Recall@20 through the index vs exact search
+    served = bundle.manifest.index["served_recall"]
+    assert served["split"] == "test" and served["k"] == 20  # the job has no validation split
+    assert 0 < served["ann"] <= served["exact"] + 1e-9 and served["loss"] <= served["max_loss"] == 0.01
     assert (bundle.directory / INDEX_FILE).is_file()
     runtime = load_retrieval(bundle, "v1")
     assert isinstance(runtime.index, AnnIndex)
