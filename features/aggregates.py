@@ -76,5 +76,7 @@ def dense_matrix(frame: pl.DataFrame, names: tuple[str, ...] | list[str]) -> np.
     missing = [n for n in names if n not in frame.columns]
     if missing:
         raise DataError(f"missing dense feature column(s) {missing}")
-    values = frame.select(pl.col(list(names)).cast(pl.Float32).fill_null(0.0).fill_nan(0.0)).to_numpy(writable=True)
+    values = frame.select(pl.col(list(names)).cast(pl.Float32).fill_null(0.0).fill_nan(0.0)).to_numpy(
+        writable=True
+    )
     return np.ascontiguousarray(values, dtype=np.float32)
