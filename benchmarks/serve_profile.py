@@ -7,7 +7,10 @@
    and, from the client, what gRPC and Python add outside the handler.
 2. Load: ``rankforge serve --processes P`` as its own process(es) on a fixed port; an open-loop
    client sends requests at ``--qps`` (each at its scheduled time, whatever the previous ones did,
-   so queueing shows in the latency) for ``--seconds``; p50/p99 and errors per process count.
+   so queueing shows in the latency) for ``--seconds``; p50/p99/p99.9 and errors per process
+   count, and the server's own CPU ms per request (its process tree's CPU time over the load
+   window, from ``/proc``) with the QPS one core holds at that cost. ``--server-cpus 0
+   --client-cpus 1`` pin the server and the load generator to different cores.
 
 Retrieve + rank: k = 20 from 200 candidates (retrieve_factor 10). Fresh models (cost does not
 depend on the weights). The client shares the machine's cores with the server: on 2 cores that is
@@ -26,6 +29,7 @@ import threading
 import time
 import uuid
 from dataclasses import replace
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -101,6 +105,11 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--profile-requests", type=int, default=300)
+    parser.add_argument(
+        "--server-cpus", help="pin the served process(es) to these cpus (taskset list, e.g. 0)"
+    )
+    parser.add_argument("--client-cpus", help="pin the load generator to these cpus (e.g. 1) while it runs")
+    parser.add_argument("--skip-profile", action="store_true", help="only the open-loop load")
     return parser.parse_args()
 
 
@@ -147,10 +156,45 @@ def _profile(config: ServerConfig, users: list[int], requests: int) -> None:
         print(f"  {'gRPC + Python outside':<24} {outside:7.3f}   (client mean {np.mean(latencies):.3f})")
 
 
+def _tree_cpu_seconds(root: int) -> float:
+    """User + system CPU seconds of process ``root`` and all its descendants, from ``/proc``."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        pid = int(entry.name)
+        parents[pid] = int(fields[1])  # after "pid (comm)": state, ppid, ...; utime/stime 12, 13
+        times[pid] = (int(fields[11]) + int(fields[12])) / tick
+    tree, frontier = {root}, [root]
+    while frontier:
+        children = [pid for pid, parent in parents.items() if parent in frontier and pid not in tree]
+        tree.update(children)
+        frontier = children
+    return sum(times.get(pid, 0.0) for pid in tree)
+
+
+def _pinned(cpus: str | None) -> list[str]:
+    return ["taskset", "-c", cpus] if cpus else []
+
+
 def _load(args: argparse.Namespace, config: ServerConfig, users: list[int]) -> None:
-    """``rankforge serve --processes P`` in its own process(es), driven open-loop at ``--qps``."""
-    print(f"\nopen loop at {args.qps:.0f} QPS for {args.seconds:.0f} s, retrieve + rank {K * FACTOR}:")
-    print(f"  {'processes':>9} {'ok':>6} {'errors':>6} {'p50 ms':>8} {'p99 ms':>8}")
+    """``rankforge serve --processes P`` in its own process(es), driven open-loop at ``--qps``;
+    the server's own CPU time per request is measured from ``/proc`` over the load window, so
+    the cost is known whatever shares the cores (``--server-cpus``/``--client-cpus`` pin them)."""
+    pins = f"server cpus {args.server_cpus or 'any'}, client cpus {args.client_cpus or 'any'}"
+    print(
+        f"\nopen loop at {args.qps:.0f} QPS for {args.seconds:.0f} s, retrieve + rank {K * FACTOR}, {pins}:"
+    )
+    print(
+        f"  {'processes':>9} {'ok':>6} {'errors':>6} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} "
+        f"{'server CPU ms/req':>17} {'QPS per core':>12}"
+    )
     for processes in args.processes:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
@@ -164,16 +208,30 @@ def _load(args: argparse.Namespace, config: ServerConfig, users: list[int]) -> N
         ]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         served = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
+            [*_pinned(args.server_cpus), *command],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
         )
+        own = os.sched_getaffinity(0)
         try:
             assert served.stdout is not None
             served.stdout.readline()
             time.sleep(3 + 2 * processes)  # the spawned workers load their models
+            if args.client_cpus:
+                os.sched_setaffinity(0, {int(c) for c in args.client_cpus.split(",")})
+            cpu_before = _tree_cpu_seconds(served.pid)
             lat, errors = open_loop(f"127.0.0.1:{port}", users, args.qps, args.seconds)
-            p50, p99 = np.percentile(lat, [50, 99]) if len(lat) else (float("nan"), float("nan"))
-            print(f"  {processes:>9} {len(lat):>6} {errors:>6} {p50:>8.2f} {p99:>8.2f}", flush=True)
+            cpu_ms = (_tree_cpu_seconds(served.pid) - cpu_before) * 1e3 / max(1, len(lat) + errors)
+            p50, p99, p999 = np.percentile(lat, [50, 99, 99.9]) if len(lat) else [float("nan")] * 3
+            print(
+                f"  {processes:>9} {len(lat):>6} {errors:>6} {p50:>8.2f} {p99:>8.2f} {p999:>9.2f} "
+                f"{cpu_ms:>17.2f} {1e3 / cpu_ms:>12.0f}",
+                flush=True,
+            )
         finally:
+            os.sched_setaffinity(0, own)
             served.terminate()
             served.wait(timeout=30)
 
@@ -206,7 +264,8 @@ def main() -> int:
             limits=ServiceLimits(retrieve_factor=FACTOR),
         )
         try:
-            _profile(config, users, args.profile_requests)
+            if not args.skip_profile:
+                _profile(config, users, args.profile_requests)
             _load(args, config, users)
         finally:
             keys = list(client.scan_iter(f"{layout.prefix}:*", count=5000))
