@@ -30,6 +30,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import polars as pl
 
@@ -102,15 +103,21 @@ def _bucket_parts(
     return train, validation, test
 
 
-def prepare_to_disk(config: DataConfig, out: str | Path, events_per_bucket: int = 4_000_000) -> Path:
-    """Prepare ``config``'s log into ``out`` (see the module docstring); returns ``out``."""
+def prepare_to_disk(
+    config: DataConfig,
+    out: str | Path,
+    events_per_bucket: int = 4_000_000,
+    engine: BucketEngine | None = None,
+) -> Path:
+    """Prepare ``config``'s log into ``out`` (see the module docstring); returns ``out``. The
+    buckets are prepared by ``engine`` (default: one after another in this process)."""
     if config.split == "provided":
         raise DataError("out-of-core preparation splits the log itself: split='provided' is not supported")
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         tmp.mkdir(parents=True)
-        _prepare(config, tmp, events_per_bucket)
+        _prepare(config, tmp, events_per_bucket, engine or InProcess())
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
@@ -144,9 +151,20 @@ class _Known:
     context: tuple[ContextInput, ...]
 
 
+@dataclass(frozen=True)
+class BucketResult:
+    """What one bucket contributes to the global tables (its shards are already written)."""
+
+    users: pl.DataFrame  # user aggregates + latest histories
+    item_partials: pl.DataFrame  # summable item aggregates
+    positives: int  # positive training events
+    coverage: dict[str, Coverage]  # per held-out split
+    seconds: dict[str, float]  # wall time per phase
+
+
 @dataclass
 class _BucketOutputs:
-    """What each bucket contributes to the global tables."""
+    """What the buckets contribute to the global tables, summed in bucket order."""
 
     users: list[pl.DataFrame] = field(default_factory=list)  # user aggregates + latest histories
     item_partials: list[pl.DataFrame] = field(default_factory=list)  # summable item aggregates
@@ -154,8 +172,15 @@ class _BucketOutputs:
     # per held-out split, summed over buckets (each user is in one bucket: the sums are exact)
     coverage: dict[str, Coverage] = field(default_factory=dict)
 
+    def add(self, result: BucketResult) -> None:
+        self.users.append(result.users)
+        self.item_partials.append(result.item_partials)
+        self.positives += result.positives
+        for split, counted in result.coverage.items():
+            self.coverage[split] = self.coverage.get(split, Coverage()) + counted
 
-def _prepare(config: DataConfig, tmp: Path, events_per_bucket: int) -> None:
+
+def _prepare(config: DataConfig, tmp: Path, events_per_bucket: int, engine: BucketEngine) -> None:
     phase = _Phases()
     events_log = scan_source(config)
     n_events = events_log.select(pl.len()).collect(engine="streaming").item()
@@ -168,8 +193,16 @@ def _prepare(config: DataConfig, tmp: Path, events_per_bucket: int) -> None:
     known.mapping.save(tmp / "id_mapping")
     phase("id mapping")
     outputs = _BucketOutputs()
-    for b, folder in enumerate(buckets):
-        _write_bucket(config, known, cuts, pl.read_parquet(folder).lazy(), tmp, b, outputs, phase)
+    for kind in SHARD_KINDS:
+        (tmp / kind).mkdir()
+    for result in engine.run(BucketJob(config, known, cuts, tmp), buckets):
+        outputs.add(result)
+        for name, seconds in result.seconds.items():
+            phase.seconds[name] = phase.seconds.get(name, 0.0) + seconds
+    phase.last = time.perf_counter()
+    for kind in SHARD_KINDS:  # a split that produced nothing (no validation) has no folder
+        if not any((tmp / kind).iterdir()):
+            (tmp / kind).rmdir()
     shutil.rmtree(raw)
     _check_split(config, tmp, outputs.positives)
     layout = _write_feature_tables(config, known, outputs, tmp)
@@ -225,63 +258,80 @@ def _fit_known(config: DataConfig, buckets: list[Path], cuts: tuple[int | None, 
     return _Known(mapping, users, items, context)
 
 
-def _write_bucket(
-    config: DataConfig,
-    known: _Known,
-    cuts: tuple[int | None, int | None],
-    bucket: pl.LazyFrame,
-    tmp: Path,
-    b: int,
-    outputs: _BucketOutputs,
-    phase: _Phases,
-) -> None:
-    """One bucket, in memory, through the in-memory pipeline's steps: split, encode, number the
-    positives before each event, write its example and held-out shards, and add its user table
-    and item partial sums to ``outputs``."""
-    names = [c.name for c in known.context]
+@dataclass(frozen=True)
+class BucketJob:
+    """Everything a bucket's preparation needs, fixed before any bucket runs (picklable: an
+    engine ships it to its workers once). Calling it prepares bucket ``b`` from ``folder``."""
 
-    def encoded(frame: pl.LazyFrame) -> pl.LazyFrame:
-        return encode_events(frame, known.mapping, config.label_threshold, known.context, config.features)
+    config: DataConfig
+    known: _Known
+    cuts: tuple[int | None, int | None]
+    tmp: Path
 
-    train_raw, validation_raw, test_raw = _bucket_parts(bucket, config, cuts)
-    held_out = (
-        {"test": test_raw} if validation_raw is None else {"test": test_raw, "validation": validation_raw}
-    )
-    for split, frame in held_out.items():
-        counted = held_out_coverage(frame, known.mapping, config.label_threshold)
-        outputs.coverage[split] = outputs.coverage.get(split, Coverage()) + counted
-    train = encoded(train_raw).collect()
-    events = train.lazy()
-    outputs.positives += train.filter(pl.col(LABEL) > 0).height
-    phase("bucket split")
-    # examples carry n_before, not the history list: the trainer gathers it (features.sequences)
-    ranking = (
-        hist.events_with_positives_before(events.select(USER_IDX, ITEM_IDX, TIMESTAMP, LABEL, *names))
-        .collect()
-        .lazy()
-    )
-    phase("bucket n_before")
-    # Examples stay in (user, time, item) order: deterministic, and the retrieval examples
-    # are then also the users' positive sequences. Training events are the ranking examples.
-    parts = {
-        "retrieval_examples": ranking.filter(pl.col(LABEL) > 0).drop(LABEL),
-        "ranking_examples": ranking,
-        "test_events": encoded(test_raw),
-    }
-    if validation_raw is not None:
-        parts["validation_events"] = encoded(validation_raw)
-    for kind, frame in parts.items():
-        (tmp / kind).mkdir(exist_ok=True)
-        ordered = frame if kind.endswith("_examples") else frame.sort(ORDER)
-        ordered.collect().write_parquet(tmp / kind / f"part-{b:05d}.parquet", compression="lz4")
-    phase("bucket shards")
-    outputs.users.append(
-        user_aggregates(events)
-        .join(hist.latest_from_ordered(ranking, config.history_len), on=USER_IDX, how="left")
-        .collect()
-    )
-    outputs.item_partials.append(item_partials(events).collect())
-    phase("bucket user/item tables")
+    def __call__(self, b: int, folder: Path) -> BucketResult:
+        """One bucket, in memory, through the in-memory pipeline's steps: split, encode, number
+        the positives before each event, write its example and held-out shards (``part-{b}``,
+        overwritten if a retry runs it again), and return its user table and item partial sums."""
+        config, known = self.config, self.known
+        phase = _Phases()
+        names = [c.name for c in known.context]
+
+        def encoded(frame: pl.LazyFrame) -> pl.LazyFrame:
+            return encode_events(frame, known.mapping, config.label_threshold, known.context, config.features)
+
+        train_raw, validation_raw, test_raw = _bucket_parts(pl.read_parquet(folder).lazy(), config, self.cuts)
+        held_out = (
+            {"test": test_raw} if validation_raw is None else {"test": test_raw, "validation": validation_raw}
+        )
+        coverage = {
+            split: held_out_coverage(frame, known.mapping, config.label_threshold)
+            for split, frame in held_out.items()
+        }
+        train = encoded(train_raw).collect()
+        events = train.lazy()
+        positives = train.filter(pl.col(LABEL) > 0).height
+        phase("bucket split")
+        # examples carry n_before, not the history list: the trainer gathers it (features.sequences)
+        ranking = (
+            hist.events_with_positives_before(events.select(USER_IDX, ITEM_IDX, TIMESTAMP, LABEL, *names))
+            .collect()
+            .lazy()
+        )
+        phase("bucket n_before")
+        # Examples stay in (user, time, item) order: deterministic, and the retrieval examples
+        # are then also the users' positive sequences. Training events are the ranking examples.
+        parts = {
+            "retrieval_examples": ranking.filter(pl.col(LABEL) > 0).drop(LABEL),
+            "ranking_examples": ranking,
+            "test_events": encoded(test_raw),
+        }
+        if validation_raw is not None:
+            parts["validation_events"] = encoded(validation_raw)
+        for kind, frame in parts.items():
+            ordered = frame if kind.endswith("_examples") else frame.sort(ORDER)
+            ordered.collect().write_parquet(self.tmp / kind / f"part-{b:05d}.parquet", compression="lz4")
+        phase("bucket shards")
+        users = (
+            user_aggregates(events)
+            .join(hist.latest_from_ordered(ranking, config.history_len), on=USER_IDX, how="left")
+            .collect()
+        )
+        partials = item_partials(events).collect()
+        phase("bucket user/item tables")
+        return BucketResult(users, partials, positives, coverage, phase.seconds)
+
+
+class BucketEngine(Protocol):
+    """Runs a :class:`BucketJob` over the bucket folders; results in bucket order."""
+
+    def run(self, job: BucketJob, buckets: list[Path]) -> list[BucketResult]: ...
+
+
+class InProcess:
+    """The default engine: the buckets one after another, in this process."""
+
+    def run(self, job: BucketJob, buckets: list[Path]) -> list[BucketResult]:
+        return [job(b, folder) for b, folder in enumerate(buckets)]
 
 
 def _check_split(config: DataConfig, tmp: Path, positives: int) -> None:

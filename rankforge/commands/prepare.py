@@ -23,7 +23,14 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--events-per-bucket must be at least 1000, got {args.events_per_bucket}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config = DataConfig.from_file(args.config)
-    out = prepare_to_disk(config, args.out, events_per_bucket=args.events_per_bucket)
+    engine = None
+    if args.engine == "ray":
+        from rankforge.features.ray_engine import RayEngine
+
+        engine = RayEngine(args.address, workers=args.workers, max_retries=args.retries)
+    elif args.address is not None:
+        raise ConfigError("--address names a Ray cluster: use it with --engine ray")
+    out = prepare_to_disk(config, args.out, events_per_bucket=args.events_per_bucket, engine=engine)
     meta = json.loads((out / MANIFEST).read_text())
     seconds = sum(meta["phase_seconds"].values())
     print(f"prepared {meta['events']:,} events in {meta['buckets']} bucket(s), {seconds:.1f}s: {out}")
@@ -45,5 +52,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=4_000_000,
         help="events held in memory at once (default 4M, about 1.5 GB)",
+    )
+    parser.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="who prepares the buckets: this process, one after another (default), or Ray tasks",
+    )
+    parser.add_argument(
+        "--address",
+        default=None,
+        help="the Ray cluster to join (ray://host:10001, host:6379 or auto; default: start a local one)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=2, help="CPUs of a local Ray cluster (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--retries", type=int, default=2, help="retries of a failed bucket on Ray (default: %(default)s)"
     )
     parser.set_defaults(func=_run)
