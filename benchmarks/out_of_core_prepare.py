@@ -6,7 +6,9 @@ two fresh processes run on it, one after the other, each reporting its wall time
 
 * floor: ``scan_parquet`` + ``group_by(user)`` + each user's last 20 items by time, streaming;
 * rankforge: ``prepare_to_disk`` (check, user buckets, leave-last-out split, id mapping,
-  point-in-time histories, retrieval and ranking example shards, feature tables).
+  point-in-time histories, retrieval and ranking example shards, feature tables), in one process
+  and on a local Ray cluster of 1 and 2 workers (``--engine-workers``; the cluster starts before
+  the clock): wall time, the driver's peak RSS and the largest peak RSS of a worker.
 
 Target (issue #11): 100M events prepared in under 24 GB (the machine) and within 4x the floor.
 
@@ -53,13 +55,21 @@ print(json.dumps({"seconds": seconds, "rows": out.height,
 
 RANKFORGE = """
 import json, resource, sys, time
+from pathlib import Path
 from rankforge.features.out_of_core import prepare_to_disk
 from rankforge.features.pipeline import DataConfig
 config = DataConfig(source="file", path=sys.argv[1], layout="parquet", split="leave_last_out")
+engine = None
+if int(sys.argv[4]) > 0:  # a local Ray cluster of that many workers, started before the clock
+    import ray
+    from rankforge.features.ray_engine import RayEngine
+    ray.init(num_cpus=int(sys.argv[4]), include_dashboard=False, log_to_driver=False)
+    engine = RayEngine(workers=int(sys.argv[4]))
 start = time.perf_counter()
-prepare_to_disk(config, sys.argv[2], events_per_bucket=int(sys.argv[3]))
+prepare_to_disk(config, sys.argv[2], events_per_bucket=int(sys.argv[3]), engine=engine)
 seconds = time.perf_counter() - start
-print(json.dumps({"seconds": seconds,
+meta = json.loads((Path(sys.argv[2]) / "prepared.json").read_text())
+print(json.dumps({"seconds": seconds, "bucket_peak_gb": meta["bucket_peak_gb"],
                   "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
 """
 
@@ -121,6 +131,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=float, nargs="+", default=[1e6, 2e7, 1e8])
     parser.add_argument("--events-per-bucket", type=int, default=4_000_000)
+    parser.add_argument(
+        "--engine-workers",
+        type=int,
+        nargs="+",
+        default=[0, 1, 2],
+        help="0: the single-process path; N: a local Ray cluster of N workers (default: 0 1 2)",
+    )
     parser.add_argument("--stream-max", type=float, default=2e7, help="largest size whose epoch is streamed")
     parser.add_argument(
         "--workdir", type=Path, default=None, help="where logs and outputs go (default: a temp dir)"
@@ -132,8 +149,11 @@ def main() -> None:
         f"machine: {platform.machine()} {os.cpu_count()} cores, {platform.python_version()}; "
         f"POLARS_MAX_THREADS={os.cpu_count()}; {time.strftime('%Y-%m-%d')}"
     )
-    print("| events | floor s | floor GB | rankforge s | rankforge GB | events/s | x floor | disk GB |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print(
+        "| events | engine | floor s | floor GB | rankforge s | driver GB | worker GB | events/s | x floor "
+        "| disk GB |"
+    )
+    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     streamed: list[str] = []
     for size in args.sizes:
         n = int(size)
@@ -142,21 +162,24 @@ def main() -> None:
             write_log(log, n)
         floor = run(FLOOR, str(log))
         out = work / f"prepared_{n}"
-        ours = run(RANKFORGE, str(log), str(out), str(args.events_per_bucket))
-        disk = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 2**30
-        if n <= args.stream_max:
-            read = run(STREAM, str(out))
-            streamed.append(
-                f"| {n:,} | {read['rows']:,} | {read['seconds']:.1f} | "
-                f"{read['rows'] / read['seconds']:,.0f} | {read['peak_gb']:.2f} |"
+        for workers in args.engine_workers:
+            ours = run(RANKFORGE, str(log), str(out), str(args.events_per_bucket), str(workers))
+            disk = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 2**30
+            if n <= args.stream_max and workers == 0:
+                read = run(STREAM, str(out))
+                streamed.append(
+                    f"| {n:,} | {read['rows']:,} | {read['seconds']:.1f} | "
+                    f"{read['rows'] / read['seconds']:,.0f} | {read['peak_gb']:.2f} |"
+                )
+            engine = "one process" if workers == 0 else f"Ray, {workers} worker(s)"
+            worker_gb = f"{ours['bucket_peak_gb']:.2f}" if workers else "-"
+            print(
+                f"| {n:,} | {engine} | {floor['seconds']:.1f} | {floor['peak_gb']:.2f} | "
+                f"{ours['seconds']:.1f} | {ours['peak_gb']:.2f} | {worker_gb} | {n / ours['seconds']:,.0f} | "
+                f"{ours['seconds'] / floor['seconds']:.1f} | {disk:.1f} |",
+                flush=True,
             )
-        print(
-            f"| {n:,} | {floor['seconds']:.1f} | {floor['peak_gb']:.2f} | {ours['seconds']:.1f} | "
-            f"{ours['peak_gb']:.2f} | {n / ours['seconds']:,.0f} | "
-            f"{ours['seconds'] / floor['seconds']:.1f} | {disk:.1f} |",
-            flush=True,
-        )
-        shutil.rmtree(out, ignore_errors=True)
+            shutil.rmtree(out, ignore_errors=True)
     if streamed:
         print("\none epoch of ranking batches streamed from the shards (1 torch thread, batch 4096, 4 negs):")
         print("| events | rows | seconds | rows/s | peak GB |")

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import resource
 import shutil
 import time
 import uuid
@@ -160,6 +161,7 @@ class BucketResult:
     positives: int  # positive training events
     coverage: dict[str, Coverage]  # per held-out split
     seconds: dict[str, float]  # wall time per phase
+    peak_gb: float  # peak RSS of the process that prepared it (a worker's, on an engine)
 
 
 @dataclass
@@ -195,8 +197,10 @@ def _prepare(config: DataConfig, tmp: Path, events_per_bucket: int, engine: Buck
     outputs = _BucketOutputs()
     for kind in SHARD_KINDS:
         (tmp / kind).mkdir()
+    bucket_peak_gb = 0.0
     for result in engine.run(BucketJob(config, known, cuts, tmp), buckets):
         outputs.add(result)
+        bucket_peak_gb = max(bucket_peak_gb, result.peak_gb)
         for name, seconds in result.seconds.items():
             phase.seconds[name] = phase.seconds.get(name, 0.0) + seconds
     phase.last = time.perf_counter()
@@ -215,6 +219,7 @@ def _prepare(config: DataConfig, tmp: Path, events_per_bucket: int, engine: Buck
         "training_history": config.training_history,
         "layout": layout.to_dict(),
         "phase_seconds": {k: round(v, 2) for k, v in phase.seconds.items()},
+        "bucket_peak_gb": round(bucket_peak_gb, 3),  # the largest peak RSS of a process preparing buckets
         "coverage": {split: c.to_dict() for split, c in outputs.coverage.items()},
     }
     (tmp / MANIFEST).write_text(json.dumps(meta, indent=2, sort_keys=True))
@@ -318,7 +323,8 @@ class BucketJob:
         )
         partials = item_partials(events).collect()
         phase("bucket user/item tables")
-        return BucketResult(users, partials, positives, coverage, phase.seconds)
+        peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        return BucketResult(users, partials, positives, coverage, phase.seconds, peak_gb)
 
 
 class BucketEngine(Protocol):
