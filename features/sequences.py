@@ -20,6 +20,21 @@ from rankforge.features.schema import ITEM_IDX, USER_IDX
 PAD = -1
 
 
+def padded_id_lists(values: pl.Series | list[list[int]], max_len: int) -> np.ndarray:
+    """Right-pad (and truncate, keeping the most recent tail) id lists to int64 ``[n, max_len]``."""
+    series = values if isinstance(values, pl.Series) else pl.Series(values, dtype=pl.List(pl.Int64))
+    if series.dtype != pl.List(pl.Int64):
+        series = series.cast(pl.List(pl.Int64))
+    padded = (
+        series.fill_null(pl.lit([], dtype=pl.List(pl.Int64)))
+        .list.tail(max_len)
+        .list.concat(pl.lit([PAD] * max_len, dtype=pl.List(pl.Int64)))
+        .list.head(max_len)
+        .list.to_array(max_len)
+    )
+    return np.array(padded.to_numpy(), dtype=np.int64).reshape(len(series), max_len)
+
+
 @dataclass(frozen=True)
 class PositiveSequences:
     items: np.ndarray  # int64 [positives]: user by user, each in time order

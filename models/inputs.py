@@ -17,8 +17,7 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 
 from rankforge.features.aggregates import dense_matrix
 from rankforge.features.feature_spec import ITEM_ID, USER_HISTORY, USER_ID, InputLayout, Side
-
-PAD = -1
+from rankforge.features.sequences import PAD, padded_id_lists
 
 
 @dataclass(frozen=True)
@@ -42,17 +41,7 @@ class SparseFeature:
 
 def pad_lists(values: pl.Series | list[list[int]], max_len: int) -> torch.Tensor:
     """Right-pad (and truncate, keeping the most recent tail) id lists to ``[n, max_len]``."""
-    series = values if isinstance(values, pl.Series) else pl.Series(values, dtype=pl.List(pl.Int64))
-    if series.dtype != pl.List(pl.Int64):
-        series = series.cast(pl.List(pl.Int64))
-    padded = (
-        series.fill_null(pl.lit([], dtype=pl.List(pl.Int64)))
-        .list.tail(max_len)
-        .list.concat(pl.lit([PAD] * max_len, dtype=pl.List(pl.Int64)))
-        .list.head(max_len)
-        .list.to_array(max_len)
-    )
-    return torch.from_numpy(np.array(padded.to_numpy(), dtype=np.int64).reshape(len(series), max_len))
+    return torch.from_numpy(padded_id_lists(values, max_len))
 
 
 def ids_column(values: torch.Tensor | np.ndarray | pl.Series) -> torch.Tensor:

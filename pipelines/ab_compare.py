@@ -46,7 +46,7 @@ from rankforge.pipelines.bundle_scoring import (
     slate_scores,
 )
 from rankforge.pipelines.replay_log import greedy_actions, policy_probabilities
-from rankforge.pipelines.train import metric_name
+from rankforge.settings import metric_name
 
 Statistic = Callable[[np.ndarray], float]
 PLOT_KS = (1, 5, 10, 20, 50)

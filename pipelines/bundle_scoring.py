@@ -25,7 +25,7 @@ from rankforge.evaluation.metrics import sigmoid
 from rankforge.features.auctions import AuctionTensors
 from rankforge.features.feature_spec import Side
 from rankforge.features.pipeline import PreparedData, ranking_frame
-from rankforge.models.inputs import pad_lists
+from rankforge.features.sequences import padded_id_lists
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class BundleIds:
 
     def encode_lists(self, lists: pl.Series, max_len: int) -> np.ndarray:
         """Raw item-id lists -> padded bundle indices; unknown items become padding (-1)."""
-        return self.items.encode(pad_lists(lists, max_len).numpy())
+        return self.items.encode(padded_id_lists(lists, max_len))
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ def user_vectors(bundle: Bundle, ids: BundleIds, users: np.ndarray, data: Prepar
             how="left",
             maintain_order="left",
         )
-        lists = {s.name: pad_lists(rows[s.name], s.max_len).numpy() for s in declared}
+        lists = {s.name: padded_id_lists(rows[s.name], s.max_len) for s in declared}
     runtime = load_retrieval(bundle, "evaluation", threads=0)  # the server's own user tower feed
     return runtime.user_vectors(
         ids.users.encode(users), ids.encode_lists(frame["history"], bundle.manifest.history_len), lists
@@ -154,8 +154,8 @@ def ranker_logits(bundle: Bundle, frame: pl.DataFrame, histories: pl.DataFrame) 
         ids.encode_lists(with_history["history"], m.history_len),
         frame.select(pl.col(m.dense_features).cast(pl.Float32).fill_null(0.0)).to_numpy(),
         ids.items.encode(frame["item_id"].to_numpy()),
-        {s.name: list(pad_lists(frame[s.name], s.max_len).numpy()) for s in bundle.inputs.declared("item")},
-        {s.name: pad_lists(frame[s.name], s.max_len).numpy() for s in bundle.inputs.declared("user")},
+        {s.name: list(padded_id_lists(frame[s.name], s.max_len)) for s in bundle.inputs.declared("item")},
+        {s.name: padded_id_lists(frame[s.name], s.max_len) for s in bundle.inputs.declared("user")},
     )
 
 

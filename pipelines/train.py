@@ -32,7 +32,7 @@ from rankforge.models.popularity import MostPopular
 from rankforge.models.ranking import RankingModel
 from rankforge.models.retrieval import RetrievalModel
 from rankforge.pipelines.auction_data import with_auctions
-from rankforge.settings import Settings, configure_mlflow
+from rankforge.settings import Settings, configure_mlflow, metric_name
 from rankforge.training.allocator import reuse_large_allocations
 from rankforge.training.batches import FeatureTables
 from rankforge.training.config import TrainConfig
@@ -96,11 +96,6 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
         else:
             out[name] = str(value)
     return out
-
-
-def metric_name(name: str) -> str:
-    """MLflow metric names cannot hold "@": ``recall@10`` is logged as ``recall_at_10``."""
-    return name.replace("@", "_at_")
 
 
 #: What the end of a job (test scoring aside) takes at most: gathering, ONNX export, registering.

@@ -102,3 +102,8 @@ def configure_mlflow(settings: Settings, experiment: str, expect_existing: bool 
         experiment_id = mlflow.create_experiment(experiment, artifact_location=location)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+def metric_name(name: str) -> str:
+    """MLflow metric names cannot hold "@": ``recall@10`` is logged as ``recall_at_10``."""
+    return name.replace("@", "_at_")

@@ -88,3 +88,18 @@ def test_no_package_imports_a_higher_or_parallel_layer() -> None:
 def test_every_package_folder_has_a_layer() -> None:
     packages = {p.parent.name for p in REPO.glob("*/__init__.py")} - {"tests"}
     assert packages <= set(LAYERS) | {"rankforge"}, packages - set(LAYERS)
+
+
+def test_evaluating_a_bundle_loads_neither_torchrec_nor_the_exporter() -> None:
+    """``rankforge evaluate`` scores bundles through ONNX Runtime: importing its job must not pull
+    in TorchRec (about 3 s of start-up) or the ONNX exporter."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, rankforge.pipelines.evaluate, rankforge.pipelines.promote; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torchrec' "
+        "or m in ('rankforge.bundles.export', 'rankforge.pipelines.train'))[:5])"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
