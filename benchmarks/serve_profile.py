@@ -28,12 +28,12 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import replace
 from pathlib import Path
 
 import grpc
 import numpy as np
 import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
@@ -132,28 +132,42 @@ def _bundles(args: argparse.Namespace, data: PreparedData, root: str) -> tuple[s
 
 
 def _profile(config: ServerConfig, users: list[int], requests: int) -> None:
-    """Stage times of sequential requests, in process, with the item cache off and on."""
-    for cache in (0, 500_000):
-        server = RankingServer(replace(config, item_cache_size=cache)).start()
-        server.service.profile = StageProfile()
-        latencies = []
-        with RankingClient(server.address, timeout_s=5.0) as rc:
-            rc.rank(users[0], k=K)
-            server.service.profile.reset()
-            for n in range(requests):
-                began = time.perf_counter()
-                rc.rank(users[n % len(users)], k=K)
-                latencies.append((time.perf_counter() - began) * 1e3)
-        stages = server.service.profile.mean_ms()
-        server.stop(1)
-        handler = stages.pop("handler total")
-        label = "item cache off" if cache == 0 else "item cache on"
-        print(f"\nper request, sequential, {label} ({requests} requests), mean ms:")
-        for stage, ms in sorted(stages.items(), key=lambda kv: -kv[1]):
-            print(f"  {stage:<24} {ms:7.3f}")
-        print(f"  {'handler total':<24} {handler:7.3f}")
-        outside = float(np.mean(latencies)) - handler
-        print(f"  {'gRPC + Python outside':<24} {outside:7.3f}   (client mean {np.mean(latencies):.3f})")
+    """Stage times of sequential requests, in process (items held in memory per version)."""
+    server = RankingServer(config).start()
+    server.service.profile = StageProfile()
+    latencies = []
+    with RankingClient(server.address, timeout_s=5.0) as rc:
+        rc.rank(users[0], k=K)
+        server.service.profile.reset()
+        for n in range(requests):
+            began = time.perf_counter()
+            rc.rank(users[n % len(users)], k=K)
+            latencies.append((time.perf_counter() - began) * 1e3)
+    stages = server.service.profile.mean_ms()
+    server.stop(1)
+    handler = stages.pop("handler total")
+    print(f"\nper request, sequential ({requests} requests), mean ms:")
+    for stage, ms in sorted(stages.items(), key=lambda kv: -kv[1]):
+        print(f"  {stage:<24} {ms:7.3f}")
+    print(f"  {'handler total':<24} {handler:7.3f}")
+    outside = float(np.mean(latencies)) - handler
+    print(f"  {'gRPC + Python outside':<24} {outside:7.3f}   (client mean {np.mean(latencies):.3f})")
+
+
+def _wait_serving(address: str, timeout_s: float = 300.0) -> None:
+    """Until the server at ``address`` reports SERVING (its models and items are loaded)."""
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2.0)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.5)
+    raise SystemExit(f"the server at {address} did not report SERVING within {timeout_s:.0f} s")
 
 
 def _tree_cpu_seconds(root: int) -> float:
@@ -218,7 +232,8 @@ def _load(args: argparse.Namespace, config: ServerConfig, users: list[int]) -> N
         try:
             assert served.stdout is not None
             served.stdout.readline()
-            time.sleep(3 + 2 * processes)  # the spawned workers load their models
+            _wait_serving(f"127.0.0.1:{port}")
+            time.sleep(2 * processes)  # with SO_REUSEPORT, every worker: each serves once loaded
             if args.client_cpus:
                 os.sched_setaffinity(0, {int(c) for c in args.client_cpus.split(",")})
             cpu_before = _tree_cpu_seconds(served.pid)

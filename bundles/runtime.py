@@ -36,6 +36,8 @@ def pad_row(ids: np.ndarray, max_len: int) -> np.ndarray:
 
 def pad_rows(rows: list[np.ndarray], max_len: int) -> np.ndarray:
     out = np.full((len(rows), max_len), PAD, dtype=np.int64)
+    if max_len <= 0:
+        return out
     for i, ids in enumerate(rows):
         tail = np.asarray(ids, dtype=np.int64)[-max_len:]
         out[i, : len(tail)] = tail

@@ -7,7 +7,9 @@ Key layout (``prefix`` defaults to ``rf:v1``; ``rf:v1`` is the layout version)::
     {prefix}:{version}:user:{user_id}    -> record: float32 user dense + int64 lists: the history
                                             (raw item ids), each declared user id feature, then
                                             the seen items (raw item ids, sorted)
-    {prefix}:{version}:item:{item_id}    -> record: float32 item dense + each declared item id feature
+    {prefix}:{version}:items:{block}     -> Arrow IPC: item_id, the dense item features, each
+                                            declared item id feature; ``meta.item_blocks`` blocks
+                                            (``serving.item_table``: loaded once per version)
 
 Which dense columns and id lists a record holds, in order, is the version's meta (the data's
 feature spec). Records are keyed by raw ids and the history holds raw item ids, so one
@@ -63,8 +65,8 @@ class KeyLayout:
     def user(self, version: str, user_id: int) -> str:
         return f"{self.prefix}:{version}:user:{int(user_id)}"
 
-    def item(self, version: str, item_id: int) -> str:
-        return f"{self.prefix}:{version}:item:{int(item_id)}"
+    def items(self, version: str, block: int) -> str:
+        return f"{self.prefix}:{version}:items:{int(block)}"
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,7 @@ class FeatureMeta:
     user_lists: list[str] = field(default_factory=lambda: ["user_history"])  # id lists, in order
     item_lists: list[str] = field(default_factory=list)
     vocabularies: dict[str, str] = field(default_factory=dict)  # declared feature -> digest
+    item_blocks: int = 0  # the items' Arrow IPC blocks (0: a version written before they existed)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

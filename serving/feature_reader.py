@@ -1,16 +1,27 @@
-"""Read a request's features from Redis in one round trip, within the request's time budget.
+"""Read a request's user features from Redis in one round trip; hold each version's items in memory.
 
-Each read sends ``GET {prefix}:current`` and one ``MGET`` of the user's and/or items' keys in a
-single pipelined write on one connection, so a request costs one round trip; the cached version is
-only re-resolved (a second round trip) when the pointer has moved. Replies are read with an
-explicit timeout taken from the caller's remaining deadline, and the client never retries, so a
-dead or stalled Redis costs at most that budget.
+A request sends ``GET {prefix}:current`` and ``GET`` of the user's record in a single pipelined
+write on one connection: one round trip, the user only. Items never cost a request a read: a
+feature version is immutable, so its item features are loaded once into an in-process columnar
+table (``serving.item_table``) and every request of that version looks its items up there.
+
+Version switch policy: **the previous version answers until the next one is loaded.** When a
+read sees the pointer on another version, a background thread loads that version's meta and item
+blocks while requests go on being answered, whole, from the version already held (the writer
+leaves old versions to expire, so their user records are still there); the next read after the
+load switches over. No request waits for a catalogue load, and no answer mixes two versions. Only
+the very first version a reader serves is loaded in the request's path (``FeatureReader.warm``
+does it at server start).
+
+Replies are read with an explicit timeout taken from the caller's remaining deadline, and the
+client never retries, so a dead or stalled Redis costs at most that budget.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis
@@ -21,7 +32,10 @@ from redis.retry import Retry
 
 from rankforge.errors import ConfigError, DataError, RankforgeError
 from rankforge.serving.feature_layout import FeatureMeta, KeyLayout, Record, unpack
+from rankforge.serving.item_table import ItemTable, decode_blocks
 from rankforge.serving.redis_urls import CLUSTER_SCHEME, masked, parse_cluster
+
+log = logging.getLogger(__name__)
 
 
 class FeatureStoreUnavailable(RuntimeError):
@@ -48,11 +62,20 @@ class FeatureStoreCorrupt(DataError):
 
 
 @dataclass(frozen=True)
+class FeatureVersion:
+    """One feature version as a server holds it: its name, meta and every item's features."""
+
+    name: str
+    meta: FeatureMeta
+    items: ItemTable
+
+
+@dataclass(frozen=True)
 class FeatureRead:
     version: str
     meta: FeatureMeta
-    user: Record | None  # None: the user has no record
-    items: list[Record | None]  # in the order asked for
+    user: Record | None  # None: the user has no record (or none was asked for)
+    items: ItemTable  # the version's items: ``items.rows(raw_ids)`` finds a request's
 
 
 def connect(url: str, timeout_s: float = 0.25, max_connections: int = 64) -> redis.Redis:
@@ -91,85 +114,118 @@ def connect(url: str, timeout_s: float = 0.25, max_connections: int = 64) -> red
 
 
 class FeatureReader:
-    """Reads one request's features; item records are cached in process per feature version.
+    """Reads one request's user record; holds the served version's items (see the module policy).
 
-    A feature version is immutable once written (a new one gets a new name and the pointer moves),
-    so an item's record -- or its absence -- never changes within a version. Caching them removes
-    the retrieval path's second Redis round trip (the retrieved items' records) for every item
-    seen before; the cache is dropped when the version changes and cleared when it exceeds
-    ``item_cache_size`` records (0 disables it). User records are never cached: they carry the
-    user's latest history.
+    ``load_timeout_s`` bounds loading one version (its meta and item blocks), which runs at most
+    once per version, off the request path except for the first version served.
     """
 
     def __init__(
-        self, client: redis.Redis, layout: KeyLayout | None = None, item_cache_size: int = 500_000
+        self, client: redis.Redis, layout: KeyLayout | None = None, load_timeout_s: float = 60.0
     ) -> None:
         self.client = client
         self.layout = layout or KeyLayout()
-        self._version: str | None = None
-        self._meta: FeatureMeta | None = None
-        self.item_cache_size = item_cache_size
-        self._items: tuple[str, dict[int, Record | None]] = ("", {})  # (version, item id -> record)
+        self.load_timeout_s = load_timeout_s
+        self._served: FeatureVersion | None = None
+        self._lock = threading.Lock()
+        self._loading: str | None = None  # the version a background thread is loading
+        self._loaded: FeatureVersion | None = None  # loaded, switched to by the next read
+        self._failed: tuple[str, float] = ("", 0.0)  # (version, when): a failed load is retried later
 
-    def read(self, user_id: int | None, item_ids: Sequence[int], timeout_s: float) -> FeatureRead:
-        """The user's record (if ``user_id`` is given) and the items' records, one version."""
+    @property
+    def served(self) -> FeatureVersion | None:
+        """The version requests are answered from (None before the first read)."""
+        return self._served
+
+    def warm(self) -> FeatureVersion | None:
+        """Load the current version now (server start), if there is one."""
+        (current,) = self._round_trip([("GET", self.layout.current)], time.monotonic() + self.load_timeout_s)
+        if current is None:
+            return None
+        self._served = self._load(current.decode())
+        return self._served
+
+    def read(self, user_id: int | None, timeout_s: float) -> FeatureRead:
+        """The user's record (if ``user_id`` is given) and the served version's items."""
         deadline = time.monotonic() + timeout_s
-        version = self._version
-        for _ in range(2):  # a second pass only when the pointer moved under the cached version
-            keys = self._keys(version, user_id, item_ids) if version else []
+        served = self._served
+        for _ in range(2):  # a second pass only to switch to a version loaded meanwhile
             commands: list[tuple] = [("GET", self.layout.current)]
-            if keys:
-                commands.append(("MGET", *keys))
+            if served is not None and user_id is not None:
+                commands.append(("GET", self.layout.user(served.name, user_id)))
             replies = self._round_trip(commands, deadline)
-            current = replies[0].decode() if replies[0] is not None else None
-            if current is None:
+            if replies[0] is None:
                 raise FeatureStoreEmpty(f"no feature version is current under {self.layout.current!r}")
-            if current == version and keys:
-                values = replies[1]
-                break
-            version = current
-            self._meta = self._load_meta(version, deadline)
-            self._version = version
-        else:  # pragma: no cover - the pointer moved twice within one request
-            raise FeatureStoreUnavailable("feature version changed during the read; retry")
-        assert self._meta is not None
-        user_raw, item_raw = (values[0], values[1:]) if user_id is not None else (None, values)
-        return FeatureRead(
-            version=version,
-            meta=self._meta,
-            user=unpack(user_raw) if user_raw is not None else None,
-            items=[unpack(v) if v is not None else None for v in item_raw],
-        )
+            current = replies[0].decode()
+            if served is None:  # the first version this reader serves: loaded in the request's path
+                served = self._served = self._load(current)
+                continue
+            if current != served.name:
+                loaded = self._switch_to(current)
+                if loaded is not None:
+                    served = loaded
+                    continue
+            user = replies[1] if len(replies) > 1 else None
+            return FeatureRead(
+                version=served.name,
+                meta=served.meta,
+                user=unpack(user) if user is not None else None,
+                items=served.items,
+            )
+        raise FeatureStoreUnavailable("feature version changed during the read; retry")
 
-    def read_items(self, version: str, item_ids: Sequence[int], timeout_s: float) -> list[Record | None]:
-        """Items of a version already resolved by :meth:`read` (the retrieval path's 2nd step);
-        only items not in the cache cost a round trip."""
-        if not item_ids:
-            return []
-        cache = self._item_cache(version)
-        missing = [i for i in dict.fromkeys(item_ids) if i not in cache]
-        if missing:
-            keys = [self.layout.item(version, i) for i in missing]
-            (values,) = self._round_trip([("MGET", *keys)], time.monotonic() + timeout_s)
-            fetched = {i: unpack(v) if v is not None else None for i, v in zip(missing, values, strict=True)}
-            self._remember(cache, fetched)
-        else:
-            fetched = {}
-        return [fetched[i] if i in fetched else cache[i] for i in item_ids]
+    def _switch_to(self, current: str) -> FeatureVersion | None:
+        """The version to serve now that the pointer names ``current``: the loaded one when it is
+        ready (it becomes the served version), else None after starting its load if needed."""
+        with self._lock:
+            loaded = self._loaded
+            if loaded is not None and loaded.name == current:
+                self._served, self._loaded = loaded, None
+                log.info("serving feature version %s (%d items)", current, len(loaded.items))
+                return loaded
+            failed, when = self._failed
+            if self._loading is not None or (failed == current and time.monotonic() - when < 10.0):
+                return None
+            self._loading = current
+        threading.Thread(target=self._load_in_background, args=(current,), daemon=True).start()
+        return None
 
-    def _item_cache(self, version: str) -> dict[int, Record | None]:
-        cached_version, cache = self._items
-        if cached_version != version:
-            cache = {}
-            self._items = (version, cache)  # one assignment: readers see the old or the new cache
-        return cache
-
-    def _remember(self, cache: dict[int, Record | None], records: dict[int, Record | None]) -> None:
-        if self.item_cache_size <= 0:
+    def _load_in_background(self, version: str) -> None:
+        try:
+            loaded = self._load(version)
+        except (RankforgeError, FeatureStoreUnavailable) as exc:
+            log.error(
+                "feature version %s could not be loaded; still serving the previous one: %s", version, exc
+            )
+            with self._lock:
+                self._loading, self._failed = None, (version, time.monotonic())
             return
-        if len(cache) + len(records) > self.item_cache_size:
-            cache.clear()
-        cache.update(records)
+        with self._lock:
+            self._loading, self._loaded = None, loaded
+
+    def _load(self, version: str) -> FeatureVersion:
+        """A version's meta and its item table, read in two round trips."""
+        deadline = time.monotonic() + self.load_timeout_s
+        meta = self._load_meta(version, deadline)
+        if meta.item_blocks == 0:
+            raise FeatureStoreEmpty(
+                f"feature version {version!r} holds no item blocks (written by an older rankforge): "
+                "run materialize again"
+            )
+        blocks = self._round_trip(
+            [("GET", self.layout.items(version, n)) for n in range(meta.item_blocks)], deadline
+        )
+        absent = [n for n, block in enumerate(blocks) if block is None]
+        if absent:
+            raise FeatureStoreEmpty(
+                f"feature version {version!r} lacks item block(s) {absent[:5]} (expired?)"
+            )
+        items = decode_blocks(blocks, meta.item_dense, meta.item_lists)
+        if len(items) != meta.n_items:
+            raise DataError(
+                f"feature version {version!r}: {len(items)} items in its blocks, meta says {meta.n_items}"
+            )
+        return FeatureVersion(version, meta, items)
 
     def _cluster_round_trip(self, commands: list[tuple]) -> list:
         """The same replies from a Redis Cluster: the keys of a request live on several nodes
@@ -199,10 +255,6 @@ class FeatureReader:
                 replies.append(list(flat[at : at + size]))
                 at += size
         return replies
-
-    def _keys(self, version: str, user_id: int | None, item_ids: Sequence[int]) -> list[str]:
-        users = [self.layout.user(version, user_id)] if user_id is not None else []
-        return users + [self.layout.item(version, i) for i in item_ids]
 
     def _load_meta(self, version: str, deadline: float) -> FeatureMeta:
         (raw,) = self._round_trip([("GET", self.layout.meta(version))], deadline)

@@ -1,5 +1,8 @@
 """Materialise the feature pipeline's user and item tables into Redis as a new version.
 
+Users are one record per key (a request reads one user); items are a few Arrow IPC blocks of
+columns (``serving.item_table``), which a server loads once per version and holds in memory.
+
 A version is written in full (pipelined batches, every key with a TTL) before the ``current``
 pointer is switched to it with one ``SET``, so readers see either the old version or the complete
 new one, never a mix; a write that fails midway deletes what it wrote. Old versions are left to
@@ -24,6 +27,7 @@ from rankforge.features.feature_spec import USER_HISTORY
 from rankforge.features.pipeline import PreparedData
 from rankforge.models.inputs import BUILT_IN_COLUMNS
 from rankforge.serving.feature_layout import SEEN_ITEMS, FeatureMeta, KeyLayout, check_name, pack
+from rankforge.serving.item_table import BLOCK_ITEMS, ITEM_ID, encode_blocks
 
 DEFAULT_TTL_S = 7 * 24 * 3600
 
@@ -74,13 +78,18 @@ def user_records(data: PreparedData) -> Iterator[tuple[int, bytes]]:
         yield int(user_id), pack(dense[row], item_id_of[lists[0]], *lists[1:-1], item_id_of[lists[-1]])
 
 
-def item_records(data: PreparedData) -> Iterator[tuple[int, bytes]]:
-    """(raw item id, record): dense item features and the declared item id features."""
+def item_frame(data: PreparedData) -> pl.DataFrame:
+    """Every item's row: ``item_id`` (raw), the dense item features (float32, nulls and NaNs as 0,
+    as training sees them) and the declared item id features (vocabulary indices)."""
     items = data.item_features
     dense = dense_matrix(items, data.inputs.item_dense)
-    lists = _lists(items, item_lists(data))
-    for row, (item_id, ids) in enumerate(zip(items["item_id"], lists, strict=True)):
-        yield int(item_id), pack(dense[row], *ids)
+    return pl.DataFrame(
+        {
+            ITEM_ID: items["item_id"].cast(pl.Int64),
+            **{name: dense[:, j] for j, name in enumerate(data.inputs.item_dense)},
+            **{name: items[name].cast(pl.List(pl.Int64)) for name in item_lists(data)},
+        }
+    )
 
 
 def _raw_item_ids(data: PreparedData) -> np.ndarray:
@@ -97,6 +106,7 @@ class FeatureWriter:
         layout: KeyLayout | None = None,
         ttl_s: int = DEFAULT_TTL_S,
         batch_size: int = 1000,
+        block_items: int = BLOCK_ITEMS,
     ) -> None:
         if ttl_s < 1 or batch_size < 1:
             raise DataError(f"ttl_s and batch_size must be >= 1, got {ttl_s} and {batch_size}")
@@ -104,6 +114,7 @@ class FeatureWriter:
         self.layout = layout or KeyLayout()
         self.ttl_s = ttl_s
         self.batch_size = batch_size
+        self.block_items = block_items
 
     def write(self, data: PreparedData, version: str | None = None) -> WriteReport:
         """Write every user and item under ``version`` (new if None), then make it current."""
@@ -116,9 +127,9 @@ class FeatureWriter:
             n_users = self._write_batches(
                 (self.layout.user(version, uid), record) for uid, record in user_records(data)
             )
-            n_items = self._write_batches(
-                (self.layout.item(version, iid), record) for iid, record in item_records(data)
-            )
+            items = item_frame(data)
+            blocks = encode_blocks(items, self.block_items)
+            self._write_batches((self.layout.items(version, n), block) for n, block in enumerate(blocks))
         except BaseException:
             self._discard(version)  # a half-written version is never left behind (nor made current)
             raise
@@ -130,12 +141,13 @@ class FeatureWriter:
             vocabularies=data.vocabulary_digests(),
             history_len=data.history_len,
             n_users=n_users,
-            n_items=n_items,
+            n_items=items.height,
+            item_blocks=len(blocks),
             written_at=time.time(),
         )
         self.client.set(self.layout.meta(version), meta.to_json(), ex=self.ttl_s)
         self.client.set(self.layout.current, version)  # the switch: one atomic SET
-        return WriteReport(version, n_users, n_items, time.perf_counter() - start)
+        return WriteReport(version, n_users, items.height, time.perf_counter() - start)
 
     def _discard(self, version: str) -> None:
         """Delete whatever was written under ``version``; if Redis is what failed, the keys'

@@ -35,6 +35,7 @@ from rankforge.serving.feature_reader import (
     FeatureStoreEmpty,
     FeatureStoreUnavailable,
 )
+from rankforge.serving.item_table import ItemTable
 from rankforge.serving.model_source import ServingModels
 from rankforge.serving.proto import ranking_pb2, ranking_pb2_grpc
 from rankforge.serving.stage_profile import NO_LAPS, Laps, StageProfile
@@ -248,7 +249,7 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
         clock.lap("validate")
         self._check_deadline(context)
 
-        read = self._read(lambda t: self._reader.read(user_id, candidates or [], t), context)
+        read = self._read(lambda t: self._reader.read(user_id, t), context)
         clock.lap("redis")
         if read.user is None:
             raise RankError(
@@ -266,16 +267,16 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
 
         excluded = self._excluded(request, read.meta, read.user)
         if candidates is not None:
-            item_raw, retrieval_scores, records = self._given(
+            item_raw, retrieval_scores, rows = self._given(
                 request, candidates, read, excluded, query, retrieval
             )
         else:
-            item_raw, retrieval_scores, records = self._retrieved(
-                request, request_id, read.version, excluded, query, retrieval, clock, context
+            item_raw, retrieval_scores, rows = self._retrieved(
+                request, request_id, read.items, excluded, query, retrieval, clock
             )
         self._check_deadline(context)
         clock.lap("candidates")
-        logits = self._score(request, read.meta, read.user, records, item_raw, history_raw, ranker, user_id)
+        logits = self._score(request, read, rows, item_raw, history_raw, ranker, user_id)
         clock.lap("ranker (feed + ONNX)")
         _check_scores(logits, f"ranker {ranker.version}")
         order = np.argsort(-logits, kind="stable")[: request.k]
@@ -305,11 +306,13 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
         excluded: np.ndarray,
         query: np.ndarray,
         retrieval: RetrievalRuntime,
-    ) -> tuple[np.ndarray, np.ndarray, list[Record]]:
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The caller's candidates minus ``excluded``: raw ids ``[n]``, retrieval scores ``[n]``
-        (NaN for items the retrieval model has no vector for) and feature records."""
-        missing = [c for c, rec in zip(candidates, read.items, strict=True) if rec is None]
-        if missing:
+        (NaN for items the retrieval model has no vector for) and their rows in ``read.items``."""
+        item_raw = np.asarray(candidates, dtype=np.int64)
+        rows = read.items.rows(item_raw)
+        if (rows < 0).any():
+            missing = item_raw[rows < 0].tolist()
             key_of = _candidate_keys(request, retrieval)
             named = [key_of.get(c, str(c)) for c in missing] if key_of else missing
             raise RankError(
@@ -317,37 +320,31 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
                 f"{len(missing)} candidate item(s) have no features "
                 f"(feature version {read.version}): {_ids_preview(named)}",
             )
-        item_raw = np.asarray(candidates, dtype=np.int64)
-        records = [r for r in read.items if r is not None]  # none is missing (checked above)
         keep = ~np.isin(item_raw, excluded)
-        item_raw, records = item_raw[keep], [r for r, k in zip(records, keep, strict=True) if k]
+        item_raw, rows = item_raw[keep], rows[keep]
         retrieval_idx = retrieval.items.encode(item_raw)
         retrieval_scores = np.full(len(item_raw), np.nan, dtype=np.float32)
         known = retrieval_idx >= 0
         retrieval_scores[known] = retrieval.index.scores(query, retrieval_idx[known])
-        return item_raw, retrieval_scores, records
+        return item_raw, retrieval_scores, rows
 
     def _retrieved(
         self,
         request: ranking_pb2.RankRequest,
         request_id: str,
-        version: str,
+        items: ItemTable,
         excluded: np.ndarray,
         query: np.ndarray,
         retrieval: RetrievalRuntime,
         clock: Laps,
-        context: grpc.ServicerContext,
-    ) -> tuple[np.ndarray, np.ndarray, list[Record]]:
-        """``k * retrieve_factor`` items from the index (``excluded`` left out) and their feature
-        records: raw ids ``[n]``, retrieval scores ``[n]``, records; retrieved items without
-        features are skipped with a warning."""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``k * retrieve_factor`` items from the index (``excluded`` left out): raw ids ``[n]``,
+        retrieval scores ``[n]`` and rows in ``items``; retrieved items the feature version does
+        not hold are skipped with a warning."""
         item_raw, scores = retrieval.retrieve(query, excluded, request.k * self.limits.retrieve_factor)
-        retrieval_scores = scores.astype(np.float32)
         clock.lap("index search")
-        self._check_deadline(context)
-        fetched = self._read(lambda t: self._reader.read_items(version, item_raw.tolist(), t), context)
-        clock.lap("redis")
-        present = np.array([r is not None for r in fetched], dtype=bool)
+        rows = items.rows(item_raw)
+        present = rows >= 0
         if not present.all():
             log.warning(
                 "rank %s: %d retrieved item(s) lack features and were skipped: %s",
@@ -359,25 +356,31 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
                     else item_raw[~present]
                 ),
             )
-        return item_raw[present], retrieval_scores[present], [r for r in fetched if r is not None]
+        return item_raw[present], scores.astype(np.float32)[present], rows[present]
 
     def _score(
         self,
         request: ranking_pb2.RankRequest | ranking_pb2.AuctionRequest,
-        meta: FeatureMeta,
-        user: Record,
-        records: list[Record],
+        read: FeatureRead,
+        rows: np.ndarray,
         item_raw: np.ndarray,
         history_raw: np.ndarray,
         ranker: RankerRuntime,
         user_id: int,
     ) -> np.ndarray:
-        if len(records) == 0:
+        """The ranker's logits ``[n]`` for the items at ``rows`` of the version's item table
+        (raw ids ``item_raw`` ``[n]``): the dense feed gathered column by column as the ranker
+        declares it (request context, user features broadcast, item features by row), the item
+        id lists padded from the table, one ORT call."""
+        if len(rows) == 0:
             return np.empty(0, dtype=np.float32)
-        item_dense = np.stack([r.dense for r in records])
-        columns = []
+        meta, user, items = read.meta, read.user, read.items
+        assert user is not None  # a read without the user is answered NOT_FOUND before ranking
+        n = len(rows)
+        dense = np.empty((n, len(ranker.dense_features)), dtype=np.float32)
         context = {c.name: c for c in ranker.layout.context}
-        for name in ranker.dense_features:
+        item_columns = []  # (feed column, table column) of the item features
+        for j, name in enumerate(ranker.dense_features):
             if name in context:  # a request-time feature: the raw value, normalised as in training
                 if name not in request.context:
                     raise RankError(
@@ -385,29 +388,29 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
                         f"the ranker needs request context {name!r}; give it in context "
                         f"(it reads {ranker.layout.context_names})",
                     )
-                value = context_value(context[name], float(request.context[name]))
-                columns.append(np.full(len(records), value, dtype=np.float32))
+                dense[:, j] = context_value(context[name], float(request.context[name]))
             elif name in meta.user_dense:
-                columns.append(
-                    np.full(len(records), user.dense[meta.user_dense.index(name)], dtype=np.float32)
-                )
+                dense[:, j] = user.dense[meta.user_dense.index(name)]
             elif name in meta.item_dense:
-                columns.append(item_dense[:, meta.item_dense.index(name)])
+                item_columns.append((j, meta.item_dense.index(name)))
             else:
                 raise RankError(
                     Code.FAILED_PRECONDITION,
                     f"the ranker needs dense feature {name!r}, which feature version lacks "
                     f"(it has {meta.user_dense + meta.item_dense})",
                 )
+        if item_columns:
+            into, of = zip(*item_columns, strict=True)
+            dense[:, list(into)] = items.dense[rows][:, list(of)]
         _check_features(meta, meta.item_lists, ranker.bundle, "item")
         item_lists = {
-            s.name: [r.lists[meta.item_lists.index(s.name)] for r in records]
+            s.name: items.lists[meta.item_lists.index(s.name)].padded(rows, s.max_len)
             for s in ranker.layout.declared("item")
         }
         return ranker.score(
             int(ranker.users.encode([user_id])[0]),
             _known(ranker.items.encode(history_raw)),
-            np.stack(columns, axis=1),
+            dense,
             ranker.items.encode(item_raw),
             item_lists,
             _declared_lists(meta, meta.user_lists, user, ranker.bundle, "user"),
@@ -425,21 +428,21 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
             )
         ads, bids = self._validate_auction(request)
         user_id = int(request.user_id)
-        read = self._read(lambda t: self._reader.read(user_id, ads.tolist(), t), context)
+        read = self._read(lambda t: self._reader.read(user_id, t), context)
         if read.user is None:
             raise RankError(
                 Code.NOT_FOUND, f"user {user_id} has no features (feature version {read.version})"
             )
         self._check_context_names(request, ranker)
-        missing = [a for a, rec in zip(ads.tolist(), read.items, strict=True) if rec is None]
-        if missing:
+        rows = read.items.rows(ads)
+        if (rows < 0).any():
+            missing = ads[rows < 0]
             raise RankError(
                 Code.NOT_FOUND,
                 f"{len(missing)} ad(s) have no features (feature version {read.version}): "
                 f"{_ids_preview(missing)}",
             )
-        records = [r for r in read.items if r is not None]  # none is missing (checked above)
-        logits = self._score(request, read.meta, read.user, records, ads, read.user.ids, ranker, user_id)
+        logits = self._score(request, read, rows, ads, read.user.ids, ranker, user_id)
         _check_scores(logits, f"ad ranker {ranker.version}")
         pctr = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
         ecpm = bids * pctr

@@ -18,8 +18,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from rankforge.errors import RankforgeError
 from rankforge.serving.feature_layout import DEFAULT_PREFIX, KeyLayout
-from rankforge.serving.feature_reader import FeatureReader, connect
+from rankforge.serving.feature_reader import FeatureReader, FeatureStoreUnavailable, connect
 from rankforge.serving.model_source import ModelSource, ModelWatcher
 from rankforge.serving.proto import SERVICE_NAME, ranking_pb2
 from rankforge.serving.ranking_service import RankingService, ServiceLimits, safe_deserializer
@@ -51,7 +52,6 @@ class ServerConfig:
     tls: TlsConfig | None = None  # None: plaintext, allowed on loopback only (see security)
     auth_token: str | None = None  # set: every RPC but health needs "authorization: Bearer <token>"
     allow_insecure: bool = False  # plaintext on a non-loopback interface, explicitly forced
-    item_cache_size: int = 500_000  # item feature records cached per feature version (0: off)
     reuse_port: bool = False  # SO_REUSEPORT: several server processes share one port (serve --processes)
     exclude_seen: bool = True  # leave out the user's seen items unless a request says otherwise
 
@@ -91,7 +91,7 @@ class RankingServer:
         client = connect(
             config.redis_url, timeout_s=config.limits.redis_timeout_s, max_connections=config.workers * 2
         )
-        self.reader = FeatureReader(client, KeyLayout(config.feature_prefix), config.item_cache_size)
+        self.reader = FeatureReader(client, KeyLayout(config.feature_prefix))
         limits = replace(config.limits, max_concurrent=config.limits.max_concurrent or config.workers)
         self.service = RankingService(
             lambda: self.watcher.models,
@@ -149,6 +149,7 @@ class RankingServer:
         return f"{self.config.host}:{self.port}"
 
     def start(self) -> RankingServer:
+        self._warm_features()
         self.server.start()
         for service in ("", SERVICE_NAME, self.MODELS_HEALTH):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
@@ -161,6 +162,17 @@ class RankingServer:
             self.watcher.models.ranker.version,
         )
         return self
+
+    def _warm_features(self) -> None:
+        """Load the current feature version's items before the port serves, so no request waits
+        for the catalogue; a store that is down or empty now is the first request's to report."""
+        try:
+            version = self.reader.warm()
+        except (FeatureStoreUnavailable, RankforgeError) as exc:
+            log.warning("feature version not loaded at start (the first request retries): %s", exc)
+            return
+        if version is not None:
+            log.info("feature version %s: %d items in memory", version.name, len(version.items))
 
     def stop(self, grace_s: float | None = None) -> None:
         """Report NOT_SERVING, stop accepting RPCs, let running ones finish within the grace."""

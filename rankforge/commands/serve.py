@@ -67,12 +67,6 @@ def _add_serve(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--port", type=int, default=50051, help="TCP port (0: any free port)")
     serve.add_argument("--workers", type=int, default=8, help="request threads (per process)")
     serve.add_argument(
-        "--item-cache-size",
-        type=int,
-        default=500_000,
-        help="item feature records kept in memory per feature version (0: read every item from Redis)",
-    )
-    serve.add_argument(
         "--include-seen",
         action="store_true",
         help="answer items users have already interacted with unless a request says otherwise "
@@ -323,7 +317,6 @@ def _serve(args: argparse.Namespace) -> int:
         auth_token=read_token(args.auth_token_file),
         allow_insecure=args.insecure,
         reuse_port=args.processes > 1,
-        item_cache_size=args.item_cache_size,
         exclude_seen=not args.include_seen,
     )
     try:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
 from pathlib import Path
 
 import grpc
@@ -21,6 +23,7 @@ from rankforge.features.synthetic import generate_log
 from rankforge.serving.client import RankingClient
 from rankforge.serving.feature_layout import KeyLayout
 from rankforge.serving.feature_writer import FeatureWriter
+from rankforge.serving.server import RankingServer
 from rankforge.training.config import ModelConfig
 from rankforge.training.tasks import build_model
 
@@ -284,6 +287,16 @@ def test_training_rows_carry_their_events_context(declared: tuple[PreparedData, 
         tables.dense(torch.tensor([0]), torch.tensor([0]))
 
 
+def _until_served(server: RankingServer, client: RankingClient, user_id: int, version: str) -> None:
+    """Send requests until the server holds ``version`` (the one held answers until it is loaded)."""
+    deadline = time.monotonic() + 10.0
+    while server.reader.served is None or server.reader.served.name != version:
+        assert time.monotonic() < deadline, f"feature version {version} was never loaded"
+        with contextlib.suppress(grpc.RpcError):  # the previous version's own refusal
+            client.rank(user_id, k=5, context={"hour_of_day": 13.0})
+        time.sleep(0.02)
+
+
 @pytest.mark.redis
 def test_a_feature_version_with_another_vocabulary_is_refused(
     declared: tuple[PreparedData, Bundles], redis_client: redis.Redis, redis_url: str, layout: KeyLayout
@@ -305,6 +318,7 @@ def test_a_feature_version_with_another_vocabulary_is_refused(
                 meta = json.loads(redis_client.get(layout.meta(version)))
                 meta["vocabularies"] |= change
                 redis_client.set(layout.meta(version), json.dumps(meta))
+                _until_served(server, client, user_id, version)
                 with pytest.raises(grpc.RpcError) as refused:
                     client.rank(user_id, k=5, context={"hour_of_day": 13.0})
                 assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION

@@ -40,39 +40,94 @@ def test_versions_and_prefixes_cannot_alias_keys(bad: str, redis_client, serving
 @pytest.mark.redis
 def test_write_then_read_matches_the_feature_tables(redis_client, layout, serving_data) -> None:
     d = serving_data
-    report = FeatureWriter(redis_client, layout, ttl_s=120, batch_size=16).write(d, version="v-one")
+    writer = FeatureWriter(redis_client, layout, ttl_s=120, batch_size=16, block_items=30)
+    report = writer.write(d, version="v-one")
     assert (report.version, report.n_users, report.n_items) == ("v-one", d.n_users, d.n_items)
     assert redis_client.get(layout.current) == b"v-one"
     assert 0 < redis_client.ttl(layout.user("v-one", 1)) <= 120
+    assert 0 < redis_client.ttl(layout.items("v-one", 0)) <= 120
     assert redis_client.ttl(layout.current) == -1  # the pointer itself never expires
 
     users = d.user_features.join(d.mapping.users, on="user_idx")
     row = users.filter(pl.col("history").list.len() > 1).row(0, named=True)
     item_ids = [int(i) for i in d.item_features["item_id"].head(5)]
-    read = FeatureReader(redis_client, layout).read(row["user_id"], [*item_ids, 10**9], timeout_s=1.0)
+    read = FeatureReader(redis_client, layout).read(row["user_id"], timeout_s=1.0)
 
     assert read.version == "v-one" and read.meta.user_dense == list(USER_DENSE)
+    assert read.meta.item_blocks == -(-d.n_items // 30)  # 80 items in blocks of at most 30
     np.testing.assert_allclose(read.user.dense, [row[n] for n in USER_DENSE], rtol=1e-6)
     raw_of = dict(zip(d.mapping.items["item_idx"], d.mapping.items["item_id"], strict=True))
     assert read.user.ids.tolist() == [raw_of[i] for i in row["history"]]
-    for item_id, record in zip(item_ids, read.items[:5], strict=True):
+    assert len(read.items) == d.n_items and read.meta.item_lists == ["item_genres"]
+    rows = read.items.rows(np.array([*item_ids, 10**9]))
+    assert rows[-1] == -1  # an item the version does not hold
+    for item_id, r in zip(item_ids, rows[:5], strict=True):
         expected = d.item_features.filter(pl.col("item_id") == item_id).row(0, named=True)
-        np.testing.assert_allclose(record.dense, [expected[n] for n in ITEM_DENSE], rtol=1e-6)
-        assert read.meta.item_lists == ["item_genres"]  # the declared item feature, as indices
-        assert [ids.tolist() for ids in record.lists] == [list(expected["item_genres"])]
-    assert read.items[5] is None
+        assert read.items.ids[r] == item_id
+        np.testing.assert_allclose(read.items.dense[r], [expected[n] for n in ITEM_DENSE], rtol=1e-6)
+        assert read.items.lists[0].row(r).tolist() == list(expected["item_genres"])  # indices
+
+
+def _read_until(reader: FeatureReader, version: str, timeout_s: float = 10.0) -> list[str]:
+    """The versions successive reads answered from, until ``version``."""
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        seen.append(reader.read(None, 1.0).version)
+        if seen[-1] == version:
+            return seen
+        time.sleep(0.01)
+    raise AssertionError(f"the reader never served {version!r}: {seen[-5:]}")
 
 
 @pytest.mark.redis
-def test_reader_follows_the_pointer_to_a_new_version(redis_client, layout, serving_data) -> None:
+def test_reader_follows_the_pointer_once_the_new_version_is_loaded(
+    redis_client, layout, serving_data
+) -> None:
+    """The read that sees the pointer move starts loading the new version and is itself answered,
+    whole, from the version held; a later read switches over."""
     writer = FeatureWriter(redis_client, layout, ttl_s=120)
     reader = FeatureReader(redis_client, layout)
     writer.write(serving_data, version="first")
-    assert reader.read(None, [1], 1.0).version == "first"
+    assert reader.read(None, 1.0).version == "first"
     writer.write(serving_data, version="second")
-    assert reader.read(None, [1], 1.0).version == "second"
+    seen = _read_until(reader, "second")
+    assert seen[0] == "first" and set(seen) == {"first", "second"}
+    assert reader.served is not None and reader.served.name == "second"
     with pytest.raises(DataError, match="is live"):
         writer.write(serving_data, version="second")
+
+
+@pytest.mark.redis
+def test_a_version_that_does_not_load_leaves_the_previous_one_served(
+    redis_client, layout, serving_data, caplog
+) -> None:
+    writer = FeatureWriter(redis_client, layout, ttl_s=120)
+    reader = FeatureReader(redis_client, layout)
+    writer.write(serving_data, version="good")
+    assert reader.read(1, 1.0).version == "good"
+    writer.write(serving_data, version="broken")
+    redis_client.delete(layout.items("broken", 0))  # its item block expired (or was never there)
+    with caplog.at_level("ERROR", logger="rankforge.serving.feature_reader"):
+        for _ in range(20):
+            assert reader.read(1, 1.0).version == "good"
+            time.sleep(0.02)
+    assert "feature version broken could not be loaded; still serving the previous one" in caplog.text
+    assert "lacks item block(s) [0]" in caplog.text
+    with pytest.raises(FeatureStoreEmpty, match=r"'broken' lacks item block\(s\) \[0\]"):
+        FeatureReader(redis_client, layout).read(1, 1.0)  # a new reader has nothing to fall back on
+
+
+@pytest.mark.redis
+def test_a_version_without_item_blocks_asks_for_a_new_materialize(redis_client, layout, serving_data) -> None:
+    import json
+
+    FeatureWriter(redis_client, layout, ttl_s=120).write(serving_data, version="old")
+    meta = json.loads(redis_client.get(layout.meta("old")))
+    del meta["item_blocks"]  # as an earlier rankforge wrote it
+    redis_client.set(layout.meta("old"), json.dumps(meta))
+    with pytest.raises(FeatureStoreEmpty, match=r"holds no item blocks .*run materialize again"):
+        FeatureReader(redis_client, layout).read(1, 1.0)
 
 
 @pytest.mark.redis
@@ -81,15 +136,15 @@ def test_a_write_that_fails_midway_leaves_nothing(redis_client, layout, serving_
 
     writer = FeatureWriter(redis_client, layout, ttl_s=120, batch_size=7)
     writer.write(serving_data, version="good")
-    original = feature_writer.item_records
+    original = feature_writer.user_records
 
-    def broken(data):  # the item table fails after some records went out
+    def broken(data):  # the user table fails after some records went out
         for n, record in enumerate(original(data)):
             if n == 20:
                 raise RuntimeError("disk gone")
             yield record
 
-    monkeypatch.setattr(feature_writer, "item_records", broken)
+    monkeypatch.setattr(feature_writer, "user_records", broken)
     with pytest.raises(RuntimeError, match="disk gone"):
         writer.write(serving_data, version="bad")
     assert list(redis_client.scan_iter(f"{layout.prefix}:bad:*")) == []
@@ -99,10 +154,10 @@ def test_a_write_that_fails_midway_leaves_nothing(redis_client, layout, serving_
 @pytest.mark.redis
 def test_empty_store_and_dead_store_errors(redis_client, layout, closed_port) -> None:
     with pytest.raises(FeatureStoreEmpty):
-        FeatureReader(redis_client, layout).read(1, [], 1.0)
+        FeatureReader(redis_client, layout).read(1, 1.0)
     dead = FeatureReader(connect(f"redis://127.0.0.1:{closed_port}/0", timeout_s=0.2), layout)
     with pytest.raises(FeatureStoreUnavailable):
-        dead.read(1, [], 1.0)
+        dead.read(1, 1.0)
 
 
 @pytest.mark.redis
@@ -112,10 +167,10 @@ def test_a_key_of_the_wrong_type_is_a_clear_corruption_error(redis_client, layou
     redis_client.hset(layout.current, "field", "value")  # a hash where a string pointer belongs
     reader = FeatureReader(redis_client, layout)
     with pytest.raises(FeatureStoreCorrupt, match=r"feature store error on GET .*WRONGTYPE"):
-        reader.read(1, [1], 1.0)
+        reader.read(1, 1.0)
     redis_client.delete(layout.current)
     redis_client.set(layout.current, "v")
-    assert reader.read(1, [1], 1.0).version == "v"  # the connection was not left half-read
+    assert reader.read(1, 1.0).version == "v"  # the connection was not left half-read
 
 
 @pytest.mark.redis
@@ -126,7 +181,7 @@ def test_a_reply_that_arrived_while_the_thread_waited_for_a_cpu_is_read(
     (a busy host) finds the reply already there and uses it instead of failing UNAVAILABLE."""
     FeatureWriter(redis_client, layout, ttl_s=120).write(serving_data, version="v")
     reader = FeatureReader(redis_client, layout)
-    reader.read(1, [1], 1.0)  # resolve the version: the next read is one round trip
+    reader.read(1, 1.0)  # load the version: the next read is one round trip
     pool = redis_client.connection_pool
     conn = pool.get_connection()
     send = conn.send_packed_command
@@ -138,33 +193,27 @@ def test_a_reply_that_arrived_while_the_thread_waited_for_a_cpu_is_read(
     conn.send_packed_command = send_then_lose_the_cpu
     pool.release(conn)
     try:
-        assert reader.read(1, [1], 0.05).user is not None
+        assert reader.read(1, 0.05).user is not None
     finally:
         conn.send_packed_command = send
 
 
 @pytest.mark.redis
-def test_item_records_are_cached_per_version(redis_client, layout, serving_data, monkeypatch) -> None:
-    """A version is immutable: an item read once costs no round trip again until the version moves."""
-    writer = FeatureWriter(redis_client, layout, ttl_s=120)
-    writer.write(serving_data, version="one")
+def test_a_read_is_one_round_trip_for_the_user_alone(redis_client, layout, serving_data, monkeypatch) -> None:
+    """Once a version is held, a request costs one round trip: the pointer and the user's record.
+    Items never cost a read."""
+    FeatureWriter(redis_client, layout, ttl_s=120).write(serving_data, version="one")
     reader = FeatureReader(redis_client, layout)
-    version = reader.read(1, [], 1.0).version
-    trips: list[int] = []
+    assert reader.warm() is not None
+    trips: list[list[tuple]] = []
     round_trip = reader._round_trip
 
     def counted(commands, deadline):
-        trips.append(len(commands))
+        trips.append(commands)
         return round_trip(commands, deadline)
 
     monkeypatch.setattr(reader, "_round_trip", counted)
-    first = reader.read_items(version, [1, 2, 3, 10**9], 1.0)
-    again = reader.read_items(version, [3, 2, 1, 10**9], 1.0)
-    assert len(trips) == 1  # the second read came from the cache, absent item included
-    assert [r.ids.tolist() for r in again[:3]] == [r.ids.tolist() for r in reversed(first[:3])]
-    assert first[3] is None and again[3] is None
-    reader.read_items(version, [1, 4], 1.0)
-    assert len(trips) == 2  # only item 4 was fetched
-    writer.write(serving_data, version="two")
-    reader.read_items("two", [1], 1.0)
-    assert len(trips) == 3  # a new version starts a new cache
+    for user in (1, 2, 3):
+        read = reader.read(user, 1.0)
+        assert read.user is not None and len(read.items) == serving_data.n_items
+    assert trips == [[("GET", layout.current), ("GET", layout.user("one", u))] for u in (1, 2, 3)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 import redis
 
@@ -12,7 +13,8 @@ from rankforge.infra.redis_cluster import LocalCluster, start_cluster
 from rankforge.serving.client import RankingClient
 from rankforge.serving.feature_layout import unpack
 from rankforge.serving.feature_reader import FeatureReader, connect
-from rankforge.serving.feature_writer import FeatureWriter, item_records, user_records
+from rankforge.serving.feature_writer import FeatureWriter, item_frame, user_records
+from rankforge.serving.item_table import ItemTable
 
 pytestmark = pytest.mark.redis
 
@@ -28,26 +30,30 @@ def test_features_written_to_a_cluster_spread_over_its_nodes_and_read_back(
     cluster: LocalCluster, layout, serving_data
 ) -> None:
     client = connect(cluster.url, timeout_s=2.0)
-    report = FeatureWriter(client, layout, ttl_s=120).write(serving_data)
+    report = FeatureWriter(client, layout, ttl_s=120, block_items=10).write(serving_data)
+    blocks = -(-report.n_items // 10)
     keys_per_node = [redis.Redis(port=p).dbsize() for p in cluster.ports]
-    assert sum(keys_per_node) == report.n_users + report.n_items + 2 and min(keys_per_node) > 0
+    assert sum(keys_per_node) == report.n_users + blocks + 2 and min(keys_per_node) > 0
     users = dict(user_records(serving_data))
-    items = dict(item_records(serving_data))
-    some_user, some_items = next(iter(users)), list(items)[:25]
-    read = FeatureReader(client, layout).read(some_user, some_items, 2.0)
-    assert read.version == report.version
+    some_user = next(iter(users))
+    read = FeatureReader(client, layout).read(some_user, 2.0)
+    assert read.version == report.version and read.meta.item_blocks == blocks
     assert read.user is not None and read.user.ids.tolist() == unpack(users[some_user]).ids.tolist()
-    assert [r.ids.tolist() for r in read.items] == [unpack(items[i]).ids.tolist() for i in some_items]
-    assert FeatureReader(client, layout).read(10**9, [10**9], 2.0).user is None  # absent keys: None
+    expected = ItemTable.from_frame(item_frame(serving_data), read.meta.item_dense, read.meta.item_lists)
+    np.testing.assert_array_equal(read.items.ids, expected.ids)
+    np.testing.assert_array_equal(read.items.dense, expected.dense)
+    assert FeatureReader(client, layout).read(10**9, 2.0).user is None  # an absent key: None
 
 
-def test_a_request_costs_one_write_per_node(cluster: LocalCluster, layout, serving_data, monkeypatch) -> None:
-    """Every key of a read is batched per node: one socket write to each node, not one per key."""
+def test_loading_a_version_costs_one_write_per_node(
+    cluster: LocalCluster, layout, serving_data, monkeypatch
+) -> None:
+    """The version's item blocks spread over the nodes are read in one batch per node: one
+    socket write to each node, not one per block."""
     client = connect(cluster.url, timeout_s=2.0)
-    FeatureWriter(client, layout, ttl_s=120).write(serving_data)
+    FeatureWriter(client, layout, ttl_s=120, block_items=5).write(serving_data)  # 16 blocks
     reader = FeatureReader(client, layout)
-    items = list(dict(item_records(serving_data)))[:40]
-    reader.read(1, items, 2.0)  # resolves and caches the version
+    reader.read(1, 2.0)  # the cluster client learns its slots and connections
     writes: list[int] = []
     send = redis.connection.AbstractConnection.send_packed_command
 
@@ -56,8 +62,10 @@ def test_a_request_costs_one_write_per_node(cluster: LocalCluster, layout, servi
         return send(self, command, check_health)
 
     monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counted)
-    reader.read(1, items, 2.0)
-    assert len(writes) == len(set(writes)) and 2 <= len(writes) <= len(cluster.ports)
+    assert reader.warm() is not None
+    assert len(writes) == 2 + len(cluster.ports)  # the pointer, the meta, then every block
+    blocks = writes[2:]
+    assert len(blocks) == len(set(blocks)) == len(cluster.ports)
 
 
 def test_a_server_on_the_cluster_answers_like_one_on_a_single_redis(
