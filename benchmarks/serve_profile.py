@@ -1,20 +1,23 @@
 """Where a Rank request's time goes, and what p99 the service holds at a fixed request rate.
 
-    .venv/bin/python benchmarks/serve_profile.py [--items 1000000] [--index ivf] [--qps 400] [--processes 1 2]
+    .venv/bin/python benchmarks/serve_profile.py [--items 1000000] [--index ivf] [--nprobe 1024]
+        [--qps 100 400] [--processes 1 2] [--server-cpus 0 --client-cpus 1]
 
 1. Profile: one in-process server with stage timing on; sequential requests (no queueing); mean ms
    per stage (Redis reads, user tower, index search, ranker feed + ONNX, the rest of the handler)
    and, from the client, what gRPC and Python add outside the handler.
 2. Load: ``rankforge serve --processes P`` as its own process(es) on a fixed port; an open-loop
-   client sends requests at ``--qps`` (each at its scheduled time, whatever the previous ones did,
-   so queueing shows in the latency) for ``--seconds``; p50/p99/p99.9 and errors per process
+   client sends requests at each ``--qps`` (each at its scheduled time, whatever the previous
+   ones did, so queueing shows in the latency) for ``--seconds``; p50/p99/p99.9 and errors per process
    count, and the server's own CPU ms per request (its process tree's CPU time over the load
    window, from ``/proc``) with the QPS one core holds at that cost. ``--server-cpus 0
    --client-cpus 1`` pin the server and the load generator to different cores.
 
-Retrieve + rank: k = 20 from 200 candidates (retrieve_factor 10). Fresh models (cost does not
-depend on the weights). The client shares the machine's cores with the server: on 2 cores that is
-part of what is measured.
+Retrieve + rank: k = 20 from 200 candidates (retrieve_factor 10). The retrieval model's item rows
+are ``ann_index.py``'s vectors (``--vectors``), so the index is measured at a recall that means
+something; the ranker is fresh (its cost does not depend on its weights). The profile's client
+runs in the server's process (it shares the GIL: stage times include some of its waits); the
+load's client is its own process.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
+from rankforge.benchmarks.ann_index import vectors
 from rankforge.bundles.ann_index import IndexConfig
 from rankforge.bundles.export import build_ranker_bundle, build_retrieval_bundle
 from rankforge.features.aggregates import DENSE_FEATURES
@@ -101,7 +105,9 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--users", type=int, default=300)
     parser.add_argument("--index", choices=["exact", "hnsw", "ivf"], default="ivf")
     parser.add_argument("--nprobe", type=int, default=128, help="IVF cells scanned per query")
-    parser.add_argument("--qps", type=float, default=400)
+    parser.add_argument("--ef-search", type=int, default=256, help="HNSW candidates kept per query")
+    parser.add_argument("--vectors", choices=["clustered", "random"], default="clustered")
+    parser.add_argument("--qps", type=float, nargs="+", default=[400], help="open-loop request rates")
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--profile-requests", type=int, default=300)
@@ -120,11 +126,18 @@ def _bundles(args: argparse.Namespace, data: PreparedData, root: str) -> tuple[s
     retrieval, ranker = os.path.join(root, "retrieval"), os.path.join(root, "ranker")
     os.makedirs(retrieval)
     os.makedirs(ranker)
-    index = IndexConfig(kind=args.index, nprobe=args.nprobe, on_low_recall="warn")
-    # matrix factorisation with N(0, 1) rows: item vectors as diverse as a trained catalogue's
-    # (a fresh two-tower's MLP maps every item to nearly the same vector, so every user would
-    # retrieve the same items and the item cache would hit every time)
-    mf = MatrixFactorization(data.n_users, data.n_items, 64, init_std=1.0)
+    index = IndexConfig(kind=args.index, nprobe=args.nprobe, ef_search=args.ef_search, on_low_recall="warn")
+    # matrix factorisation whose item rows are the ANN benchmark's vectors (trained-like:
+    # clustered tastes, popular directions denser; or random directions), users near items they
+    # would like: a fresh two-tower maps every item to nearly the same vector, so every user
+    # would retrieve the same items and the index would be measured on one easy query
+    mf = MatrixFactorization(data.n_users, data.n_items, 64)
+    items = vectors(data.n_items, 64, args.vectors)
+    rng = np.random.default_rng(1)
+    users = items[rng.choice(data.n_items, data.n_users)] + 0.05 * rng.normal(size=(data.n_users, 64))
+    with torch.no_grad():
+        mf.ebc.embedding_bags["t_item_id"].weight.copy_(torch.from_numpy(items))
+        mf.ebc.embedding_bags["t_user_id"].weight.copy_(torch.from_numpy(users.astype(np.float32)))
     manifest = build_retrieval_bundle(mf, data, retrieval, index=index)
     build_ranker_bundle(RankingModel(u + i, DENSE_FEATURES), data, ranker)
     print(f"index {manifest.index or 'exact'}", flush=True)
@@ -198,15 +211,14 @@ def _pinned(cpus: str | None) -> list[str]:
 
 
 def _load(args: argparse.Namespace, config: ServerConfig, users: list[int]) -> None:
-    """``rankforge serve --processes P`` in its own process(es), driven open-loop at ``--qps``;
-    the server's own CPU time per request is measured from ``/proc`` over the load window, so
-    the cost is known whatever shares the cores (``--server-cpus``/``--client-cpus`` pin them)."""
+    """``rankforge serve --processes P`` in its own process(es), driven open-loop at each
+    ``--qps``; the server's own CPU time per request is measured from ``/proc`` over the load
+    window, so the cost is known whatever shares the cores (``--server-cpus``/``--client-cpus``
+    pin them). A row with errors is a saturated server: its CPU per request is not a cost."""
     pins = f"server cpus {args.server_cpus or 'any'}, client cpus {args.client_cpus or 'any'}"
+    print(f"\nopen loop for {args.seconds:.0f} s per rate, retrieve + rank {K * FACTOR}, {pins}:")
     print(
-        f"\nopen loop at {args.qps:.0f} QPS for {args.seconds:.0f} s, retrieve + rank {K * FACTOR}, {pins}:"
-    )
-    print(
-        f"  {'processes':>9} {'ok':>6} {'errors':>6} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} "
+        f"  {'processes':>9} {'QPS':>5} {'ok':>6} {'errors':>6} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} "
         f"{'server CPU ms/req':>17} {'QPS per core':>12}"
     )
     for processes in args.processes:
@@ -236,15 +248,17 @@ def _load(args: argparse.Namespace, config: ServerConfig, users: list[int]) -> N
             time.sleep(2 * processes)  # with SO_REUSEPORT, every worker: each serves once loaded
             if args.client_cpus:
                 os.sched_setaffinity(0, {int(c) for c in args.client_cpus.split(",")})
-            cpu_before = _tree_cpu_seconds(served.pid)
-            lat, errors = open_loop(f"127.0.0.1:{port}", users, args.qps, args.seconds)
-            cpu_ms = (_tree_cpu_seconds(served.pid) - cpu_before) * 1e3 / max(1, len(lat) + errors)
-            p50, p99, p999 = np.percentile(lat, [50, 99, 99.9]) if len(lat) else [float("nan")] * 3
-            print(
-                f"  {processes:>9} {len(lat):>6} {errors:>6} {p50:>8.2f} {p99:>8.2f} {p999:>9.2f} "
-                f"{cpu_ms:>17.2f} {1e3 / cpu_ms:>12.0f}",
-                flush=True,
-            )
+            for qps in args.qps:
+                cpu_before = _tree_cpu_seconds(served.pid)
+                lat, errors = open_loop(f"127.0.0.1:{port}", users, qps, args.seconds)
+                cpu_ms = (_tree_cpu_seconds(served.pid) - cpu_before) * 1e3 / max(1, len(lat) + errors)
+                p50, p99, p999 = np.percentile(lat, [50, 99, 99.9]) if len(lat) else [float("nan")] * 3
+                print(
+                    f"  {processes:>9} {qps:>5.0f} {len(lat):>6} {errors:>6} {p50:>8.2f} {p99:>8.2f} "
+                    f"{p999:>9.2f} {cpu_ms:>17.2f} {1e3 / cpu_ms:>12.0f}",
+                    flush=True,
+                )
+                time.sleep(2)  # the queue of a saturated rate drains before the next
         finally:
             os.sched_setaffinity(0, own)
             served.terminate()

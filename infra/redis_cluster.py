@@ -133,3 +133,25 @@ def _answers(port: int, password: str | None = None) -> bool:
         return bool(client.ping())
     except (redis.ConnectionError, redis.TimeoutError, OSError):
         return False
+
+
+def main() -> int:
+    """``python -m rankforge.infra.redis_cluster [NODES]``: start a local cluster, print its URL,
+    keep it until interrupted (development: a server and ``materialize`` on a real cluster)."""
+    import sys
+
+    nodes = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    cluster = start_cluster(nodes)
+    print(cluster.url, flush=True)
+    try:
+        while all(p.poll() is None for p in cluster.processes):
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        cluster.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
