@@ -291,7 +291,8 @@ def table(
         return f"{value:.4f}" if value is not None else "—"
 
     lines = [
-        f"{dataset}, {dt.date.today().isoformat()}, {machine()}, torch threads {threads} per job "
+        f"{dataset}, {dt.date.today().isoformat()}, {machine()}, torch threads "
+        f"{threads if threads is not None else 'as each config sets (training.threads)'} per job "
         f"(+1 batch thread), {parallel} job(s) at a time",
         "",
         "| model | objective | Recall@20 | paper | NDCG@20 | paper | best epoch / run | epochs/s "

@@ -138,9 +138,11 @@ def _answers(port: int, password: str | None = None) -> bool:
 def main() -> int:
     """``python -m rankforge.infra.redis_cluster [NODES]``: start a local cluster, print its URL,
     keep it until interrupted (development: a server and ``materialize`` on a real cluster)."""
+    import signal
     import sys
 
     nodes = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop the nodes on SIGTERM too
     cluster = start_cluster(nodes)
     print(cluster.url, flush=True)
     try:

@@ -193,7 +193,7 @@ class FeatureReader:
     def _load_in_background(self, version: str) -> None:
         try:
             loaded = self._load(version)
-        except (RankforgeError, FeatureStoreUnavailable) as exc:
+        except Exception as exc:  # a thread's boundary: whatever failed, the held version serves on
             log.error(
                 "feature version %s could not be loaded; still serving the previous one: %s", version, exc
             )
