@@ -23,6 +23,7 @@ load's client is its own process.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import socket
 import subprocess
@@ -36,7 +37,6 @@ from pathlib import Path
 import grpc
 import numpy as np
 import torch
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
@@ -170,15 +170,11 @@ def _profile(config: ServerConfig, users: list[int], requests: int) -> None:
 def _wait_serving(address: str, timeout_s: float = 300.0) -> None:
     """Until the server at ``address`` reports SERVING (its models and items are loaded)."""
     deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
+    with RankingClient(address) as client:
         while time.monotonic() < deadline:
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2.0)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+            with contextlib.suppress(grpc.RpcError):  # not listening yet
+                if client.health(timeout_s=2.0) == "SERVING":
                     return
-            except grpc.RpcError:
-                pass
             time.sleep(0.5)
     raise SystemExit(f"the server at {address} did not report SERVING within {timeout_s:.0f} s")
 

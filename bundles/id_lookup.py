@@ -12,6 +12,16 @@ from rankforge.features.schema import ITEM, ITEM_IDX, USER, USER_IDX
 UNKNOWN = -1
 
 
+def find_sorted(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Position of each of ``ids`` in the ascending ``sorted_ids`` (``[m]`` int64), ``-1`` where
+    it is not there: one ``searchsorted``, no per-id Python lookups."""
+    ids = np.asarray(ids, dtype=np.int64)
+    if len(sorted_ids) == 0:
+        return np.full(len(ids), UNKNOWN, dtype=np.int64)
+    pos = np.clip(np.searchsorted(sorted_ids, ids), 0, len(sorted_ids) - 1)
+    return np.where(sorted_ids[pos] == ids, pos, UNKNOWN)
+
+
 class IdLookup:
     """Sorted raw ids + ``searchsorted``: no per-id Python dict lookups on the hot path."""
 
@@ -41,10 +51,8 @@ class IdLookup:
 
     def encode(self, raw_ids: np.ndarray) -> np.ndarray:
         """Dense indices, ``-1`` for ids the bundle never saw."""
-        raw_ids = np.asarray(raw_ids, dtype=np.int64)
-        pos = np.clip(np.searchsorted(self._raw, raw_ids), 0, len(self._raw) - 1)
-        found = self._raw[pos] == raw_ids
-        return np.where(found, self._index[pos], UNKNOWN)
+        pos = find_sorted(self._raw, raw_ids)
+        return np.where(pos >= 0, self._index[pos], UNKNOWN)
 
     def decode(self, indices: np.ndarray) -> np.ndarray:
         return self.raw_of[np.asarray(indices, dtype=np.int64)]

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from rankforge.errors import DataError
 from rankforge.features.schema import ITEM_IDX, USER_IDX
 
 PAD = -1
@@ -36,9 +37,49 @@ def padded_id_lists(values: pl.Series | list[list[int]], max_len: int) -> np.nda
 
 
 @dataclass(frozen=True)
-class PositiveSequences:
-    items: np.ndarray  # int64 [positives]: user by user, each in time order
-    start: np.ndarray  # int64 [n_users + 1]: user u's positives are items[start[u]:start[u + 1]]
+class RaggedIds:
+    """Id lists of ``n`` rows as one flat array: row ``r``'s ids are
+    ``values[offsets[r]:offsets[r + 1]]`` (``offsets`` int64 ``[n + 1]``)."""
+
+    values: np.ndarray  # int64 [offsets[-1]]
+    offsets: np.ndarray  # int64 [n + 1]
+
+    @classmethod
+    def from_series(cls, series: pl.Series) -> RaggedIds:
+        """From a list column (a null row is an empty list); a null id inside a list is refused."""
+        lengths = series.list.len().fill_null(0).to_numpy().astype(np.int64)
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        values = series.explode().drop_nulls().cast(pl.Int64).to_numpy()
+        if len(values) != offsets[-1]:
+            raise DataError(f"id list column {series.name!r} holds null ids")
+        return cls(values=np.ascontiguousarray(values, dtype=np.int64), offsets=offsets)
+
+    def row(self, r: int) -> np.ndarray:
+        return self.values[self.offsets[r] : self.offsets[r + 1]]
+
+    def tails(self, rows: np.ndarray, counts: np.ndarray, max_len: int) -> np.ndarray:
+        """``[n, max_len]`` int64: of each row's first ``counts`` ids, the last ``max_len``
+        (oldest first), right-padded with ``-1``, exactly as ``pad_lists`` pads list columns."""
+        rows = np.asarray(rows, dtype=np.int64)
+        counts = np.asarray(counts, dtype=np.int64)
+        kept = np.minimum(counts, max_len)
+        first = self.offsets[rows] + counts - kept
+        offsets = np.arange(max_len)[None, :]
+        valid = offsets < kept[:, None]
+        positions = np.where(valid, first[:, None] + offsets, 0)
+        if len(self.values) == 0:
+            return np.full((len(rows), max_len), PAD, dtype=np.int64)
+        return np.where(valid, self.values[positions], PAD)
+
+    def padded(self, rows: np.ndarray, max_len: int) -> np.ndarray:
+        """``[n, max_len]``: each whole row's last ``max_len`` ids, right-padded with ``-1``."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return self.tails(rows, self.offsets[rows + 1] - self.offsets[rows], max_len)
+
+
+class PositiveSequences(RaggedIds):
+    """Every user's positives, user by user, each in time order: row ``u`` is user ``u``'s."""
 
     @classmethod
     def from_frame(cls, positives: pl.DataFrame, n_users: int) -> PositiveSequences:
@@ -47,20 +88,11 @@ class PositiveSequences:
         users = positives[USER_IDX].to_numpy()
         order = np.argsort(users, kind="stable")
         counts = np.bincount(users, minlength=n_users)
-        start = np.zeros(n_users + 1, dtype=np.int64)
-        np.cumsum(counts, out=start[1:])
-        return cls(items=positives[ITEM_IDX].to_numpy()[order].astype(np.int64), start=start)
+        offsets = np.zeros(n_users + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        return cls(values=positives[ITEM_IDX].to_numpy()[order].astype(np.int64), offsets=offsets)
 
     def histories(self, users: np.ndarray, n_before: np.ndarray, max_len: int) -> np.ndarray:
         """``[n, max_len]`` int64: each row's last ``max_len`` positives before it (oldest first),
         right-padded with ``-1``, exactly as ``pad_lists`` pads the list histories."""
-        users = np.asarray(users, dtype=np.int64)
-        n_before = np.asarray(n_before, dtype=np.int64)
-        kept = np.minimum(n_before, max_len)
-        first = self.start[users] + n_before - kept
-        offsets = np.arange(max_len)[None, :]
-        valid = offsets < kept[:, None]
-        positions = np.where(valid, first[:, None] + offsets, 0)
-        if len(self.items) == 0:
-            return np.full((len(users), max_len), PAD, dtype=np.int64)
-        return np.where(valid, self.items[positions], PAD)
+        return self.tails(users, n_before, max_len)

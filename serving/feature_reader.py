@@ -72,10 +72,23 @@ class FeatureVersion:
 
 @dataclass(frozen=True)
 class FeatureRead:
-    version: str
-    meta: FeatureMeta
+    """One request's read: the version it was answered from and the user's record."""
+
+    held: FeatureVersion
     user: Record | None  # None: the user has no record (or none was asked for)
-    items: ItemTable  # the version's items: ``items.rows(raw_ids)`` finds a request's
+
+    @property
+    def version(self) -> str:
+        return self.held.name
+
+    @property
+    def meta(self) -> FeatureMeta:
+        return self.held.meta
+
+    @property
+    def items(self) -> ItemTable:
+        """The version's items: ``items.rows(raw_ids)`` finds a request's."""
+        return self.held.items
 
 
 def connect(url: str, timeout_s: float = 0.25, max_connections: int = 64) -> redis.Redis:
@@ -119,6 +132,9 @@ class FeatureReader:
     ``load_timeout_s`` bounds loading one version (its meta and item blocks), which runs at most
     once per version, off the request path except for the first version served.
     """
+
+    #: Seconds before a version whose load failed is tried again (reads keep seeing its pointer).
+    RETRY_S = 10.0
 
     def __init__(
         self, client: redis.Redis, layout: KeyLayout | None = None, load_timeout_s: float = 60.0
@@ -166,12 +182,7 @@ class FeatureReader:
                     served = loaded
                     continue
             user = replies[1] if len(replies) > 1 else None
-            return FeatureRead(
-                version=served.name,
-                meta=served.meta,
-                user=unpack(user) if user is not None else None,
-                items=served.items,
-            )
+            return FeatureRead(served, unpack(user) if user is not None else None)
         raise FeatureStoreUnavailable("feature version changed during the read; retry")
 
     def _switch_to(self, current: str) -> FeatureVersion | None:
@@ -184,7 +195,7 @@ class FeatureReader:
                 log.info("serving feature version %s (%d items)", current, len(loaded.items))
                 return loaded
             failed, when = self._failed
-            if self._loading is not None or (failed == current and time.monotonic() - when < 10.0):
+            if self._loading is not None or (failed == current and time.monotonic() - when < self.RETRY_S):
                 return None
             self._loading = current
         threading.Thread(target=self._load_in_background, args=(current,), daemon=True).start()

@@ -3,7 +3,7 @@
 A feature version is immutable, so its items' features are loaded once, when the server first
 serves the version, from a few Arrow IPC blocks (``{prefix}:{version}:items:{block}``, written
 by ``FeatureWriter``), into one table: sorted raw ids ``[n]``, dense features ``[n, n_dense]``
-float32 and each declared id feature as a ragged ``(offsets [n + 1], values)`` pair. A request
+float32 and each declared id feature as ``features.sequences.RaggedIds``. A request
 then finds its candidates with one ``searchsorted`` and gathers the ranker's feed with array
 indexing: no Redis round trip, no record decoding, no Python loop over candidates.
 
@@ -19,37 +19,15 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from rankforge.bundles.id_lookup import find_sorted
 from rankforge.errors import DataError
+from rankforge.features.aggregates import dense_matrix
 from rankforge.features.schema import ITEM as ITEM_ID  # raw ids, as the log wrote them
+from rankforge.features.sequences import RaggedIds
 
 #: Items per stored block: ~2.5 MB each with a few dense features, so no Redis value is large
 #: enough to stall the server that holds it while it is read.
 BLOCK_ITEMS = 100_000
-ABSENT = -1
-
-
-@dataclass(frozen=True)
-class RaggedIds:
-    """One id feature of every item: item ``r``'s ids are ``values[offsets[r]:offsets[r + 1]]``."""
-
-    offsets: np.ndarray  # int64 [n + 1]
-    values: np.ndarray  # int64 [offsets[-1]]
-
-    def padded(self, rows: np.ndarray, width: int) -> np.ndarray:
-        """``[len(rows), width]`` int64: each row's last ``width`` ids, right-padded with ``-1``
-        (as ``rankforge.bundles.runtime.pad_rows`` pads a list of arrays)."""
-        ends = self.offsets[rows + 1]
-        lengths = np.minimum(ends - self.offsets[rows], width)
-        starts = ends - lengths
-        at = starts[:, None] + np.arange(width)[None, :]
-        keep = np.arange(width)[None, :] < lengths[:, None]
-        out = np.full((len(rows), width), ABSENT, dtype=np.int64)
-        if self.values.size:
-            out[keep] = self.values[at[keep]]
-        return out
-
-    def row(self, r: int) -> np.ndarray:
-        return self.values[self.offsets[r] : self.offsets[r + 1]]
 
 
 @dataclass(frozen=True)
@@ -66,11 +44,7 @@ class ItemTable:
 
     def rows(self, item_raw: np.ndarray) -> np.ndarray:
         """Row of each raw id ``[m]``, ``-1`` for an item the version does not hold."""
-        item_raw = np.asarray(item_raw, dtype=np.int64)
-        if len(self.ids) == 0:
-            return np.full(len(item_raw), ABSENT, dtype=np.int64)
-        at = np.clip(np.searchsorted(self.ids, item_raw), 0, len(self.ids) - 1)
-        return np.where(self.ids[at] == item_raw, at, ABSENT)
+        return find_sorted(self.ids, item_raw)
 
     @classmethod
     def from_frame(cls, frame: pl.DataFrame, dense: list[str], lists: list[str]) -> ItemTable:
@@ -83,15 +57,10 @@ class ItemTable:
         ids = frame[ITEM_ID].cast(pl.Int64).to_numpy()
         if len(ids) > 1 and np.any(ids[1:] == ids[:-1]):
             raise DataError(f"item features hold item id {int(ids[1:][ids[1:] == ids[:-1]][0])} twice")
-        matrix = (
-            frame.select(pl.col(c).cast(pl.Float32) for c in dense).to_numpy()
-            if dense
-            else np.empty((len(ids), 0), np.float32)
-        )
         return cls(
             ids=ids,
-            dense=np.ascontiguousarray(matrix, dtype=np.float32),
-            lists=tuple(_ragged(frame[c]) for c in lists),
+            dense=dense_matrix(frame, dense) if dense else np.empty((len(ids), 0), np.float32),
+            lists=tuple(RaggedIds.from_series(frame[c]) for c in lists),
         )
 
     def to_frame(self, dense: list[str], lists: list[str]) -> pl.DataFrame:
@@ -105,16 +74,6 @@ class ItemTable:
             }
         )
         return pl.DataFrame(columns)
-
-
-def _ragged(series: pl.Series) -> RaggedIds:
-    lengths = series.list.len().fill_null(0).to_numpy().astype(np.int64)
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    values = series.explode().drop_nulls().cast(pl.Int64).to_numpy()
-    if len(values) != offsets[-1]:
-        raise DataError(f"item feature {series.name!r} holds null ids")
-    return RaggedIds(offsets, np.ascontiguousarray(values))
 
 
 def encode_blocks(frame: pl.DataFrame, block_items: int = BLOCK_ITEMS) -> list[bytes]:

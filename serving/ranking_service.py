@@ -401,7 +401,7 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
                 )
         if item_columns:
             into, of = zip(*item_columns, strict=True)
-            dense[:, list(into)] = items.dense[rows][:, list(of)]
+            dense[:, list(into)] = items.dense[np.ix_(rows, of)]
         _check_features(meta, meta.item_lists, ranker.bundle, "item")
         item_lists = {
             s.name: items.lists[meta.item_lists.index(s.name)].padded(rows, s.max_len)
