@@ -27,7 +27,6 @@ import logging
 import math
 import resource
 import shutil
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +59,7 @@ from rankforge.features.schema import ITEM, ITEM_IDX, LABEL, TIMESTAMP, USER, US
 from rankforge.features.sequences import PositiveSequences
 from rankforge.features.splits import time_cut
 from rankforge.features.string_ids import ITEM_KEY, USER_KEY
+from rankforge.phase_clock import PhaseClock
 
 log = logging.getLogger(__name__)
 BUCKET = "_bucket"
@@ -127,20 +127,6 @@ def prepare_to_disk(
     return out
 
 
-class _Phases:
-    """Logs each phase's wall time (a 100M-event log takes minutes: the user sees where)."""
-
-    def __init__(self) -> None:
-        self.last = time.perf_counter()
-        self.seconds: dict[str, float] = {}
-
-    def __call__(self, name: str) -> None:
-        now = time.perf_counter()
-        self.seconds[name] = self.seconds.get(name, 0.0) + now - self.last
-        log.info("prepare: %s %.1fs", name, now - self.last)
-        self.last = now
-
-
 @dataclass
 class _Known:
     """What the known (train + validation) part of the whole log fixes: the id mapping, the side
@@ -183,17 +169,17 @@ class _BucketOutputs:
 
 
 def _prepare(config: DataConfig, tmp: Path, events_per_bucket: int, engine: BucketEngine) -> None:
-    phase = _Phases()
+    phase = PhaseClock(log_as="prepare")
     events_log = scan_source(config)
     n_events = events_log.select(pl.len()).collect(engine="streaming").item()
     cuts = _cuts(events_log, config)
-    phase("check")
+    phase.lap("check")
     raw = tmp / "_raw"
     buckets = _partition(events_log, raw, max(1, math.ceil(n_events / events_per_bucket)))
-    phase("partition")
+    phase.lap("partition")
     known = _fit_known(config, buckets, cuts)
     known.mapping.save(tmp / "id_mapping")
-    phase("id mapping")
+    phase.lap("id mapping")
     outputs = _BucketOutputs()
     for kind in SHARD_KINDS:
         (tmp / kind).mkdir()
@@ -202,15 +188,15 @@ def _prepare(config: DataConfig, tmp: Path, events_per_bucket: int, engine: Buck
         outputs.add(result)
         bucket_peak_gb = max(bucket_peak_gb, result.peak_gb)
         for name, seconds in result.seconds.items():
-            phase.seconds[name] = phase.seconds.get(name, 0.0) + seconds
-    phase.last = time.perf_counter()
+            phase.add(name, seconds)
+    phase.restart()
     for kind in SHARD_KINDS:  # a split that produced nothing (no validation) has no folder
         if not any((tmp / kind).iterdir()):
             (tmp / kind).rmdir()
     shutil.rmtree(raw)
     _check_split(config, tmp, outputs.positives)
     layout = _write_feature_tables(config, known, outputs, tmp)
-    phase("feature tables")
+    phase.lap("feature tables")
     meta = {
         "source": config.describe() + " (out of core)",
         "events": n_events,
@@ -278,7 +264,7 @@ class BucketJob:
         the positives before each event, write its example and held-out shards (``part-{b}``,
         overwritten if a retry runs it again), and return its user table and item partial sums."""
         config, known = self.config, self.known
-        phase = _Phases()
+        phase = PhaseClock(log_as="prepare")
         names = [c.name for c in known.context]
 
         def encoded(frame: pl.LazyFrame) -> pl.LazyFrame:
@@ -295,14 +281,14 @@ class BucketJob:
         train = encoded(train_raw).collect()
         events = train.lazy()
         positives = train.filter(pl.col(LABEL) > 0).height
-        phase("bucket split")
+        phase.lap("bucket split")
         # examples carry n_before, not the history list: the trainer gathers it (features.sequences)
         ranking = (
             hist.events_with_positives_before(events.select(USER_IDX, ITEM_IDX, TIMESTAMP, LABEL, *names))
             .collect()
             .lazy()
         )
-        phase("bucket n_before")
+        phase.lap("bucket n_before")
         # Examples stay in (user, time, item) order: deterministic, and the retrieval examples
         # are then also the users' positive sequences. Training events are the ranking examples.
         parts = {
@@ -315,14 +301,14 @@ class BucketJob:
         for kind, frame in parts.items():
             ordered = frame if kind.endswith("_examples") else frame.sort(ORDER)
             ordered.collect().write_parquet(self.tmp / kind / f"part-{b:05d}.parquet", compression="lz4")
-        phase("bucket shards")
+        phase.lap("bucket shards")
         users = (
             user_aggregates(events)
             .join(hist.latest_from_ordered(ranking, config.history_len), on=USER_IDX, how="left")
             .collect()
         )
         partials = item_partials(events).collect()
-        phase("bucket user/item tables")
+        phase.lap("bucket user/item tables")
         peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         return BucketResult(users, partials, positives, coverage, phase.seconds, peak_gb)
 

@@ -31,6 +31,7 @@ from rankforge.models.cascade import CascadeModel
 from rankforge.models.popularity import MostPopular
 from rankforge.models.ranking import RankingModel
 from rankforge.models.retrieval import RetrievalModel
+from rankforge.phase_clock import PhaseClock
 from rankforge.pipelines.auction_data import with_auctions
 from rankforge.settings import Settings, configure_mlflow, metric_name
 from rankforge.training.allocator import reuse_large_allocations
@@ -67,23 +68,11 @@ class TrainResult:
     phase_seconds: dict[str, float] = field(default_factory=dict)
 
 
-class PhaseClock:
-    """Wall seconds per phase of a job: where a job's time outside its epochs goes."""
-
-    def __init__(self) -> None:
-        self.last = time.monotonic()
-        self.seconds: dict[str, float] = {}
-
-    def lap(self, phase: str) -> None:
-        now = time.monotonic()
-        self.seconds[phase] = self.seconds.get(phase, 0.0) + now - self.last
-        self.last = now
-
-    def metrics(self) -> dict[str, float]:
-        return {
-            f"job_seconds_{phase.replace(' + ', '_').replace('-', '_')}": s
-            for phase, s in self.seconds.items()
-        }
+def job_seconds_metrics(clock: PhaseClock) -> dict[str, float]:
+    """A job's phase times as MLflow metrics (``job_seconds_epochs``, ...)."""
+    return {
+        f"job_seconds_{phase.replace(' + ', '_').replace('-', '_')}": s for phase, s in clock.seconds.items()
+    }
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -183,14 +172,13 @@ def _log_starting_points(trainer: Trainer) -> None:
         mlflow.log_metrics({f"warm_start_{space}": float(n) for space, n in trainer.warm_rows.items()})
 
 
-def _served_recall(model: RetrievalModel, data: PreparedData) -> ServedRecallCheck:
+def _served_recall(model: RetrievalModel, data: PreparedData, tables: FeatureTables) -> ServedRecallCheck:
     """How the exporter measures a candidate ANN index: Recall@k of held-out users (the
     validation split, so no decision reads the test set; the test split when there is none)
     through the index, against exact search, each scored with the model's scoring function."""
 
     def check(index: AnnIndex, k: int) -> ServedRecall:
         split: Split = "validation" if data.has_validation else "test"
-        tables = FeatureTables.build(data)
         exact = retrieval_validation(model, data, tables, split, ks=(k,))
         ann = retrieval_validation(model, data, tables, split, ks=(k,), search=index.search)
         name = f"recall@{k}"
@@ -205,12 +193,13 @@ def _export(
     config: TrainConfig,
     metrics: dict[str, float],
     directory: Path,
+    tables: FeatureTables,
 ) -> Path:
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
     if isinstance(model, RetrievalModel):
         build_retrieval_bundle(
-            model, data, str(directory), metrics, config.serving_index, _served_recall(model, data)
+            model, data, str(directory), metrics, config.serving_index, _served_recall(model, data, tables)
         )
     else:
         build_ranker_bundle(model, data, str(directory), metrics)
@@ -251,14 +240,16 @@ def publish(
     config: TrainConfig,
     metrics: dict[str, float],
     bundle_dir: Path,
+    tables: FeatureTables,
 ) -> list[RegisteredModel]:
     """Export every servable stage to a bundle and log it to the active run: registered as a new
-    version (the model's first becomes ``champion``), or as run artifacts only."""
+    version (the model's first becomes ``champion``), or as run artifacts only. ``tables``: the
+    job's feature tables, which the export's served-recall check scores held-out users with."""
     registered: list[RegisteredModel] = []
     stages = servable_stages(model, config, metrics)
     for stage in stages:
         directory = bundle_dir if len(stages) == 1 else bundle_dir / stage.artifact_path
-        _export(stage.model, data, config, stage.metrics, directory)
+        _export(stage.model, data, config, stage.metrics, directory, tables)
         if config.mlflow.register_model:
             alias = config.mlflow.alias if _is_first_version(stage.name) else None
             registered.append(log_and_register(directory, stage.name, alias, stage.artifact_path))
@@ -278,7 +269,7 @@ def run_counting(config: TrainConfig, data: PreparedData) -> TrainResult:
         metrics = validate(model, data, tables, split="test")
         mlflow.log_metrics({f"test_{metric_name(k)}": v for k, v in metrics.items()})
         bundle_dir = config.output_dir / "bundle"
-        registered = publish(model, data, config, metrics, bundle_dir)
+        registered = publish(model, data, config, metrics, bundle_dir, tables)
     return TrainResult(
         registered[0] if registered else None,
         bundle_dir,
@@ -378,7 +369,7 @@ def _test_and_publish(
         metrics["train_loss"] = epochs[-1].loss
     if config.model.declared.exports == "retrieval":
         metrics.update(_popularity_floor(config, data, trainer.tables, metrics))
-    return metrics, publish(model, data, config, metrics, config.output_dir / "bundle")
+    return metrics, publish(model, data, config, metrics, config.output_dir / "bundle", trainer.tables)
 
 
 def _popularity_floor(
@@ -451,7 +442,7 @@ def run_training(config: TrainConfig) -> TrainResult:
         trainer.mark_finished()
         clock.lap("test + export + register")
         if active:
-            mlflow.log_metrics(clock.metrics())
+            mlflow.log_metrics(job_seconds_metrics(clock))
             mlflow.end_run()
             active = False
         return TrainResult(
