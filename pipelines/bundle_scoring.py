@@ -154,7 +154,7 @@ def ranker_logits(bundle: Bundle, frame: pl.DataFrame, histories: pl.DataFrame) 
         ids.encode_lists(with_history["history"], m.history_len),
         frame.select(pl.col(m.dense_features).cast(pl.Float32).fill_null(0.0)).to_numpy(),
         ids.items.encode(frame["item_id"].to_numpy()),
-        {s.name: list(padded_id_lists(frame[s.name], s.max_len)) for s in bundle.inputs.declared("item")},
+        {s.name: padded_id_lists(frame[s.name], s.max_len) for s in bundle.inputs.declared("item")},
         {s.name: padded_id_lists(frame[s.name], s.max_len) for s in bundle.inputs.declared("user")},
     )
 
