@@ -1,5 +1,6 @@
 """ANN retrieval at catalogue scale: build time, memory, single-query p50/p99 and recall@100 of
-exact search, FAISS HNSW and FAISS IVF, on trained-like (clustered) and random item vectors.
+exact search, FAISS HNSW and FAISS IVF, on trained-like (clustered) and random item vectors
+(with ``--ivfpq-nprobe``, also IVF-PQ fast-scan with exact re-ranking, a candidate not served).
 
     .venv/bin/python benchmarks/ann_index.py [--sizes 100000 1000000 5000000] [--dim 64]
 
@@ -50,6 +51,43 @@ def row(
     print(cells, flush=True)
 
 
+def ivf_pq(
+    x: np.ndarray,
+    queries: np.ndarray,
+    truth: np.ndarray,
+    nprobes: list[int],
+    refines: list[int],
+    n: int,
+    kind: str,
+) -> None:
+    """Rows for FAISS ``IVF{lists},PQ{d/2}x4fs,RFlat`` (4-bit fast-scan codes, the candidates
+    re-ranked exactly): built once, searched at every (nprobe, re-ranked per k) pair."""
+    faiss.omp_set_num_threads(2)
+    start = time.perf_counter()
+    lists = max(1, min(n // 39, int(4 * np.sqrt(n))))
+    index = faiss.index_factory(
+        x.shape[1], f"IVF{lists},PQ{x.shape[1] // 2}x4fs,RFlat", faiss.METRIC_INNER_PRODUCT
+    )
+    sample = x[np.random.default_rng(0).choice(n, min(n, 200_000), replace=False)]
+    index.train(sample)
+    index.add(x)
+    seconds = time.perf_counter() - start
+    faiss.omp_set_num_threads(1)
+    size_mb = faiss.serialize_index(index).nbytes / 2**20
+    ivf, refine = faiss.extract_index_ivf(index), faiss.downcast_index(index)
+    for nprobe in nprobes:
+        for k_factor in refines:
+            ivf.nprobe, refine.k_factor = nprobe, k_factor
+
+            def search(q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+                return index.search(np.ascontiguousarray(q, dtype=np.float32), k)
+
+            p50, p99 = latency(search, queries, 100)
+            _, found = search(queries[:200], 100)
+            recall = np.mean([len(np.intersect1d(t, f)) / 100 for t, f in zip(truth, found, strict=True)])
+            row(n, kind, f"pq/{nprobe}x{k_factor}", seconds, size_mb, p50, p99, float(recall))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000, 5_000_000])
@@ -59,6 +97,16 @@ def main() -> int:
     parser.add_argument("--hnsw-ef", type=int, nargs="*", default=[256], help="HNSW efSearch values")
     parser.add_argument("--ivf-nprobe", type=int, nargs="*", default=[32, 128], help="IVF nprobe values")
     parser.add_argument("--vectors", nargs="+", default=["clustered", "random"])
+    parser.add_argument(
+        "--ivfpq-nprobe",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also FAISS IVF-PQ fast-scan with exact re-ranking (not a served kind): nprobe values",
+    )
+    parser.add_argument(
+        "--ivfpq-refine", type=int, nargs="*", default=[4, 10, 20], help="IVF-PQ re-ranked candidates per k"
+    )
     args = parser.parse_args()
     print(
         f"{dt.date.today().isoformat()}, {platform.processor() or platform.machine()}, "
@@ -94,6 +142,8 @@ def main() -> int:
                 name = f"hnsw/{config.ef_search}" if config.kind == "hnsw" else f"ivf/{config.nprobe}"
                 row(n, kind, name, seconds, size_mb, p50, p99, float(recall))
                 del index, served
+            if args.ivfpq_nprobe:
+                ivf_pq(x, queries, truth, args.ivfpq_nprobe, args.ivfpq_refine, n, kind)
             del x, exact
     return 0
 
