@@ -11,6 +11,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from rankforge.errors import DataError
@@ -22,6 +23,26 @@ def _keys(frame: pl.LazyFrame | pl.DataFrame, key: str) -> list[str]:
     """``[key]`` when the frame carries string ids (see ``features.string_ids``), else ``[]``."""
     names = frame.collect_schema().names() if isinstance(frame, pl.LazyFrame) else frame.columns
     return [key] if key in names else []
+
+
+COMPACT_SLACK = 4  # a table lookup while the raw-id range is at most this many times the ids (+1024)
+
+
+def _index_of(ids: pl.DataFrame, column: str, index: str) -> pl.Expr:
+    """An expression: each row's ``index`` for its raw id in ``column``, null where ``ids`` lacks
+    it. Integer ids in a compact range (most logs' own numbering) are looked up in a dense table
+    (one gather: a tenth of the time of a hash lookup on 4M rows against 500k ids); other ids
+    (hashes of string ids, sparse numbers) through a hash map."""
+    raw = ids[column]
+    if ids.height and raw.dtype.is_integer():
+        lo, hi = int(raw.min()), int(raw.max())
+        if hi - lo < COMPACT_SLACK * ids.height + 1024:
+            table = np.full(hi - lo + 1, -1, dtype=np.int64)
+            table[(raw - lo).to_numpy()] = ids[index].to_numpy()
+            offset = pl.col(column).cast(pl.Int64) - lo
+            found = pl.lit(pl.Series(table)).gather(offset.clip(0, hi - lo))
+            return pl.when((offset >= 0) & (offset <= hi - lo) & (found >= 0)).then(found)
+    return pl.col(column).replace_strict(raw, ids[index], default=None)
 
 
 def _dense_ids(
@@ -64,7 +85,9 @@ class IdMapping:
     @classmethod
     def from_ids(cls, users: pl.LazyFrame | pl.DataFrame, items: pl.LazyFrame | pl.DataFrame) -> IdMapping:
         """Dense indices in raw-id order for the (possibly repeated) ids of ``users``/``items``
-        (``user_id`` / ``item_id``, with their string keys when the log has string ids)."""
+        (``user_id`` / ``item_id``, with their string keys when the log has string ids). The order
+        is a contract: out-of-core preparation sorts its buckets by raw ids and relies on the
+        encoded rows being sorted by indices too."""
         mapping = cls(
             users=_dense_ids(users, USER, USER_IDX, _keys(users, USER_KEY)),
             items=_dense_ids(items, ITEM, ITEM_IDX, _keys(items, ITEM_KEY)),
@@ -83,11 +106,20 @@ class IdMapping:
             h.update(b"\x1e")
         return h.hexdigest()[:16]
 
+    def user_index(self) -> pl.Expr:
+        """An expression: the ``user_idx`` of each row's ``user_id``, null for a user unseen at
+        fit time."""
+        return _index_of(self.users, USER, USER_IDX).cast(pl.Int64).alias(USER_IDX)
+
+    def item_index(self) -> pl.Expr:
+        """An expression: the ``item_idx`` of each row's ``item_id``, null for an unseen item."""
+        return _index_of(self.items, ITEM, ITEM_IDX).cast(pl.Int64).alias(ITEM_IDX)
+
     def encode(self, frame: pl.LazyFrame) -> pl.LazyFrame:
-        """Add ``user_idx``/``item_idx``; rows with an id unseen at fit time are dropped."""
-        return frame.join(self.users.lazy().select(USER, USER_IDX), on=USER, how="inner").join(
-            self.items.lazy().select(ITEM, ITEM_IDX), on=ITEM, how="inner"
-        )
+        """Add ``user_idx``/``item_idx``; rows with an id unseen at fit time are dropped. Rows stay
+        in ``frame``'s order, and indices follow raw-id order, so a frame sorted by raw ids comes
+        out sorted by indices as well (out-of-core preparation relies on it)."""
+        return frame.with_columns(self.user_index(), self.item_index()).drop_nulls([USER_IDX, ITEM_IDX])
 
     def encode_raw(self, frame: pl.LazyFrame) -> pl.LazyFrame:
         """Add the raw ``user_id``/``item_id`` of ``user_idx``/``item_idx`` rows (row order kept)."""

@@ -360,12 +360,19 @@ def raw_log(config: DataConfig) -> tuple[pl.DataFrame, pl.DataFrame | None, pl.D
 
 
 def split_events(
-    log: pl.LazyFrame, config: DataConfig, fraction: float, seed: int = 0, test_from: int | None = None
+    log: pl.LazyFrame,
+    config: DataConfig,
+    fraction: float,
+    seed: int = 0,
+    test_from: int | None = None,
+    ordered: bool = False,
 ) -> tuple[pl.LazyFrame, pl.LazyFrame]:
     """(train, held out) by ``config.split``, lazily: the whole log here, one user bucket out of
-    core (leave-last-out and random splits are per user or per row; a time split is given its cut)."""
+    core (leave-last-out and random splits are per user or per row; a time split is given its cut).
+    Filters keep row order; ``ordered``: the log is sorted by (user, time, item), which spares
+    leave-last-out its sort."""
     if config.split == "leave_last_out":
-        return leave_last_out(log, n_last=config.n_test_per_user)
+        return leave_last_out(log, n_last=config.n_test_per_user, ordered=ordered)
     if config.split == "time":
         return global_time_split(log, fraction, test_from)
     # random, and provided splits (their validation is carved at random, as SimpleX does)
@@ -386,8 +393,9 @@ def encode_events(
     context: tuple[ContextInput, ...],
     features: list[Feature],
 ) -> pl.LazyFrame:
-    """Raw events as the pipelines use them: dense ids (unknown ids dropped), the label, and each
-    request-context feature normalised; the in-memory and out-of-core pipelines both call this."""
+    """Raw events as the pipelines use them: dense ids (unknown ids dropped, row order kept), the
+    label, and each request-context feature normalised; the in-memory and out-of-core pipelines
+    both call this."""
     return with_context(with_label(mapping.encode(frame), threshold), context, features)
 
 

@@ -1,14 +1,15 @@
 """Out-of-core preparation on a Ray cluster: each user bucket is one Ray task.
 
 Why Ray: the bucket design is already a set of independent, picklable jobs (a
-:class:`~rankforge.features.out_of_core.BucketJob` over a bucket folder) whose outputs are small
-frames; Ray runs exactly that -- Python functions as tasks, on a laptop or a cluster, with task
+:class:`~rankforge.features.out_of_core.SplitJob`, then a
+:class:`~rankforge.features.out_of_core.BucketJob`, over each bucket folder) whose outputs are
+small frames; Ray runs exactly that -- Python functions as tasks, on a laptop or a cluster, with task
 retries built in -- without rewriting the Polars steps for another engine's dataframe API (Spark,
 Dask), so the engine's shards are the single-process path's by construction, which a test checks.
 
 Policy:
 
-* the job (config, id mapping, cuts) is put in the object store once; every bucket is a task
+* each pass's job (config, cuts, id mapping) is put in the object store once; every bucket is a task
   with ``num_cpus = 1``, so a cluster runs as many buckets at once as it has CPUs;
 * a task that fails -- its worker dies, or it raises ``OSError`` (a storage hiccup) -- is retried
   ``max_retries`` times; a bucket writes only its own ``part-{b}`` files, which a retry overwrites;
@@ -23,15 +24,17 @@ Policy:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from rankforge.errors import ConfigError
-from rankforge.features.out_of_core import BucketJob, BucketResult
 
 log = logging.getLogger(__name__)
+R = TypeVar("R")
 
 
-def _run_bucket(job: BucketJob, b: int, folder: str) -> BucketResult:
+def _run_bucket(job: Callable[[int, Path], R], b: int, folder: str) -> R:
     return job(b, Path(folder))
 
 
@@ -45,7 +48,7 @@ class RayEngine:
         self.workers = workers
         self.max_retries = max_retries
 
-    def run(self, job: BucketJob, buckets: list[Path]) -> list[BucketResult]:
+    def run(self, job: Callable[[int, Path], R], buckets: list[Path]) -> list[R]:
         import ray
 
         started_here = not ray.is_initialized()
@@ -64,7 +67,9 @@ class RayEngine:
             )
             shared = ray.put(job)
             refs = [task.remote(shared, b, str(folder)) for b, folder in enumerate(buckets)]
-            log.info("prepare: %d bucket task(s) on Ray (%s)", len(refs), self.address or "local")
+            log.info(
+                "prepare: %d %s task(s) on Ray (%s)", len(refs), type(job).__name__, self.address or "local"
+            )
             try:
                 return list(ray.get(refs))
             except ray.exceptions.RayTaskError as exc:  # the bucket's own error, not Ray's wrapper

@@ -13,7 +13,7 @@ from rankforge.cli import main
 from rankforge.errors import DataError
 from rankforge.features.feature_spec import Feature, SideTable
 from rankforge.features.log_spec import LogSpec
-from rankforge.features.out_of_core import load_prepared, prepare_to_disk
+from rankforge.features.out_of_core import _sorted_events, load_prepared, prepare_to_disk
 from rankforge.features.pipeline import DataConfig, PreparedData, prepare
 from rankforge.features.synthetic import generate_log
 from rankforge.models.inputs import pad_lists
@@ -32,10 +32,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def _config(world: Path, split: str, **extra: object) -> DataConfig:
+def _config(world: Path, split: str, log: str = "log.parquet", **extra: object) -> DataConfig:
     return DataConfig(
         source="file",
-        path=world / "log.parquet",
+        path=world / log,
         split=split,
         validation_fraction=0.1,
         item_table=SideTable(path=world / "items.parquet", key="item_id"),
@@ -69,6 +69,44 @@ def test_out_of_core_prepares_what_prepare_prepares(world: Path, tmp_path: Path,
         # the stored n_before gathers exactly the point-in-time history prepare() materialises
         gathered = got.sequences.histories(mine["user_idx"].to_numpy(), mine["n_before"].to_numpy(), 20)
         np.testing.assert_array_equal(gathered, pad_lists(theirs["history"], 20).numpy())
+
+
+def test_ties_on_time_split_and_number_the_same_whole_and_in_buckets(world: Path, tmp_path: Path) -> None:
+    # coarse timestamps make many events of a user share a time; rows shuffled: the out-of-core
+    # path sorts each bucket, the whole-log path does not see that order, and both must agree
+    log = pl.read_parquet(world / "log.parquet")
+    coarse = log.with_columns(pl.col("timestamp") // 500_000).sample(fraction=1.0, shuffle=True, seed=3)
+    assert coarse.select(pl.struct("user_id", "timestamp").is_duplicated().sum()).item() > 100
+    coarse.write_parquet(world / "coarse.parquet")
+    config = _config(world, "leave_last_out", log="coarse.parquet")
+    expected = prepare(config)
+    got = load_prepared(prepare_to_disk(config, tmp_path / "prepared", events_per_bucket=1_000))
+    cols = ["user_idx", "item_idx", "timestamp", "label"]
+    assert got.test_events.select(cols).sort(KEY).equals(expected.test_events.select(cols).sort(KEY))
+    mine = pl.read_parquet(got.example_shards["ranking_examples"])
+    theirs = expected.ranking_examples
+    assert mine.drop("n_before").sort(KEY).equals(theirs.drop("history").sort(KEY))
+    gathered = got.sequences.histories(mine["user_idx"].to_numpy(), mine["n_before"].to_numpy(), 20)
+    order = mine.with_row_index("_row").sort(KEY)["_row"].to_numpy()
+    np.testing.assert_array_equal(gathered[order], pad_lists(theirs.sort(KEY)["history"], 20).numpy())
+
+
+@pytest.mark.parametrize("span", [1_000, 2**40])
+def test_bucket_sort_is_the_three_key_sort(span: int) -> None:
+    # a packed (time, item) key where the ranges allow it; the plain sort where they do not
+    rng = np.random.default_rng(0)
+    n = 5_000
+    frame = pl.DataFrame(
+        {
+            "user_id": rng.integers(0, 50, n),
+            "item_id": rng.integers(-span, span, n),
+            "rating": rng.random(n),
+            "timestamp": rng.integers(0, 20, n) * span,  # many ties on time
+        }
+    )
+    expected = frame.sort("user_id", "timestamp", "item_id")
+    got = _sorted_events(frame)
+    assert got.select(pl.exclude("rating")).equals(expected.select(pl.exclude("rating")))
 
 
 def test_prepared_source_trains_in_bounded_batches(world: Path, tmp_path: Path) -> None:

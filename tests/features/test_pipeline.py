@@ -48,6 +48,29 @@ def test_unknown_ids_are_dropped_by_encode() -> None:
     assert out.select("user_idx", "item_idx").rows() == [(0, 1)]
 
 
+@pytest.mark.parametrize("spread", [1, 10**12])  # compact ids (a table lookup), sparse ids (a hash map)
+def test_encode_keeps_row_order_and_drops_every_kind_of_unknown_id(spread: int) -> None:
+    rng = np.random.default_rng(1)
+    users, items = rng.choice(500, 200, replace=False) * spread, rng.choice(300, 100, replace=False) * spread
+    m = IdMapping.fit(pl.DataFrame({"user_id": np.repeat(users, 2), "item_id": np.resize(items, 400)}))
+    # known ids, ids inside the range but unseen, below and above it, and nulls
+    asked_users = np.concatenate([users, users[:20] + spread * 1000, [-7 * spread, users.max() + 1]])
+    frame = pl.DataFrame(
+        {"user_id": asked_users, "item_id": rng.choice(np.concatenate([items, items + 1]), asked_users.size)}
+    ).with_columns(
+        pl.when(pl.int_range(pl.len()) % 17 == 0).then(None).otherwise(pl.col("item_id")).alias("item_id")
+    )
+    expected = (
+        frame.with_row_index("_row")
+        .join(m.users, on="user_id", how="inner")
+        .join(m.items, on="item_id", how="inner")
+        .sort("_row")
+        .drop("_row")
+    )
+    got = m.encode(frame.lazy()).collect()
+    assert got.height > 0 and got.equals(expected.select(got.columns))
+
+
 def test_config_rejects_unknown_keys_and_missing_path() -> None:
     with pytest.raises(ValidationError, match="extra"):
         DataConfig(sourcee="synthetic")  # type: ignore[call-arg]

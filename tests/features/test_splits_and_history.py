@@ -24,6 +24,19 @@ def test_leave_last_out_keeps_users_with_enough_history() -> None:
     assert train.collect().filter(pl.col("user_id") == 3).height == 1
 
 
+def test_leave_last_out_breaks_ties_on_time_by_item_not_by_row_order() -> None:
+    # user 1's last two events share a time: the larger item id is "last", whichever row is first
+    rows = {"user_id": [1, 1, 1], "item_id": [12, 11, 10], "timestamp": [5, 5, 1]}
+    for order in ([0, 1, 2], [1, 0, 2], [2, 1, 0]):
+        frame = pl.LazyFrame({k: [v[i] for i in order] for k, v in rows.items()})
+        train, test = leave_last_out(frame, n_last=1)
+        assert test.collect()["item_id"].to_list() == [12]
+        # the parts come out in (user, time, item) order, which ``ordered=True`` expects
+        assert train.collect()["item_id"].to_list() == [10, 11]
+        _, again = leave_last_out(train, n_last=1, ordered=True)
+        assert again.collect()["item_id"].to_list() == [11]
+
+
 def test_global_time_split_is_strictly_after_cutoff() -> None:
     train, test = global_time_split(log(), test_fraction=0.34)
     assert train.collect()["timestamp"].max() < test.collect()["timestamp"].min()
