@@ -113,11 +113,17 @@ class RetrievalRuntime:
         """The index's best ``n`` items for ``query`` [d] without the items of ``exclude_raw`` (raw
         ids, e.g. the user's seen items): (raw item ids, scores), best first; ``n`` plus the
         excluded are searched, so ``n`` remain whenever the catalogue has them."""
+        idx, scores = self.retrieve_indices(query, exclude_raw, n)
+        return self.items.decode(idx), scores
+
+    def retrieve_indices(
+        self, query: np.ndarray, exclude_raw: np.ndarray, n: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`retrieve`, answering the items' dense indices ``[<= n]`` instead of raw ids."""
         total = min(self.index.size, n + len(np.unique(exclude_raw)))
         idx, scores = self.index.search(query[None, :], total)
-        items = self.items.decode(idx[0])
-        keep = ~np.isin(items, exclude_raw)
-        return items[keep][:n], scores[0][keep][:n]
+        keep = ~np.isin(self.items.decode(idx[0]), exclude_raw)
+        return idx[0][keep][:n], scores[0][keep][:n]
 
     def user_vectors(
         self, user_idx: np.ndarray, histories: np.ndarray, lists: dict[str, Lists] | None = None

@@ -276,7 +276,7 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
             )
         self._check_deadline(context)
         clock.lap("candidates")
-        logits = self._score(request, read, rows, item_raw, history_raw, ranker, user_id)
+        logits = self._score(request, read, rows, history_raw, ranker, user_id)
         clock.lap("ranker (feed + ONNX)")
         _check_scores(logits, f"ranker {ranker.version}")
         order = np.argsort(-logits, kind="stable")[: request.k]
@@ -341,9 +341,9 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
         """``k * retrieve_factor`` items from the index (``excluded`` left out): raw ids ``[n]``,
         retrieval scores ``[n]`` and rows in ``items``; retrieved items the feature version does
         not hold are skipped with a warning."""
-        item_raw, scores = retrieval.retrieve(query, excluded, request.k * self.limits.retrieve_factor)
+        idx, scores = retrieval.retrieve_indices(query, excluded, request.k * self.limits.retrieve_factor)
         clock.lap("index search")
-        rows = items.rows(item_raw)
+        item_raw, rows = retrieval.items.decode(idx), items.rows_of_index(retrieval.items)[idx]
         present = rows >= 0
         if not present.all():
             log.warning(
@@ -363,15 +363,14 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
         request: ranking_pb2.RankRequest | ranking_pb2.AuctionRequest,
         read: FeatureRead,
         rows: np.ndarray,
-        item_raw: np.ndarray,
         history_raw: np.ndarray,
         ranker: RankerRuntime,
         user_id: int,
     ) -> np.ndarray:
-        """The ranker's logits ``[n]`` for the items at ``rows`` of the version's item table
-        (raw ids ``item_raw`` ``[n]``): the dense feed gathered column by column as the ranker
-        declares it (request context, user features broadcast, item features by row), the item
-        id lists padded from the table, one ORT call."""
+        """The ranker's logits ``[n]`` for the items at ``rows`` ``[n]`` of the version's item
+        table: the dense feed gathered column by column as the ranker declares it (request
+        context, user features broadcast, item features by row), the ranker's item ids and id
+        lists gathered by row, one ORT call."""
         if len(rows) == 0:
             return np.empty(0, dtype=np.float32)
         meta, user, items = read.meta, read.user, read.items
@@ -411,7 +410,7 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
             int(ranker.users.encode([user_id])[0]),
             _known(ranker.items.encode(history_raw)),
             dense,
-            ranker.items.encode(item_raw),
+            items.index_of_rows(ranker.items)[rows],
             item_lists,
             _declared_lists(meta, meta.user_lists, user, ranker.bundle, "user"),
         )
@@ -442,7 +441,7 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
                 f"{len(missing)} ad(s) have no features (feature version {read.version}): "
                 f"{_ids_preview(missing)}",
             )
-        logits = self._score(request, read, rows, ads, read.user.ids, ranker, user_id)
+        logits = self._score(request, read, rows, read.user.ids, ranker, user_id)
         _check_scores(logits, f"ad ranker {ranker.version}")
         pctr = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
         ecpm = bids * pctr

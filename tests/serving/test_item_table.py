@@ -6,6 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from rankforge.bundles.id_lookup import IdLookup
 from rankforge.bundles.runtime import pad_rows
 from rankforge.errors import DataError
 from rankforge.serving.feature_writer import item_frame
@@ -29,6 +30,22 @@ def test_rows_find_raw_ids_and_mark_the_absent() -> None:
     assert rows.tolist() == [3, 0, -1, 2, -1]
     assert table.dense[rows[rows >= 0], 0].tolist() == pytest.approx([0.4, 0.1, 0.3])
     assert ItemTable.from_frame(_frame().head(0), ["pop"], ["tags"]).rows(np.array([1])).tolist() == [-1]
+
+
+def test_model_id_spaces_meet_the_table_by_gathers_equal_to_lookups() -> None:
+    table = ItemTable.from_frame(_frame(), ["pop"], ["tags"])  # raw ids 10 20 30 40
+    # a model that knows 20, 40 and 50 (not in this version), indexed in its own order
+    model = IdLookup(pl.DataFrame({"item_id": [50, 20, 40], "item_idx": [0, 1, 2]}), "item_id", "item_idx")
+    rows_of = table.rows_of_index(model)
+    assert rows_of.tolist() == [-1, 1, 3]  # item 50 is not in the version
+    assert rows_of.tolist() == table.rows(model.decode(np.arange(3))).tolist()
+    index_of = table.index_of_rows(model)
+    assert index_of.tolist() == [-1, 1, -1, 2]  # 10 and 30 are unknown to the model
+    assert index_of.tolist() == model.encode(table.ids).tolist()
+    assert table.rows_of_index(model) is rows_of  # computed once per model
+    other = IdLookup(pl.DataFrame({"item_id": [10, 30], "item_idx": [1, 0]}), "item_id", "item_idx")
+    assert table.index_of_rows(other).tolist() == [1, -1, 0, -1]
+    assert table.index_of_rows(model) is index_of
 
 
 @pytest.mark.parametrize("width", [0, 1, 3, 6])
