@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
@@ -130,18 +131,25 @@ class FeatureReader:
     """Reads one request's user record; holds the served version's items (see the module policy).
 
     ``load_timeout_s`` bounds loading one version (its meta and item blocks), which runs at most
-    once per version, off the request path except for the first version served.
+    once per version, off the request path except for the first version served. ``on_load`` is
+    called with each loaded version's items before any request is answered from them (the server
+    joins them with its models' id spaces there); if it raises, the version failed to load.
     """
 
     #: Seconds before a version whose load failed is tried again (reads keep seeing its pointer).
     RETRY_S = 10.0
 
     def __init__(
-        self, client: redis.Redis, layout: KeyLayout | None = None, load_timeout_s: float = 60.0
+        self,
+        client: redis.Redis,
+        layout: KeyLayout | None = None,
+        load_timeout_s: float = 60.0,
+        on_load: Callable[[ItemTable], None] | None = None,
     ) -> None:
         self.client = client
         self.layout = layout or KeyLayout()
         self.load_timeout_s = load_timeout_s
+        self.on_load = on_load
         self._served: FeatureVersion | None = None
         self._lock = threading.Lock()
         self._loading: str | None = None  # the version a background thread is loading
@@ -236,6 +244,8 @@ class FeatureReader:
             raise DataError(
                 f"feature version {version!r}: {len(items)} items in its blocks, meta says {meta.n_items}"
             )
+        if self.on_load is not None:
+            self.on_load(items)
         return FeatureVersion(version, meta, items)
 
     def _cluster_round_trip(self, commands: list[tuple]) -> list:

@@ -11,6 +11,8 @@ A model's item ids meet the table through two arrays computed once per (version,
 kept with the table (:meth:`ItemTable.rows_of_index`, :meth:`ItemTable.index_of_rows`): the
 rows of an index's results and the ranker's ids of candidate rows are then gathers, not binary
 searches into a million ids (measured: 130 us per 200 ids with the cache cold, 21 us gathered).
+The server computes them as a version loads and as a model swaps (``RankingServer``), so no
+request pays for them.
 
 Memory: 1M items with 4 dense features and no id list take about 24 MB; the ANN index of the
 same catalogue is ten times that.

@@ -119,6 +119,31 @@ def test_a_version_that_does_not_load_leaves_the_previous_one_served(
 
 
 @pytest.mark.redis
+def test_each_version_is_handed_to_on_load_before_it_is_served(redis_client, layout, serving_data) -> None:
+    writer = FeatureWriter(redis_client, layout, ttl_s=120)
+    loaded: list[int] = []
+    refuse = {"second": True}
+
+    def on_load(items) -> None:
+        if len(loaded) == 1 and refuse["second"]:
+            loaded.append(-1)
+            raise RuntimeError("the joins failed")
+        loaded.append(len(items))
+
+    reader = FeatureReader(redis_client, layout, on_load=on_load)
+    writer.write(serving_data, version="one")
+    assert reader.read(None, 1.0).version == "one" and loaded == [len(reader.served.items)]
+    writer.write(serving_data, version="two")
+    for _ in range(20):  # its load fails in on_load: the held version serves on
+        assert reader.read(None, 1.0).version == "one"
+        time.sleep(0.02)
+    assert loaded[1] == -1
+    refuse["second"] = False
+    reader.RETRY_S = 0.0  # retry at once
+    assert _read_until(reader, "two")[-1] == "two" and len(loaded) == 3
+
+
+@pytest.mark.redis
 def test_a_version_without_item_blocks_asks_for_a_new_materialize(redis_client, layout, serving_data) -> None:
     import json
 

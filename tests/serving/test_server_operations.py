@@ -112,6 +112,12 @@ def test_graceful_shutdown_finishes_in_flight_requests(make_server, stalled_redi
     client.close()
 
 
+def test_the_served_version_is_joined_with_the_models_before_any_request(server) -> None:
+    items, models = server.reader.served.items, server.watcher.models
+    joined = {id(lookup) for lookup, _ in items._joins.values()}
+    assert joined == {id(models.retrieval.items), id(models.ranker.items)}
+
+
 def test_model_refresh_swaps_to_the_new_bundle(
     make_server, bundles, serving_data, feature_version, user_id, expected, tmp_path
 ) -> None:
