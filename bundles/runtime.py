@@ -44,6 +44,14 @@ def pad_rows(rows: list[np.ndarray], max_len: int) -> np.ndarray:
     return out
 
 
+def _member(values: np.ndarray, small: np.ndarray) -> np.ndarray:
+    """``np.isin(values, small)``; for a short ``small`` (a user's seen items) one broadcast
+    compare, several times cheaper than ``isin``'s sort at a request's sizes."""
+    if len(small) <= 64:
+        return (values[:, None] == small[None, :]).any(axis=1)
+    return np.isin(values, small)
+
+
 def open_session(path: str, threads: int) -> ort.InferenceSession:
     """An ONNX Runtime session of a bundle's graph; a file it cannot load is a ``DataError``
     naming it (ONNX Runtime's own errors are tracebacks of its C++ status)."""
@@ -120,9 +128,9 @@ class RetrievalRuntime:
         self, query: np.ndarray, exclude_raw: np.ndarray, n: int
     ) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`retrieve`, answering the items' dense indices ``[<= n]`` instead of raw ids."""
-        total = min(self.index.size, n + len(np.unique(exclude_raw)))
+        total = min(self.index.size, n + len(exclude_raw))  # a repeated id only widens the search
         idx, scores = self.index.search(query[None, :], total)
-        keep = ~np.isin(self.items.decode(idx[0]), exclude_raw)
+        keep = ~_member(self.items.decode(idx[0]), np.asarray(exclude_raw, dtype=np.int64))
         return idx[0][keep][:n], scores[0][keep][:n]
 
     def user_vectors(

@@ -12,7 +12,7 @@ import pytest
 
 from rankforge.bundles.candidate_index import CandidateIndex, ExactInnerProductIndex
 from rankforge.bundles.id_lookup import IdLookup
-from rankforge.bundles.runtime import pad_row, pad_rows
+from rankforge.bundles.runtime import _member, pad_row, pad_rows
 from rankforge.errors import DataError
 from rankforge.serving.proto import codegen
 
@@ -68,3 +68,10 @@ def test_codegen_writes_importable_modules_with_relative_imports(tmp_path: Path)
 def test_installed_modules_are_current() -> None:
     """The package's own generated modules exist and are not older than the .proto."""
     assert not codegen.is_stale()
+
+
+@pytest.mark.parametrize("excluded", [0, 1, 20, 64, 65, 300])
+def test_seen_item_membership_is_isin_at_every_size(excluded: int) -> None:
+    rng = np.random.default_rng(excluded)
+    values, small = rng.integers(0, 300, 220), rng.integers(0, 300, excluded)
+    np.testing.assert_array_equal(_member(values, small), np.isin(values, small))
