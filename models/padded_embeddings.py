@@ -6,8 +6,9 @@ checked against the trained model rather than re-implemented by hand elsewhere.
 
 Padding (``-1``) looks up a zero row appended to each table copy, so a pooled sum needs no mask
 multiply over ``[batch, width, dim]``, and a width-1 feature (an id) no sum at all: measured on
-the served ranker (200 rows, a 20-long history), ONNX Runtime's time per call fell from 0.63 to
-0.42 ms (``benchmarks/README.md``, "The ranker's graph").
+the demo's ranker (200 rows, a 20-long history), ONNX Runtime's time per call fell from 467 to
+282 us (``benchmarks/onnx_graphs.py``; ``benchmarks/README.md``, "the graphs' padding and the
+item joins").
 """
 
 from __future__ import annotations
