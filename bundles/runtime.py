@@ -130,7 +130,7 @@ class RetrievalRuntime:
         """:meth:`retrieve`, answering the items' dense indices ``[<= n]`` instead of raw ids."""
         total = min(self.index.size, n + len(exclude_raw))  # a repeated id only widens the search
         idx, scores = self.index.search(query[None, :], total)
-        keep = ~_member(self.items.decode(idx[0]), np.asarray(exclude_raw, dtype=np.int64))
+        keep = ~_member(idx[0], self.items.encode(exclude_raw))  # unknown ids (-1) match nothing
         return idx[0][keep][:n], scores[0][keep][:n]
 
     def user_vectors(
