@@ -191,14 +191,9 @@ def _prepare(config: DataConfig, tmp: Path, events_per_bucket: int, engine: Buck
     raw = tmp / "_raw"
     buckets = _partition(events_log, raw, max(1, math.ceil(n_events / events_per_bucket)))
     phase.lap("partition")
-    peak_gb = 0.0
     split = SplitJob(config, cuts, tmp / "_split")
     pieces = engine.run(split, buckets)
-    for piece in pieces:
-        peak_gb = max(peak_gb, piece.peak_gb)
-        for name, seconds in piece.seconds.items():
-            phase.add(name, seconds)
-    phase.restart()
+    peak_gb = _add_bucket_phases(phase, pieces)
     shutil.rmtree(raw)
     known = _fit_known(config, pieces)
     known.mapping.save(tmp / "id_mapping")
@@ -206,13 +201,10 @@ def _prepare(config: DataConfig, tmp: Path, events_per_bucket: int, engine: Buck
     outputs = _BucketOutputs()
     for kind in SHARD_KINDS:
         (tmp / kind).mkdir()
-    parts = [split.folder(b) for b in range(len(buckets))]
-    for result in engine.run(BucketJob(config, known, tmp), parts):
+    results = engine.run(BucketJob(config, known, tmp), [split.folder(b) for b in range(len(buckets))])
+    for result in results:
         outputs.add(result)
-        peak_gb = max(peak_gb, result.peak_gb)
-        for name, seconds in result.seconds.items():
-            phase.add(name, seconds)
-    phase.restart()
+    peak_gb = max(peak_gb, _add_bucket_phases(phase, results))
     for kind in SHARD_KINDS:  # a split that produced nothing (no validation) has no folder
         if not any((tmp / kind).iterdir()):
             (tmp / kind).rmdir()
@@ -242,6 +234,16 @@ def _partition(events_log: pl.LazyFrame, raw: Path, n_buckets: int) -> list[Path
         pl.PartitionBy(raw, key=BUCKET, include_key=False), mkdir=True, engine="streaming"
     )
     return sorted(p for p in raw.iterdir() if p.is_dir())
+
+
+def _add_bucket_phases(phase: PhaseClock, results: list[KnownIds] | list[BucketResult]) -> float:
+    """Add a per-bucket pass's phase times (summed over buckets) to ``phase`` and restart its
+    clock; returns the largest peak RSS of a process that ran a bucket."""
+    for result in results:
+        for name, seconds in result.seconds.items():
+            phase.add(name, seconds)
+    phase.restart()
+    return max((result.peak_gb for result in results), default=0.0)
 
 
 def _peak_gb() -> float:
