@@ -96,6 +96,13 @@ def main() -> int:
     parser.add_argument("--hnsw-max", type=int, default=1_000_000)
     parser.add_argument("--hnsw-ef", type=int, nargs="*", default=[256], help="HNSW efSearch values")
     parser.add_argument("--ivf-nprobe", type=int, nargs="*", default=[32, 128], help="IVF nprobe values")
+    parser.add_argument(
+        "--ivf-codes",
+        nargs="+",
+        choices=["flat", "sq8"],
+        default=["flat"],
+        help="what IVF cells hold (sq8: 8-bit codes re-scored exactly; rows named ivf8/NPROBE)",
+    )
     parser.add_argument("--vectors", nargs="+", default=["clustered", "random"])
     parser.add_argument(
         "--ivfpq-nprobe",
@@ -125,7 +132,11 @@ def main() -> int:
             faiss.omp_set_num_threads(1)
             p50, p99 = latency(exact.search, queries[:100], 100)
             row(n, kind, "exact", 0.0, x.nbytes / 2**20, p50, p99, 1.0)
-            configs = [IndexConfig(kind="ivf", nprobe=p) for p in args.ivf_nprobe]
+            configs = [
+                IndexConfig(kind="ivf", nprobe=nprobe, ivf_codes=codes)
+                for codes in args.ivf_codes
+                for nprobe in args.ivf_nprobe
+            ]
             if n <= args.hnsw_max:
                 configs = [IndexConfig(kind="hnsw", hnsw_m=32, ef_search=ef) for ef in args.hnsw_ef] + configs
             for config in configs:
@@ -140,6 +151,7 @@ def main() -> int:
                 recall = np.mean([len(np.intersect1d(t, f)) / 100 for t, f in zip(truth, found, strict=True)])
                 size_mb = faiss.serialize_index(index).nbytes / 2**20
                 name = f"hnsw/{config.ef_search}" if config.kind == "hnsw" else f"ivf/{config.nprobe}"
+                name = name.replace("ivf/", "ivf8/") if config.ivf_codes == "sq8" else name
                 row(n, kind, name, seconds, size_mb, p50, p99, float(recall))
                 del index, served
             if args.ivfpq_nprobe:

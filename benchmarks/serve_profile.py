@@ -105,6 +105,9 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--users", type=int, default=300)
     parser.add_argument("--index", choices=["exact", "hnsw", "ivf"], default="ivf")
     parser.add_argument("--nprobe", type=int, default=128, help="IVF cells scanned per query")
+    parser.add_argument(
+        "--ivf-codes", choices=["flat", "sq8"], default="flat", help="IVF cells: vectors or 8-bit codes"
+    )
     parser.add_argument("--ef-search", type=int, default=256, help="HNSW candidates kept per query")
     parser.add_argument("--vectors", choices=["clustered", "random"], default="clustered")
     parser.add_argument("--qps", type=float, nargs="+", default=[400], help="open-loop request rates")
@@ -126,7 +129,13 @@ def _bundles(args: argparse.Namespace, data: PreparedData, root: str) -> tuple[s
     retrieval, ranker = os.path.join(root, "retrieval"), os.path.join(root, "ranker")
     os.makedirs(retrieval)
     os.makedirs(ranker)
-    index = IndexConfig(kind=args.index, nprobe=args.nprobe, ef_search=args.ef_search, on_low_recall="warn")
+    index = IndexConfig(
+        kind=args.index,
+        nprobe=args.nprobe,
+        ivf_codes=args.ivf_codes,
+        ef_search=args.ef_search,
+        on_low_recall="warn",
+    )
     # matrix factorisation whose item rows are the ANN benchmark's vectors (trained-like:
     # clustered tastes, popular directions denser; or random directions), users near items they
     # would like: a fresh two-tower maps every item to nearly the same vector, so every user

@@ -6,10 +6,19 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 
-from rankforge.bundles.ann_index import INDEX_FILE, AnnIndex, IndexConfig, build, export_index, recall_at_k
+from rankforge.bundles.ann_index import (
+    INDEX_FILE,
+    AnnIndex,
+    IndexConfig,
+    build,
+    export_index,
+    load_index,
+    recall_at_k,
+)
 from rankforge.bundles.bundle import load_bundle
 from rankforge.bundles.candidate_index import ExactInnerProductIndex
 from rankforge.bundles.runtime import load_retrieval
@@ -25,10 +34,10 @@ def clustered(n: int = 4000, d: int = 16, clusters: int = 40, seed: int = 0) -> 
     return (centers[rng.integers(clusters, size=n)] + 0.3 * rng.normal(size=(n, d))).astype(np.float32)
 
 
-@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
-def test_indexes_find_the_exact_neighbours(kind: str) -> None:
+@pytest.mark.parametrize("kind, codes", [("hnsw", "flat"), ("ivf", "flat"), ("ivf", "sq8")])
+def test_indexes_find_the_exact_neighbours(kind: str, codes: str) -> None:
     vectors = clustered()
-    config = IndexConfig(kind=kind, nprobe=16)
+    config = IndexConfig(kind=kind, nprobe=16, ivf_codes=codes)
     index = build(vectors, config)
     assert recall_at_k(index, vectors, 50, 200) >= 0.95
     served = AnnIndex(index, ExactInnerProductIndex(vectors))
@@ -38,6 +47,24 @@ def test_indexes_find_the_exact_neighbours(kind: str) -> None:
     assert (ids[:, 0] == exact_ids[:, 0]).mean() >= 0.95
     np.testing.assert_allclose(scores[:, 0], exact_scores[:, 0], rtol=1e-4, atol=1e-4)
     assert np.all(np.diff(scores, axis=1) <= 1e-6)  # best first
+
+
+def test_sq8_cells_rescore_their_candidates_exactly(tmp_path: Path) -> None:
+    """8-bit codes pick the candidates, the exact vectors score them: the answer's scores are the
+    exact inner products, and every cell scanned finds what the flat index finds."""
+    vectors = clustered(seed=2)
+    config = IndexConfig(kind="ivf", ivf_lists=40, nprobe=40, ivf_codes="sq8", refine_factor=3)
+    record = export_index(vectors, config, tmp_path)
+    assert record["codes"] == "sq8" and record["refine_factor"] == 3 and record["recall_at_100"] >= 0.99
+    served = load_index(tmp_path, vectors, record)
+    assert isinstance(served, AnnIndex)
+    assert faiss.downcast_index(served.index).k_factor == 3  # the manifest's factor, set at load
+    queries = vectors[:16] + 0.01
+    ids, scores = served.search(queries, 20)
+    expected = np.einsum("qd,qkd->qk", queries.astype(np.float32), vectors[ids])
+    np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-5)
+    flat = AnnIndex(build(vectors, config.model_copy(update={"ivf_codes": "flat"})), served.exact)
+    assert (ids == flat.search(queries, 20)[0]).mean() >= 0.95
 
 
 def test_low_recall_is_refused_or_warned(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

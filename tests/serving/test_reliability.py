@@ -178,12 +178,13 @@ def _edit_manifest(bundle: Path, **index: object) -> None:
     (bundle / "manifest.json").write_text(json.dumps(manifest))
 
 
-def _replace_index(bundle: Path, vectors: np.ndarray, kind: str = "hnsw") -> None:
+def _replace_index(bundle: Path, vectors: np.ndarray, kind: str = "hnsw", codes: str = "flat") -> None:
     """A parseable index over other vectors, re-recorded in the manifest as if exported with it."""
     from rankforge.bundles.ann_index import INDEX_FILE, IndexConfig, build
     from rankforge.bundles.bundle import seal
 
-    faiss.write_index(build(vectors, IndexConfig(kind=kind, nprobe=4)), str(bundle / INDEX_FILE))
+    config = IndexConfig(kind=kind, nprobe=4, ivf_codes=codes)
+    faiss.write_index(build(vectors, config), str(bundle / INDEX_FILE))
     seal(bundle)  # not a damaged file: a consistent, wrong bundle
 
 
@@ -196,6 +197,7 @@ def _replace_index(bundle: Path, vectors: np.ndarray, kind: str = "hnsw") -> Non
         ("ef_search text", "ef_search must be a positive integer"),
         ("file outside", "is not a file inside the bundle"),
         ("kind mismatch", "the manifest says hnsw, the file holds"),
+        ("codes mismatch", "the manifest says codes 'flat', the file holds IndexRefineFlat"),
         ("bytes changed", "differs from the file exported with it"),
     ],
 )
@@ -219,6 +221,9 @@ def test_a_bundle_whose_index_does_not_fit_its_vectors_is_refused(indexed_bundle
     elif damage == "kind mismatch":
         _replace_index(indexed_bundle, vectors, kind="ivf")
         _edit_manifest(indexed_bundle, kind="hnsw")
+    elif damage == "codes mismatch":  # 8-bit cells where the manifest promises the vectors
+        _replace_index(indexed_bundle, vectors, kind="ivf", codes="sq8")
+        _edit_manifest(indexed_bundle, kind="ivf", nprobe=4, codes="flat")
     else:  # 4 KB of the item matrix overwritten after export
         path = indexed_bundle / "item_embeddings.npy"
         raw = bytearray(path.read_bytes())
