@@ -64,6 +64,10 @@ class IndexConfig(BaseModel):
     served_k: int = Field(20, ge=1)
     max_served_recall_loss: float = Field(0.01, ge=0, le=1)
     on_low_recall: Literal["refuse", "warn"] = "refuse"
+    # search the cheapest setting that reaches min_recall instead of taking nprobe / ef_search as
+    # given: both doubled from 16 until recall@K on item-vector queries reaches it (no held-out
+    # user is looked at, so the served check below stays an independent measurement)
+    tune_search: bool = False
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,7 @@ def build(vectors: np.ndarray, config: IndexConfig) -> faiss.Index:
     if config.kind == "hnsw":
         index = faiss.IndexHNSWFlat(d, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = config.ef_construction
-        index.hnsw.efSearch = config.ef_search
+        set_search(index, "hnsw", config.ef_search)
     elif config.kind == "ivf":
         lists = config.ivf_lists or max(1, min(n // 39, int(4 * math.sqrt(n))))
         codes = "Flat" if config.ivf_codes == "flat" else "SQ8,RFlat"
@@ -102,7 +106,7 @@ def build(vectors: np.ndarray, config: IndexConfig) -> faiss.Index:
         n_train = min(n, max(39 * lists, min(256 * lists, 200_000)))
         sample = x if n_train == n else x[np.random.default_rng(0).choice(n, n_train, replace=False)]
         index.train(sample)
-        faiss.extract_index_ivf(index).nprobe = min(config.nprobe or max(16, lists // 4), lists)
+        set_search(index, "ivf", config.nprobe or max(16, lists // 4))
         if config.ivf_codes == "sq8":
             faiss.downcast_index(index).k_factor = config.refine_factor
     else:
@@ -111,17 +115,32 @@ def build(vectors: np.ndarray, config: IndexConfig) -> faiss.Index:
     return index
 
 
+@dataclass(frozen=True)
+class RecallProbe:
+    """Sampled item vectors as queries ``[q, d]`` and their exact top ``k`` ids ``[q, k]``."""
+
+    queries: np.ndarray
+    truth: np.ndarray
+
+    @classmethod
+    def sample(cls, vectors: np.ndarray, k: int, n_queries: int, seed: int = 0) -> RecallProbe:
+        exact = ExactInnerProductIndex(vectors)
+        rows = np.random.default_rng(seed).choice(exact.size, min(n_queries, exact.size), replace=False)
+        queries = exact.vectors[rows]
+        return cls(queries, exact.search(queries, min(k, exact.size))[0])
+
+    def recall(self, index: faiss.Index) -> float:
+        """Mean share of each query's exact top ``k`` that ``index`` returns."""
+        k = self.truth.shape[1]
+        _, found = index.search(self.queries, k)
+        hits = [len(np.intersect1d(t, f[f >= 0])) for t, f in zip(self.truth, found, strict=True)]
+        return float(np.mean(hits) / k)
+
+
 def recall_at_k(index: faiss.Index, vectors: np.ndarray, k: int, n_queries: int, seed: int = 0) -> float:
     """Mean share of the exact top ``k`` (by inner product) that the index returns, with sampled
     item vectors as queries."""
-    exact = ExactInnerProductIndex(vectors)
-    k = min(k, exact.size)
-    rows = np.random.default_rng(seed).choice(exact.size, min(n_queries, exact.size), replace=False)
-    queries = exact.vectors[rows]
-    truth, _ = exact.search(queries, k)
-    _, found = index.search(queries, k)
-    hits = [len(np.intersect1d(t, f[f >= 0])) for t, f in zip(truth, found, strict=True)]
-    return float(np.mean(hits) / k)
+    return RecallProbe.sample(vectors, k, n_queries, seed).recall(index)
 
 
 @dataclass(frozen=True)
@@ -159,15 +178,20 @@ def export_index(
     exact search with item vectors as queries, and -- when ``served`` is given -- the served
     Recall@``served_k`` of held-out users through the index against exact search."""
     index = build(vectors, config)
-    recall = recall_at_k(index, vectors, config.recall_k, config.recall_queries)
+    if config.tune_search:
+        recall, tried = tune_search(index, vectors, config)
+    else:
+        recall = recall_at_k(index, vectors, config.recall_k, config.recall_queries)
     record: dict[str, object] = {
         "kind": config.kind,
         "file": INDEX_FILE,
         f"recall_at_{min(config.recall_k, len(vectors))}": round(recall, 4),
         "min_recall": config.min_recall,
-        **({"hnsw_m": config.hnsw_m, "ef_search": config.ef_search} if config.kind == "hnsw" else {}),
+        **({"hnsw_m": config.hnsw_m, "ef_search": int(index.hnsw.efSearch)} if config.kind == "hnsw" else {}),
         **(_ivf_record(index, config) if config.kind == "ivf" else {}),
     }
+    if config.tune_search:
+        record["tuned"] = [[value, round(r, 4)] for value, r in tried]
     if recall < config.min_recall:
         message = (
             f"{config.kind} index recall@{config.recall_k} {recall:.4f} is below serving_index.min_recall "
@@ -193,6 +217,43 @@ def export_index(
             )
     faiss.write_index(index, str(directory / INDEX_FILE))
     return record
+
+
+#: The search settings ``tune_search`` tries: doubling, from cheap to the HNSW ceiling.
+TUNE_START, HNSW_EF_MAX = 16, 4096
+
+
+def set_search(index: faiss.Index, kind: str, value: int) -> None:
+    """The search-time knob of a built index: HNSW's efSearch or IVF's nprobe (capped at its
+    cell count)."""
+    if kind == "hnsw":
+        index.hnsw.efSearch = value
+    else:
+        ivf = faiss.extract_index_ivf(index)
+        ivf.nprobe = min(value, ivf.nlist)
+
+
+def tune_search(
+    index: faiss.Index, vectors: np.ndarray, config: IndexConfig
+) -> tuple[float, list[tuple[int, float]]]:
+    """Set ``index`` to the cheapest doubling of its search knob (from 16) whose recall@K reaches
+    ``config.min_recall`` (the most expensive one tried when none does); (its recall, every
+    (setting, recall) tried). The same sampled queries measure every setting."""
+    top = HNSW_EF_MAX if config.kind == "hnsw" else int(faiss.extract_index_ivf(index).nlist)
+    values, value = [], TUNE_START
+    while value < top:
+        values.append(value)
+        value *= 2
+    values.append(top)
+    probe = RecallProbe.sample(vectors, config.recall_k, config.recall_queries)
+    tried: list[tuple[int, float]] = []
+    for value in values:
+        set_search(index, config.kind, value)
+        recall = probe.recall(index)
+        tried.append((value, recall))
+        if recall >= config.min_recall:
+            break
+    return tried[-1][1], tried
 
 
 def _ivf_record(index: faiss.Index, config: IndexConfig) -> dict[str, object]:
@@ -283,16 +344,15 @@ def load_index(
             raise DataError(
                 f"ANN index {path}: the manifest says hnsw, the file holds {type(index).__name__}"
             )
-        index.hnsw.efSearch = _positive_int({"ef_search": 256, **record}, "ef_search", path)
+        set_search(index, "hnsw", _positive_int({"ef_search": 256, **record}, "ef_search", path))
     else:
         try:
-            ivf = faiss.extract_index_ivf(index)
+            faiss.extract_index_ivf(index)  # raises for anything but an IVF index
         except RuntimeError as exc:
             raise DataError(
                 f"ANN index {path}: the manifest says ivf, the file holds {type(index).__name__}"
             ) from exc
-        nprobe = _positive_int({"nprobe": 16, **record}, "nprobe", path)
-        ivf.nprobe = min(nprobe, ivf.nlist)
+        set_search(index, "ivf", _positive_int({"nprobe": 16, **record}, "nprobe", path))
         _set_refine(index, record, path)
     loaded = AnnIndex(index, exact)
     recorded = _recorded_recall(record)

@@ -107,3 +107,36 @@ def test_a_retrieval_job_exports_an_hnsw_index_the_server_loads(rankforge_home: 
         runtime.user_vector(0, np.array([1, 2])), np.array([], dtype=np.int64), 10
     )
     assert len(items) == 10 and np.all(np.diff(scores) <= 1e-6)
+
+
+@pytest.mark.parametrize("kind, knob", [("ivf", "nprobe"), ("hnsw", "ef_search")])
+def test_tuned_search_takes_the_cheapest_setting_that_reaches_min_recall(
+    tmp_path: Path, kind: str, knob: str
+) -> None:
+    vectors = clustered(n=6000, d=32, clusters=400, seed=3)
+    config = IndexConfig(
+        kind=kind, ivf_lists=128, nprobe=1, ef_search=1, hnsw_m=16, min_recall=0.97, tune_search=True
+    )
+    record = export_index(vectors, config, tmp_path)
+    tried = record["tuned"]
+    settings = [value for value, _ in tried]
+    assert settings == [16 * 2**i for i in range(len(settings))]  # doubling from 16
+    assert tried[-1][1] >= 0.97 and all(r < 0.97 for _, r in tried[:-1])
+    assert len(tried) >= 2  # the test's index is one the cheapest setting does not satisfy
+    assert record[knob] == settings[-1] and record["recall_at_100"] == tried[-1][1]
+    # what the manifest records is what the loaded index searches with, at the recorded recall
+    loaded = load_index(tmp_path, vectors, record)
+    assert isinstance(loaded, AnnIndex)
+    searched = loaded.index.hnsw.efSearch if kind == "hnsw" else faiss.extract_index_ivf(loaded.index).nprobe
+    assert searched == settings[-1]
+    assert recall_at_k(loaded.index, vectors, 100, 1000) == pytest.approx(tried[-1][1], abs=1e-4)
+
+
+def test_tuned_search_that_cannot_reach_min_recall_is_refused(tmp_path: Path) -> None:
+    vectors = clustered(n=6000, d=32, seed=3)  # a graph of 4 links per node: recall 0.79 at most
+    config = IndexConfig(kind="hnsw", hnsw_m=4, min_recall=0.97, recall_queries=200, tune_search=True)
+    with pytest.raises(
+        DataError, match=r"hnsw index recall@100 0\.[0-8]\d+ is below serving_index\.min_recall"
+    ):
+        export_index(vectors, config, tmp_path)
+    assert not (tmp_path / INDEX_FILE).exists()
