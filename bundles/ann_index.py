@@ -8,9 +8,10 @@ is already at the numpy/BLAS floor), so large catalogues need an ANN index:
 * ``ivf``: FAISS ``IVF{lists},Flat`` -- k-means cells, ``nprobe`` of them scanned per query;
   fast to build, memory of the vectors alone. With ``ivf_codes = "sq8"`` the cells hold 8-bit
   scalar-quantised codes (a quarter of the bytes to scan) and the best ``refine_factor * k`` of
-  them are re-scored exactly (FAISS ``IVF{lists},SQ8,RFlat``): the same recall at about half the
-  latency where the scan is what costs (``benchmarks/ann_index.py``: 1M items, nprobe 1,024 of
-  4,000 cells, recall@100 0.964 at 3.7 ms against 0.967 at 7 ms).
+  them are re-scored exactly (FAISS ``IVF{lists},SQ8,RFlat``): the same recall for a quarter
+  less latency where the scan is what costs (``benchmarks/ann_index.py``, one run: 1M items,
+  nprobe 1,024 of 4,000 cells, recall@100 0.967 at p50 3.67 ms against 4.87 ms), for 64 more
+  bytes per item.
 
 Both use the inner-product metric on the bundle's item vectors, which are already in the model's
 scoring space (unit vectors for a cosine model, see ``models.scoring``), so the index ranks exactly

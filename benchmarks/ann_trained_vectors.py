@@ -1,0 +1,76 @@
+"""How hard a trained model's item vectors are for an IVF index, beside ``ann_index.py``'s
+generated vectors of the same size: recall@100 against exact search per ``nprobe``.
+
+    .venv/bin/python benchmarks/ann_trained_vectors.py BUNDLE_DIR [--nprobe 4 8 16 ...]
+
+``BUNDLE_DIR`` is an exported retrieval bundle (its ``item_embeddings.npy``, the vectors the
+index is built over, in the model's scoring space). The generated sets are ``ann_index.py``'s
+"clustered" (its stand-in for trained vectors) and "random" directions, with the trained set's
+count and dimension. Each row also gives the share of variance in the top principal components
+and the largest IVF cell against the mean one: a catalogue whose items crowd into few
+directions is what makes recall@100 expensive. Queries are 1,000 sampled item vectors
+(``RecallProbe``, as the export measures); one thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from rankforge.benchmarks.ann_index import vectors
+from rankforge.benchmarks.machine import machine
+from rankforge.bundles.ann_index import IndexConfig, RecallProbe, build, set_search
+
+
+def spectrum(x: np.ndarray, tops: tuple[int, ...]) -> list[float]:
+    """Share of the variance in the top ``tops`` principal components."""
+    ev = np.linalg.svd(x - x.mean(0), compute_uv=False) ** 2
+    return [float(ev[:t].sum() / ev.sum()) for t in tops]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("bundle", type=Path)
+    parser.add_argument("--nprobe", type=int, nargs="+", default=[4, 8, 16, 32, 64, 128, 256])
+    args = parser.parse_args()
+    trained = np.load(args.bundle / "item_embeddings.npy").astype(np.float32)
+    n, d = trained.shape
+    sets = {
+        "trained": trained,
+        "clustered": vectors(n, d, "clustered"),
+        "random": vectors(n, d, "random"),
+    }
+    faiss.omp_set_num_threads(1)
+    print(f"{dt.date.today()}, {machine()}, faiss {faiss.__version__}, {n} items x {d}, {args.bundle}")
+    tops = (8, 16, 32)
+    print(
+        f"  {'vectors':>9} {'lists':>5} {'max/mean cell':>13} "
+        + " ".join(f"{'var top ' + str(t):>10}" for t in tops)
+        + "  recall@100 at nprobe "
+        + " ".join(f"{p:>5}" for p in args.nprobe)
+    )
+    for name, x in sets.items():
+        probe = RecallProbe.sample(x, 100, 1000, seed=5)
+        index = build(x, IndexConfig(kind="ivf"))
+        ivf = faiss.extract_index_ivf(index)
+        sizes = np.array([ivf.invlists.list_size(i) for i in range(ivf.nlist)])
+        recalls = []
+        for nprobe in args.nprobe:
+            set_search(index, "ivf", nprobe)
+            recalls.append(probe.recall(index))
+        print(
+            f"  {name:>9} {ivf.nlist:>5} {sizes.max() / sizes.mean():>13.1f} "
+            + " ".join(f"{v:>10.2f}" for v in spectrum(x, tops))
+            + "                       "
+            + " ".join(f"{r:>5.3f}" for r in recalls),
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
