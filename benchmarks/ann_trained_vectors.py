@@ -9,13 +9,15 @@ index is built over, in the model's scoring space). The generated sets are ``ann
 count and dimension. Each row also gives the share of variance in the top principal components
 and the largest IVF cell against the mean one: a catalogue whose items crowd into few
 directions is what makes recall@100 expensive. Queries are 1,000 sampled item vectors
-(``RecallProbe``, as the export measures); one thread.
+(``RecallProbe``, as the export measures); p50 of 200 of them searched one at a time, one
+thread.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import time
 from pathlib import Path
 
 import faiss
@@ -30,6 +32,15 @@ def spectrum(x: np.ndarray, tops: tuple[int, ...]) -> list[float]:
     """Share of the variance in the top ``tops`` principal components."""
     ev = np.linalg.svd(x - x.mean(0), compute_uv=False) ** 2
     return [float(ev[:t].sum() / ev.sum()) for t in tops]
+
+
+def single_query_p50_ms(index: faiss.Index, queries: np.ndarray) -> float:
+    times = []
+    for q in queries:
+        start = time.perf_counter()
+        index.search(q[None, :], 100)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1e3)
 
 
 def main() -> int:
@@ -58,16 +69,20 @@ def main() -> int:
         index = build(x, IndexConfig(kind="ivf"))
         ivf = faiss.extract_index_ivf(index)
         sizes = np.array([ivf.invlists.list_size(i) for i in range(ivf.nlist)])
-        recalls = []
+        recalls, p50 = [], []
         for nprobe in args.nprobe:
             set_search(index, "ivf", nprobe)
             recalls.append(probe.recall(index))
+            p50.append(single_query_p50_ms(index, probe.queries[:200]))
         print(
             f"  {name:>9} {ivf.nlist:>5} {sizes.max() / sizes.mean():>13.1f} "
             + " ".join(f"{v:>10.2f}" for v in spectrum(x, tops))
             + "                       "
             + " ".join(f"{r:>5.3f}" for r in recalls),
             flush=True,
+        )
+        print(
+            f"  {'':>9} {'':>5} {'':>13} {'':>32}  p50 ms one query  " + " ".join(f"{t:>5.2f}" for t in p50)
         )
     return 0
 

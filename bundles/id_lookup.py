@@ -18,7 +18,8 @@ def find_sorted(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
     ids = np.asarray(ids, dtype=np.int64)
     if len(sorted_ids) == 0:
         return np.full(len(ids), UNKNOWN, dtype=np.int64)
-    pos = np.clip(np.searchsorted(sorted_ids, ids), 0, len(sorted_ids) - 1)
+    # searchsorted is never negative: a minimum suffices (np.clip costs ~10 us of Python per call)
+    pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
     return np.where(sorted_ids[pos] == ids, pos, UNKNOWN)
 
 
