@@ -1,10 +1,13 @@
 """ANN retrieval at catalogue scale: build time, memory, single-query p50/p99 and recall@100 of
-exact search, FAISS HNSW and FAISS IVF, on trained-like (clustered) and random item vectors
-(with ``--ivfpq-nprobe``, also IVF-PQ fast-scan with exact re-ranking, a candidate not served).
+exact search, FAISS HNSW and FAISS IVF, on trained-like (clustered) and random item vectors, or
+on a catalogue drawn from a mixture fitted to a trained model's vectors (``--vectors fitted
+--fit-from BUNDLE``; its dimension is the bundle's) (with ``--ivfpq-nprobe``, also IVF-PQ
+fast-scan with exact re-ranking, a candidate not served).
 
     .venv/bin/python benchmarks/ann_index.py [--sizes 100000 1000000 5000000] [--dim 64]
 
-Build uses every core; queries run one at a time on one thread (a request thread of the server).
+Build uses every core, once per index structure (each --hnsw-ef / --ivf-nprobe is a row of the same
+build); queries run one at a time on one thread (a request thread of the server).
 HNSW is skipped above --hnsw-max items (its build is the slow one on two cores).
 """
 
@@ -14,11 +17,12 @@ import argparse
 import datetime as dt
 import platform
 import time
+from pathlib import Path
 
 import faiss
 import numpy as np
 
-from rankforge.bundles.ann_index import AnnIndex, IndexConfig, build
+from rankforge.bundles.ann_index import AnnIndex, IndexConfig, build, set_search
 from rankforge.bundles.candidate_index import ExactInnerProductIndex
 
 
@@ -33,6 +37,51 @@ def vectors(n: int, d: int, kind: str, seed: int = 0) -> np.ndarray:
         x += 0.35 * rng.normal(size=(n, d)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)  # a cosine model's scoring space
     return x
+
+
+def fitted_vectors(n: int, source: np.ndarray, clusters: int = 256, seed: int = 0) -> np.ndarray:
+    """``n`` vectors ``[n, d]`` drawn from a Gaussian mixture fitted to ``source`` ``[m, d]`` (a
+    trained model's item vectors): FAISS k-means cells of ``source``, each a Gaussian with its
+    members' mean and covariance, drawn in proportion to its size. A catalogue of any size with
+    the trained set's clusters, their sizes and their shapes (the directions items spread along
+    inside a cluster are what makes recall@100 costly). A cell's covariance is shrunk towards its
+    diagonal by ``d / members`` (a few dozen members do not determine 64 x 64 entries). Rows are
+    normalised when ``source``'s are (a cosine model's scoring space)."""
+    x = np.ascontiguousarray(source, dtype=np.float32)
+    d = x.shape[1]
+    kmeans = faiss.Kmeans(d, clusters, niter=20, seed=seed, spherical=False)
+    kmeans.train(x)
+    _, cell = kmeans.index.search(x, 1)
+    cell = cell[:, 0]
+    rng = np.random.default_rng(seed)
+    counts = np.bincount(cell, minlength=clusters)
+    drawn = rng.choice(clusters, size=n, p=counts / counts.sum())
+    out = np.empty((n, d), dtype=np.float32)
+    for c in np.flatnonzero(counts):
+        members = x[cell == c].astype(np.float64)
+        rows = np.flatnonzero(drawn == c)
+        mean = members.mean(0)
+        cov = np.cov(members, rowvar=False) if len(members) > 1 else np.zeros((d, d))
+        shrink = min(1.0, d / len(members))
+        cov = (1 - shrink) * cov + shrink * np.diag(np.diag(cov)) + 1e-9 * np.eye(d)
+        out[rows] = rng.multivariate_normal(mean, cov, size=len(rows), method="eigh")
+    if np.allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-3):
+        out /= np.linalg.norm(out, axis=1, keepdims=True)
+    return out
+
+
+def catalogue(n: int, d: int, kind: str, fit_from: Path | None = None) -> np.ndarray:
+    """``n`` item vectors ``[n, d]`` of ``kind``: "clustered" or "random" (``vectors``), or
+    "fitted" (``fitted_vectors`` of the ``item_embeddings.npy`` of the bundle ``fit_from``, whose
+    dimension it keeps)."""
+    if kind != "fitted":
+        return vectors(n, d, kind)
+    if fit_from is None:
+        raise SystemExit("vectors 'fitted' need --fit-from BUNDLE_DIR (a retrieval bundle)")
+    path = fit_from / "item_embeddings.npy"
+    if not path.is_file():
+        raise SystemExit(f"--fit-from: no item_embeddings.npy in {str(fit_from)[:80]}")
+    return fitted_vectors(n, np.load(path))
 
 
 def latency(search, queries: np.ndarray, k: int) -> tuple[float, float]:
@@ -103,7 +152,12 @@ def main() -> int:
         default=["flat"],
         help="what IVF cells hold (sq8: 8-bit codes re-scored exactly; rows named ivf8/NPROBE)",
     )
-    parser.add_argument("--vectors", nargs="+", default=["clustered", "random"])
+    parser.add_argument(
+        "--vectors", nargs="+", choices=["clustered", "random", "fitted"], default=["clustered", "random"]
+    )
+    parser.add_argument(
+        "--fit-from", type=Path, help="a trained retrieval bundle: the source of the 'fitted' vectors"
+    )
     parser.add_argument(
         "--ivfpq-nprobe",
         type=int,
@@ -123,7 +177,7 @@ def main() -> int:
     print("{:>9} {:>9} {:>8} {:>8} {:>9} {:>7} {:>7} {:>10}".format(*header))
     for n in args.sizes:
         for kind in args.vectors:
-            x = vectors(n, args.dim, kind)
+            x = catalogue(n, args.dim, kind, args.fit_from)
             rng = np.random.default_rng(1)
             noise = 0.05 * rng.normal(size=(args.queries, args.dim)).astype(np.float32)
             queries = x[rng.choice(n, args.queries, replace=False)] + noise
@@ -132,27 +186,27 @@ def main() -> int:
             faiss.omp_set_num_threads(1)
             p50, p99 = latency(exact.search, queries[:100], 100)
             row(n, kind, "exact", 0.0, x.nbytes / 2**20, p50, p99, 1.0)
-            configs = [
-                IndexConfig(kind="ivf", nprobe=nprobe, ivf_codes=codes)
-                for codes in args.ivf_codes
-                for nprobe in args.ivf_nprobe
-            ]
+            # one build per structure; its search knob (efSearch / nprobe) set for each row
+            builds = [(IndexConfig(kind="ivf", ivf_codes=codes), args.ivf_nprobe) for codes in args.ivf_codes]
             if n <= args.hnsw_max:
-                configs = [IndexConfig(kind="hnsw", hnsw_m=32, ef_search=ef) for ef in args.hnsw_ef] + configs
-            for config in configs:
+                builds.insert(0, (IndexConfig(kind="hnsw", hnsw_m=32), args.hnsw_ef))
+            for config, knobs in builds:
+                if not knobs:
+                    continue
                 faiss.omp_set_num_threads(2)
                 start = time.perf_counter()
                 index = build(x, config)
                 seconds = time.perf_counter() - start
                 faiss.omp_set_num_threads(1)
                 served = AnnIndex(index, exact)
-                p50, p99 = latency(served.search, queries, 100)
-                found, _ = served.search(queries[:200], 100)
-                recall = np.mean([len(np.intersect1d(t, f)) / 100 for t, f in zip(truth, found, strict=True)])
                 size_mb = faiss.serialize_index(index).nbytes / 2**20
-                name = f"hnsw/{config.ef_search}" if config.kind == "hnsw" else f"ivf/{config.nprobe}"
-                name = name.replace("ivf/", "ivf8/") if config.ivf_codes == "sq8" else name
-                row(n, kind, name, seconds, size_mb, p50, p99, float(recall))
+                prefix = "hnsw" if config.kind == "hnsw" else "ivf8" if config.ivf_codes == "sq8" else "ivf"
+                for knob in knobs:
+                    set_search(index, config.kind, knob)
+                    p50, p99 = latency(served.search, queries, 100)
+                    found, _ = served.search(queries[:200], 100)
+                    hits = [len(np.intersect1d(t, f)) / 100 for t, f in zip(truth, found, strict=True)]
+                    row(n, kind, f"{prefix}/{knob}", seconds, size_mb, p50, p99, float(np.mean(hits)))
                 del index, served
             if args.ivfpq_nprobe:
                 ivf_pq(x, queries, truth, args.ivfpq_nprobe, args.ivfpq_refine, n, kind)

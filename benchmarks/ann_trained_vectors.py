@@ -6,7 +6,10 @@ generated vectors of the same size: recall@100 against exact search per ``nprobe
 ``BUNDLE_DIR`` is an exported retrieval bundle (its ``item_embeddings.npy``, the vectors the
 index is built over, in the model's scoring space). The generated sets are ``ann_index.py``'s
 "clustered" (its stand-in for trained vectors) and "random" directions, with the trained set's
-count and dimension. Each row also gives the share of variance in the top principal components
+count and dimension, and "fitted": a sample of the same size from a Gaussian mixture fitted to
+the trained vectors (``fitted_vectors``, the generator ``ann_index.py --fit-from`` draws a
+catalogue of any size from); where its row matches the trained one, its larger catalogues stand
+for trained ones. Each row also gives the share of variance in the top principal components
 and the largest IVF cell against the mean one: a catalogue whose items crowd into few
 directions is what makes recall@100 expensive. Queries are 1,000 sampled item vectors
 (``RecallProbe``, as the export measures); p50 of 200 of them searched one at a time, one
@@ -23,7 +26,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from rankforge.benchmarks.ann_index import vectors
+from rankforge.benchmarks.ann_index import fitted_vectors, vectors
 from rankforge.benchmarks.machine import machine
 from rankforge.bundles.ann_index import IndexConfig, RecallProbe, build, set_search
 
@@ -47,11 +50,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bundle", type=Path)
     parser.add_argument("--nprobe", type=int, nargs="+", default=[4, 8, 16, 32, 64, 128, 256])
+    parser.add_argument("--clusters", type=int, default=256, help="mixture cells of the fitted set")
     args = parser.parse_args()
     trained = np.load(args.bundle / "item_embeddings.npy").astype(np.float32)
     n, d = trained.shape
     sets = {
         "trained": trained,
+        "fitted": fitted_vectors(n, trained, args.clusters),
         "clustered": vectors(n, d, "clustered"),
         "random": vectors(n, d, "random"),
     }

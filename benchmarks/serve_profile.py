@@ -14,7 +14,8 @@
    --client-cpus 1`` pin the server and the load generator to different cores.
 
 Retrieve + rank: k = 20 from 200 candidates (retrieve_factor 10). The retrieval model's item rows
-are ``ann_index.py``'s vectors (``--vectors``), so the index is measured at a recall that means
+are ``ann_index.py``'s vectors (``--vectors``; ``fitted --fit-from BUNDLE``: drawn from a mixture
+fitted to a trained model's item vectors), so the index is measured at a recall that means
 something; the ranker is fresh (its cost does not depend on its weights). The profile's client
 runs in the server's process (it shares the GIL: stage times include some of its waits); the
 load's client is its own process.
@@ -40,7 +41,7 @@ import torch
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-from rankforge.benchmarks.ann_index import vectors
+from rankforge.benchmarks.ann_index import catalogue
 from rankforge.bundles.ann_index import IndexConfig
 from rankforge.bundles.export import build_ranker_bundle, build_retrieval_bundle
 from rankforge.features.aggregates import DENSE_FEATURES
@@ -109,7 +110,10 @@ def _arguments() -> argparse.Namespace:
         "--ivf-codes", choices=["flat", "sq8"], default="flat", help="IVF cells: vectors or 8-bit codes"
     )
     parser.add_argument("--ef-search", type=int, default=256, help="HNSW candidates kept per query")
-    parser.add_argument("--vectors", choices=["clustered", "random"], default="clustered")
+    parser.add_argument("--vectors", choices=["clustered", "random", "fitted"], default="clustered")
+    parser.add_argument(
+        "--fit-from", type=Path, help="a trained retrieval bundle: the 'fitted' vectors' source"
+    )
     parser.add_argument("--qps", type=float, nargs="+", default=[400], help="open-loop request rates")
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
@@ -140,10 +144,11 @@ def _bundles(args: argparse.Namespace, data: PreparedData, root: str) -> tuple[s
     # clustered tastes, popular directions denser; or random directions), users near items they
     # would like: a fresh two-tower maps every item to nearly the same vector, so every user
     # would retrieve the same items and the index would be measured on one easy query
-    mf = MatrixFactorization(data.n_users, data.n_items, 64)
-    items = vectors(data.n_items, 64, args.vectors)
+    items = catalogue(data.n_items, 64, args.vectors, args.fit_from)
+    dim = items.shape[1]
+    mf = MatrixFactorization(data.n_users, data.n_items, dim)
     rng = np.random.default_rng(1)
-    users = items[rng.choice(data.n_items, data.n_users)] + 0.05 * rng.normal(size=(data.n_users, 64))
+    users = items[rng.choice(data.n_items, data.n_users)] + 0.05 * rng.normal(size=(data.n_users, dim))
     with torch.no_grad():
         mf.ebc.embedding_bags["t_item_id"].weight.copy_(torch.from_numpy(items))
         mf.ebc.embedding_bags["t_user_id"].weight.copy_(torch.from_numpy(users.astype(np.float32)))
