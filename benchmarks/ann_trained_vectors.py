@@ -13,7 +13,8 @@ for trained ones. Each row also gives the share of variance in the top principal
 and the largest IVF cell against the mean one: a catalogue whose items crowd into few
 directions is what makes recall@100 expensive. Queries are 1,000 sampled item vectors
 (``RecallProbe``, as the export measures); p50 of 200 of them searched one at a time, one
-thread.
+thread. For a matrix-factorisation bundle the trained set also gets a row with 1,000 of the
+model's own user vectors as the queries: whether item vectors stand for what is served.
 """
 
 from __future__ import annotations
@@ -29,12 +30,27 @@ import numpy as np
 from rankforge.benchmarks.ann_index import fitted_vectors, vectors
 from rankforge.benchmarks.machine import machine
 from rankforge.bundles.ann_index import IndexConfig, RecallProbe, build, set_search
+from rankforge.bundles.bundle import load_bundle
+from rankforge.bundles.candidate_index import ExactInnerProductIndex
+from rankforge.bundles.runtime import open_session
+from rankforge.features.feature_spec import USER_ID
 
 
 def spectrum(x: np.ndarray, tops: tuple[int, ...]) -> list[float]:
     """Share of the variance in the top ``tops`` principal components."""
     ev = np.linalg.svd(x - x.mean(0), compute_uv=False) ** 2
     return [float(ev[:t].sum() / ev.sum()) for t in tops]
+
+
+def user_queries(bundle: Path, n: int, seed: int = 5) -> np.ndarray | None:
+    """``n`` sampled users' query vectors ``[n, d]`` from the bundle's user tower, when the tower
+    reads the user id alone (matrix factorisation); None for a tower that reads more."""
+    manifest = load_bundle(bundle).manifest
+    if manifest.inputs["user_tower.onnx"] != [USER_ID]:
+        return None
+    session = open_session(str(bundle / "user_tower.onnx"), 1)
+    users = np.random.default_rng(seed).choice(manifest.n_users, min(n, manifest.n_users), replace=False)
+    return session.run(None, {USER_ID: users.astype(np.int64).reshape(-1, 1)})[0].astype(np.float32)
 
 
 def single_query_p50_ms(index: faiss.Index, queries: np.ndarray) -> float:
@@ -60,6 +76,7 @@ def main() -> int:
         "clustered": vectors(n, d, "clustered"),
         "random": vectors(n, d, "random"),
     }
+    users = user_queries(args.bundle, 1000)
     faiss.omp_set_num_threads(1)
     print(f"{dt.date.today()}, {machine()}, faiss {faiss.__version__}, {n} items x {d}, {args.bundle}")
     tops = (8, 16, 32)
@@ -89,6 +106,16 @@ def main() -> int:
         print(
             f"  {'':>9} {'':>5} {'':>13} {'':>32}  p50 ms one query  " + " ".join(f"{t:>5.2f}" for t in p50)
         )
+        if name == "trained" and users is not None:
+            user_probe = RecallProbe(users, ExactInnerProductIndex(x).search(users, 100)[0])
+            recalls = []
+            for nprobe in args.nprobe:
+                set_search(index, "ivf", nprobe)
+                recalls.append(user_probe.recall(index))
+            print(
+                f"  {'':>9} {'':>5} {'':>13} {'':>32}  the model's users as queries "
+                + " ".join(f"{r:>5.3f}" for r in recalls)
+            )
     return 0
 
 

@@ -110,6 +110,9 @@ def _arguments() -> argparse.Namespace:
         "--ivf-codes", choices=["flat", "sq8"], default="flat", help="IVF cells: vectors or 8-bit codes"
     )
     parser.add_argument("--ef-search", type=int, default=256, help="HNSW candidates kept per query")
+    parser.add_argument(
+        "--tune", action="store_true", help="the export picks the search knob for recall 0.95 (tune_search)"
+    )
     parser.add_argument("--vectors", choices=["clustered", "random", "fitted"], default="clustered")
     parser.add_argument(
         "--fit-from", type=Path, help="a trained retrieval bundle: the 'fitted' vectors' source"
@@ -138,6 +141,7 @@ def _bundles(args: argparse.Namespace, data: PreparedData, root: str) -> tuple[s
         nprobe=args.nprobe,
         ivf_codes=args.ivf_codes,
         ef_search=args.ef_search,
+        tune_search=args.tune,
         on_low_recall="warn",
     )
     # matrix factorisation whose item rows are the ANN benchmark's vectors (trained-like:
