@@ -66,8 +66,9 @@ class IndexConfig(BaseModel):
     max_served_recall_loss: float = Field(0.01, ge=0, le=1)
     on_low_recall: Literal["refuse", "warn"] = "refuse"
     # search the cheapest setting that reaches min_recall instead of taking nprobe / ef_search as
-    # given: both doubled from 16 until recall@K on item-vector queries reaches it (no held-out
-    # user is looked at, so the served check below stays an independent measurement)
+    # given: both doubled from 16 until recall@K on item-vector queries reaches it, then the
+    # interval below halved twice (no held-out user is looked at, so the served check below
+    # stays an independent measurement)
     tune_search: bool = False
 
 
@@ -220,8 +221,10 @@ def export_index(
     return record
 
 
-#: The search settings ``tune_search`` tries: doubling, from cheap to the HNSW ceiling.
-TUNE_START, HNSW_EF_MAX = 16, 4096
+#: The search settings ``tune_search`` tries: doubling, from cheap to the HNSW ceiling, then this
+#: many halvings of the interval below the first that passes (the setting found is within a
+#: quarter of that interval of the cheapest: 96 rather than 128 cells probed, say).
+TUNE_START, HNSW_EF_MAX, TUNE_BISECTIONS = 16, 4096, 2
 
 
 def set_search(index: faiss.Index, kind: str, value: int) -> None:
@@ -237,9 +240,13 @@ def set_search(index: faiss.Index, kind: str, value: int) -> None:
 def tune_search(
     index: faiss.Index, vectors: np.ndarray, config: IndexConfig
 ) -> tuple[float, list[tuple[int, float]]]:
-    """Set ``index`` to the cheapest doubling of its search knob (from 16) whose recall@K reaches
+    """Set ``index`` to the cheapest setting of its search knob whose recall@K reaches
     ``config.min_recall`` (the most expensive one tried when none does); (its recall, every
-    (setting, recall) tried). The same sampled queries measure every setting."""
+    (setting, recall) tried, in the order tried). Doublings from 16 find the first setting that
+    reaches it; ``TUNE_BISECTIONS`` halvings of the interval below it then look for a cheaper one
+    (recall grows with the knob: a setting between a failing and a passing one is tried, and the
+    interval kept is the one that still straddles the threshold). The same sampled queries
+    measure every setting."""
     top = HNSW_EF_MAX if config.kind == "hnsw" else int(faiss.extract_index_ivf(index).nlist)
     values, value = [], TUNE_START
     while value < top:
@@ -248,13 +255,31 @@ def tune_search(
     values.append(top)
     probe = RecallProbe.sample(vectors, config.recall_k, config.recall_queries)
     tried: list[tuple[int, float]] = []
-    for value in values:
+
+    def measure(value: int) -> float:
         set_search(index, config.kind, value)
         recall = probe.recall(index)
         tried.append((value, recall))
-        if recall >= config.min_recall:
+        return recall
+
+    failing, passing = 0, None
+    for value in values:
+        if measure(value) >= config.min_recall:
+            passing = value
             break
-    return tried[-1][1], tried
+        failing = value
+    if passing is None:
+        return tried[-1][1], tried
+    for _ in range(TUNE_BISECTIONS if failing else 0):
+        middle = (failing + passing) // 2
+        if middle in (failing, passing):
+            break
+        if measure(middle) >= config.min_recall:
+            passing = middle
+        else:
+            failing = middle
+    set_search(index, config.kind, passing)
+    return dict(tried)[passing], tried
 
 
 def _ivf_record(index: faiss.Index, config: IndexConfig) -> dict[str, object]:

@@ -120,16 +120,24 @@ def test_tuned_search_takes_the_cheapest_setting_that_reaches_min_recall(
     record = export_index(vectors, config, tmp_path)
     tried = record["tuned"]
     settings = [value for value, _ in tried]
-    assert settings == [16 * 2**i for i in range(len(settings))]  # doubling from 16
-    assert tried[-1][1] >= 0.97 and all(r < 0.97 for _, r in tried[:-1])
-    assert len(tried) >= 2  # the test's index is one the cheapest setting does not satisfy
-    assert record[knob] == settings[-1] and record["recall_at_100"] == tried[-1][1]
+    # doubling from 16 up to the first setting that passes, then two halvings below it
+    first_pass = next(i for i, (_, r) in enumerate(tried) if r >= 0.97)
+    assert first_pass >= 1  # the test's index is one the cheapest setting does not satisfy
+    assert settings[: first_pass + 1] == [16 * 2**i for i in range(first_pass + 1)]
+    low, high = settings[first_pass - 1], settings[first_pass]
+    bisections = settings[first_pass + 1 :]
+    assert len(bisections) == 2 and bisections[0] == (low + high) // 2
+    assert all(low < v < high for v in bisections)
+    chosen = min(v for v, r in tried if r >= 0.97)
+    assert all(r < 0.97 for v, r in tried if v < chosen)  # nothing cheaper tried passed
+    assert chosen - max(v for v, r in tried if v < chosen) <= (high - low) // 4 + 1
+    assert record[knob] == chosen and record["recall_at_100"] == dict(tried)[chosen]
     # what the manifest records is what the loaded index searches with, at the recorded recall
     loaded = load_index(tmp_path, vectors, record)
     assert isinstance(loaded, AnnIndex)
     searched = loaded.index.hnsw.efSearch if kind == "hnsw" else faiss.extract_index_ivf(loaded.index).nprobe
-    assert searched == settings[-1]
-    assert recall_at_k(loaded.index, vectors, 100, 1000) == pytest.approx(tried[-1][1], abs=1e-4)
+    assert searched == chosen
+    assert recall_at_k(loaded.index, vectors, 100, 1000) == pytest.approx(dict(tried)[chosen], abs=1e-4)
 
 
 def test_tuned_search_that_cannot_reach_min_recall_is_refused(tmp_path: Path) -> None:
