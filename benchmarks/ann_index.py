@@ -22,7 +22,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from rankforge.bundles.ann_index import AnnIndex, IndexConfig, build, set_search
+from rankforge.bundles.ann_index import AnnIndex, IndexConfig, RecallProbe, build, set_search
 from rankforge.bundles.candidate_index import ExactInnerProductIndex
 
 
@@ -103,7 +103,7 @@ def row(
 def ivf_pq(
     x: np.ndarray,
     queries: np.ndarray,
-    truth: np.ndarray,
+    probe: RecallProbe,
     nprobes: list[int],
     refines: list[int],
     n: int,
@@ -132,9 +132,7 @@ def ivf_pq(
                 return index.search(np.ascontiguousarray(q, dtype=np.float32), k)
 
             p50, p99 = latency(search, queries, 100)
-            _, found = search(queries[:200], 100)
-            recall = np.mean([len(np.intersect1d(t, f)) / 100 for t, f in zip(truth, found, strict=True)])
-            row(n, kind, f"pq/{nprobe}x{k_factor}", seconds, size_mb, p50, p99, float(recall))
+            row(n, kind, f"pq/{nprobe}x{k_factor}", seconds, size_mb, p50, p99, probe.recall(index))
 
 
 def main() -> int:
@@ -183,6 +181,7 @@ def main() -> int:
             queries = x[rng.choice(n, args.queries, replace=False)] + noise
             exact = ExactInnerProductIndex(x)
             truth = np.concatenate([exact.search(queries[i : i + 20], 100)[0] for i in range(0, 200, 20)])
+            probe = RecallProbe(queries[:200], truth)  # recall@100 as the export measures it
             faiss.omp_set_num_threads(1)
             p50, p99 = latency(exact.search, queries[:100], 100)
             row(n, kind, "exact", 0.0, x.nbytes / 2**20, p50, p99, 1.0)
@@ -204,12 +203,10 @@ def main() -> int:
                 for knob in knobs:
                     set_search(index, config.kind, knob)
                     p50, p99 = latency(served.search, queries, 100)
-                    found, _ = served.search(queries[:200], 100)
-                    hits = [len(np.intersect1d(t, f)) / 100 for t, f in zip(truth, found, strict=True)]
-                    row(n, kind, f"{prefix}/{knob}", seconds, size_mb, p50, p99, float(np.mean(hits)))
+                    row(n, kind, f"{prefix}/{knob}", seconds, size_mb, p50, p99, probe.recall(index))
                 del index, served
             if args.ivfpq_nprobe:
-                ivf_pq(x, queries, truth, args.ivfpq_nprobe, args.ivfpq_refine, n, kind)
+                ivf_pq(x, queries, probe, args.ivfpq_nprobe, args.ivfpq_refine, n, kind)
             del x, exact
     return 0
 
