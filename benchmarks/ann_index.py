@@ -21,9 +21,13 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+import torch
 
 from rankforge.bundles.ann_index import AnnIndex, IndexConfig, RecallProbe, build, set_search
+from rankforge.bundles.bundle import load_bundle
 from rankforge.bundles.candidate_index import ExactInnerProductIndex
+from rankforge.errors import DataError
+from rankforge.models.scoring import Scoring
 
 
 def vectors(n: int, d: int, kind: str, seed: int = 0) -> np.ndarray:
@@ -39,14 +43,16 @@ def vectors(n: int, d: int, kind: str, seed: int = 0) -> np.ndarray:
     return x
 
 
-def fitted_vectors(n: int, source: np.ndarray, clusters: int = 256, seed: int = 0) -> np.ndarray:
+def fitted_vectors(
+    n: int, source: np.ndarray, scoring: Scoring, clusters: int = 256, seed: int = 0
+) -> np.ndarray:
     """``n`` vectors ``[n, d]`` drawn from a Gaussian mixture fitted to ``source`` ``[m, d]`` (a
     trained model's item vectors): FAISS k-means cells of ``source``, each a Gaussian with its
     members' mean and covariance, drawn in proportion to its size. A catalogue of any size with
     the trained set's clusters, their sizes and their shapes (the directions items spread along
     inside a cluster are what makes recall@100 costly). A cell's covariance is shrunk towards its
     diagonal by ``d / members`` (a few dozen members do not determine 64 x 64 entries). Rows are
-    normalised when ``source``'s are (a cosine model's scoring space)."""
+    put in the source model's ``scoring`` space (``Scoring.candidate``: unit rows for cosine)."""
     x = np.ascontiguousarray(source, dtype=np.float32)
     d = x.shape[1]
     kmeans = faiss.Kmeans(d, clusters, niter=20, seed=seed, spherical=False)
@@ -65,23 +71,22 @@ def fitted_vectors(n: int, source: np.ndarray, clusters: int = 256, seed: int = 
         shrink = min(1.0, d / len(members))
         cov = (1 - shrink) * cov + shrink * np.diag(np.diag(cov)) + 1e-9 * np.eye(d)
         out[rows] = rng.multivariate_normal(mean, cov, size=len(rows), method="eigh")
-    if np.allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-3):
-        out /= np.linalg.norm(out, axis=1, keepdims=True)
-    return out
+    return scoring.candidate(torch.from_numpy(out)).numpy()
 
 
 def catalogue(n: int, d: int, kind: str, fit_from: Path | None = None) -> np.ndarray:
     """``n`` item vectors ``[n, d]`` of ``kind``: "clustered" or "random" (``vectors``), or
-    "fitted" (``fitted_vectors`` of the ``item_embeddings.npy`` of the bundle ``fit_from``, whose
-    dimension it keeps)."""
+    "fitted" (``fitted_vectors`` of the retrieval bundle ``fit_from``'s item vectors, in its
+    scoring space; their dimension is kept)."""
     if kind != "fitted":
         return vectors(n, d, kind)
     if fit_from is None:
         raise SystemExit("vectors 'fitted' need --fit-from BUNDLE_DIR (a retrieval bundle)")
-    path = fit_from / "item_embeddings.npy"
-    if not path.is_file():
-        raise SystemExit(f"--fit-from: no item_embeddings.npy in {str(fit_from)[:80]}")
-    return fitted_vectors(n, np.load(path))
+    try:
+        bundle = load_bundle(fit_from, expect="retrieval")
+    except DataError as exc:
+        raise SystemExit(f"--fit-from: {str(exc)[:160]}") from exc
+    return fitted_vectors(n, np.load(bundle.path("item_embeddings.npy")), bundle.scoring or Scoring())
 
 
 def latency(search, queries: np.ndarray, k: int) -> tuple[float, float]:

@@ -30,10 +30,11 @@ import numpy as np
 from rankforge.benchmarks.ann_index import fitted_vectors, vectors
 from rankforge.benchmarks.machine import machine
 from rankforge.bundles.ann_index import IndexConfig, RecallProbe, build, set_search
-from rankforge.bundles.bundle import load_bundle
+from rankforge.bundles.bundle import Bundle, load_bundle
 from rankforge.bundles.candidate_index import ExactInnerProductIndex
 from rankforge.bundles.runtime import open_session
 from rankforge.features.feature_spec import USER_ID
+from rankforge.models.scoring import Scoring
 
 
 def spectrum(x: np.ndarray, tops: tuple[int, ...]) -> list[float]:
@@ -42,13 +43,13 @@ def spectrum(x: np.ndarray, tops: tuple[int, ...]) -> list[float]:
     return [float(ev[:t].sum() / ev.sum()) for t in tops]
 
 
-def user_queries(bundle: Path, n: int, seed: int = 5) -> np.ndarray | None:
+def user_queries(bundle: Bundle, n: int, seed: int = 5) -> np.ndarray | None:
     """``n`` sampled users' query vectors ``[n, d]`` from the bundle's user tower, when the tower
     reads the user id alone (matrix factorisation); None for a tower that reads more."""
-    manifest = load_bundle(bundle).manifest
+    manifest = bundle.manifest
     if manifest.inputs["user_tower.onnx"] != [USER_ID]:
         return None
-    session = open_session(str(bundle / "user_tower.onnx"), 1)
+    session = open_session(str(bundle.path("user_tower.onnx")), 1)
     users = np.random.default_rng(seed).choice(manifest.n_users, min(n, manifest.n_users), replace=False)
     return session.run(None, {USER_ID: users.astype(np.int64).reshape(-1, 1)})[0].astype(np.float32)
 
@@ -68,15 +69,16 @@ def main() -> int:
     parser.add_argument("--nprobe", type=int, nargs="+", default=[4, 8, 16, 32, 64, 128, 256])
     parser.add_argument("--clusters", type=int, default=256, help="mixture cells of the fitted set")
     args = parser.parse_args()
-    trained = np.load(args.bundle / "item_embeddings.npy").astype(np.float32)
+    bundle = load_bundle(args.bundle, expect="retrieval")
+    trained = np.load(bundle.path("item_embeddings.npy")).astype(np.float32)
     n, d = trained.shape
     sets = {
         "trained": trained,
-        "fitted": fitted_vectors(n, trained, args.clusters),
+        "fitted": fitted_vectors(n, trained, bundle.scoring or Scoring(), args.clusters),
         "clustered": vectors(n, d, "clustered"),
         "random": vectors(n, d, "random"),
     }
-    users = user_queries(args.bundle, 1000)
+    users = user_queries(bundle, 1000)
     faiss.omp_set_num_threads(1)
     print(f"{dt.date.today()}, {machine()}, faiss {faiss.__version__}, {n} items x {d}, {args.bundle}")
     tops = (8, 16, 32)
