@@ -3,9 +3,9 @@
     .venv/bin/python benchmarks/serve_profile.py [--items 1000000] [--index ivf] [--nprobe 1024]
         [--qps 100 400] [--processes 1 2] [--server-cpus 0 --client-cpus 1]
 
-1. Profile: one in-process server with stage timing on; sequential requests (no queueing); mean ms
-   per stage (Redis reads, user tower, index search, ranker feed + ONNX, the rest of the handler)
-   and, from the client, what gRPC and Python add outside the handler.
+1. Profile: the ``Rank`` handler of an in-process server called directly (no gRPC), sequential
+   requests with stage timing on: mean ms per stage (Redis reads, user tower, index search, ranker
+   feed + ONNX, the rest of the handler) and the handler's CPU per request.
 2. Load: ``rankforge serve --processes P`` as its own process(es) on a fixed port; an open-loop
    client sends requests at each ``--qps`` (each at its scheduled time, whatever the previous
    ones did, so queueing shows in the latency) for ``--seconds``; p50/p99/p99.9 and errors per process
@@ -16,21 +16,20 @@
 Retrieve + rank: k = 20 from 200 candidates (retrieve_factor 10). The retrieval model's item rows
 are ``ann_index.py``'s vectors (``--vectors``; ``fitted --fit-from BUNDLE``: drawn from a mixture
 fitted to a trained model's item vectors), so the index is measured at a recall that means
-something; the ranker is fresh (its cost does not depend on its weights). The profile's client
-runs in the server's process (it shares the GIL: stage times include some of its waits); the
-load's client is its own process.
+something; the ranker is fresh (its cost does not depend on its weights). The load's client is
+``load_client.py``, a lean process of its own (its docstring says why that matters for p99).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -54,50 +53,12 @@ from rankforge.serving.client import RankingClient, rank_request
 from rankforge.serving.feature_layout import KeyLayout
 from rankforge.serving.feature_reader import connect
 from rankforge.serving.feature_writer import FeatureWriter
-from rankforge.serving.proto import ranking_pb2_grpc
 from rankforge.serving.ranking_service import ServiceLimits
 from rankforge.serving.server import RankingServer, ServerConfig
 from rankforge.serving.stage_profile import StageProfile
 from rankforge.settings import Settings
 
 K, FACTOR = 20, 10
-
-
-def open_loop(address: str, users: list[int], qps: float, seconds: float) -> tuple[np.ndarray, int]:
-    """(latencies ms measured from each request's scheduled send time, errors)."""
-    channel = grpc.insecure_channel(address)
-    stub = ranking_pb2_grpc.RankingServiceStub(channel)
-    grpc.channel_ready_future(channel).result(timeout=30)
-    latencies: list[float] = []
-    errors = [0]
-    lock = threading.Lock()
-    pending = threading.Semaphore(0)
-    n = int(qps * seconds)
-    start = time.perf_counter() + 0.5
-
-    def done(scheduled: float):
-        def callback(future: grpc.Future) -> None:
-            elapsed = (time.perf_counter() - scheduled) * 1e3
-            with lock:
-                if future.exception() is None:
-                    latencies.append(elapsed)
-                else:
-                    errors[0] += 1
-            pending.release()
-
-        return callback
-
-    for i in range(n):
-        scheduled = start + i / qps
-        delay = scheduled - time.perf_counter()
-        if delay > 0:
-            time.sleep(delay)
-        future = stub.Rank.future(rank_request(users[i % len(users)], K), timeout=5.0)
-        future.add_done_callback(done(scheduled))
-    for _ in range(n):
-        pending.acquire(timeout=30)
-    channel.close()
-    return np.asarray(latencies), errors[0]
 
 
 def _arguments() -> argparse.Namespace:
@@ -120,7 +81,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--qps", type=float, nargs="+", default=[400], help="open-loop request rates")
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--profile-requests", type=int, default=300)
+    parser.add_argument("--profile-requests", type=int, default=2000)
     parser.add_argument(
         "--server-cpus", help="pin the served process(es) to these cpus (taskset list, e.g. 0)"
     )
@@ -162,27 +123,43 @@ def _bundles(args: argparse.Namespace, data: PreparedData, root: str) -> tuple[s
     return retrieval, ranker
 
 
+class _InProcessCall:
+    """The little of ``grpc.ServicerContext`` the handler uses, for calls without gRPC: a 5 s
+    deadline, a caller that stays, and an abort that raises."""
+
+    def time_remaining(self) -> float:
+        return 5.0
+
+    def is_active(self) -> bool:
+        return True
+
+    def abort(self, code: grpc.StatusCode, details: str) -> None:
+        raise SystemExit(f"the profiled request failed: {code.name} {details[:200]}")
+
+
 def _profile(config: ServerConfig, users: list[int], requests: int) -> None:
-    """Stage times of sequential requests, in process (items held in memory per version)."""
+    """Stage times and CPU of the ``Rank`` handler called directly, sequentially, on the
+    benchmark's own thread: no gRPC and no client in the process (a client sharing the
+    server's GIL lengthens every stage it waits in); the front end's cost is the load's server
+    CPU per request less this handler's."""
     server = RankingServer(config).start()
-    server.service.profile = StageProfile()
-    latencies = []
-    with RankingClient(server.address, timeout_s=5.0) as rc:
-        rc.rank(users[0], k=K)
-        server.service.profile.reset()
-        for n in range(requests):
-            began = time.perf_counter()
-            rc.rank(users[n % len(users)], k=K)
-            latencies.append((time.perf_counter() - began) * 1e3)
-    stages = server.service.profile.mean_ms()
+    service, call = server.service, _InProcessCall()
+    batch = [rank_request(user, K) for user in users]
+    for request in batch[:50]:  # warm: first calls of ONNX Runtime and FAISS
+        service.Rank(request, call)
+    service.profile = StageProfile()
+    cpu, wall = time.thread_time(), time.perf_counter()
+    for n in range(requests):
+        service.Rank(batch[n % len(batch)], call)
+    cpu_ms = (time.thread_time() - cpu) * 1e3 / requests
+    wall_ms = (time.perf_counter() - wall) * 1e3 / requests
+    stages = service.profile.mean_ms()
     server.stop(1)
     handler = stages.pop("handler total")
-    print(f"\nper request, sequential ({requests} requests), mean ms:")
+    print(f"\nthe handler called in process, sequential ({requests} requests), mean ms:")
     for stage, ms in sorted(stages.items(), key=lambda kv: -kv[1]):
         print(f"  {stage:<24} {ms:7.3f}")
-    print(f"  {'handler total':<24} {handler:7.3f}")
-    outside = float(np.mean(latencies)) - handler
-    print(f"  {'gRPC + Python outside':<24} {outside:7.3f}   (client mean {np.mean(latencies):.3f})")
+    print(f"  {'handler total':<24} {handler:7.3f}   (wall {wall_ms:.3f}, CPU of this thread {cpu_ms:.3f})")
 
 
 def _wait_serving(address: str, timeout_s: float = 300.0) -> None:
@@ -220,20 +197,54 @@ def _tree_cpu_seconds(root: int) -> float:
     return sum(times.get(pid, 0.0) for pid in tree)
 
 
+def _steal_seconds() -> float:
+    """CPU time the hypervisor gave other guests instead of this machine, all cores, since boot
+    (``/proc/stat``): a pinned server's stall with steal beside it was not the server's."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK")  # cpu user nice system idle iowait irq softirq steal
+
+
 def _pinned(cpus: str | None) -> list[str]:
     return ["taskset", "-c", cpus] if cpus else []
+
+
+def _drive(args: argparse.Namespace, address: str, users: list[int], qps: float) -> dict[str, float]:
+    """One rate of open-loop load from ``load_client.py``, a lean process of its own (pinned to
+    ``--client-cpus``): its latencies, ok and error counts."""
+    command = [
+        *_pinned(args.client_cpus),
+        *(sys.executable, str(Path(__file__).with_name("load_client.py"))),
+        *("--address", address, "--k", str(K), "--qps", str(qps), "--seconds", str(args.seconds)),
+        *("--users", *map(str, users)),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=args.seconds + 120)
+    if done.returncode != 0:
+        raise SystemExit(f"the load client failed: {done.stderr.strip()[-400:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _load(args: argparse.Namespace, config: ServerConfig, users: list[int]) -> None:
     """``rankforge serve --processes P`` in its own process(es), driven open-loop at each
     ``--qps``; the server's own CPU time per request is measured from ``/proc`` over the load
     window, so the cost is known whatever shares the cores (``--server-cpus``/``--client-cpus``
-    pin them). A row with errors is a saturated server: its CPU per request is not a cost."""
+    pin them; the harness itself then stays on the client's cores too: its own work, a garbage
+    collection of the models it built, say, stalled the pinned server for ~0.5 s when it ran
+    there). A row with errors is a saturated server: its CPU per request is not a cost."""
+    own = os.sched_getaffinity(0)
+    if args.client_cpus:
+        os.sched_setaffinity(0, {int(c) for c in args.client_cpus.split(",")})
+    try:
+        _load_each(args, config, users)
+    finally:
+        os.sched_setaffinity(0, own)
+
+
+def _load_each(args: argparse.Namespace, config: ServerConfig, users: list[int]) -> None:
     pins = f"server cpus {args.server_cpus or 'any'}, client cpus {args.client_cpus or 'any'}"
     print(f"\nopen loop for {args.seconds:.0f} s per rate, retrieve + rank {K * FACTOR}, {pins}:")
     print(
         f"  {'processes':>9} {'QPS':>5} {'ok':>6} {'errors':>6} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} "
-        f"{'server CPU ms/req':>17} {'QPS per core':>12}"
+        f"{'server CPU ms/req':>17} {'QPS per core':>12} {'steal ms':>8}"
     )
     for processes in args.processes:
         with socket.socket() as probe:
@@ -254,27 +265,25 @@ def _load(args: argparse.Namespace, config: ServerConfig, users: list[int]) -> N
             text=True,
             env=env,
         )
-        own = os.sched_getaffinity(0)
         try:
             assert served.stdout is not None
             served.stdout.readline()
             _wait_serving(f"127.0.0.1:{port}")
             time.sleep(2 * processes)  # with SO_REUSEPORT, every worker: each serves once loaded
-            if args.client_cpus:
-                os.sched_setaffinity(0, {int(c) for c in args.client_cpus.split(",")})
             for qps in args.qps:
-                cpu_before = _tree_cpu_seconds(served.pid)
-                lat, errors = open_loop(f"127.0.0.1:{port}", users, qps, args.seconds)
-                cpu_ms = (_tree_cpu_seconds(served.pid) - cpu_before) * 1e3 / max(1, len(lat) + errors)
-                p50, p99, p999 = np.percentile(lat, [50, 99, 99.9]) if len(lat) else [float("nan")] * 3
+                cpu_before, steal_before = _tree_cpu_seconds(served.pid), _steal_seconds()
+                got = _drive(args, f"127.0.0.1:{port}", users, qps)
+                steal_ms = (_steal_seconds() - steal_before) * 1e3
+                answered = max(1, got["ok"] + got["errors"])
+                cpu_ms = (_tree_cpu_seconds(served.pid) - cpu_before) * 1e3 / answered
                 print(
-                    f"  {processes:>9} {qps:>5.0f} {len(lat):>6} {errors:>6} {p50:>8.2f} {p99:>8.2f} "
-                    f"{p999:>9.2f} {cpu_ms:>17.2f} {1e3 / cpu_ms:>12.0f}",
+                    f"  {processes:>9} {qps:>5.0f} {got['ok']:>6} {got['errors']:>6} {got['p50']:>8.2f} "
+                    f"{got['p99']:>8.2f} {got['p999']:>9.2f} {cpu_ms:>17.2f} {1e3 / cpu_ms:>12.0f} "
+                    f"{steal_ms:>8.0f}",
                     flush=True,
                 )
                 time.sleep(2)  # the queue of a saturated rate drains before the next
         finally:
-            os.sched_setaffinity(0, own)
             served.terminate()
             served.wait(timeout=30)
 
