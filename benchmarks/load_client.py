@@ -7,12 +7,12 @@ did, so a slow server shows as queueing in the latency, which is measured from t
 time. Prints one JSON object: the latencies' percentiles (ms), ok and error counts.
 
 Why a process of its own: the latency is the client's view, so the client's own pauses are in
-it. A generator living in a process that has imported torch and its ONNX exporter holds ~370k
-Python objects, and each full garbage collection there stalls it for ~0.2 s (measured): the p99
-of such a client is its own collector's, not the server's (serve_profile recorded p99 175-280 ms
-at 300-400 QPS from such a client, where this one measured 2.5-3 ms against the same server).
-This module imports only gRPC, numpy and the service's stubs, and freezes its start-up objects
-out of the collector's sight (``gc.freeze``).
+it. The benchmark that builds the bundles has imported torch and run its ONNX exporter: it holds
+~640k Python objects, and a full garbage collection there takes 0.35-0.45 s (measured), which
+a client living in it (or sharing its core) records as server latency: ``serve_profile.py``'s
+in-process client saw p99 0.2-1 s at 300-400 QPS where this one, against the same server, saw
+3.5 ms. This module imports only gRPC, numpy and the service's stubs, and freezes its
+start-up objects out of the collector's sight (``gc.freeze``).
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import socket
@@ -227,9 +228,15 @@ def _load(args: argparse.Namespace, config: ServerConfig, users: list[int]) -> N
     """``rankforge serve --processes P`` in its own process(es), driven open-loop at each
     ``--qps``; the server's own CPU time per request is measured from ``/proc`` over the load
     window, so the cost is known whatever shares the cores (``--server-cpus``/``--client-cpus``
-    pin them; the harness itself then stays on the client's cores too: its own work, a garbage
-    collection of the models it built, say, stalled the pinned server for ~0.5 s when it ran
-    there). A row with errors is a saturated server: its CPU per request is not a cost."""
+    pin them; the harness itself waits on the client's cores). A row with errors is a saturated
+    server: its CPU per request is not a cost.
+
+    The harness's own objects are frozen out of its garbage collector first: after the export
+    (torch, its ONNX exporter) it holds ~640k objects, a full collection of them takes 0.35-0.45
+    s, and one that fell inside a load window starved the client on the same core (p99 0.2-1 s
+    in runs whose server showed no stall; 3.5 ms once frozen)."""
+    gc.collect()
+    gc.freeze()
     own = os.sched_getaffinity(0)
     if args.client_cpus:
         os.sched_setaffinity(0, {int(c) for c in args.client_cpus.split(",")})
