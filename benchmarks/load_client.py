@@ -9,10 +9,11 @@ time. Prints one JSON object: the latencies' percentiles (ms), ok and error coun
 Why a process of its own: the latency is the client's view, so the client's own pauses are in
 it. The benchmark that builds the bundles has imported torch and run its ONNX exporter: it holds
 ~640k Python objects, and a full garbage collection there takes 0.35-0.45 s (measured), which
-a client living in it, or sharing its core, records as server latency: at 300-400 QPS the
-client living in it recorded p99 87-196 ms, this client sharing its core 197-991 ms, and this
-client with the core to itself 3.5 ms against the same server. This module imports only gRPC, numpy and the service's stubs, and freezes its
-start-up objects out of the collector's sight (``gc.freeze``).
+a client living in it, or sharing its core, records as server latency. At 300-400 QPS against
+the same server, the client living in it recorded p99 87-196 ms, this client sharing its core
+197-991 ms, and this client with the core to itself 3.5 ms. This module imports only gRPC,
+numpy and the service's stubs, and freezes its start-up objects out of the collector's sight
+(``gc.freeze``).
 """
 
 from __future__ import annotations
