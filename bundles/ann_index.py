@@ -55,7 +55,10 @@ class IndexConfig(BaseModel):
     nprobe: int | None = Field(None, ge=1)
     # what the cells hold: the vectors ("flat") or 8-bit codes re-scored exactly ("sq8")
     ivf_codes: Literal["flat", "sq8"] = "flat"
-    refine_factor: int = Field(2, ge=1)  # sq8: candidates re-scored exactly, per item asked for
+    # sq8: candidates re-scored exactly, per item asked for. 1.5 keeps recall@100 where 2 had it
+    # (0.9574 vs 0.9575 at a trained-like million, nprobe 112) for 10% less search time; at 1 it
+    # falls (0.931 vs 0.953 at nprobe 96): the codes' ranking errors sit at the boundary
+    refine_factor: float = Field(1.5, ge=1.0, allow_inf_nan=False)
     recall_k: int = Field(100, ge=1)  # recall@K measured against exact search at export
     recall_queries: int = Field(1000, ge=10)
     min_recall: float = Field(0.95, ge=0, le=1)
@@ -335,7 +338,12 @@ def _set_refine(index: faiss.Index, record: dict[str, object], path: Path) -> No
             f"the file holds {type(refine).__name__}"
         )
     if refined:
-        refine.k_factor = _positive_int(record, "refine_factor", path)
+        factor = record.get("refine_factor")
+        if isinstance(factor, bool) or not isinstance(factor, int | float) or not 1 <= factor < math.inf:
+            raise DataError(
+                f"ANN index {path}: refine_factor must be a number >= 1, got {str(factor)[:40]!r}"
+            )
+        refine.k_factor = float(factor)
 
 
 def load_index(

@@ -53,12 +53,12 @@ def test_sq8_cells_rescore_their_candidates_exactly(tmp_path: Path) -> None:
     """8-bit codes pick the candidates, the exact vectors score them: the answer's scores are the
     exact inner products, and every cell scanned finds what the flat index finds."""
     vectors = clustered(seed=2)
-    config = IndexConfig(kind="ivf", ivf_lists=40, nprobe=40, ivf_codes="sq8", refine_factor=3)
+    config = IndexConfig(kind="ivf", ivf_lists=40, nprobe=40, ivf_codes="sq8", refine_factor=2.5)
     record = export_index(vectors, config, tmp_path)
-    assert record["codes"] == "sq8" and record["refine_factor"] == 3 and record["recall_at_100"] >= 0.99
+    assert record["codes"] == "sq8" and record["refine_factor"] == 2.5 and record["recall_at_100"] >= 0.99
     served = load_index(tmp_path, vectors, record)
     assert isinstance(served, AnnIndex)
-    assert faiss.downcast_index(served.index).k_factor == 3  # the manifest's factor, set at load
+    assert faiss.downcast_index(served.index).k_factor == 2.5  # the manifest's factor, set at load
     queries = vectors[:16] + 0.01
     ids, scores = served.search(queries, 20)
     expected = np.einsum("qd,qkd->qk", queries.astype(np.float32), vectors[ids])

@@ -198,6 +198,7 @@ def _replace_index(bundle: Path, vectors: np.ndarray, kind: str = "hnsw", codes:
         ("file outside", "is not a file inside the bundle"),
         ("kind mismatch", "the manifest says hnsw, the file holds"),
         ("codes mismatch", "the manifest says codes 'flat', the file holds IndexRefineFlat"),
+        ("refine factor below 1", "refine_factor must be a number >= 1, got '0.5'"),
         ("bytes changed", "differs from the file exported with it"),
     ],
 )
@@ -224,6 +225,9 @@ def test_a_bundle_whose_index_does_not_fit_its_vectors_is_refused(indexed_bundle
     elif damage == "codes mismatch":  # 8-bit cells where the manifest promises the vectors
         _replace_index(indexed_bundle, vectors, kind="ivf", codes="sq8")
         _edit_manifest(indexed_bundle, kind="ivf", nprobe=4, codes="flat")
+    elif damage == "refine factor below 1":  # fewer candidates re-scored than answered
+        _replace_index(indexed_bundle, vectors, kind="ivf", codes="sq8")
+        _edit_manifest(indexed_bundle, kind="ivf", nprobe=4, codes="sq8", refine_factor=0.5)
     else:  # 4 KB of the item matrix overwritten after export
         path = indexed_bundle / "item_embeddings.npy"
         raw = bytearray(path.read_bytes())
