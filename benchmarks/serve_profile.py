@@ -66,8 +66,8 @@ def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=1_000_000)
     parser.add_argument("--users", type=int, default=300)
-    parser.add_argument("--index", choices=["exact", "hnsw", "ivf"], default="ivf")
-    parser.add_argument("--nprobe", type=int, default=128, help="IVF cells scanned per query")
+    parser.add_argument("--index", choices=["exact", "hnsw", "ivf", "scann"], default="ivf")
+    parser.add_argument("--nprobe", type=int, default=128, help="IVF cells (ScaNN leaves) scanned per query")
     parser.add_argument(
         "--ivf-codes", choices=["flat", "sq8"], default="flat", help="IVF cells: vectors or 8-bit codes"
     )

@@ -12,8 +12,12 @@ is already at the numpy/BLAS floor), so large catalogues need an ANN index:
   less latency where the scan is what costs (``benchmarks/ann_index.py``, one run: 1M items,
   nprobe 1,024 of 4,000 cells, recall@100 0.967 at p50 3.67 ms against 4.87 ms), for 64 more
   bytes per item.
+* ``scann``: Google's ScaNN (``bundles.scann_index``) -- k-means leaves like IVF, scanned with
+  4-bit anisotropic product codes, the best ``scann_reorder`` re-scored exactly: at a
+  trained-like million items the recall@100 of ``ivf`` with 8-bit cells for a third to a
+  quarter of the search time (``benchmarks/README.md``, issue #22). Linux wheels only.
 
-Both use the inner-product metric on the bundle's item vectors, which are already in the model's
+All use the inner-product metric on the bundle's item vectors, which are already in the model's
 scoring space (unit vectors for a cosine model, see ``models.scoring``), so the index ranks exactly
 by the similarity the model was trained with. The export measures the index's recall@K against
 exact search, using item vectors themselves as queries, records it in the manifest, and refuses
@@ -28,30 +32,34 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeAlias
 
 import faiss
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from rankforge.bundles.candidate_index import ExactInnerProductIndex
+from rankforge.bundles.scann_index import SCANN_DIR, ScannIndex
 from rankforge.errors import DataError
 
 log = logging.getLogger(__name__)
 INDEX_FILE = "item_index.faiss"
+#: A built index: FAISS's, or ScaNN's behind the same ``search(queries, k) -> (scores, ids)``.
+SearchIndex: TypeAlias = faiss.Index | ScannIndex
 
 
 class IndexConfig(BaseModel):
     """``[serving_index]`` of a training config: how the exported bundle searches its items."""
 
     model_config = ConfigDict(extra="forbid")
-    kind: Literal["exact", "hnsw", "ivf"] = "exact"
+    kind: Literal["exact", "hnsw", "ivf", "scann"] = "exact"
     hnsw_m: int = Field(32, ge=4, le=128)
     ef_construction: int = Field(200, ge=8)
     ef_search: int = Field(256, ge=1)  # >= the k searched; 256 holds recall@100 >= 0.95 here
     ivf_lists: int | None = Field(None, ge=1)  # default: about 4 * sqrt(items)
-    # cells scanned per query; default a quarter of them (recall@100 0.97 at 1M clustered items
-    # in benchmarks/ann_index.py, at ~4 ms: IVF trades latency for recall through this knob)
+    # cells scanned per query (IVF's nprobe, ScaNN's leaves_to_search); default a quarter of
+    # IVF's cells (recall@100 0.97 at 1M clustered items in benchmarks/ann_index.py, at ~4 ms:
+    # IVF trades latency for recall through this knob), a twentieth of ScaNN's leaves
     nprobe: int | None = Field(None, ge=1)
     # what the cells hold: the vectors ("flat") or 8-bit codes re-scored exactly ("sq8")
     ivf_codes: Literal["flat", "sq8"] = "flat"
@@ -59,6 +67,10 @@ class IndexConfig(BaseModel):
     # (0.9574 vs 0.9575 at a trained-like million, nprobe 112) for 10% less search time; at 1 it
     # falls (0.931 vs 0.953 at nprobe 96): the codes' ranking errors sit at the boundary
     refine_factor: float = Field(1.5, ge=1.0, allow_inf_nan=False)
+    scann_leaves: int | None = Field(None, ge=1)  # default: about 2 * sqrt(items) (ScaNN's 2,000 at 1M)
+    # scann: candidates re-scored exactly on the float vectors, whatever k is asked (at least k);
+    # 1,000 gives recall@100 0.95-0.97 at a trained-like million where 500 caps it near 0.91
+    scann_reorder: int = Field(1000, ge=1)
     recall_k: int = Field(100, ge=1)  # recall@K measured against exact search at export
     recall_queries: int = Field(1000, ge=10)
     min_recall: float = Field(0.95, ge=0, le=1)
@@ -95,10 +107,13 @@ class ServedRecall:
 ServedRecallCheck = Callable[["AnnIndex", int], ServedRecall]
 
 
-def build(vectors: np.ndarray, config: IndexConfig) -> faiss.Index:
-    """A FAISS inner-product index over ``vectors`` ``[n, d]`` (float32)."""
+def build(vectors: np.ndarray, config: IndexConfig) -> SearchIndex:
+    """An inner-product index over ``vectors`` ``[n, d]`` (float32) of ``config.kind``."""
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     n, d = x.shape
+    if config.kind == "scann":
+        leaves = config.scann_leaves or max(1, min(n // 100, int(2 * math.sqrt(n))))
+        return ScannIndex.build(x, leaves, config.nprobe or max(16, leaves // 20), config.scann_reorder)
     if config.kind == "hnsw":
         index = faiss.IndexHNSWFlat(d, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = config.ef_construction
@@ -134,7 +149,7 @@ class RecallProbe:
         queries = exact.vectors[rows]
         return cls(queries, exact.search(queries, min(k, exact.size))[0])
 
-    def recall(self, index: faiss.Index) -> float:
+    def recall(self, index: SearchIndex) -> float:
         """Mean share of each query's exact top ``k`` that ``index`` returns."""
         k = self.truth.shape[1]
         _, found = index.search(self.queries, k)
@@ -142,7 +157,7 @@ class RecallProbe:
         return float(np.mean(hits) / k)
 
 
-def recall_at_k(index: faiss.Index, vectors: np.ndarray, k: int, n_queries: int, seed: int = 0) -> float:
+def recall_at_k(index: SearchIndex, vectors: np.ndarray, k: int, n_queries: int, seed: int = 0) -> float:
     """Mean share of the exact top ``k`` (by inner product) that the index returns, with sampled
     item vectors as queries."""
     return RecallProbe.sample(vectors, k, n_queries, seed).recall(index)
@@ -150,9 +165,9 @@ def recall_at_k(index: faiss.Index, vectors: np.ndarray, k: int, n_queries: int,
 
 @dataclass(frozen=True)
 class AnnIndex:
-    """The serving side: ``search`` through FAISS, ``scores`` of given rows exactly."""
+    """The serving side: ``search`` through the index, ``scores`` of given rows exactly."""
 
-    index: faiss.Index
+    index: SearchIndex
     exact: ExactInnerProductIndex
 
     @property
@@ -189,11 +204,10 @@ def export_index(
         recall = recall_at_k(index, vectors, config.recall_k, config.recall_queries)
     record: dict[str, object] = {
         "kind": config.kind,
-        "file": INDEX_FILE,
+        "file": SCANN_DIR if isinstance(index, ScannIndex) else INDEX_FILE,
         f"recall_at_{min(config.recall_k, len(vectors))}": round(recall, 4),
         "min_recall": config.min_recall,
-        **({"hnsw_m": config.hnsw_m, "ef_search": int(index.hnsw.efSearch)} if config.kind == "hnsw" else {}),
-        **(_ivf_record(index, config) if config.kind == "ivf" else {}),
+        **_search_record(index, config),
     }
     if config.tune_search:
         record["tuned"] = [[value, round(r, 4)] for value, r in tried]
@@ -220,7 +234,10 @@ def export_index(
                 f"{config.max_served_recall_loss:.1%} (raise ef_search / nprobe, or the threshold)",
                 config,
             )
-    faiss.write_index(index, str(directory / INDEX_FILE))
+    if isinstance(index, ScannIndex):
+        index.save(directory / SCANN_DIR)
+    else:
+        faiss.write_index(index, str(directory / INDEX_FILE))
     return record
 
 
@@ -230,10 +247,12 @@ def export_index(
 TUNE_START, HNSW_EF_MAX, TUNE_BISECTIONS = 16, 4096, 2
 
 
-def set_search(index: faiss.Index, kind: str, value: int) -> None:
-    """The search-time knob of a built index: HNSW's efSearch or IVF's nprobe (capped at its
-    cell count)."""
-    if kind == "hnsw":
+def set_search(index: SearchIndex, kind: str, value: int) -> None:
+    """The search-time knob of a built index: HNSW's efSearch, IVF's nprobe or ScaNN's
+    leaves_to_search (the last two capped at the cell count)."""
+    if isinstance(index, ScannIndex):
+        index.leaves_to_search = min(value, index.leaves)
+    elif kind == "hnsw":
         index.hnsw.efSearch = value
     else:
         ivf = faiss.extract_index_ivf(index)
@@ -241,7 +260,7 @@ def set_search(index: faiss.Index, kind: str, value: int) -> None:
 
 
 def tune_search(
-    index: faiss.Index, vectors: np.ndarray, config: IndexConfig
+    index: SearchIndex, vectors: np.ndarray, config: IndexConfig
 ) -> tuple[float, list[tuple[int, float]]]:
     """Set ``index`` to the cheapest setting of its search knob whose recall@K reaches
     ``config.min_recall`` (the most expensive one tried when none does); (its recall, every
@@ -250,7 +269,10 @@ def tune_search(
     (recall grows with the knob: a setting between a failing and a passing one is tried, and the
     interval kept is the one that still straddles the threshold). The same sampled queries
     measure every setting."""
-    top = HNSW_EF_MAX if config.kind == "hnsw" else int(faiss.extract_index_ivf(index).nlist)
+    if isinstance(index, ScannIndex):
+        top = index.leaves
+    else:
+        top = HNSW_EF_MAX if config.kind == "hnsw" else int(faiss.extract_index_ivf(index).nlist)
     values, value = [], TUNE_START
     while value < top:
         values.append(value)
@@ -293,6 +315,15 @@ def _ivf_record(index: faiss.Index, config: IndexConfig) -> dict[str, object]:
     if config.ivf_codes == "sq8":
         record["refine_factor"] = config.refine_factor
     return record
+
+
+def _search_record(index: SearchIndex, config: IndexConfig) -> dict[str, object]:
+    """An index's search parameters as the manifest records them (and ``load_index`` sets)."""
+    if isinstance(index, ScannIndex):
+        return {"nprobe": index.leaves_to_search, "lists": index.leaves, "reorder": index.reorder}
+    if config.kind == "hnsw":
+        return {"hnsw_m": config.hnsw_m, "ef_search": int(index.hnsw.efSearch)}
+    return _ivf_record(index, config)
 
 
 def _refuse_or_warn(message: str, config: IndexConfig) -> None:
@@ -359,35 +390,21 @@ def load_index(
     kind = record.get("kind", "exact") if record else "exact"
     if kind == "exact":
         return exact
-    if kind not in ("hnsw", "ivf"):
+    if kind not in ("hnsw", "ivf", "scann"):
         raise DataError(f"bundle {directory}: unknown ANN index kind {str(kind)[:40]!r}")
-    name = str(record.get("file", INDEX_FILE))
+    name = str(record.get("file", SCANN_DIR if kind == "scann" else INDEX_FILE))
     path = (directory / name).resolve()
-    if not path.is_relative_to(directory.resolve()) or not path.is_file():
-        raise DataError(f"bundle {directory}: ANN index file {name[:80]!r} is not a file inside the bundle")
-    try:
-        index = faiss.read_index(str(path))
-    except RuntimeError as exc:
-        raise DataError(f"cannot read the ANN index {path}: {str(exc)[:160]}") from exc
+    stored = path.is_dir() if kind == "scann" else path.is_file()
+    if not path.is_relative_to(directory.resolve()) or not stored:
+        what = "directory" if kind == "scann" else "file"
+        raise DataError(
+            f"bundle {directory}: ANN index {what} {name[:80]!r} is not a {what} inside the bundle"
+        )
+    index = _read_scann(path, record, exact.dim) if kind == "scann" else _read_faiss(path, str(kind), record)
     if index.ntotal != exact.size or index.d != exact.dim:
         raise DataError(
             f"ANN index {path} holds {index.ntotal} x {index.d}, the bundle {exact.size} x {exact.dim}"
         )
-    if kind == "hnsw":
-        if not hasattr(index, "hnsw"):
-            raise DataError(
-                f"ANN index {path}: the manifest says hnsw, the file holds {type(index).__name__}"
-            )
-        set_search(index, "hnsw", _positive_int({"ef_search": 256, **record}, "ef_search", path))
-    else:
-        try:
-            faiss.extract_index_ivf(index)  # raises for anything but an IVF index
-        except RuntimeError as exc:
-            raise DataError(
-                f"ANN index {path}: the manifest says ivf, the file holds {type(index).__name__}"
-            ) from exc
-        set_search(index, "ivf", _positive_int({"nprobe": 16, **record}, "nprobe", path))
-        _set_refine(index, record, path)
     loaded = AnnIndex(index, exact)
     recorded = _recorded_recall(record)
     if recorded is not None:
@@ -400,3 +417,39 @@ def load_index(
                 "recorded at export (rows shuffled, another index, or corrupted)"
             )
     return loaded
+
+
+def _read_faiss(path: Path, kind: str, record: dict[str, object]) -> faiss.Index:
+    """A FAISS index file of ``kind`` ("hnsw" or "ivf"), set to the manifest's search parameters."""
+    try:
+        index = faiss.read_index(str(path))
+    except RuntimeError as exc:
+        raise DataError(f"cannot read the ANN index {path}: {str(exc)[:160]}") from exc
+    if kind == "hnsw":
+        if not hasattr(index, "hnsw"):
+            raise DataError(
+                f"ANN index {path}: the manifest says hnsw, the file holds {type(index).__name__}"
+            )
+        set_search(index, "hnsw", _positive_int({"ef_search": 256, **record}, "ef_search", path))
+        return index
+    try:
+        faiss.extract_index_ivf(index)  # raises for anything but an IVF index
+    except RuntimeError as exc:
+        raise DataError(
+            f"ANN index {path}: the manifest says ivf, the file holds {type(index).__name__}"
+        ) from exc
+    set_search(index, "ivf", _positive_int({"nprobe": 16, **record}, "nprobe", path))
+    _set_refine(index, record, path)
+    return index
+
+
+def _read_scann(path: Path, record: dict[str, object], dim: int) -> ScannIndex:
+    """A serialized ScaNN searcher with the manifest's leaves, leaves searched and re-scored count."""
+    leaves = _positive_int(record, "lists", path)
+    return ScannIndex.load(
+        path,
+        dim,
+        leaves,
+        min(_positive_int(record, "nprobe", path), leaves),
+        _positive_int(record, "reorder", path),
+    )

@@ -1,4 +1,4 @@
-"""ANN retrieval (FAISS HNSW / IVF): recall measured at export against exact search, refused or
+"""ANN retrieval (FAISS HNSW / IVF, ScaNN): recall measured at export against exact search, refused or
 warned below the threshold, and loaded by the serving runtime from the bundle's manifest."""
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from rankforge.bundles.ann_index import (
 from rankforge.bundles.bundle import load_bundle
 from rankforge.bundles.candidate_index import ExactInnerProductIndex
 from rankforge.bundles.runtime import load_retrieval
+from rankforge.bundles.scann_index import SCANN_DIR, ScannIndex
 from rankforge.errors import DataError
 from rankforge.pipelines.train import run_training
 from rankforge.training.config import parse_config
@@ -34,7 +35,9 @@ def clustered(n: int = 4000, d: int = 16, clusters: int = 40, seed: int = 0) -> 
     return (centers[rng.integers(clusters, size=n)] + 0.3 * rng.normal(size=(n, d))).astype(np.float32)
 
 
-@pytest.mark.parametrize("kind, codes", [("hnsw", "flat"), ("ivf", "flat"), ("ivf", "sq8")])
+@pytest.mark.parametrize(
+    "kind, codes", [("hnsw", "flat"), ("ivf", "flat"), ("ivf", "sq8"), ("scann", "flat")]
+)
 def test_indexes_find_the_exact_neighbours(kind: str, codes: str) -> None:
     vectors = clustered()
     config = IndexConfig(kind=kind, nprobe=16, ivf_codes=codes)
@@ -65,6 +68,65 @@ def test_sq8_cells_rescore_their_candidates_exactly(tmp_path: Path) -> None:
     np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-5)
     flat = AnnIndex(build(vectors, config.model_copy(update={"ivf_codes": "flat"})), served.exact)
     assert (ids == flat.search(queries, 20)[0]).mean() >= 0.95
+
+
+def test_scann_rescores_its_candidates_exactly_and_loads_as_recorded(tmp_path: Path) -> None:
+    """ScaNN's 4-bit codes pick ``scann_reorder`` candidates, the float vectors score them: the
+    answer's scores are the exact inner products, in order; the manifest's leaves, leaves
+    searched and re-scored count are what the loaded searcher uses."""
+    vectors = clustered(seed=4)
+    config = IndexConfig(kind="scann", scann_leaves=50, nprobe=20, scann_reorder=300)
+    record = export_index(vectors, config, tmp_path)
+    assert record["file"] == SCANN_DIR and (tmp_path / SCANN_DIR).is_dir()
+    assert (record["lists"], record["nprobe"], record["reorder"]) == (50, 20, 300)
+    assert record["recall_at_100"] >= 0.95
+    served = load_index(tmp_path, vectors, record)
+    assert isinstance(served, AnnIndex) and isinstance(served.index, ScannIndex)
+    assert (served.index.leaves, served.index.leaves_to_search, served.index.reorder) == (50, 20, 300)
+    queries = vectors[:16] + 0.01
+    ids, scores = served.search(queries, 20)
+    expected = np.einsum("qd,qkd->qk", queries.astype(np.float32), vectors[ids])
+    np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-5)
+    assert np.all(np.diff(scores, axis=1) <= 1e-6)
+    exact_ids = ExactInnerProductIndex(vectors).search(queries, 20)[0]
+    assert np.mean([len(np.intersect1d(a, b)) for a, b in zip(ids, exact_ids, strict=True)]) >= 19
+    one_ids, _ = served.search(queries[0], 20)  # one query: the unbatched call, same answer
+    np.testing.assert_array_equal(one_ids[0], ids[0])
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("shuffled rows", "does not match the bundle's item vectors"),
+        ("other dimension", "does not take 16-dimensional queries"),
+        ("missing", "is not a directory inside the bundle"),
+        ("reorder 0", "reorder must be a positive integer"),
+        ("not scann", "cannot read the ScaNN index"),
+    ],
+)
+def test_a_scann_index_that_does_not_fit_the_vectors_is_refused(
+    tmp_path: Path, damage: str, message: str
+) -> None:
+    vectors = clustered(n=2000, seed=5)
+    config = IndexConfig(kind="scann", scann_leaves=20, nprobe=10, scann_reorder=200)
+    record = export_index(vectors, config, tmp_path)
+    load_index(tmp_path, vectors, record)  # intact: loads
+    other = tmp_path / "other"
+    if damage == "shuffled rows":
+        export_index(vectors[np.random.default_rng(0).permutation(len(vectors))], config, other)
+    elif damage == "other dimension":
+        export_index(clustered(n=2000, d=8, seed=5), config, other)
+    elif damage == "not scann":
+        (other / SCANN_DIR).mkdir(parents=True)
+        (other / SCANN_DIR / "scann_config.pb").write_bytes(b"not a config")
+    if damage in ("shuffled rows", "other dimension", "not scann"):
+        record = {**record, "file": f"other/{SCANN_DIR}"}
+    elif damage == "missing":
+        record = {**record, "file": "nowhere"}
+    else:
+        record = {**record, "reorder": 0}
+    with pytest.raises(DataError, match=message):
+        load_index(tmp_path, vectors, record)
 
 
 def test_low_recall_is_refused_or_warned(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -109,13 +171,20 @@ def test_a_retrieval_job_exports_an_hnsw_index_the_server_loads(rankforge_home: 
     assert len(items) == 10 and np.all(np.diff(scores) <= 1e-6)
 
 
-@pytest.mark.parametrize("kind, knob", [("ivf", "nprobe"), ("hnsw", "ef_search")])
+@pytest.mark.parametrize("kind, knob", [("ivf", "nprobe"), ("hnsw", "ef_search"), ("scann", "nprobe")])
 def test_tuned_search_takes_the_cheapest_setting_that_reaches_min_recall(
     tmp_path: Path, kind: str, knob: str
 ) -> None:
     vectors = clustered(n=6000, d=32, clusters=400, seed=3)
     config = IndexConfig(
-        kind=kind, ivf_lists=128, nprobe=1, ef_search=1, hnsw_m=16, min_recall=0.97, tune_search=True
+        kind=kind,
+        ivf_lists=128,
+        scann_leaves=128,
+        nprobe=1,
+        ef_search=1,
+        hnsw_m=16,
+        min_recall=0.97,
+        tune_search=True,
     )
     record = export_index(vectors, config, tmp_path)
     tried = record["tuned"]
@@ -135,7 +204,12 @@ def test_tuned_search_takes_the_cheapest_setting_that_reaches_min_recall(
     # what the manifest records is what the loaded index searches with, at the recorded recall
     loaded = load_index(tmp_path, vectors, record)
     assert isinstance(loaded, AnnIndex)
-    searched = loaded.index.hnsw.efSearch if kind == "hnsw" else faiss.extract_index_ivf(loaded.index).nprobe
+    if isinstance(loaded.index, ScannIndex):
+        searched = loaded.index.leaves_to_search
+    else:
+        searched = (
+            loaded.index.hnsw.efSearch if kind == "hnsw" else faiss.extract_index_ivf(loaded.index).nprobe
+        )
     assert searched == chosen
     assert recall_at_k(loaded.index, vectors, 100, 1000) == pytest.approx(dict(tried)[chosen], abs=1e-4)
 
