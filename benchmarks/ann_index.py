@@ -1,5 +1,5 @@
 """ANN retrieval at catalogue scale: build time, memory, single-query p50/p99 and recall@100 of
-exact search, FAISS HNSW and FAISS IVF, on trained-like (clustered) and random item vectors, or
+exact search, FAISS HNSW, FAISS IVF and ScaNN, on trained-like (clustered) and random item vectors, or
 on a catalogue drawn from a mixture fitted to a trained model's vectors (``--vectors fitted
 --fit-from BUNDLE``; its dimension is the bundle's) (with ``--ivfpq-nprobe``, also IVF-PQ
 fast-scan with exact re-ranking, a candidate not served).
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import platform
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +27,7 @@ import torch
 from rankforge.bundles.ann_index import AnnIndex, IndexConfig, RecallProbe, build, set_search
 from rankforge.bundles.bundle import load_bundle
 from rankforge.bundles.candidate_index import ExactInnerProductIndex
+from rankforge.bundles.scann_index import ScannIndex
 from rankforge.errors import DataError
 from rankforge.models.scoring import Scoring
 
@@ -87,6 +89,15 @@ def catalogue(n: int, d: int, kind: str, fit_from: Path | None = None) -> np.nda
     except DataError as exc:
         raise SystemExit(f"--fit-from: {str(exc)[:160]}") from exc
     return fitted_vectors(n, np.load(bundle.path("item_embeddings.npy")), bundle.scoring or Scoring())
+
+
+def index_mb(index: faiss.Index | ScannIndex) -> float:
+    """What the index occupies serialized, MiB (ScaNN's directory: its float vectors included)."""
+    if not isinstance(index, ScannIndex):
+        return faiss.serialize_index(index).nbytes / 2**20
+    with tempfile.TemporaryDirectory() as tmp:
+        index.save(Path(tmp))
+        return sum(p.stat().st_size for p in Path(tmp).iterdir()) / 2**20
 
 
 def latency(search, queries: np.ndarray, k: int) -> tuple[float, float]:
@@ -156,6 +167,13 @@ def main() -> int:
         help="what IVF cells hold (sq8: 8-bit codes re-scored exactly; rows named ivf8/NPROBE)",
     )
     parser.add_argument(
+        "--scann-nprobe",
+        type=int,
+        nargs="*",
+        default=[],
+        help="ScaNN leaves searched per query (rows scann/N; default leaves and scann_reorder)",
+    )
+    parser.add_argument(
         "--vectors", nargs="+", choices=["clustered", "random", "fitted"], default=["clustered", "random"]
     )
     parser.add_argument(
@@ -192,6 +210,7 @@ def main() -> int:
             row(n, kind, "exact", 0.0, x.nbytes / 2**20, p50, p99, 1.0)
             # one build per structure; its search knob (efSearch / nprobe) set for each row
             builds = [(IndexConfig(kind="ivf", ivf_codes=codes), args.ivf_nprobe) for codes in args.ivf_codes]
+            builds.append((IndexConfig(kind="scann"), args.scann_nprobe))
             if n <= args.hnsw_max:
                 builds.insert(0, (IndexConfig(kind="hnsw", hnsw_m=32), args.hnsw_ef))
             for config, knobs in builds:
@@ -203,8 +222,10 @@ def main() -> int:
                 seconds = time.perf_counter() - start
                 faiss.omp_set_num_threads(1)
                 served = AnnIndex(index, exact)
-                size_mb = faiss.serialize_index(index).nbytes / 2**20
-                prefix = "hnsw" if config.kind == "hnsw" else "ivf8" if config.ivf_codes == "sq8" else "ivf"
+                size_mb = index_mb(index)
+                prefix = {"hnsw": "hnsw", "scann": "scann"}.get(config.kind) or (
+                    "ivf8" if config.ivf_codes == "sq8" else "ivf"
+                )
                 for knob in knobs:
                     set_search(index, config.kind, knob)
                     p50, p99 = latency(served.search, queries, 100)
