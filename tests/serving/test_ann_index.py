@@ -94,6 +94,20 @@ def test_scann_rescores_its_candidates_exactly_and_loads_as_recorded(tmp_path: P
     np.testing.assert_array_equal(one_ids[0], ids[0])
 
 
+def test_scann_answers_concurrent_searches_as_it_answers_one_at_a_time() -> None:
+    """The server searches one index from many request threads at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    vectors = clustered(n=3000, seed=6)
+    index = build(vectors, IndexConfig(kind="scann", scann_leaves=30, nprobe=10, scann_reorder=200))
+    queries = vectors[:200] + 0.01
+    alone = [index.search(q[None, :], 50)[1] for q in queries]
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(lambda q: index.search(q[None, :], 50)[1], queries))
+    for one, other in zip(alone, together, strict=True):
+        np.testing.assert_array_equal(one, other)
+
+
 @pytest.mark.parametrize(
     "damage, message",
     [
