@@ -3,9 +3,13 @@
     .venv/bin/python benchmarks/serve_profile.py [--items 1000000] [--index ivf] [--nprobe 1024]
         [--qps 100 400] [--processes 1 2] [--server-cpus 0 --client-cpus 1]
 
-1. Profile: the ``Rank`` handler of an in-process server called directly (no gRPC), sequential
-   requests with stage timing on: mean ms per stage (Redis reads, user tower, index search, ranker
-   feed + ONNX, the rest of the handler) and the handler's CPU per request.
+1. Profile: the ``Rank`` handler of an in-process server called directly (no gRPC; on
+   ``--server-cpus`` when given), sequential requests with stage timing on: mean ms per stage
+   (Redis reads, user tower, index search, ranker feed + ONNX, the rest of the handler) and the
+   handler's CPU per request; then the same calls
+   with ``--profile-gap-ms`` asleep before each, as a server at a few hundred QPS idles between
+   requests (on the 2-core VM the same work costs 40-80% more CPU after such a pause: what the
+   load's server CPU per request carries beyond the handler and the front end).
 2. Load: ``rankforge serve --processes P`` as its own process(es) on a fixed port; an open-loop
    client sends requests at each ``--qps`` (each at its scheduled time, whatever the previous
    ones did, so queueing shows in the latency) for ``--seconds``; p50/p99/p99.9 and errors per process
@@ -33,6 +37,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -54,7 +59,7 @@ from rankforge.serving.client import RankingClient, rank_request
 from rankforge.serving.feature_layout import KeyLayout
 from rankforge.serving.feature_reader import connect
 from rankforge.serving.feature_writer import FeatureWriter
-from rankforge.serving.ranking_service import ServiceLimits
+from rankforge.serving.ranking_service import RankingService, ServiceLimits
 from rankforge.serving.server import RankingServer, ServerConfig
 from rankforge.serving.stage_profile import StageProfile
 from rankforge.settings import Settings
@@ -83,6 +88,12 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--profile-requests", type=int, default=2000)
+    parser.add_argument(
+        "--profile-gap-ms",
+        type=float,
+        default=3.0,
+        help="also profile the handler with this pause before each call (0: not)",
+    )
     parser.add_argument(
         "--server-cpus", help="pin the served process(es) to these cpus (taskset list, e.g. 0)"
     )
@@ -138,7 +149,7 @@ class _InProcessCall:
         raise SystemExit(f"the profiled request failed: {code.name} {details[:200]}")
 
 
-def _profile(config: ServerConfig, users: list[int], requests: int) -> None:
+def _profile(config: ServerConfig, users: list[int], requests: int, gap_ms: float) -> None:
     """Stage times and CPU of the ``Rank`` handler called directly, sequentially, on the
     benchmark's own thread: no gRPC and no client in the process (a client sharing the
     server's GIL lengthens every stage it waits in); the front end's cost is the load's server
@@ -155,12 +166,30 @@ def _profile(config: ServerConfig, users: list[int], requests: int) -> None:
     cpu_ms = (time.thread_time() - cpu) * 1e3 / requests
     wall_ms = (time.perf_counter() - wall) * 1e3 / requests
     stages = service.profile.mean_ms()
+    service.profile = None
+    paced = _paced_cpu_ms(service, call, batch, requests // 2, gap_ms) if gap_ms > 0 else None
     server.stop(1)
     handler = stages.pop("handler total")
     print(f"\nthe handler called in process, sequential ({requests} requests), mean ms:")
     for stage, ms in sorted(stages.items(), key=lambda kv: -kv[1]):
         print(f"  {stage:<24} {ms:7.3f}")
     print(f"  {'handler total':<24} {handler:7.3f}   (wall {wall_ms:.3f}, CPU of this thread {cpu_ms:.3f})")
+    if paced is not None:
+        print(f"  with {gap_ms:g} ms asleep before each call: CPU of this thread {paced:.3f} ms a call")
+
+
+def _paced_cpu_ms(
+    service: RankingService, call: _InProcessCall, batch: list, requests: int, gap_ms: float
+) -> float:
+    """The handler's CPU ms per call with ``gap_ms`` asleep before each call, measured around
+    the calls only: what the same work costs when the core idled in between."""
+    spent = 0.0
+    for n in range(requests):
+        time.sleep(gap_ms / 1e3)
+        start = time.thread_time()
+        service.Rank(batch[n % len(batch)], call)
+        spent += time.thread_time() - start
+    return spent * 1e3 / requests
 
 
 def _wait_serving(address: str, timeout_s: float = 300.0) -> None:
@@ -205,6 +234,18 @@ def _steal_seconds() -> float:
     return int(fields[8]) / os.sysconf("SC_CLK_TCK")  # cpu user nice system idle iowait irq softirq steal
 
 
+@contextlib.contextmanager
+def _pinned_to(cpus: str | None) -> Iterator[None]:
+    """This process on ``cpus`` (a comma list; all of its own when None) for the block."""
+    own = os.sched_getaffinity(0)
+    if cpus:
+        os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, own)
+
+
 def _pinned(cpus: str | None) -> list[str]:
     return ["taskset", "-c", cpus] if cpus else []
 
@@ -237,13 +278,8 @@ def _load(args: argparse.Namespace, config: ServerConfig, users: list[int]) -> N
     in runs whose server showed no stall; 3.5 ms once frozen)."""
     gc.collect()
     gc.freeze()
-    own = os.sched_getaffinity(0)
-    if args.client_cpus:
-        os.sched_setaffinity(0, {int(c) for c in args.client_cpus.split(",")})
-    try:
+    with _pinned_to(args.client_cpus):
         _load_each(args, config, users)
-    finally:
-        os.sched_setaffinity(0, own)
 
 
 def _load_each(args: argparse.Namespace, config: ServerConfig, users: list[int]) -> None:
@@ -324,7 +360,8 @@ def main() -> int:
         )
         try:
             if not args.skip_profile:
-                _profile(config, users, args.profile_requests)
+                with _pinned_to(args.server_cpus):
+                    _profile(config, users, args.profile_requests, args.profile_gap_ms)
             _load(args, config, users)
         finally:
             keys = list(client.scan_iter(f"{layout.prefix}:*", count=5000))
