@@ -12,11 +12,17 @@ The re-scored count is fixed (``reorder``), not a multiple of ``k``: the candida
 do not depend on ``k``, so the export's recall probe at K = 100 measures the same top 100 that
 a request for 220 (200 + the user's seen items) returns. ``scann`` ships wheels for Linux only;
 on other platforms this kind is refused with a message saying so (exact, HNSW and IVF remain).
+
+Portability: ScaNN's ``serialize`` records each of its files by absolute path in
+``scann_assets.pbtxt`` (a bundle copied elsewhere, downloaded from the registry or built on
+another machine would read the files where it was built, or fail). ``save`` rewrites the record
+to bare file names and ``load`` resolves them inside the directory it is given, refusing a
+record that names anything else.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import numpy as np
@@ -25,6 +31,8 @@ from rankforge.errors import DataError
 
 #: The directory a bundle's ScaNN searcher is serialized into.
 SCANN_DIR = "item_index.scann"
+#: ScaNN's record of the files a serialized searcher consists of (``ScannAssets``, text format).
+ASSETS = "scann_assets.pbtxt"
 #: ScaNN's recommended setting for inner-product search (quantisation error parallel to the
 #: vector weighted above the orthogonal error for scores above this).
 ANISOTROPIC_THRESHOLD = 0.2
@@ -87,10 +95,13 @@ class ScannIndex:
 
     @classmethod
     def load(cls, directory: Path, d: int, leaves: int, leaves_to_search: int, reorder: int) -> ScannIndex:
-        """A serialized searcher; a directory ScaNN cannot read, or one over vectors of another
-        dimension than ``d``, is a ``DataError``."""
+        """A searcher ``save`` wrote into ``directory``, wherever that directory now lies; a
+        directory ScaNN cannot read, a record naming files elsewhere, or a searcher over vectors
+        of another dimension than ``d`` is a ``DataError``."""
+        ops = _scann()
         try:
-            searcher = _scann().load_searcher(str(directory))
+            assets = _assets(directory)
+            searcher = ops.ScannSearcher(ops.scann_pybind.ScannNumpy(str(directory), assets))
         except (RuntimeError, ValueError, OSError) as exc:
             raise DataError(f"cannot read the ScaNN index {directory}: {str(exc)[:160]}") from exc
         index = cls(searcher, d, leaves, leaves_to_search, reorder)
@@ -101,8 +112,13 @@ class ScannIndex:
         return index
 
     def save(self, directory: Path) -> None:
+        """Serialize into ``directory`` (created), its file record by bare names (portable)."""
         directory.mkdir(parents=True, exist_ok=True)
         self._searcher.serialize(str(directory))
+        record = _parse_assets((directory / ASSETS).read_text())
+        for asset in record.assets:
+            asset.asset_path = PurePath(asset.asset_path).name
+        (directory / ASSETS).write_text(_text_format().MessageToString(record))
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         x = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
@@ -121,3 +137,33 @@ class ScannIndex:
         out = np.full((len(x), k), -np.inf, dtype=np.float32)
         found[:, : ids.shape[1]], out[:, : scores.shape[1]] = ids, scores
         return out, found
+
+
+def _text_format() -> Any:
+    from google.protobuf import text_format  # protobuf comes with grpcio; imported with scann
+
+    return text_format
+
+
+def _parse_assets(text: str) -> Any:
+    from scann.scann_ops import scann_assets_pb2  # scann's own message (installed with it)
+
+    return _text_format().Parse(text, scann_assets_pb2.ScannAssets())
+
+
+def _assets(directory: Path) -> str:
+    """The directory's file record with each file resolved inside ``directory``; a name that is
+    not a bare file name of the directory is refused (``ValueError``)."""
+    path = directory / ASSETS
+    if not path.is_file():
+        raise ValueError(f"no {ASSETS}")
+    try:
+        record = _parse_assets(path.read_text())
+    except Exception as exc:  # text_format.ParseError, UnicodeDecodeError: not a record
+        raise ValueError(f"{ASSETS} is not a ScaNN asset record: {str(exc)[:80]}") from exc
+    for asset in record.assets:
+        name = asset.asset_path
+        if PurePath(name).name != name or not (directory / name).is_file():
+            raise ValueError(f"{ASSETS} names {name[:80]!r}, not a file of the index directory")
+        asset.asset_path = str((directory / name).resolve())
+    return str(_text_format().MessageToString(record))

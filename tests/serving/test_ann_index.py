@@ -94,6 +94,25 @@ def test_scann_rescores_its_candidates_exactly_and_loads_as_recorded(tmp_path: P
     np.testing.assert_array_equal(one_ids[0], ids[0])
 
 
+def test_a_scann_index_moved_elsewhere_loads_from_where_it_lies(tmp_path: Path) -> None:
+    """A bundle travels (registry download, another machine): nothing in its ScaNN directory may
+    point back at where it was built."""
+    import shutil
+
+    vectors = clustered(n=2000, seed=7)
+    config = IndexConfig(kind="scann", scann_leaves=20, nprobe=10, scann_reorder=200)
+    built = tmp_path / "built"
+    record = export_index(vectors, config, built)
+    queries = vectors[:10] + 0.01
+    before = load_index(built, vectors, record).search(queries, 20)
+    assert str(built) not in (built / SCANN_DIR / "scann_assets.pbtxt").read_text()
+    shutil.copytree(built, tmp_path / "moved")
+    shutil.rmtree(built)
+    after = load_index(tmp_path / "moved", vectors, record).search(queries, 20)
+    np.testing.assert_array_equal(after[0], before[0])
+    np.testing.assert_allclose(after[1], before[1])
+
+
 def test_scann_answers_concurrent_searches_as_it_answers_one_at_a_time() -> None:
     """The server searches one index from many request threads at once."""
     from concurrent.futures import ThreadPoolExecutor
@@ -116,6 +135,7 @@ def test_scann_answers_concurrent_searches_as_it_answers_one_at_a_time() -> None
         ("missing", "is not a directory inside the bundle"),
         ("reorder 0", "reorder must be a positive integer"),
         ("not scann", "cannot read the ScaNN index"),
+        ("asset outside", "names '/etc/hostname', not a file of the index directory"),
     ],
 )
 def test_a_scann_index_that_does_not_fit_the_vectors_is_refused(
@@ -137,6 +157,11 @@ def test_a_scann_index_that_does_not_fit_the_vectors_is_refused(
         record = {**record, "file": f"other/{SCANN_DIR}"}
     elif damage == "missing":
         record = {**record, "file": "nowhere"}
+    elif damage == "asset outside":  # the searcher's own file record pointing out of the bundle
+        assets = tmp_path / SCANN_DIR / "scann_assets.pbtxt"
+        text = assets.read_text()
+        assert '"ah_codebook.pb"' in text  # saved by bare names
+        assets.write_text(text.replace('"ah_codebook.pb"', '"/etc/hostname"'))
     else:
         record = {**record, "reorder": 0}
     with pytest.raises(DataError, match=message):
