@@ -48,6 +48,10 @@ INDEX_FILE = "item_index.faiss"
 SearchIndex: TypeAlias = faiss.Index | ScannIndex
 
 
+#: What raises an index kind's recall, for the messages that refuse a low one.
+RECALL_KNOBS = {"hnsw": "ef_search", "ivf": "nprobe", "scann": "nprobe or scann_reorder"}
+
+
 class IndexConfig(BaseModel):
     """``[serving_index]`` of a training config: how the exported bundle searches its items."""
 
@@ -214,7 +218,7 @@ def export_index(
     if recall < config.min_recall:
         message = (
             f"{config.kind} index recall@{config.recall_k} {recall:.4f} is below serving_index.min_recall "
-            f"{config.min_recall} (raise ef_search / nprobe, or lower the threshold)"
+            f"{config.min_recall} (raise {RECALL_KNOBS[config.kind]}, or lower the threshold)"
         )
         _refuse_or_warn(message, config)
     if served is not None:
@@ -231,7 +235,7 @@ def export_index(
             _refuse_or_warn(
                 f"{config.kind} index loses {got.loss:.1%} of {got.split} Recall@{got.k} through retrieval "
                 f"({got.ann:.4f} vs exact {got.exact:.4f}), more than serving_index.max_served_recall_loss "
-                f"{config.max_served_recall_loss:.1%} (raise ef_search / nprobe, or the threshold)",
+                f"{config.max_served_recall_loss:.1%} (raise {RECALL_KNOBS[config.kind]}, or the threshold)",
                 config,
             )
     if isinstance(index, ScannIndex):

@@ -172,7 +172,8 @@ def test_low_recall_is_refused_or_warned(tmp_path: Path, caplog: pytest.LogCaptu
     vectors = clustered(seed=1)
     poor = IndexConfig(kind="ivf", ivf_lists=100, nprobe=1, min_recall=0.999)
     with pytest.raises(
-        DataError, match=r"ivf index recall@100 0\.\d+ is below serving_index\.min_recall 0\.999"
+        DataError,
+        match=r"ivf index recall@100 0\.\d+ is below serving_index\.min_recall 0\.999 \(raise nprobe,",
     ):
         export_index(vectors, poor, tmp_path)
     assert not (tmp_path / INDEX_FILE).exists()
