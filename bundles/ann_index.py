@@ -36,10 +36,10 @@ from typing import Literal, TypeAlias
 
 import faiss
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rankforge.bundles.candidate_index import ExactInnerProductIndex
-from rankforge.bundles.scann_index import SCANN_DIR, ScannIndex
+from rankforge.bundles.scann_index import SCANN_DIR, ScannIndex, scann_available
 from rankforge.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,13 @@ class IndexConfig(BaseModel):
     # interval below halved twice (no held-out user is looked at, so the served check below
     # stays an independent measurement)
     tune_search: bool = False
+
+    @model_validator(mode="after")
+    def _kind_available(self) -> IndexConfig:
+        """A kind whose library is missing fails with the config, not after training."""
+        if self.kind == "scann" and not scann_available():
+            raise ValueError("kind 'scann' needs the scann package, which has wheels for Linux x86-64 only")
+        return self
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ record that names anything else.
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -39,6 +40,11 @@ ANISOTROPIC_THRESHOLD = 0.2
 #: Dimensions per 4-bit sub-quantiser: ScaNN's default, and its fastest scan.
 DIMS_PER_BLOCK = 2
 TRAINING_SAMPLE = 250_000
+
+
+def scann_available() -> bool:
+    """Whether the ``scann`` package is installed (without importing it)."""
+    return importlib.util.find_spec("scann") is not None
 
 
 def _scann() -> Any:

@@ -94,6 +94,18 @@ def test_scann_rescores_its_candidates_exactly_and_loads_as_recorded(tmp_path: P
     np.testing.assert_array_equal(one_ids[0], ids[0])
 
 
+def test_the_scann_kind_without_its_package_fails_with_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where ``scann`` has no wheel, the config says so before any training is spent."""
+    from pydantic import ValidationError
+
+    import rankforge.bundles.ann_index as ann_index
+
+    monkeypatch.setattr(ann_index, "scann_available", lambda: False)
+    with pytest.raises(ValidationError, match="kind 'scann' needs the scann package"):
+        IndexConfig(kind="scann")
+    assert IndexConfig(kind="ivf").kind == "ivf"
+
+
 def test_a_scann_index_moved_elsewhere_loads_from_where_it_lies(tmp_path: Path) -> None:
     """A bundle travels (registry download, another machine): nothing in its ScaNN directory may
     point back at where it was built."""
