@@ -44,7 +44,7 @@ def _spin(seconds: float) -> None:
         pass
 
 
-def cpu_per_call(call: Callable[[], float], mode: str, gap_s: float, calls: int) -> float:
+def cpu_per_call(call: Callable[[], object], mode: str, gap_s: float, calls: int) -> float:
     """Mean CPU ms of ``call`` with ``mode`` ("none", "sleep" or "spin") for ``gap_s`` before each."""
     spent = 0.0
     for _ in range(calls):

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import itertools
 import json
 import os
 import socket
@@ -47,6 +48,7 @@ import torch
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 from rankforge.benchmarks.ann_index import catalogue
+from rankforge.benchmarks.idle_gap import cpu_per_call
 from rankforge.bundles.ann_index import IndexConfig
 from rankforge.bundles.export import build_ranker_bundle, build_retrieval_bundle
 from rankforge.features.aggregates import DENSE_FEATURES
@@ -59,7 +61,7 @@ from rankforge.serving.client import RankingClient, rank_request
 from rankforge.serving.feature_layout import KeyLayout
 from rankforge.serving.feature_reader import connect
 from rankforge.serving.feature_writer import FeatureWriter
-from rankforge.serving.ranking_service import RankingService, ServiceLimits
+from rankforge.serving.ranking_service import ServiceLimits
 from rankforge.serving.server import RankingServer, ServerConfig
 from rankforge.serving.stage_profile import StageProfile
 from rankforge.settings import Settings
@@ -167,7 +169,13 @@ def _profile(config: ServerConfig, users: list[int], requests: int, gap_ms: floa
     wall_ms = (time.perf_counter() - wall) * 1e3 / requests
     stages = service.profile.mean_ms()
     service.profile = None
-    paced = _paced_cpu_ms(service, call, batch, requests // 2, gap_ms) if gap_ms > 0 else None
+    # the same calls with the core idle before each (idle_gap.py's measurement, on this handler)
+    cycled = itertools.cycle(batch)
+    paced = (
+        cpu_per_call(lambda: service.Rank(next(cycled), call), "sleep", gap_ms / 1e3, requests // 2)
+        if gap_ms > 0
+        else None
+    )
     server.stop(1)
     handler = stages.pop("handler total")
     print(f"\nthe handler called in process, sequential ({requests} requests), mean ms:")
@@ -176,20 +184,6 @@ def _profile(config: ServerConfig, users: list[int], requests: int, gap_ms: floa
     print(f"  {'handler total':<24} {handler:7.3f}   (wall {wall_ms:.3f}, CPU of this thread {cpu_ms:.3f})")
     if paced is not None:
         print(f"  with {gap_ms:g} ms asleep before each call: CPU of this thread {paced:.3f} ms a call")
-
-
-def _paced_cpu_ms(
-    service: RankingService, call: _InProcessCall, batch: list, requests: int, gap_ms: float
-) -> float:
-    """The handler's CPU ms per call with ``gap_ms`` asleep before each call, measured around
-    the calls only: what the same work costs when the core idled in between."""
-    spent = 0.0
-    for n in range(requests):
-        time.sleep(gap_ms / 1e3)
-        start = time.thread_time()
-        service.Rank(batch[n % len(batch)], call)
-        spent += time.thread_time() - start
-    return spent * 1e3 / requests
 
 
 def _wait_serving(address: str, timeout_s: float = 300.0) -> None:

@@ -403,15 +403,15 @@ def load_index(
         return exact
     if kind not in ("hnsw", "ivf", "scann"):
         raise DataError(f"bundle {directory}: unknown ANN index kind {str(kind)[:40]!r}")
-    name = str(record.get("file", SCANN_DIR if kind == "scann" else INDEX_FILE))
+    scann = kind == "scann"  # a directory of ScaNN's files; the FAISS kinds are one file
+    name = str(record.get("file", SCANN_DIR if scann else INDEX_FILE))
     path = (directory / name).resolve()
-    stored = path.is_dir() if kind == "scann" else path.is_file()
-    if not path.is_relative_to(directory.resolve()) or not stored:
-        what = "directory" if kind == "scann" else "file"
+    what = "directory" if scann else "file"
+    if not path.is_relative_to(directory.resolve()) or not (path.is_dir() if scann else path.is_file()):
         raise DataError(
             f"bundle {directory}: ANN index {what} {name[:80]!r} is not a {what} inside the bundle"
         )
-    index = _read_scann(path, record, exact.dim) if kind == "scann" else _read_faiss(path, str(kind), record)
+    index = _read_scann(path, record, exact.dim) if scann else _read_faiss(path, str(kind), record)
     if index.ntotal != exact.size or index.d != exact.dim:
         raise DataError(
             f"ANN index {path} holds {index.ntotal} x {index.d}, the bundle {exact.size} x {exact.dim}"

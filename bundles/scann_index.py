@@ -27,6 +27,7 @@ from pathlib import Path, PurePath
 from typing import Any
 
 import numpy as np
+from google.protobuf import text_format
 
 from rankforge.errors import DataError
 
@@ -76,28 +77,24 @@ class ScannIndex:
         return int(self._searcher.size())
 
     @classmethod
-    def build(
-        cls, vectors: np.ndarray, leaves: int, leaves_to_search: int, reorder: int, threads: int = 0
-    ) -> ScannIndex:
-        """Train leaves and codebooks on (a sample of) ``vectors`` ``[n, d]`` and index them all;
-        ``threads`` for training (0: every core)."""
+    def build(cls, vectors: np.ndarray, leaves: int, leaves_to_search: int, reorder: int) -> ScannIndex:
+        """Train leaves and codebooks on (a sample of) ``vectors`` ``[n, d]`` and index them all
+        (training on every core)."""
         x = np.ascontiguousarray(vectors, dtype=np.float32)
         n, d = x.shape
         leaves = max(1, min(leaves, n))
-        builder = (
+        searched, rescored = min(leaves_to_search, leaves), min(reorder, n)
+        searcher = (
             _scann()
-            .builder(x, min(reorder, n), "dot_product")
+            .builder(x, rescored, "dot_product")
             .tree(
-                num_leaves=leaves,
-                num_leaves_to_search=min(leaves_to_search, leaves),
-                training_sample_size=min(n, TRAINING_SAMPLE),
+                num_leaves=leaves, num_leaves_to_search=searched, training_sample_size=min(n, TRAINING_SAMPLE)
             )
             .score_ah(DIMS_PER_BLOCK, anisotropic_quantization_threshold=ANISOTROPIC_THRESHOLD)
-            .reorder(min(reorder, n))
+            .reorder(rescored)
+            .build()
         )
-        if threads:
-            builder = builder.set_n_training_threads(threads)
-        return cls(builder.build(), d, leaves, min(leaves_to_search, leaves), reorder)
+        return cls(searcher, d, leaves, searched, reorder)
 
     @classmethod
     def load(cls, directory: Path, d: int, leaves: int, leaves_to_search: int, reorder: int) -> ScannIndex:
@@ -124,7 +121,7 @@ class ScannIndex:
         record = _parse_assets((directory / ASSETS).read_text())
         for asset in record.assets:
             asset.asset_path = PurePath(asset.asset_path).name
-        (directory / ASSETS).write_text(_text_format().MessageToString(record))
+        (directory / ASSETS).write_text(text_format.MessageToString(record))
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         x = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
@@ -145,16 +142,10 @@ class ScannIndex:
         return out, found
 
 
-def _text_format() -> Any:
-    from google.protobuf import text_format  # protobuf comes with grpcio; imported with scann
-
-    return text_format
-
-
 def _parse_assets(text: str) -> Any:
     from scann.scann_ops import scann_assets_pb2  # scann's own message (installed with it)
 
-    return _text_format().Parse(text, scann_assets_pb2.ScannAssets())
+    return text_format.Parse(text, scann_assets_pb2.ScannAssets())
 
 
 def _assets(directory: Path) -> str:
@@ -172,4 +163,4 @@ def _assets(directory: Path) -> str:
         if PurePath(name).name != name or not (directory / name).is_file():
             raise ValueError(f"{ASSETS} names {name[:80]!r}, not a file of the index directory")
         asset.asset_path = str((directory / name).resolve())
-    return str(_text_format().MessageToString(record))
+    return str(text_format.MessageToString(record))
