@@ -10,17 +10,19 @@ from __future__ import annotations
 import polars as pl
 
 from rankforge.errors import DataError
-from rankforge.features.schema import ITEM_IDX, LABEL, TIMESTAMP, USER_IDX, require_columns
+from rankforge.features.event_order import event_order
+from rankforge.features.schema import ITEM, ITEM_IDX, LABEL, TIMESTAMP, USER, USER_IDX, require_columns
 
 HISTORY = "history"
 
 
 def positive_sequences(events: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
-    """Positives numbered per user in time order, and each user's time-ordered positive list."""
-    require_columns(events, [USER_IDX, ITEM_IDX, TIMESTAMP, LABEL], "user history")
+    """Positives numbered per user in event order (``features.event_order``), and each user's
+    positive list in that order."""
+    require_columns(events, [USER_IDX, ITEM_IDX, TIMESTAMP, LABEL, USER, ITEM], "user history")
     positives = (
         events.filter(pl.col(LABEL) > 0)
-        .sort(USER_IDX, TIMESTAMP, ITEM_IDX)
+        .sort(event_order(USER_IDX))
         .with_columns((pl.int_range(pl.len()).over(USER_IDX) + 1).alias("_n_before"))
     )
     lists = positives.group_by(USER_IDX).agg(pl.col(ITEM_IDX).alias("_items"))
@@ -57,14 +59,15 @@ def with_positives_before(examples: pl.LazyFrame, events: pl.LazyFrame) -> pl.La
 
 def events_with_positives_before(events: pl.LazyFrame, ordered: bool = False) -> pl.LazyFrame:
     """Every event with ``n_before`` (as :func:`with_positives_before` gives an example), in
-    (user, time, item) order, by running sums instead of an as-of join: in that order a user's
+    event order (``features.event_order``), by running sums instead of an as-of join: in that order a user's
     positives before a row are the running count minus its value at the user's first row, and
     "strictly before" (ties on time) is that count at the first row of the row's (user, time)
     group. Group starts are carried forward with ``forward_fill``, so no group-by is needed.
-    ``ordered``: ``events`` are already in that order (no sort: the sort is most of the cost)."""
+    ``ordered``: ``events`` are already in that order (no sort: the sort is most of the cost;
+    without it the frame must carry the raw ``user_id`` and ``item_id`` the order reads)."""
     require_columns(events, [USER_IDX, ITEM_IDX, TIMESTAMP, LABEL], "user history")
     if not ordered:
-        events = events.sort(USER_IDX, TIMESTAMP, ITEM_IDX)
+        events = events.sort(event_order(USER_IDX))
     positive = (pl.col(LABEL) > 0).cast(pl.Int64)
     new_user = (pl.col(USER_IDX) != pl.col(USER_IDX).shift(1)).fill_null(True)
     new_time = new_user | (pl.col(TIMESTAMP) != pl.col(TIMESTAMP).shift(1)).fill_null(True)
@@ -77,7 +80,7 @@ def events_with_positives_before(events: pl.LazyFrame, ordered: bool = False) ->
 
 
 def latest_from_ordered(events: pl.LazyFrame, max_len: int) -> pl.LazyFrame:
-    """:func:`latest_history` of events already in (user, time, item) order (no second sort):
+    """:func:`latest_history` of events already in event order (no second sort):
     group-by aggregation keeps each group's rows in frame order."""
     return (
         events.filter(pl.col(LABEL) > 0).group_by(USER_IDX).agg(pl.col(ITEM_IDX).tail(max_len).alias(HISTORY))

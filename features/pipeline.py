@@ -369,8 +369,8 @@ def split_events(
 ) -> tuple[pl.LazyFrame, pl.LazyFrame]:
     """(train, held out) by ``config.split``, lazily: the whole log here, one user bucket out of
     core (leave-last-out and random splits are per user or per row; a time split is given its cut).
-    Filters keep row order; ``ordered``: the log is sorted by (user, time, item), which spares
-    leave-last-out its sort."""
+    Filters keep row order; ``ordered``: the log is in event order (``features.event_order``),
+    which spares leave-last-out its sort."""
     if config.split == "leave_last_out":
         return leave_last_out(log, n_last=config.n_test_per_user, ordered=ordered)
     if config.split == "time":

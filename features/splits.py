@@ -5,6 +5,7 @@ from __future__ import annotations
 import polars as pl
 
 from rankforge.errors import DataError
+from rankforge.features.event_order import event_order
 from rankforge.features.schema import ITEM, TIMESTAMP, USER, require_columns
 
 
@@ -45,17 +46,18 @@ def leave_last_out(
 ) -> tuple[pl.LazyFrame, pl.LazyFrame]:
     """Each user's last ``n_last`` events are test, if the user keeps at least ``min_train`` in train.
 
-    "Last" is in (time, item) order, the order the histories use (``features.history``): events
-    at the same time are broken by item id, never by where a row sits in the file, so a log
-    split whole and the same log split in user buckets hold out the same events. Both parts come
-    out sorted by (user, time, item); ``ordered``: ``log`` already is (no sort here).
+    "Last" is in the event order the histories use (``features.event_order``): time, then a
+    seeded hash of (user, item) among events at the same time -- never the item id (ids follow
+    catalogue age or popularity) nor where a row sits in the file, so a log split whole and the
+    same log split in user buckets hold out the same events. Both parts come out in that order;
+    ``ordered``: ``log`` already is (no sort here).
     """
     if n_last < 1 or min_train < 1:
         raise DataError("leave_last_out: n_last and min_train must be >= 1")
     require_columns(log, [USER, ITEM, TIMESTAMP], "leave-last-out split")
     if not ordered:
-        log = log.sort(USER, TIMESTAMP, ITEM)
-    # in (user, time, item) order a row is among its user's last n iff n rows later is another user
+        log = log.sort(event_order())
+    # in event order a row is among its user's last n iff n rows later is another user
     among_last = (pl.col(USER) != pl.col(USER).shift(-n_last)).fill_null(True)
     is_test = among_last & (pl.len().over(USER) - n_last >= min_train)
     return log.filter(~is_test), log.filter(is_test)

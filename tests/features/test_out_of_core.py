@@ -11,6 +11,7 @@ import torch
 
 from rankforge.cli import main
 from rankforge.errors import DataError
+from rankforge.features.event_order import event_order
 from rankforge.features.feature_spec import Feature, SideTable
 from rankforge.features.log_spec import LogSpec
 from rankforge.features.out_of_core import _sorted_events, load_prepared, prepare_to_disk
@@ -92,8 +93,8 @@ def test_ties_on_time_split_and_number_the_same_whole_and_in_buckets(world: Path
 
 
 @pytest.mark.parametrize("span", [1_000, 2**40])
-def test_bucket_sort_is_the_three_key_sort(span: int) -> None:
-    # a packed (time, item) key where the ranges allow it; the plain sort where they do not
+def test_bucket_sort_is_the_event_order(span: int) -> None:
+    # user, time, then the seeded (user, item) tie key -- the order leave_last_out sorts by
     rng = np.random.default_rng(0)
     n = 5_000
     frame = pl.DataFrame(
@@ -104,8 +105,8 @@ def test_bucket_sort_is_the_three_key_sort(span: int) -> None:
             "timestamp": rng.integers(0, 20, n) * span,  # many ties on time
         }
     )
-    expected = frame.sort("user_id", "timestamp", "item_id")
-    got = _sorted_events(frame)
+    expected = frame.sort(event_order())
+    got = _sorted_events(frame.sample(fraction=1.0, shuffle=True, seed=1))
     assert got.select(pl.exclude("rating")).equals(expected.select(pl.exclude("rating")))
 
 
