@@ -39,6 +39,8 @@ from rankforge.features.auctions import AuctionTensors, encode_auctions, read_au
 from rankforge.features.pipeline import PreparedData
 from rankforge.pipelines.bundle_scoring import (
     RetrievalScores,
+    item_rate_probabilities,
+    popularity_scores,
     ranker_coverage,
     ranker_probabilities,
     score_retrieval,
@@ -92,12 +94,19 @@ class ModelEvaluation:
 
 @dataclass
 class ABReport:
+    """Both models' evaluations and the paired intervals of challenger − champion (``deltas``);
+    ``floor`` is the trivial model on the same rows (most popular unseen items for retrieval, the
+    item's positive rate for a ranker) and ``over_floor`` the intervals of challenger − floor over
+    the metrics it has (offline ones: it has no replay policy or auctions)."""
+
     kind: str
     champion: ModelEvaluation
     challenger: ModelEvaluation
     deltas: dict[str, Interval]
     run_id: str | None = None
     reward_model: str = ITEM_RATE
+    floor: ModelEvaluation | None = None
+    over_floor: dict[str, Interval] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {
@@ -107,6 +116,8 @@ class ABReport:
             "deltas": {name: asdict(interval) for name, interval in self.deltas.items()},
             "reward_model": self.reward_model,
             "run_id": self.run_id,
+            **({"floor": self.floor.to_json()} if self.floor is not None else {}),
+            "over_floor": {name: asdict(interval) for name, interval in self.over_floor.items()},
         }
 
 
@@ -140,8 +151,12 @@ def _ranker_evaluation(bundle: Bundle, data: PreparedData, events: pl.DataFrame)
     """CTR metrics over ``events`` (held-out events whose items the compared bundles know)."""
     if events.height == 0:
         raise DataError(f"no held-out event has an item known to {bundle.directory}")
+    return _ctr_evaluation(events, ranker_probabilities(bundle, events, data))
+
+
+def _ctr_evaluation(events: pl.DataFrame, probs: np.ndarray) -> ModelEvaluation:
+    """AUC, LogLoss, ECE (and GAUC where users have both labels) of ``probs`` on ``events``."""
     labels = events["label"].to_numpy().astype(np.float64)
-    probs = ranker_probabilities(bundle, events, data)
     users = events["user_idx"].to_numpy()
     metrics = ranking_metrics(labels, probs)
     stats: dict[str, Statistic] = {
@@ -382,25 +397,42 @@ def compare(
             raise DataError("no held-out user can be evaluated by both models")
         old = evaluate_bundle(champion, data, log, config, scored[0], users, r_hat_slate=r_hat)
         new = evaluate_bundle(challenger, data, log, config, scored[1], users, r_hat_slate=r_hat)
+        floor = _retrieval_evaluation(popularity_scores(scored[1], challenger, data), users, config.ks)
+        floor.label = POPULARITY_FLOOR
         n_offline = len(users)
     else:
         known = [ranker_coverage(b, data.test_events)[0] for b in (champion, challenger)]
         events = data.test_events.filter(pl.Series(known[0] & known[1]))
         old = evaluate_bundle(champion, data, log, config, events=events, r_hat_slate=r_hat)
         new = evaluate_bundle(challenger, data, log, config, events=events, r_hat_slate=r_hat)
+        floor = _ctr_evaluation(events, item_rate_probabilities(data, events))
+        floor.label = ITEM_RATE_FLOOR
         n_offline = events.height
-    deltas = {
-        name: paired_bootstrap_difference(
-            new.statistics[name],
-            old.statistics[name],
+
+    def paired(a: ModelEvaluation, b: ModelEvaluation, name: str) -> Interval:
+        return paired_bootstrap_difference(
+            a.statistics[name],
+            b.statistics[name],
             _rows(name, log.height, n_offline, old.notes.get("evaluated_auctions", 0)),
             n_resamples=config.n_resamples,
             confidence=config.confidence,
             seed=config.seed,
         )
-        for name in old.metrics
-    }
-    return ABReport(kind=kind, champion=old, challenger=new, deltas=deltas, reward_model=described)
+
+    return ABReport(
+        kind=kind,
+        champion=old,
+        challenger=new,
+        deltas={name: paired(new, old, name) for name in old.metrics},
+        reward_model=described,
+        floor=floor,
+        over_floor={name: paired(new, floor, name) for name in floor.metrics},
+    )
+
+
+#: What the floors are called in reports and reasons.
+POPULARITY_FLOOR = "popularity (most popular unseen items)"
+ITEM_RATE_FLOOR = "item rate (each item's positive rate in training)"
 
 
 def _plots(report: ABReport, directory: Path) -> list[Path]:
@@ -479,12 +511,19 @@ def metrics_with_intervals(evaluation: ModelEvaluation) -> dict[str, float]:
 
 
 def format_report(report: ABReport) -> str:
-    lines = [f"{'metric':<18}{'champion':>10}{'challenger':>12}{'delta':>10}  interval"]
+    """One line per metric: champion, challenger, the delta with its interval and, where the
+    metric has one, the floor on the same rows."""
+    floor = report.floor.metrics if report.floor is not None else {}
+    lines = [f"{'metric':<18}{'champion':>10}{'challenger':>12}{'delta':>10}  {'interval':<18}{'floor':>8}"]
     for name, interval in report.deltas.items():
+        bounds = f"[{interval.low:+.4f}, {interval.high:+.4f}]"
         lines.append(
             f"{name:<18}{report.champion.metrics[name]:>10.4f}{report.challenger.metrics[name]:>12.4f}"
-            f"{interval.estimate:>+10.4f}  [{interval.low:+.4f}, {interval.high:+.4f}]"
+            f"{interval.estimate:>+10.4f}  {bounds:<18}"
+            + (f"{floor[name]:>8.4f}" if name in floor else f"{'-':>8}")
         )
+    if report.floor is not None:
+        lines.append(f"floor: {report.floor.label}, scored on the same rows")
     return "\n".join(lines)
 
 

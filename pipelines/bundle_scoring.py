@@ -10,7 +10,7 @@ and is dropped from its relevant set (and counted).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import polars as pl
@@ -136,6 +136,29 @@ def score_retrieval(bundle: Bundle, data: PreparedData) -> RetrievalScores:
         cold_users=int((ids.users.encode(users) < 0).sum()),
         dropped_items=dropped,
     )
+
+
+def popularity_scores(scored: RetrievalScores, bundle: Bundle, data: PreparedData) -> RetrievalScores:
+    """The most-popular-unseen-items floor over the same users, relevant and known items as
+    ``scored`` (a ``bundle``'s scores): each of the bundle's items scored by its training events in
+    ``data``, the same for every user, so masking the known items leaves the most popular unseen
+    ones (the floor ``rankforge train`` reports, here in the bundle's item space)."""
+    ids = BundleIds.of(bundle)
+    counts = data.train_events.group_by("item_id").len("events")
+    encoded = ids.items.encode(counts["item_id"].to_numpy())
+    known = encoded >= 0
+    popularity = torch.zeros(len(ids.items), dtype=torch.float32)
+    popularity[torch.from_numpy(encoded[known])] = torch.from_numpy(
+        counts["events"].to_numpy()[known].astype(np.float32)
+    )
+    return replace(scored, scores=lambda rows: popularity.expand(len(rows), -1))
+
+
+def item_rate_probabilities(data: PreparedData, events: pl.DataFrame) -> np.ndarray:
+    """The item-rate floor of a CTR model: each event's item's smoothed positive rate in ``data``'s
+    training part (the rate a model that knows nothing of the user would predict)."""
+    rates = data.item_features["item_pos_rate"].to_numpy().astype(np.float64)  # indexed by item_idx
+    return rates[events["item_idx"].to_numpy()]
 
 
 def ranker_logits(bundle: Bundle, frame: pl.DataFrame, histories: pl.DataFrame) -> np.ndarray:

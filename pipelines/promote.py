@@ -3,6 +3,10 @@
 Rule: for every configured criterion, the paired-bootstrap interval of challenger − champion must
 lie entirely on the better side of zero (low > 0 for higher-is-better metrics, high < 0 for
 lower-is-better ones such as logloss). A tie or an interval straddling zero keeps the champion.
+And the challenger must beat the trivial floor on the same rows (most popular unseen items for
+retrieval, each item's positive rate for a ranker) on every criterion the floor has: a model no
+better than popularity is refused even against a weaker champion, unless the operator says
+``allow_below_floor`` (``--allow-below-floor``), which is tagged on the version.
 On promotion the old champion gets the ``previous-champion`` alias, so it stays reachable for a
 rollback; no version is ever deleted. The decision and its reasons are logged to the comparison's
 MLflow run and tagged on the challenger's model version.
@@ -26,6 +30,8 @@ from rankforge.pipelines.ab_compare import ABConfig, ABReport, run_ab_comparison
 from rankforge.pipelines.replay_log import build_replay_log, read_replay_log
 
 CHAMPION = "champion"
+#: Tagged on a version promoted although it does not beat the floor (the operator's override).
+BELOW_FLOOR_TAG = "promotion.below_floor"
 PREVIOUS = "previous-champion"
 LOWER_IS_BETTER = frozenset({"logloss", "ece"})
 
@@ -65,7 +71,26 @@ class Decision:
     details: dict = field(default_factory=dict)
 
 
-def decide(report: ABReport, criteria: tuple[Criterion, ...]) -> Decision:
+def floor_check(report: ABReport, criteria: tuple[Criterion, ...]) -> list[str]:
+    """One line per criterion on which the challenger does not beat the report's floor (its point
+    estimate on the same rows); criteria the floor has no value for are not checked."""
+    if report.floor is None:
+        return []
+    below = []
+    for c in criteria:
+        if c.metric not in report.over_floor:
+            continue
+        d = report.over_floor[c.metric]
+        if not (d.estimate > 0 if c.higher_is_better else d.estimate < 0):
+            floor, mine = report.floor.metrics[c.metric], report.challenger.metrics[c.metric]
+            below.append(
+                f"{c.metric}: challenger {mine:.4f} does not beat the floor {floor:.4f} "
+                f"({report.floor.label}; delta {d.estimate:+.4f} [{d.low:+.4f}, {d.high:+.4f}])"
+            )
+    return below
+
+
+def decide(report: ABReport, criteria: tuple[Criterion, ...], allow_below_floor: bool = False) -> Decision:
     """Apply the promotion rule to a comparison report."""
     if not criteria:
         raise ConfigError("promotion needs at least one criterion")
@@ -92,9 +117,15 @@ def decide(report: ABReport, criteria: tuple[Criterion, ...]) -> Decision:
         paired = (
             f"{notes.get('evaluated_events', 0):,} of {notes.get('held_out_events', 0):,} held-out events"
         )
-    return Decision(
-        promote=all(passed), reasons=reasons, details={"paired": f"both scored on the same {paired}"}
-    )
+    below = floor_check(report, criteria)
+    details = {"paired": f"both scored on the same {paired}"}
+    if below and allow_below_floor:
+        reasons += [f"below the floor, overridden (--allow-below-floor): {line}" for line in below]
+        details["below_floor"] = "; ".join(below)
+    elif below:
+        reasons += [f"refused: {line}" for line in below]
+        passed.append(False)
+    return Decision(promote=all(passed), reasons=reasons, details=details)
 
 
 def _find(name: str, ref: str | int) -> RegisteredModel | None:
@@ -158,6 +189,7 @@ def promote_if_better(
     replay_log: str | None = None,
     dry_run: bool = False,
     allow_different_data: bool = False,
+    allow_below_floor: bool = False,
 ) -> Decision:
     """Compare ``name@champion`` with a challenger and move the alias if it wins.
 
@@ -186,7 +218,7 @@ def promote_if_better(
         log = read_replay_log(replay_log) if replay_log else build_replay_log(data, seed=config.seed)
         report = run_ab_comparison(f"models:/{name}/{old.version}", new_uri, data, log, config)
         used = criteria or DEFAULT_CRITERIA[report.kind]
-        decision = decide(report, used)
+        decision = decide(report, used, allow_below_floor)
         if champion_data and champion_data["id_mapping"] != data.mapping.digest():
             decision.reasons.append(
                 f"note: evaluated on {data.source!r}, not on the champion's training data "
@@ -230,3 +262,7 @@ def _record(client: MlflowClient, name: str, decision: Decision, dry_run: bool) 
         return
     with contextlib.suppress(MlflowException):  # the version vanished meanwhile: the run keeps the record
         client.set_model_version_tag(name, str(decision.challenger_version), "promotion", verdict)
+        if "below_floor" in decision.details:
+            overridden = f"overridden by --allow-below-floor: {decision.details['below_floor']}"
+            version = str(decision.challenger_version)
+            client.set_model_version_tag(name, version, BELOW_FLOOR_TAG, overridden[:5000])

@@ -136,6 +136,7 @@ def _promote(args: argparse.Namespace) -> int:
         args.replay_log,
         dry_run=args.dry_run,
         allow_different_data=args.allow_different_data,
+        allow_below_floor=args.allow_below_floor,
     )
     verdict = "PROMOTE" if decision.promote else "KEEP CHAMPION"
     new = args.challenger if decision.challenger_version is None else f"v{decision.challenger_version}"
@@ -174,7 +175,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="A/B the challenger against the champion; move the champion alias only if it wins",
         description="Compare NAME@champion with a challenger on the same held-out data and replay log "
         "(paired bootstrap intervals), log the comparison to MLflow, and give the challenger the "
-        "champion alias only when every criterion improves beyond its interval.",
+        "champion alias only when every criterion improves beyond its interval and the challenger "
+        "beats the trivial floor (popularity; a ranker: item rate) on the same rows.",
     )
     pr.add_argument("name", help="registered model name, e.g. rankforge-retrieval")
     pr.add_argument(
@@ -197,6 +199,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="compare even when champion and challenger were trained on different data sets "
         "(refused by default: their ids and metrics are not comparable)",
+    )
+    pr.add_argument(
+        "--allow-below-floor",
+        action="store_true",
+        help="promote even a challenger that does not beat the trivial floor on the same rows (most "
+        "popular unseen items; a ranker: each item's positive rate), refused by default; the "
+        "override is tagged on the version (promotion.below_floor)",
     )
     pr.add_argument("--json", action="store_true", help="also print the decision as JSON")
     _common(pr)

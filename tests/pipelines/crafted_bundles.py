@@ -76,3 +76,11 @@ def random_retrieval_bundle(data: PreparedData, directory: Path, seed: int = 0, 
     rng = np.random.default_rng(seed)
     users = rng.standard_normal((data.n_users, dim))
     return write_retrieval_bundle(data, directory, users, rng.standard_normal((data.n_items, dim)))
+
+
+def worst_retrieval_bundle(data: PreparedData, directory: Path) -> Path:
+    """Scores -1 for exactly the user's held-out positives, 0 for every other item: never finds one."""
+    table = np.zeros((data.n_users, data.n_items), dtype=np.float32)
+    held_out = data.test_positives()
+    table[held_out["user_idx"].to_numpy(), held_out["item_idx"].to_numpy()] = -1.0
+    return write_retrieval_bundle(data, directory, table, np.eye(data.n_items, dtype=np.float32))

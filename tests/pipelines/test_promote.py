@@ -14,11 +14,17 @@ from rankforge.errors import ConfigError, DataError
 from rankforge.features.pipeline import DataConfig, PreparedData, SyntheticConfig
 from rankforge.features.synthetic import GENRES_FEATURE
 from rankforge.pipelines.ab_compare import ABConfig, compare
-from rankforge.pipelines.promote import Criterion, decide, latest_version, promote_if_better
+from rankforge.pipelines.promote import (
+    BELOW_FLOOR_TAG,
+    Criterion,
+    decide,
+    latest_version,
+    promote_if_better,
+)
 from rankforge.pipelines.replay_log import build_replay_log
 from rankforge.settings import Settings, configure_mlflow
 
-from .crafted_bundles import perfect_retrieval_bundle, random_retrieval_bundle
+from .crafted_bundles import perfect_retrieval_bundle, random_retrieval_bundle, worst_retrieval_bundle
 
 SMALL = DataConfig(
     synthetic=SyntheticConfig(n_users=60, n_items=90, seed=3), features=[GENRES_FEATURE]
@@ -62,7 +68,8 @@ def test_perfect_challenger_is_promoted_and_worse_or_equal_ones_are_not(
     # the random model challenging the perfect champion: refused, nothing moves
     worse = promote_if_better(NAME, random, SMALL, config=FAST)
     assert not worse.promote and not worse.applied
-    assert all("does not improve" in r for r in worse.reasons)
+    criteria_lines = [r for r in worse.reasons if not r.startswith("refused: ")]
+    assert len(criteria_lines) == 2 and all("does not improve" in r for r in criteria_lines)
     assert resolve(NAME, "champion").version == perfect
     assert resolve(NAME, "previous-champion").version == random  # still reachable
 
@@ -78,6 +85,41 @@ def test_perfect_challenger_is_promoted_and_worse_or_equal_ones_are_not(
     assert not tie.promote and "delta +0.0000 [+0.0000, +0.0000]" in tie.reasons[0]
     assert resolve(NAME, "champion").version == perfect
     assert MlflowClient().get_model_version(NAME, str(twin)).tags["promotion"] == "keep champion"
+
+
+def test_a_challenger_below_the_popularity_floor_is_refused_unless_overridden(
+    rankforge_home: Path, small_data: PreparedData, tmp_path: Path
+) -> None:
+    configure_mlflow(Settings.from_env(), "promote-test")
+    worst = _register(worst_retrieval_bundle(small_data, tmp_path / "worst"), alias="champion")
+    random = _register(random_retrieval_bundle(small_data, tmp_path / "random"))
+    report = compare(
+        load_bundle(tmp_path / "worst"),
+        load_bundle(tmp_path / "random"),
+        small_data,
+        build_replay_log(small_data, seed=0),
+        FAST,
+    )
+    assert report.floor is not None and report.floor.label.startswith("popularity")
+    # random beats the worst champion beyond its interval, but not most popular unseen items
+    assert report.deltas["recall@20"].low > 0
+    assert report.challenger.metrics["recall@20"] < report.floor.metrics["recall@20"]
+    refused = promote_if_better(NAME, random, SMALL, config=FAST)
+    assert not refused.promote and not refused.applied
+    assert any(
+        r.startswith("refused: recall@20: challenger") and "does not beat the floor" in r
+        for r in refused.reasons
+    )
+    assert resolve(NAME, "champion").version == worst
+    overridden = promote_if_better(NAME, random, SMALL, config=FAST, allow_below_floor=True)
+    assert overridden.promote and overridden.applied and resolve(NAME, "champion").version == random
+    assert any("overridden (--allow-below-floor)" in r for r in overridden.reasons)
+    tag = MlflowClient().get_model_version(NAME, str(random)).tags[BELOW_FLOOR_TAG]
+    assert tag.startswith("overridden by --allow-below-floor: recall@20: challenger")
+    # a challenger above the floor carries no such tag
+    perfect = _register(perfect_retrieval_bundle(small_data, tmp_path / "perfect"))
+    assert promote_if_better(NAME, perfect, SMALL, config=FAST).applied
+    assert BELOW_FLOOR_TAG not in MlflowClient().get_model_version(NAME, str(perfect)).tags
 
 
 def test_without_a_champion_the_challenger_becomes_one(
