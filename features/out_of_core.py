@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import resource
 import shutil
 import uuid
@@ -74,6 +75,10 @@ log = logging.getLogger(__name__)
 BUCKET = "_bucket"
 SHARD_KINDS = ("retrieval_examples", "ranking_examples", "test_events", "validation_events")
 MANIFEST = "prepared.json"
+#: Written into every folder ``prepare_to_disk`` creates: only a folder holding it is replaced by a
+#: later run (anything else at ``out`` -- a file, a folder of the user's -- is refused untouched).
+MARKER = ".rankforge-prepared"
+TMP_INFIX = ".tmp-"  # the temporary sibling: ``.{out.name}.tmp-{pid}-{random}``
 SPLIT_PARTS = ("train", "validation", "test")  # a bucket's parts, each in event order
 R = TypeVar("R")
 
@@ -131,16 +136,65 @@ def prepare_to_disk(
     if config.split == "provided":
         raise DataError("out-of-core preparation splits the log itself: split='provided' is not supported")
     out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
+    check_output_folder(out, input_paths(config))
+    _remove_abandoned(out)
+    tmp = out.with_name(f".{out.name}{TMP_INFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         tmp.mkdir(parents=True)
         _prepare(config, tmp, events_per_bucket, engine or InProcess())
+        (tmp / MARKER).write_text("written by rankforge prepare: a later run may replace this folder\n")
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def input_paths(config: DataConfig) -> list[Path]:
+    """Every file or folder ``config`` reads: the log, the item catalogue, the side tables."""
+    tables = [t.path for t in (config.user_table, config.item_table) if t is not None]
+    return [Path(p) for p in (config.path, config.items_path, *tables) if p is not None]
+
+
+def check_output_folder(out: Path, inputs: list[Path]) -> None:
+    """Refuse, before any work and touching nothing, an output that is a file, a non-empty folder
+    ``prepare`` did not write (no :data:`MARKER`), or a folder that holds one of ``inputs``."""
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {str(out)[-120:]} is a file, not a folder: give a folder to write")
+    where = out.resolve()
+    for path in inputs:
+        resolved = path.resolve()
+        if resolved == where or where in resolved.parents:
+            raise DataError(
+                f"--out {str(out)[-120:]} holds the input {str(path)[-120:]}: it would be replaced; "
+                "give a folder outside the inputs"
+            )
+    if out.is_dir() and not (out / MARKER).is_file() and any(out.iterdir()):
+        raise DataError(
+            f"--out {str(out)[-120:]} is a folder rankforge prepare did not write (no {MARKER}) and "
+            "is not empty: refusing to replace it; give a new or empty folder"
+        )
+
+
+def _remove_abandoned(out: Path) -> None:
+    """Remove the temporary siblings of ``out`` left by runs whose process is gone (a SIGKILLed
+    driver cannot clean up after itself); a live run's stays."""
+    for tmp in out.parent.glob(f".{out.name}{TMP_INFIX}*"):
+        pid = tmp.name.removeprefix(f".{out.name}{TMP_INFIX}").split("-")[0]
+        if tmp.is_dir() and pid.isdigit() and not _alive(int(pid)):
+            log.info("prepare: removing %s, left by a run that did not finish", tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @dataclass

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from rankforge.errors import ConfigError
+from rankforge.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -75,6 +75,12 @@ class RayEngine:
             except ray.exceptions.RayTaskError as exc:  # the bucket's own error, not Ray's wrapper
                 cause = exc.cause
                 raise (cause if isinstance(cause, Exception) else exc) from None
+            except ray.exceptions.RayError as exc:  # Ray's own: a worker or node died, beyond retries
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise DataError(
+                    f"a Ray task of {type(job).__name__} failed after {self.max_retries} retries "
+                    f"({type(exc).__name__}: {first[:160]}); nothing was written"
+                ) from None
         finally:
             if started_here:
                 ray.shutdown()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +17,7 @@ from rankforge.errors import DataError
 from rankforge.features.event_order import event_order
 from rankforge.features.feature_spec import Feature, SideTable
 from rankforge.features.log_spec import LogSpec
-from rankforge.features.out_of_core import _sorted_events, load_prepared, prepare_to_disk
+from rankforge.features.out_of_core import MANIFEST, MARKER, _sorted_events, load_prepared, prepare_to_disk
 from rankforge.features.pipeline import DataConfig, PreparedData, prepare
 from rankforge.features.synthetic import generate_log
 from rankforge.models.inputs import pad_lists
@@ -170,3 +173,56 @@ def test_prepare_cli(world: Path, tmp_path: Path, capsys: pytest.CaptureFixture[
     assert main(["prepare", str(config), "--out", str(tmp_path / "other")]) == 2
     assert "out-of-core preparation reads a log file" in capsys.readouterr().err
     assert not (tmp_path / "other").exists()
+
+
+def test_an_out_folder_holding_the_input_or_foreign_files_is_refused_before_any_work(
+    world: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the log in a folder with an unrelated file beside it: --out naming that folder deletes nothing
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    (folder / "log.parquet").write_bytes((world / "log.parquet").read_bytes())
+    (folder / "notes.txt").write_text("mine\n")
+    config = DataConfig(source="file", path=folder / "log.parquet", split="random")
+    with pytest.raises(DataError, match=r"holds the input .*log.parquet: it would be replaced"):
+        prepare_to_disk(config, folder)
+    with pytest.raises(DataError, match=r"holds the input"):
+        prepare_to_disk(config, tmp_path)  # a parent of the input, too
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine\n")
+    with pytest.raises(
+        DataError, match=r"is a folder rankforge prepare did not write \(no \.rankforge-prepared\)"
+    ):
+        prepare_to_disk(config, mine)
+    with pytest.raises(DataError, match=r"is a file, not a folder"):
+        prepare_to_disk(config, folder / "notes.txt")
+    assert sorted(p.name for p in folder.iterdir()) == ["log.parquet", "notes.txt"]
+    assert (mine / "notes.txt").read_text() == "mine\n" and (folder / "notes.txt").read_text() == "mine\n"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder
+    # the CLI: one line, exit 2
+    data_toml = tmp_path / "data.toml"
+    data_toml.write_text(f'[data]\nsource = "file"\npath = "{folder / "log.parquet"}"\nsplit = "random"\n')
+    assert main(["prepare", str(data_toml), "--out", str(folder)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("rankforge prepare: error: --out") and "\n" not in err
+    # an output prepare wrote (it carries the marker) is replaced by the next run; an empty folder too
+    out = prepare_to_disk(config, tmp_path / "prepared")
+    assert (out / MARKER).is_file()
+    assert prepare_to_disk(config, out) == out and (out / MANIFEST).is_file()
+    (tmp_path / "empty").mkdir()
+    assert (prepare_to_disk(config, tmp_path / "empty") / MARKER).is_file()
+
+
+def test_a_killed_runs_temporary_folder_is_removed_by_the_next_run(world: Path, tmp_path: Path) -> None:
+    config = DataConfig(source="file", path=world / "log.parquet", split="random")
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead = tmp_path / f".out.tmp-{gone.stdout.strip()}-deadbeef"  # a driver SIGKILLed mid-run
+    (dead / "_raw").mkdir(parents=True)
+    (dead / "_raw" / "bucket.ipc").write_bytes(b"x" * 1000)
+    running = tmp_path / f".out.tmp-{os.getpid()}-0000live"  # a run still going (this process)
+    running.mkdir()
+    prepare_to_disk(config, tmp_path / "out")
+    assert not dead.exists() and running.is_dir()

@@ -4,6 +4,7 @@ fails on its data fails the run with nothing written."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -87,6 +88,15 @@ class BadData(BucketJob):
         return super().__call__(b, folder)
 
 
+class KilledWorker(BucketJob):
+    """Bucket 1's worker process dies (as under SIGKILL or the OOM killer)."""
+
+    def __call__(self, b: int, folder: Path) -> BucketResult:
+        if b == 1:
+            os._exit(9)
+        return super().__call__(b, folder)
+
+
 class _Wrapping(RayEngine):
     """The Ray engine running ``kind``'s bucket job instead of the plain one (the split pass
     runs as it is)."""
@@ -119,6 +129,19 @@ def test_bad_data_fails_the_run_and_leaves_nothing(
     with pytest.raises(DataError, match=r"^bucket 2: a row no log should hold$"):
         prepare_to_disk(log_config, tmp_path / "out", events_per_bucket=1_000, engine=engine)
     assert list(tmp_path.iterdir()) == []  # no output, no temporary folder
+
+
+@pytest.mark.slow
+def test_a_worker_killed_beyond_its_retries_is_one_line_and_leaves_nothing(
+    cluster: object, log_config: DataConfig, tmp_path: Path
+) -> None:
+    engine = _Wrapping(KilledWorker, max_retries=0)
+    with pytest.raises(
+        DataError, match=r"^a Ray task of KilledWorker failed after 0 retries \(Worker"
+    ) as err:
+        prepare_to_disk(log_config, tmp_path / "out", events_per_bucket=1_000, engine=engine)
+    assert "\n" not in str(err.value) and "nothing was written" in str(err.value)
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.slow
