@@ -637,6 +637,12 @@ def _user(request: ranking_pb2.RankRequest, retrieval: RetrievalRuntime) -> tupl
     the integer id), for lookups and for messages respectively."""
     if request.user_key:
         return _raw_id(request.user_key, retrieval, "user"), preview(request.user_key, 40)
+    if retrieval.keys is not None:  # a string-id model never reads an integer id (0 is "unset")
+        raise RankError(
+            Code.INVALID_ARGUMENT,
+            "this model was trained on string ids: give the user as user_key"
+            + (f" (user_id {int(request.user_id)} is an integer id)" if request.user_id else ""),
+        )
     return int(request.user_id), str(int(request.user_id))
 
 

@@ -107,6 +107,12 @@ def test_served_under_the_logs_own_ids(
                 client.rank(user_key, k=5, candidates=[candidates[0], candidates[0]])
             assert twice.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert "duplicate candidate item keys: 'sku-" in twice.value.details()
+            # no user key at all (user_id unset, i.e. 0), or an integer id: never read as a user
+            for user in (0, 42):
+                with pytest.raises(grpc.RpcError) as missing:
+                    client.rank(user, k=5)
+                assert missing.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert "trained on string ids: give the user as user_key" in missing.value.details()
     finally:
         server.stop(0)
 
