@@ -36,9 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rankforge.features.feature_spec import ITEM_ID, USER_ID
 from rankforge.features.pipeline import prepare
 from rankforge.models.inputs import SparseFeature, padded_to_kjt
-from rankforge.models.two_tower import TwoTower, tower_mlp
+from rankforge.models.two_tower import TwoTower, side_tower
 from rankforge.training.allocator import reuse_large_allocations
 from rankforge.training.config import OptimizerConfig, ShardingConfig, parse_config
 from rankforge.training.objectives import CosineContrastiveLoss, SampledSoftmaxLoss
@@ -168,9 +169,10 @@ class PlainTwoTower(nn.Module):
                 padding_idx=feature.num_embeddings,
             )
         self.user_keys, self.item_keys = model.user_keys, model.item_keys
-        sizes = [m.out_features for m in model.user_tower if isinstance(m, nn.Linear)]
-        self.user_tower = tower_mlp(model.embedding_dim * len(self.user_keys), sizes)
-        self.item_tower = tower_mlp(model.embedding_dim * len(self.item_keys), sizes)
+        sizes = [m.out_features for m in model.user_tower.mlp if isinstance(m, nn.Linear)]
+        dim = model.embedding_dim
+        self.user_tower = side_tower(model.user_sparse, USER_ID, sizes, dim)
+        self.item_tower = side_tower(model.item_sparse, ITEM_ID, sizes, dim)
 
     def _pool(self, ids: dict[str, torch.Tensor], keys: list[str]) -> torch.Tensor:
         pooled = []

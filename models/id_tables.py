@@ -13,15 +13,9 @@ from torch import nn
 from torchrec import EmbeddingBagCollection, KeyedJaggedTensor
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 
+from rankforge.models.inputs import normal_init
 from rankforge.models.padded_embeddings import PaddedEmbeddingBags
 from rankforge.models.retrieval import RetrievalModel, ebc_keys, merged_kjt
-
-
-def normal_init(std: float | None):
-    """``N(0, std)`` table init (the papers' choice), or TorchRec's default uniform for ``None``."""
-    if std is None:
-        return None
-    return lambda weight: nn.init.normal_(weight, 0.0, std)
 
 
 def id_table(

@@ -20,6 +20,13 @@ from rankforge.features.feature_spec import ITEM_ID, USER_HISTORY, USER_ID, Inpu
 from rankforge.features.sequences import PAD, padded_id_lists
 
 
+def normal_init(std: float | None):
+    """``N(0, std)`` table init (the papers' choice), or TorchRec's default uniform for ``None``."""
+    if std is None:
+        return None
+    return lambda weight: torch.nn.init.normal_(weight, 0.0, std)
+
+
 @dataclass(frozen=True)
 class SparseFeature:
     """One id feature and its embedding table (one table per feature)."""
@@ -29,13 +36,15 @@ class SparseFeature:
     max_len: int = 1
     pooling: Literal["sum", "mean"] = "sum"
 
-    def table_config(self, embedding_dim: int) -> EmbeddingBagConfig:
+    def table_config(self, embedding_dim: int, init_std: float | None = None) -> EmbeddingBagConfig:
+        """Its table: ``N(0, init_std)`` rows, or TorchRec's default uniform for ``None``."""
         return EmbeddingBagConfig(
             name=f"t_{self.name}",
             embedding_dim=embedding_dim,
             num_embeddings=self.num_embeddings,
             feature_names=[self.name],
             pooling=PoolingType.MEAN if self.pooling == "mean" else PoolingType.SUM,
+            init_fn=normal_init(init_std),
         )
 
 

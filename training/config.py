@@ -38,7 +38,7 @@ class ModelConfig(_Section):
     embedding_dim: int = Field(32, ge=1)
     # retrieval (two-tower)
     tower_sizes: list[int] = Field(default_factory=lambda: [64, 32], min_length=1)
-    # mf / simplex: N(0, init_std) table init (None: TorchRec's default uniform)
+    # retrieval / mf / simplex: N(0, init_std) table init (None: TorchRec's default uniform)
     init_std: float | None = Field(None, gt=0)
     # simplex: the gating weight g of h_u = g e_u + (1 - g) V agg(history); the aggregator (mean or
     # the authors' user attention); the history's table (the item table, or one of its own);

@@ -42,7 +42,9 @@ AUCTION_METRICS = frozenset(
     | {"auc", "logloss"}
 )
 CASCADE_METRICS = frozenset(
-    {f"retrieval_{m}" for m in RETRIEVAL_METRICS} | {f"ranker_{m}" for m in RANKING_METRICS}
+    {f"retrieval_{m}" for m in RETRIEVAL_METRICS}
+    | {f"ranker_{m}" for m in RANKING_METRICS}
+    | {f"end_to_end_{m}@10" for m in ("recall", "ndcg", "hitrate", "mrr")}
 )
 LOWER_IS_BETTER = frozenset({"logloss", "ece"})
 
@@ -89,7 +91,13 @@ def _two_tower(config: ModelConfig, data: PreparedData, device, scoring) -> Mode
 
     users, items = sparse_features(data.inputs, "user"), sparse_features(data.inputs, "item")
     return TwoTower(
-        users, items, config.embedding_dim, tuple(config.tower_sizes), device=device, scoring=scoring
+        users,
+        items,
+        config.embedding_dim,
+        tuple(config.tower_sizes),
+        device=device,
+        scoring=scoring,
+        init_std=config.init_std,
     )
 
 
@@ -166,7 +174,9 @@ MODEL_KINDS: dict[str, ModelKind] = {
     kind.name: kind
     for kind in (
         _retrieval(
-            "retrieval", _two_tower, "two-tower: MLP towers over the id, history and declared features"
+            "retrieval",
+            _two_tower,
+            "two-tower: each id embedding plus an MLP over the id, history and declared features",
         ),
         _retrieval(
             "mf",

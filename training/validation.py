@@ -106,6 +106,28 @@ def _searched(
     return scores
 
 
+def _held_out(
+    data: PreparedData, split: Split, n_items: int
+) -> tuple[torch.Tensor, sp.csr_matrix, sp.csr_matrix] | None:
+    """(the held-out users ``[n]``, their relevant items and their known items, both bool
+    ``[n, n_items]``), or None when the split holds no positive."""
+    held_out, known = _split_events(data, split)
+    users = torch.unique(_column(held_out, "user_idx"))
+    if users.numel() == 0:
+        return None
+    shape = (len(users), n_items)
+    rows = torch.searchsorted(users, _column(held_out, "user_idx")).numpy()
+    relevant = _csr(rows, held_out["item_idx"].to_numpy(), shape)
+    known_users = _column(known, "user_idx")
+    keep = torch.isin(known_users, users)
+    exclude = _csr(
+        torch.searchsorted(users, known_users[keep]).numpy(),
+        known["item_idx"].to_numpy()[keep.numpy()],
+        shape,
+    )
+    return users, relevant, exclude
+
+
 @torch.no_grad()
 def retrieval_validation(
     model: RetrievalModel,
@@ -126,22 +148,12 @@ def retrieval_validation(
     was_training = model.training
     model.eval()  # e.g. SimpleX's dropout
     try:
-        held_out, known = _split_events(data, split)
-        users = torch.unique(_column(held_out, "user_idx"))
-        if users.numel() == 0:
+        found = _held_out(data, split, tables.n_items)
+        if found is None:
             return {}
+        users, relevant, exclude = found
         queries = query_vectors(model, tables, users)
         items = item_vectors(model, tables)
-        shape = (len(users), tables.n_items)
-        rows = torch.searchsorted(users, _column(held_out, "user_idx")).numpy()
-        relevant = _csr(rows, held_out["item_idx"].to_numpy(), shape)
-        known_users = _column(known, "user_idx")
-        keep = torch.isin(known_users, users)
-        exclude = _csr(
-            torch.searchsorted(users, known_users[keep]).numpy(),
-            known["item_idx"].to_numpy()[keep.numpy()],
-            shape,
-        )
         scores = (
             _exact(queries, items)
             if search is None
@@ -149,6 +161,49 @@ def retrieval_validation(
         )
         metrics = retrieval_metrics(scores, relevant, exclude, ks=ks, batch_size=CHUNK)
         return {k: float(v) for k, v in metrics.items()}
+    finally:
+        model.train(was_training)
+
+
+#: A cascade's funnel as validated: the retrieval stage's top ``CASCADE_K1`` unseen items, re-ranked
+#: by the ranker; ``end_to_end_recall@10`` is the share of held-out positives in the ranker's top 10.
+CASCADE_K1 = 100
+CASCADE_KS = (10,)
+
+
+@torch.no_grad()
+def cascade_validation(
+    model: CascadeModel, data: PreparedData, tables: FeatureTables, split: Split = "test"
+) -> dict[str, float]:
+    """``end_to_end_{metric}@k``: both stages as served, the retrieval stage's top ``CASCADE_K1``
+    unseen items (exact search) re-ranked by the ranker, its top ``k`` against the held-out
+    positives (every other item scores -inf)."""
+    from rankforge.evaluation.metrics import retrieval_metrics
+
+    was_training = model.training
+    model.eval()
+    try:
+        found = _held_out(data, split, tables.n_items)
+        if found is None:
+            return {}
+        users, relevant, exclude = found
+        queries = query_vectors(model.retrieval, tables, users)
+        items = item_vectors(model.retrieval, tables)
+        k1 = min(CASCADE_K1, tables.n_items)
+        keys = tables.user_keys + tables.item_keys
+
+        def scores(rows: torch.Tensor) -> torch.Tensor:
+            first = (queries[rows] @ items.T).masked_fill(
+                torch.from_numpy(exclude[rows.numpy()].toarray()), float("-inf")
+            )
+            top = torch.topk(first, k1, dim=1).indices  # [n, k1]
+            pair_users, pair_items = users[rows].repeat_interleave(k1), top.reshape(-1)
+            sparse = padded_to_kjt({**tables.users(pair_users), **tables.items(pair_items)}, keys)
+            logits = model.ranker(tables.dense(pair_users, pair_items), sparse).reshape(len(rows), k1)
+            return torch.full_like(first, float("-inf")).scatter_(1, top, logits.to(first.dtype))
+
+        metrics = retrieval_metrics(scores, relevant, exclude, ks=CASCADE_KS, batch_size=CHUNK)
+        return {f"end_to_end_{k}": float(v) for k, v in metrics.items()}
     finally:
         model.train(was_training)
 
@@ -220,7 +275,8 @@ def validate(
     tables: FeatureTables,
     split: Split = "test",
 ) -> dict[str, float]:
-    """Metrics on ``split``; a cascade reports each stage's under ``retrieval_``/``ranker_`` names;
+    """Metrics on ``split``; a cascade reports each stage's under ``retrieval_``/``ranker_`` names
+    and the funnel's under ``end_to_end_`` (:func:`cascade_validation`);
     an auction model (data with auctions) its auctions' welfare."""
     if data.auctions is not None and isinstance(model, RankingModel):
         return auction_validation(model, data, tables, split)
@@ -231,6 +287,7 @@ def validate(
                 for k, v in retrieval_validation(model.retrieval, data, tables, split).items()
             },
             **{f"ranker_{k}": v for k, v in ranking_validation(model.ranker, data, tables, split).items()},
+            **cascade_validation(model, data, tables, split),
         }
     if isinstance(model, RetrievalModel):
         return retrieval_validation(model, data, tables, split)
