@@ -48,6 +48,12 @@ INDEX_FILE = "item_index.faiss"
 SearchIndex: TypeAlias = faiss.Index | ScannIndex
 
 
+#: The largest value a config or a manifest may give each search field: beyond them a search costs
+#: more than scanning every item (efSearch 1e8 took 27 s to load and 14 s a request) or overflows
+#: the libraries' 32-bit ints (2**31 was a TypeError or OverflowError at start-up).
+MAX_SEARCH = {"ef_search": 1 << 16, "nprobe": 1 << 20, "lists": 1 << 20, "reorder": 1 << 20}
+
+
 #: What raises an index kind's recall, for the messages that refuse a low one.
 RECALL_KNOBS = {"hnsw": "ef_search", "ivf": "nprobe", "scann": "nprobe or scann_reorder"}
 
@@ -59,22 +65,24 @@ class IndexConfig(BaseModel):
     kind: Literal["exact", "hnsw", "ivf", "scann"] = "exact"
     hnsw_m: int = Field(32, ge=4, le=128)
     ef_construction: int = Field(200, ge=8)
-    ef_search: int = Field(256, ge=1)  # >= the k searched; 256 holds recall@100 >= 0.95 here
-    ivf_lists: int | None = Field(None, ge=1)  # default: about 4 * sqrt(items)
+    # >= the k searched; 256 holds recall@100 >= 0.95 here
+    ef_search: int = Field(256, ge=1, le=MAX_SEARCH["ef_search"])
+    ivf_lists: int | None = Field(None, ge=1, le=MAX_SEARCH["lists"])  # default: about 4 * sqrt(items)
     # cells scanned per query (IVF's nprobe, ScaNN's leaves_to_search); default a quarter of
     # IVF's cells (recall@100 0.97 at 1M clustered items in benchmarks/ann_index.py, at ~4 ms:
     # IVF trades latency for recall through this knob), a twentieth of ScaNN's leaves
-    nprobe: int | None = Field(None, ge=1)
+    nprobe: int | None = Field(None, ge=1, le=MAX_SEARCH["nprobe"])
     # what the cells hold: the vectors ("flat") or 8-bit codes re-scored exactly ("sq8")
     ivf_codes: Literal["flat", "sq8"] = "flat"
     # sq8: candidates re-scored exactly, per item asked for. 1.5 keeps recall@100 where 2 had it
     # (0.9574 vs 0.9575 at a trained-like million, nprobe 112) for 10% less search time; at 1 it
     # falls (0.931 vs 0.953 at nprobe 96): the codes' ranking errors sit at the boundary
     refine_factor: float = Field(1.5, ge=1.0, allow_inf_nan=False)
-    scann_leaves: int | None = Field(None, ge=1)  # default: about 2 * sqrt(items) (ScaNN's 2,000 at 1M)
+    # default: about 2 * sqrt(items) (ScaNN's 2,000 at 1M)
+    scann_leaves: int | None = Field(None, ge=1, le=MAX_SEARCH["lists"])
     # scann: candidates re-scored exactly on the float vectors, whatever k is asked (at least k);
     # 1,000 gives recall@100 0.95-0.97 at a trained-like million where 500 caps it near 0.91
-    scann_reorder: int = Field(1000, ge=1)
+    scann_reorder: int = Field(1000, ge=1, le=MAX_SEARCH["reorder"])
     recall_k: int = Field(100, ge=1)  # recall@K measured against exact search at export
     recall_queries: int = Field(1000, ge=10)
     min_recall: float = Field(0.95, ge=0, le=1)
@@ -351,8 +359,11 @@ RECALL_TOLERANCE = 0.1
 
 def _positive_int(record: dict[str, object], key: str, where: Path) -> int:
     value = record.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise DataError(f"ANN index {where}: {key} must be a positive integer, got {str(value)[:40]!r}")
+    most = MAX_SEARCH[key]
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
+        raise DataError(
+            f"ANN index {where}: {key} must be an integer in [1, {most}], got {str(value)[:40]!r}"
+        )
     return value
 
 
@@ -416,18 +427,25 @@ def load_index(
         raise DataError(
             f"ANN index {path} holds {index.ntotal} x {index.d}, the bundle {exact.size} x {exact.dim}"
         )
-    loaded = AnnIndex(index, exact)
     recorded = _recorded_recall(record)
-    if recorded is not None:
-        k, expected = recorded
-        found = recall_at_k(index, vectors, k, CHECK_QUERIES, seed=1)
-        if found < expected - RECALL_TOLERANCE:
-            raise DataError(
-                f"ANN index {path} does not match the bundle's item vectors: recall@{min(k, exact.size)} "
-                f"{found:.2f} on {min(CHECK_QUERIES, exact.size)} sampled exact queries, {expected:.2f} "
-                "recorded at export (rows shuffled, another index, or corrupted)"
-            )
-    return loaded
+    if recorded is None:  # without it nothing checks that the index fits these vectors
+        raise DataError(
+            f"bundle {directory}: the ANN index record has no recall_at_K measured at export; "
+            "export the bundle again"
+        )
+    k, expected = recorded
+    if not (1 <= k <= MAX_SEARCH["reorder"] and 0.0 <= expected <= 1.0):
+        raise DataError(
+            f"bundle {directory}: the ANN index record's recall_at_{k} = {expected!r} is out of range"
+        )
+    found = recall_at_k(index, vectors, k, CHECK_QUERIES, seed=1)
+    if found < expected - RECALL_TOLERANCE:
+        raise DataError(
+            f"ANN index {path} does not match the bundle's item vectors: recall@{min(k, exact.size)} "
+            f"{found:.2f} on {min(CHECK_QUERIES, exact.size)} sampled exact queries, {expected:.2f} "
+            "recorded at export (rows shuffled, another index, or corrupted)"
+        )
+    return AnnIndex(index, exact)
 
 
 def _read_faiss(path: Path, kind: str, record: dict[str, object]) -> faiss.Index:
@@ -457,10 +475,11 @@ def _read_faiss(path: Path, kind: str, record: dict[str, object]) -> faiss.Index
 def _read_scann(path: Path, record: dict[str, object], dim: int) -> ScannIndex:
     """A serialized ScaNN searcher with the manifest's leaves, leaves searched and re-scored count."""
     leaves = _positive_int(record, "lists", path)
-    return ScannIndex.load(
-        path,
-        dim,
-        leaves,
-        min(_positive_int(record, "nprobe", path), leaves),
-        _positive_int(record, "reorder", path),
-    )
+    nprobe, reorder = _positive_int(record, "nprobe", path), _positive_int(record, "reorder", path)
+    try:
+        return ScannIndex.load(path, dim, leaves, min(nprobe, leaves), reorder)
+    except DataError:
+        raise
+    except (IndexError, TypeError, OverflowError, ValueError, RuntimeError) as exc:  # damaged assets
+        why = f"{type(exc).__name__}: {str(exc)[:160]}"
+        raise DataError(f"cannot read the ScaNN index {path}: {why}") from exc

@@ -145,8 +145,12 @@ def test_scann_answers_concurrent_searches_as_it_answers_one_at_a_time() -> None
         ("shuffled rows", "does not match the bundle's item vectors"),
         ("other dimension", "does not take 16-dimensional queries"),
         ("missing", "is not a directory inside the bundle"),
-        ("reorder 0", "reorder must be a positive integer"),
+        ("reorder 0", r"reorder must be an integer in \[1, 1048576\], got '0'"),
+        ("nprobe 2**31", r"nprobe must be an integer in \[1, 1048576\], got '2147483648'"),
         ("not scann", "cannot read the ScaNN index"),
+        ("tokens out of range", "cannot read the ScaNN index .*: IndexError"),
+        ("empty partitioner", "cannot read the ScaNN index .*: IndexError"),
+        ("no recall record", "has no recall_at_K measured at export"),
         ("asset outside", "names '/etc/hostname', not a file of the index directory"),
     ],
 )
@@ -169,6 +173,15 @@ def test_a_scann_index_that_does_not_fit_the_vectors_is_refused(
         record = {**record, "file": f"other/{SCANN_DIR}"}
     elif damage == "missing":
         record = {**record, "file": "nowhere"}
+    elif damage == "tokens out of range":
+        tokens = tmp_path / SCANN_DIR / "datapoint_to_token.npy"
+        np.save(tokens, np.full_like(np.load(tokens), 10**6))
+    elif damage == "empty partitioner":
+        (tmp_path / SCANN_DIR / "serialized_partitioner.pb").write_bytes(b"")
+    elif damage == "nprobe 2**31":
+        record = {**record, "nprobe": 2**31}
+    elif damage == "no recall record":  # the load-time recall check would be skipped
+        record = {k: v for k, v in record.items() if not k.startswith("recall_at_")}
     elif damage == "asset outside":  # the searcher's own file record pointing out of the bundle
         assets = tmp_path / SCANN_DIR / "scann_assets.pbtxt"
         text = assets.read_text()

@@ -172,9 +172,11 @@ def indexed_bundle(serving_data, tmp_path) -> Path:
     return path
 
 
-def _edit_manifest(bundle: Path, **index: object) -> None:
+def _edit_manifest(bundle: Path, drop: tuple[str, ...] = (), **index: object) -> None:
     manifest = json.loads((bundle / "manifest.json").read_text())
     manifest["index"].update(index)
+    for key in drop:
+        del manifest["index"][key]
     (bundle / "manifest.json").write_text(json.dumps(manifest))
 
 
@@ -193,8 +195,11 @@ def _replace_index(bundle: Path, vectors: np.ndarray, kind: str = "hnsw", codes:
     [
         ("shuffled rows", "does not match the bundle's item vectors"),
         ("another index", "does not match the bundle's item vectors"),
-        ("ef_search 0", "ef_search must be a positive integer"),
-        ("ef_search text", "ef_search must be a positive integer"),
+        ("ef_search 0", r"ef_search must be an integer in \[1, 65536\], got '0'"),
+        ("ef_search text", "ef_search must be an integer in"),
+        ("ef_search 2**31", r"ef_search must be an integer in \[1, 65536\], got '2147483648'"),
+        ("ef_search 1e8", r"ef_search must be an integer in \[1, 65536\], got '100000000'"),
+        ("no recall record", "has no recall_at_K measured at export"),
         ("file outside", "is not a file inside the bundle"),
         ("kind mismatch", "the manifest says hnsw, the file holds"),
         ("codes mismatch", "the manifest says codes 'flat', the file holds IndexRefineFlat"),
@@ -217,6 +222,12 @@ def test_a_bundle_whose_index_does_not_fit_its_vectors_is_refused(indexed_bundle
         _edit_manifest(indexed_bundle, ef_search=0)
     elif damage == "ef_search text":
         _edit_manifest(indexed_bundle, ef_search="fast")
+    elif damage == "ef_search 2**31":
+        _edit_manifest(indexed_bundle, ef_search=2**31)
+    elif damage == "ef_search 1e8":
+        _edit_manifest(indexed_bundle, ef_search=100_000_000)
+    elif damage == "no recall record":
+        _edit_manifest(indexed_bundle, drop=("recall_at_10",))
     elif damage == "file outside":
         _edit_manifest(indexed_bundle, file="/etc/hostname")
     elif damage == "kind mismatch":
