@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.api import CheckpointException
 from tqdm import tqdm
 
 from rankforge.errors import ConfigError
@@ -96,6 +97,13 @@ class Resumed:
             f"resumed from checkpoint {self.checkpoint} ({self.epochs_done} epoch(s) done), written by "
             f"{by}, continuing on {world_size}{moved}"
         )
+
+
+def _describe_data(identity: dict) -> str:
+    return (
+        f"ids {identity.get('id_mapping')}, {identity.get('users', 0):,} users, "
+        f"{identity.get('items', 0):,} items, {identity.get('train_events', 0):,} training events"
+    )
 
 
 class Trainer:
@@ -223,6 +231,7 @@ class Trainer:
         return {
             "epochs_done": self.epochs_done,
             "fingerprint": self.config.fingerprint(),
+            "data": self.data_identity(),
             "batches": self.batches.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "run_id": self.run_id or "",
@@ -258,7 +267,22 @@ class Trainer:
                 f"checkpoint {latest} was written by a job with a different configuration; use another "
                 "output_dir, delete it, or set checkpoint.resume = false"
             )
-        self.checkpointer.load(latest, self.module, self.optimizer, self._dense_optimizer)
+        written_on = state.get("data")  # absent from checkpoints written before it was recorded
+        if written_on is not None and written_on != self.data_identity():
+            raise ConfigError(
+                f"checkpoint {latest} was written on other data ({_describe_data(written_on)}) than "
+                f"this job's ({_describe_data(self.data_identity())}): the tables' rows mean other "
+                "ids; use another output_dir, delete it, or set checkpoint.resume = false"
+            )
+        try:
+            self.checkpointer.load(latest, self.module, self.optimizer, self._dense_optimizer)
+        except (CheckpointException, RuntimeError, ValueError, KeyError) as exc:  # shapes or keys that differ
+            # DCP reports each rank's traceback: its last line is the cause (a size mismatch)
+            cause = (str(exc).strip().splitlines() or [type(exc).__name__])[-1].strip()
+            raise ConfigError(
+                f"checkpoint {latest} does not fit this job's model ({cause[:200]}); use another "
+                "output_dir, delete it, or set checkpoint.resume = false"
+            ) from None
         self.epochs_done = int(state["epochs_done"])
         self.batches.load_state_dict(state["batches"])
         torch.set_rng_state(state["torch_rng"])
@@ -275,6 +299,16 @@ class Trainer:
         self.restore_pending = bool(state.get("restore_pending", 0))
         self.resumed_from = Resumed(latest.name, self.epochs_done, int(state.get("world_size", 0)))
         return True
+
+    def data_identity(self) -> dict[str, int | str]:
+        """What a checkpoint must have been trained on to resume: the id mapping (which raw id
+        each table row is) and the number of training events."""
+        return {
+            "id_mapping": self.data.mapping.digest(),
+            "users": self.data.n_users,
+            "items": self.data.n_items,
+            "train_events": self.data.train_events.height,
+        }
 
     def _warm_start(self) -> None:
         """A fresh job starts from ``training.warm_start``'s weights when one is named (a resumed

@@ -176,3 +176,51 @@ def test_without_an_intact_checkpoint_the_job_stops_with_one_line(
         ConfigError, match=r"no intact checkpoint to resume: .*epoch_0002 is damaged: job_state.pt"
     ):
         again.start()
+
+
+def test_resume_refuses_a_checkpoint_written_on_other_data_in_one_line(tmp_path: Path, env: DistEnv) -> None:
+    import polars as pl
+
+    from rankforge.features.pipeline import DataConfig, prepare
+    from rankforge.features.synthetic import generate_log
+
+    log_path = tmp_path / "log.parquet"
+    log = generate_log(60, 90, seed=3).interactions
+    data_config = {"source": "file", "path": str(log_path)}
+    config = _config(
+        tmp_path / "job", "retrieval", data=data_config, training={"epochs": 2, "batch_size": 128}
+    )
+
+    def crashed_after_one_epoch() -> None:
+        def crash(stats: EpochStats) -> None:
+            raise Crash
+
+        job = Trainer(config, prepare(config.data), env)
+        job.start()
+        with pytest.raises(Crash):
+            job.fit(crash)
+
+    log.write_parquet(log_path)
+    crashed_after_one_epoch()
+    # the same config over a log whose item ids all changed (same counts): refused, not resumed
+    log.with_columns(pl.col("item_id") + 10_000).write_parquet(log_path)
+    relabelled = prepare(DataConfig.model_validate(data_config))
+    assert relabelled.n_items == prepare(config.data).n_items
+    with pytest.raises(ConfigError, match=r"was written on other data \(ids \w+, 60 users, 90 items"):
+        Trainer(config, relabelled, env).start()
+    # over a log with more items: refused in one line too, before any tensor is loaded
+    more = pl.concat([log, log.head(5).with_columns(pl.col("item_id") + 5_000)])
+    more.write_parquet(log_path)
+    with pytest.raises(ConfigError, match="was written on other data") as err:
+        Trainer(config, prepare(config.data), env).start()
+    assert "\n" not in str(err.value)
+    # a checkpoint written before the data was recorded: the load's own mismatch, in one line
+    job = Trainer(config, prepare(config.data), env)
+    latest = job.checkpointer.latest_intact()
+    assert latest is not None
+    state = job.checkpointer.read_state(latest)
+    del state["data"]
+    job.checkpointer.update_state(latest, state)
+    with pytest.raises(ConfigError, match=r"does not fit this job's model \(.*[Ss]ize") as err:
+        job.start()
+    assert "\n" not in str(err.value)
