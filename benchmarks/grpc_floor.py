@@ -8,7 +8,9 @@ size of a real answer), in each front end Python's grpc offers:
 
 * ``sync``: ``grpc.server`` with a thread pool (what ``rankforge serve`` runs), 8 workers;
 * ``sync-1``: the same with one worker (no hand-off between pool threads to contend for);
-* ``aio``: ``grpc.aio.server``, the handler a coroutine on the event loop.
+* ``aio``: ``grpc.aio.server``, the handler a coroutine on the event loop;
+* ``aio-pool``: ``grpc.aio.server`` with the plain handler run on a thread pool (8 workers), what
+  ``rankforge serve`` runs since issue #34 (a call holds a thread only while its handler runs).
 
 A sequential client in another process (pinned to ``--client-cpus``) sends requests for
 ``--seconds``; the server's CPU time over that window (``/proc``) per request is the floor every
@@ -37,7 +39,7 @@ from rankforge.serving.client import rank_request
 from rankforge.serving.proto import SERVICE_NAME, ranking_pb2, ranking_pb2_grpc
 from rankforge.serving.ranking_service import safe_deserializer
 
-MODES = ("sync", "sync-1", "aio")
+MODES = ("sync", "sync-1", "aio", "aio-pool")
 ANSWER = ranking_pb2.RankResponse(
     items=[
         ranking_pb2.ScoredItem(item_id=1000 + i, score=0.5 - i / 100, retrieval_score=0.25, item_key="")
@@ -65,14 +67,18 @@ def _handlers(rank) -> grpc.GenericRpcHandler:
 def serve(mode: str, port: int) -> None:
     """The server process's body: serve until killed."""
     address = f"127.0.0.1:{port}"
-    if mode == "aio":
+    if mode in ("aio", "aio-pool"):
 
         async def rank(request, context):
             return ANSWER
 
         async def main() -> None:
-            server = grpc.aio.server()
-            server.add_generic_rpc_handlers((_handlers(rank),))
+            if mode == "aio":
+                server = grpc.aio.server()
+                server.add_generic_rpc_handlers((_handlers(rank),))
+            else:
+                server = grpc.aio.server(migration_thread_pool=futures.ThreadPoolExecutor(max_workers=8))
+                server.add_generic_rpc_handlers((_handlers(lambda request, context: ANSWER),))
             server.add_insecure_port(address)
             await server.start()
             print("ready", flush=True)

@@ -3,6 +3,7 @@
 Key layout (``prefix`` defaults to ``rf:v1``; ``rf:v1`` is the layout version)::
 
     {prefix}:current                     -> feature version name (the pointer readers follow)
+    {prefix}:writing:{version}           -> JSON: host, pid, heartbeat of a write in progress
     {prefix}:{version}:meta              -> JSON: feature names, history_len, counts, written_at
     {prefix}:{version}:user:{user_id}    -> record: float32 user dense + int64 lists: the history
                                             (raw item ids), each declared user id feature, then
@@ -58,6 +59,10 @@ class KeyLayout:
     @property
     def current(self) -> str:
         return f"{self.prefix}:current"
+
+    def writing(self, version: str) -> str:
+        """The announcement of a write in progress (``*``: a pattern matching every one)."""
+        return f"{self.prefix}:writing:{version}"
 
     def meta(self, version: str) -> str:
         return f"{self.prefix}:{version}:meta"

@@ -34,7 +34,7 @@ from redis.retry import Retry
 from rankforge.errors import ConfigError, DataError, RankforgeError
 from rankforge.serving.feature_layout import FeatureMeta, KeyLayout, Record, unpack
 from rankforge.serving.item_table import ItemTable, decode_blocks
-from rankforge.serving.redis_urls import CLUSTER_SCHEME, masked, parse_cluster
+from rankforge.serving.redis_urls import CLUSTER_SCHEME, check_url, masked, parse_cluster
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,7 @@ def connect(url: str, timeout_s: float = 0.25, max_connections: int = 64) -> red
     request's remaining deadline (see :meth:`FeatureReader.read`). A ``rediscluster://h:p,h:p``
     URL gives a Redis Cluster client (its nodes are discovered from any of those given).
     """
+    check_url(url)
     if url.startswith(CLUSTER_SCHEME):
         cluster = parse_cluster(url)
         try:  # a cluster client discovers its slots now, so a dead cluster shows at startup
@@ -114,17 +115,26 @@ def connect(url: str, timeout_s: float = 0.25, max_connections: int = 64) -> red
             )
         except (RedisClusterException, redis.RedisError, OSError) as exc:
             raise ConfigError(f"Redis Cluster at {masked(url)} does not answer: {str(exc)[:120]}") from exc
-    return redis.Redis.from_url(
-        url,
-        socket_connect_timeout=timeout_s,
-        socket_timeout=timeout_s,
-        retry=Retry(NoBackoff(), 0),
-        max_connections=max_connections,
-        # RESP2 and no CLIENT SETINFO: connecting sends no handshake (for db 0 without auth), so a
-        # stalled server stalls only reads, and those are bounded by the request's deadline.
-        protocol=2,
-        driver_info=None,
-    )
+    try:
+        client = redis.Redis.from_url(
+            url,
+            socket_connect_timeout=timeout_s,
+            socket_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),
+            max_connections=max_connections,
+            # RESP2 and no CLIENT SETINFO: connecting sends no handshake (for db 0 without auth), so a
+            # stalled server stalls only reads, and those are bounded by the request's deadline.
+            protocol=2,
+            driver_info=None,
+        )
+        # the pool builds connections lazily: build one now (no I/O) so an unknown query argument
+        # fails here, in one line, not as a TypeError inside the first request
+        pool = client.connection_pool
+        pool.connection_class(**pool.connection_kwargs)
+        return client
+    except (TypeError, ValueError) as exc:  # e.g. an unknown query argument, a bad timeout
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"Redis URL {masked(url)!r} is not usable: {masked(reason)[:160]}") from None
 
 
 class FeatureReader:
@@ -168,6 +178,23 @@ class FeatureReader:
             return None
         self._served = self._load(current.decode())
         return self._served
+
+    def missing(self, timeout_s: float = 1.0) -> str | None:
+        """Why no request can be answered from the store now -- no version is current, or the
+        current one's meta is gone (expired or deleted) -- or None when it is there. A store that
+        does not answer raises ``FeatureStoreUnavailable`` (a transient fault, not a missing one)."""
+        deadline = time.monotonic() + timeout_s
+        (current,) = self._round_trip([("GET", self.layout.current)], deadline)
+        if current is None:
+            return f"no feature version is current under {self.layout.current!r}: run rankforge materialize"
+        version = current.decode()
+        (meta,) = self._round_trip([("GET", self.layout.meta(version))], deadline)
+        if meta is None:
+            return (
+                f"the current feature version {version!r} has no meta record (expired or deleted): "
+                "run rankforge materialize"
+            )
+        return None
 
     def read(self, user_id: int | None, timeout_s: float) -> FeatureRead:
         """The user's record (if ``user_id`` is given) and the served version's items."""

@@ -115,6 +115,23 @@ def _ids_preview(ids: list[int] | list[str] | np.ndarray, limit: int = 10) -> st
     return ", ".join(shown) + more
 
 
+class CallState:
+    """What the request path asks of its RPC: the time left and whether the caller is still
+    there. The end of the RPC (a cancel or a passed deadline included) is learnt from gRPC's
+    ``add_callback``, which both the thread-pool and the asyncio server's contexts offer."""
+
+    def __init__(self, context: grpc.ServicerContext) -> None:
+        self._context = context
+        self._ended = threading.Event()
+        context.add_callback(self._ended.set)
+
+    def time_remaining(self) -> float | None:
+        return self._context.time_remaining()
+
+    def is_active(self) -> bool:
+        return not self._ended.is_set()
+
+
 class RankingService(ranking_pb2_grpc.RankingServiceServicer):
     """The gRPC servicer of ``rankforge.v1.RankingService``: ``Rank`` and ``Auction``.
 
@@ -176,7 +193,8 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
             )
         given = request.request_id  # type: ignore[attr-defined]  # Rank and Auction requests both carry one
         request_id = given or uuid.uuid4().hex
-        if self._slots is not None and not self._admitted(context):
+        call = CallState(context)
+        if self._slots is not None and not self._admitted(call):
             self._count(Code.RESOURCE_EXHAUSTED)
             context.abort(
                 Code.RESOURCE_EXHAUSTED,
@@ -184,12 +202,12 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
                 f"retry (request_id={preview(request_id)})",
             )
         try:
-            return self._handle(handler, request, request_id, given, context)
+            return self._handle(handler, request, request_id, given, context, call)
         finally:
             if self._slots is not None:
                 self._slots.release()
 
-    def _admitted(self, context: grpc.ServicerContext) -> bool:
+    def _admitted(self, context: CallState) -> bool:
         """A running slot for this call: at once, or after waiting (with at most
         ``max_concurrent`` others) until one frees up, within the call's deadline."""
         assert self._slots is not None
@@ -212,7 +230,13 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
                 self._waiting -= 1
 
     def _handle(
-        self, handler: Callable, request: object, request_id: str, given: str, context: grpc.ServicerContext
+        self,
+        handler: Callable,
+        request: object,
+        request_id: str,
+        given: str,
+        context: grpc.ServicerContext,
+        call: CallState,
     ) -> object:
         try:
             if len(given) > MAX_REQUEST_ID:
@@ -221,7 +245,7 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
                     Code.INVALID_ARGUMENT,
                     f"request_id is {len(given)} characters; at most {MAX_REQUEST_ID}: {preview(given)}",
                 )
-            response = handler(request, request_id, context)
+            response = handler(request, request_id, call)
         except RankError as exc:
             self._count(exc.code)
             log.info("rank %s: %s %s", request_id, exc.code.name, exc.message)
@@ -240,7 +264,7 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
     # -- the request path -------------------------------------------------------------------------
 
     def _rank(
-        self, request: ranking_pb2.RankRequest, request_id: str, context: grpc.ServicerContext
+        self, request: ranking_pb2.RankRequest, request_id: str, context: CallState
     ) -> ranking_pb2.RankResponse:
         clock = self.profile.start() if self.profile is not None else NO_LAPS
         models = self._models()  # one snapshot: a refresh mid-request does not mix versions
@@ -418,7 +442,7 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
     # -- ads mode ---------------------------------------------------------------------------------
 
     def _auction(
-        self, request: ranking_pb2.AuctionRequest, request_id: str, context: grpc.ServicerContext
+        self, request: ranking_pb2.AuctionRequest, request_id: str, context: CallState
     ) -> ranking_pb2.AuctionResponse:
         ranker = self._models().ad_ranker
         if ranker is None:
@@ -538,7 +562,7 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
             takes = f"it takes {allowed}" if allowed else "the model declares no context feature"
             raise RankError(Code.INVALID_ARGUMENT, f"unknown context feature(s) {shown}{more}; {takes}")
 
-    def _budget(self, context: grpc.ServicerContext) -> float:
+    def _budget(self, context: CallState) -> float:
         remaining = context.time_remaining()
         budget = (
             self.limits.redis_timeout_s if remaining is None else min(remaining, self.limits.redis_timeout_s)
@@ -547,7 +571,7 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
             raise RankError(Code.DEADLINE_EXCEEDED, "deadline expired before the feature read")
         return budget
 
-    def _read(self, call: Callable[[float], T], context: grpc.ServicerContext) -> T:
+    def _read(self, call: Callable[[float], T], context: CallState) -> T:
         start = time.monotonic()
         try:
             return call(self._budget(context))
@@ -563,7 +587,7 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
             raise RankError(Code.FAILED_PRECONDITION, str(exc)) from exc
 
     @staticmethod
-    def _check_deadline(context: grpc.ServicerContext) -> None:
+    def _check_deadline(context: CallState) -> None:
         """Between stages: stop working for a caller whose deadline passed or who has gone."""
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:

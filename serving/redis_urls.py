@@ -8,27 +8,44 @@ everything that prints or logs one (warnings, errors, ``--help`` defaults) print
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-from rankforge.errors import DataError
+from rankforge.errors import ConfigError, DataError
 
 CLUSTER_SCHEME = "rediscluster://"
 
 
+#: Query arguments that carry a secret (redis-py reads ``?password=``).
+_SECRET_QUERY = re.compile(r"([?&](?:password|passwd|pass|requirepass)=)[^&#]*", re.IGNORECASE)
+SCHEMES = ("redis://", "rediss://", "unix://", CLUSTER_SCHEME)
+
+
 def masked(url: str) -> str:
-    """``url`` with the password (if any) replaced by ``***``; cut to 200 characters."""
+    """``url`` with every password replaced by ``***``; cut to 200 characters.
+
+    A password is a query argument's (``?password=PW``) or the userinfo's: everything up to the
+    URL's last ``@`` after the scheme, whatever it holds (an unencoded ``/``, ``?`` or ``@`` of a
+    password included) -- masking too much beats printing a secret."""
+    url = _SECRET_QUERY.sub(r"\1***", url)
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url[:200]
-    netloc, slash, path = rest.partition("/")
-    userinfo, at, hosts = netloc.rpartition("@")
+    userinfo, at, hosts = rest.rpartition("@")
     if at and ":" in userinfo:
         user = userinfo.split(":", 1)[0]
-        netloc = f"{user}:***@{hosts}"
+        rest = f"{user}:***@{hosts}"
     elif at:  # redis://password@host: a bare userinfo is the password
-        netloc = f"***@{hosts}"
-    return f"{scheme}://{netloc}{slash}{path}"[:200]
+        rest = f"***@{hosts}"
+    return f"{scheme}://{rest}"[:200]
+
+
+def check_url(url: str) -> None:
+    """A one-line ``ConfigError`` for a URL no Redis client reads (another scheme, e.g. ``http://``)
+    -- said before anything else is done with it."""
+    if not url.startswith(SCHEMES):
+        raise ConfigError(f"Redis URL {masked(url)!r}: expected one of {', '.join(SCHEMES)}")
 
 
 @dataclass(frozen=True)

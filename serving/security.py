@@ -22,7 +22,7 @@ import os
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,10 +129,11 @@ def read_token(path: Path | None) -> str | None:
 
 
 def _deny(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
-    """A handler of the same streaming kind as ``handler`` that only answers UNAUTHENTICATED."""
+    """A handler of the same streaming kind as ``handler`` that only answers UNAUTHENTICATED (a
+    coroutine: the server's event loop answers it, no worker thread is taken)."""
 
-    def abort(request: object, context: grpc.ServicerContext) -> None:
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+    async def abort(request: object, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
     kinds = {
         (False, False): grpc.unary_unary_rpc_method_handler,
@@ -144,8 +145,9 @@ def _deny(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler
     return make(abort, request_deserializer=handler.request_deserializer)
 
 
-class BearerTokenInterceptor(grpc.ServerInterceptor):
-    """Rejects every call without ``authorization: Bearer <token>`` except the health checks.
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
+    """Rejects every call without ``authorization: Bearer <token>`` except the health checks (an
+    interceptor of the asyncio server: it runs on the event loop, on the call's headers).
 
     The scheme is matched case-insensitively (RFC 7235), the token in constant time. Rejected
     calls are counted (``rejected``) and logged at most once per ``log_every_s`` with how many
@@ -178,12 +180,12 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
             count, self._unlogged, self._last_log = self._unlogged, 0, now
         log.warning("rejected %d call(s) without a valid bearer token (latest: %s)", count, method[:120])
 
-    def intercept_service(
+    async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
+        handler = await continuation(handler_call_details)
         if handler is None or handler_call_details.method in OPEN_METHODS:
             return handler
         given = dict(handler_call_details.invocation_metadata or ()).get("authorization", "")

@@ -1,21 +1,38 @@
 """The gRPC server: the ranking service plus standard health checking and reflection.
 
-Lifecycle: models are loaded (from the registry or bundle directories) before the port reports
-SERVING; a background thread refreshes them; on SIGTERM/SIGINT health turns NOT_SERVING (so load
-balancers stop routing) and ``server.stop(grace)`` lets in-flight requests finish.
+Lifecycle: the Redis URL is checked, then models are loaded (from the registry or bundle
+directories) before the port reports SERVING; a background thread refreshes them; on
+SIGTERM/SIGINT health turns NOT_SERVING (so load balancers stop routing) and ``server.stop(grace)``
+lets in-flight requests finish. A server that fails to start (a port in use) removes the models it
+downloaded.
+
+Threads policy: the transport is ``grpc.aio`` on one event loop thread; a call holds a worker
+thread only while its handler runs. The thread-pool server read each request on a worker thread,
+so 2 x workers + 2 calls that sent their headers and never their message held every thread (health
+checks and valid calls ended DEADLINE_EXCEEDED for as long as they were held). Here a call that has
+not delivered its message waits on the loop at the cost of a few kilobytes, bounded per connection
+by HTTP/2's ``max_concurrent_streams``; the token check (an interceptor), health checks and
+reflection are coroutines on the loop, so they answer whatever the Rank/Auction workers are doing.
+Rank/Auction run on a pool of 2 x ``workers`` + 2 threads (``workers`` running, as many waiting
+for a slot: ``ServiceLimits.max_concurrent``; a call past them is answered RESOURCE_EXHAUSTED at
+once, on a spare thread).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
 import threading
+from collections.abc import Coroutine
 from concurrent import futures
 from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from rankforge.errors import RankforgeError
@@ -28,9 +45,13 @@ from rankforge.serving.ranking_service import RankingService, ServiceLimits, saf
 from rankforge.serving.security import BearerTokenInterceptor, TlsConfig, check_exposure
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-#: Worker threads beyond the Rank/Auction cap: health checks and reflection never wait behind ranking.
-RESERVED_WORKERS = 2
+#: HTTP/2 streams one connection may hold open at once (calls started and not yet answered).
+MAX_STREAMS_PER_CONNECTION = 100
+#: Worker threads beyond the Rank/Auction cap (running + waiting): a call past the cap finds one
+#: and is answered RESOURCE_EXHAUSTED at once instead of queueing for a thread.
+SPARE_WORKERS = 2
 DEFAULT_RETRIEVAL = "models:/rankforge-retrieval@champion"
 DEFAULT_RANKER = "models:/rankforge-ranker@champion"
 
@@ -46,6 +67,7 @@ class ServerConfig:
     workers: int = 8
     ort_threads: int = 1  # per session; requests run in parallel on the worker threads
     refresh_interval_s: float = 30.0  # 0 disables model refresh
+    feature_check_s: float = 10.0  # how often the current feature version is checked (0: never)
     grace_s: float = 5.0
     limits: ServiceLimits = field(default_factory=ServiceLimits)
     ad_ranker: str | None = None  # the Auction RPC's model (models:/rankforge-ad-ranker@champion)
@@ -78,9 +100,16 @@ def service_handler(service: RankingService) -> grpc.GenericRpcHandler:
 
 
 class RankingServer:
+    """One server: ``RankingServer(config).start()``, then ``stop(grace)`` (see the module docstring
+    for the threads it runs)."""
+
     def __init__(self, config: ServerConfig) -> None:
         check_exposure(config.host, config.tls, config.allow_insecure)  # before loading anything
         self.config = config
+        # the URL is checked before any model is downloaded (no I/O for a single server)
+        client = connect(
+            config.redis_url, timeout_s=config.limits.redis_timeout_s, max_connections=config.workers * 2
+        )
         self.watcher = ModelWatcher(
             ModelSource(config.retrieval),
             ModelSource(config.ranker),
@@ -89,61 +118,99 @@ class RankingServer:
             on_failure=self._refresh_failed,
             on_swap=self._swapped,
         )
-        client = connect(
-            config.redis_url, timeout_s=config.limits.redis_timeout_s, max_connections=config.workers * 2
+        self._stopping = threading.Event()
+        self._stopped = threading.Event()
+        self._features_missing: str | None = None  # why the feature store cannot answer (health)
+        self._loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(
+            target=self._loop.run_forever, name="rankforge-grpc", daemon=True
         )
-        self.reader = FeatureReader(client, KeyLayout(config.feature_prefix), on_load=self._join_items)
-        limits = replace(config.limits, max_concurrent=config.limits.max_concurrent or config.workers)
-        self.service = RankingService(
-            lambda: self.watcher.models,
-            self.reader,
-            limits,
-            auction_rule=config.auction_rule,
-            exclude_seen=config.exclude_seen,
+        self._pool = futures.ThreadPoolExecutor(
+            max_workers=2 * config.workers + SPARE_WORKERS, thread_name_prefix="rankforge-rpc"
         )
-        self.health = health.HealthServicer(experimental_non_blocking=True)
-        # the token check (None: no token): counts the calls it rejects (`auth.rejected`)
-        self.auth = BearerTokenInterceptor(config.auth_token) if config.auth_token else None
-        self.server = grpc.server(
-            # Rank/Auction hold at most 2 x `workers` threads (`workers` running, as many waiting
-            # for a slot: ServiceLimits.max_concurrent); the reserved ones always answer health
-            # checks and reflection, however busy the service is
-            futures.ThreadPoolExecutor(
-                max_workers=2 * config.workers + RESERVED_WORKERS, thread_name_prefix="rankforge-rpc"
-            ),
-            options=[("grpc.so_reuseport", 1 if config.reuse_port else 0)],
+        try:
+            self.reader = FeatureReader(client, KeyLayout(config.feature_prefix), on_load=self._join_items)
+            limits = replace(config.limits, max_concurrent=config.limits.max_concurrent or config.workers)
+            self.service = RankingService(
+                lambda: self.watcher.models,
+                self.reader,
+                limits,
+                auction_rule=config.auction_rule,
+                exclude_seen=config.exclude_seen,
+            )
+            # the token check (None: no token): counts the calls it rejects (`auth.rejected`)
+            self.auth = BearerTokenInterceptor(config.auth_token) if config.auth_token else None
+            self._loop_thread.start()
+            self.server, self.health, self.port = self._on_loop(self._build())
+        except BaseException:  # a port in use, a bad certificate: nothing of this start stays behind
+            self._pool.shutdown(wait=False)
+            self._stop_loop()
+            self.watcher.close()
+            client.close()
+            raise
+
+    async def _build(self) -> tuple[grpc.aio.Server, health_aio.HealthServicer, int]:
+        """The asyncio server, its health servicer and its port (created on the loop they run on)."""
+        config = self.config
+        server = grpc.aio.server(
+            migration_thread_pool=self._pool,  # Rank/Auction: plain functions, run on the pool
             interceptors=[self.auth] if self.auth is not None else None,
+            options=[
+                ("grpc.so_reuseport", 1 if config.reuse_port else 0),
+                ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
+            ],
         )
-        self.server.add_generic_rpc_handlers((service_handler(self.service),))
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        server.add_generic_rpc_handlers((service_handler(self.service),))
+        servicer = health_aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
         reflection.enable_server_reflection(
             (
                 ranking_pb2.DESCRIPTOR.services_by_name["RankingService"].full_name,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),
-            self.server,
+            server,
         )
         address = f"{config.host}:{config.port}"
         if config.tls is not None:
-            self.port = self.server.add_secure_port(address, config.tls.credentials())
+            port = server.add_secure_port(address, config.tls.credentials())
         else:
-            self.port = self.server.add_insecure_port(address)
-        self._stopping = threading.Event()
-        self._stopped = threading.Event()
+            port = server.add_insecure_port(address)
+        return server, servicer, port
+
+    def _on_loop(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run ``coroutine`` on the server's loop and wait for its result (from any other thread)."""
+        if not self._loop.is_running():
+            coroutine.close()
+            raise RuntimeError("the server has stopped")
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def _stop_loop(self) -> None:
+        if self._loop_thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._loop_thread.join()
+        self._loop.close()
+
+    def _set_health(self, service: str, status: int) -> None:
+        self._on_loop(self.health.set(service, status))
+
+    def health_status(self, service: str = "") -> int:
+        """What a health check of ``service`` answers now (a ``HealthCheckResponse`` status)."""
+        request = health_pb2.HealthCheckRequest(service=service)
+        return self._on_loop(self.health.Check(request, None)).status
 
     #: Health service name that turns NOT_SERVING while a newer model version cannot be loaded
     #: (the server keeps answering with the models it has; a monitor sees the stale deployment).
     MODELS_HEALTH = f"{SERVICE_NAME}/models"
 
     def _refresh_failed(self, field: str, version: str, reason: str) -> None:
-        self.health.set(self.MODELS_HEALTH, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._set_health(self.MODELS_HEALTH, health_pb2.HealthCheckResponse.NOT_SERVING)
 
     def _swapped(self, models: object) -> None:
         """A newer version loaded, or a source moved back to the served one: SERVING again once
         no model's source points at a version that did not load."""
         if not self.watcher.stale:
-            self.health.set(self.MODELS_HEALTH, health_pb2.HealthCheckResponse.SERVING)
+            self._set_health(self.MODELS_HEALTH, health_pb2.HealthCheckResponse.SERVING)
         served = self.reader.served
         if served is not None:
             self._join_items(served.items)
@@ -164,9 +231,12 @@ class RankingServer:
 
     def start(self) -> RankingServer:
         self._warm_features()
-        self.server.start()
+        self._on_loop(self.server.start())
         for service in ("", SERVICE_NAME, self.MODELS_HEALTH):
-            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+            self._set_health(service, health_pb2.HealthCheckResponse.SERVING)
+        self.check_features()
+        if self.config.feature_check_s > 0:
+            threading.Thread(target=self._watch_features, name="rankforge-features", daemon=True).start()
         self.watcher.start(self.config.refresh_interval_s)
         log.info(
             "serving %s on %s (retrieval %s, ranker %s)",
@@ -176,6 +246,34 @@ class RankingServer:
             self.watcher.models.ranker.version,
         )
         return self
+
+    def check_features(self) -> str | None:
+        """Health follows the feature store: NOT_SERVING (the server's and the service's) while no
+        version is current or the current one is gone, with the reason logged once; SERVING again
+        when one is back. A store that does not answer leaves health as it is (requests answer
+        UNAVAILABLE meanwhile: a transient fault should not pull every replica out at once).
+        Returns the reason, or None."""
+        try:
+            reason = self.reader.missing(timeout_s=max(self.config.limits.redis_timeout_s, 1.0))
+        except FeatureStoreUnavailable:
+            return self._features_missing
+        if reason != self._features_missing:
+            status = health_pb2.HealthCheckResponse
+            if reason is not None:
+                log.error("health NOT_SERVING: %s", reason)
+            else:
+                log.info("health SERVING: the current feature version is back")
+            for service in ("", SERVICE_NAME):
+                self._set_health(service, status.NOT_SERVING if reason else status.SERVING)
+            self._features_missing = reason
+        return reason
+
+    def _watch_features(self) -> None:
+        while not self._stopping.wait(self.config.feature_check_s):
+            try:
+                self.check_features()
+            except RuntimeError:  # the server stopped meanwhile
+                return
 
     def _warm_features(self) -> None:
         """Load the current feature version's items before the port serves, so no request waits
@@ -194,10 +292,11 @@ class RankingServer:
             self._stopped.wait()
             return
         self._stopping.set()
-        self.health.enter_graceful_shutdown()
+        self._on_loop(self.health.enter_graceful_shutdown())
         self.watcher.stop()
-        done = self.server.stop(self.config.grace_s if grace_s is None else grace_s)
-        done.wait()
+        self._on_loop(self.server.stop(self.config.grace_s if grace_s is None else grace_s))
+        self._pool.shutdown(wait=False, cancel_futures=True)  # a handler still running goes on alone
+        self._stop_loop()
         self.watcher.close()  # the drained server needs its downloads no more
         self.reader.client.close()
         self._stopped.set()
@@ -216,7 +315,7 @@ class RankingServer:
         signal.signal(signal.SIGINT, handle)
 
     def wait(self) -> None:
-        self.server.wait_for_termination()
+        """Block until :meth:`stop` has finished (a signal handler or another thread calls it)."""
         self._stopped.wait()
 
     def busy_workers(self) -> list[threading.Thread]:

@@ -178,7 +178,12 @@ def _add_materialize(subparsers: argparse._SubParsersAction) -> None:
     mat.add_argument("--redis-url", default=None, help=REDIS_HELP)
     mat.add_argument("--feature-prefix", default="rf:v1", help="Redis key prefix the server reads")
     mat.add_argument("--version", default=None, help="version name (default: UTC time + random suffix)")
-    mat.add_argument("--ttl-s", type=int, default=7 * 24 * 3600, help="expiry of the written keys")
+    mat.add_argument(
+        "--ttl-s",
+        type=int,
+        default=7 * 24 * 3600,
+        help="how long the version this one replaces stays readable (the current version never expires)",
+    )
     mat.set_defaults(func=_materialize)
 
 
@@ -230,8 +235,8 @@ def _redis_answers(url: str) -> bool:
 
     from rankforge.serving.feature_reader import connect
 
+    client = connect(url, timeout_s=1.0)  # a URL no client can use: its one-line ConfigError
     try:
-        client = connect(url, timeout_s=1.0)
         if not client.ping():
             return False
         node = not isinstance(client, RedisCluster) and bool(client.info("cluster").get("cluster_enabled"))

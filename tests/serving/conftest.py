@@ -104,7 +104,7 @@ def start_server(
         ranker=str(overrides.pop("ranker", bundles.ranker)),
         redis_url=redis_url,
         feature_prefix=layout.prefix,
-        port=0,
+        port=overrides.pop("port", 0),
         workers=overrides.pop("workers", 4),
         refresh_interval_s=overrides.pop("refresh_interval_s", 0.0),
         limits=limits,

@@ -44,9 +44,11 @@ def test_write_then_read_matches_the_feature_tables(redis_client, layout, servin
     report = writer.write(d, version="v-one")
     assert (report.version, report.n_users, report.n_items) == ("v-one", d.n_users, d.n_items)
     assert redis_client.get(layout.current) == b"v-one"
-    assert 0 < redis_client.ttl(layout.user("v-one", 1)) <= 120
-    assert 0 < redis_client.ttl(layout.items("v-one", 0)) <= 120
-    assert redis_client.ttl(layout.current) == -1  # the pointer itself never expires
+    # the current version never expires under a server (its TTL ran out while the pointer, with
+    # none, still named it: every Rank answered NOT_FOUND with health SERVING)
+    for key in (layout.user("v-one", 1), layout.items("v-one", 0), layout.meta("v-one"), layout.current):
+        assert redis_client.ttl(key) == -1
+    assert list(redis_client.scan_iter(layout.writing("*"))) == []  # the write is no longer announced
 
     users = d.user_features.join(d.mapping.users, on="user_idx")
     row = users.filter(pl.col("history").list.len() > 1).row(0, named=True)
@@ -156,6 +158,52 @@ def test_a_version_without_item_blocks_asks_for_a_new_materialize(redis_client, 
 
 
 @pytest.mark.redis
+def test_a_replaced_version_expires_and_the_new_one_does_not(redis_client, layout, serving_data) -> None:
+    writer = FeatureWriter(redis_client, layout, ttl_s=120, batch_size=16)
+    writer.write(serving_data, version="one")
+    writer.write(serving_data, version="two")
+    assert redis_client.get(layout.current) == b"two"
+    old = list(redis_client.scan_iter(f"{layout.prefix}:one:*"))
+    assert old and all(0 < redis_client.ttl(k) <= 120 for k in old)
+    assert all(redis_client.ttl(k) == -1 for k in redis_client.scan_iter(f"{layout.prefix}:two:*"))
+
+
+def test_a_killed_write_is_removed_by_the_next_one(redis_client, layout, serving_data) -> None:
+    """A materialize SIGKILLed midway (its keys staged, its announcement left, its process gone):
+    its keys carry the staging TTL, and the next write deletes them at once."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    writer = FeatureWriter(redis_client, layout, ttl_s=120, staging_ttl_s=3600)
+    writer.write(serving_data, version="live")
+    gone = int(
+        subprocess.run(
+            [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+        ).stdout
+    )
+    note = {"host": socket.gethostname(), "pid": gone, "heartbeat": time.time()}
+    redis_client.set(layout.writing("killed"), json.dumps(note))
+    for uid in range(50):
+        redis_client.set(layout.user("killed", uid), b"x", ex=3600)
+    # another writer still running (this process) and one silent for too long
+    redis_client.set(layout.writing("running"), json.dumps({**note, "pid": os.getpid()}))
+    redis_client.set(layout.user("running", 1), b"x", ex=3600)
+    redis_client.set(layout.writing("silent"), json.dumps({**note, "host": "elsewhere", "heartbeat": 0}))
+    redis_client.set(layout.user("silent", 1), b"x", ex=3600)
+    assert 0 < redis_client.ttl(layout.user("killed", 7)) <= 3600
+    assert sorted(writer.remove_abandoned()) == ["killed", "silent"]
+    assert list(redis_client.scan_iter(f"{layout.prefix}:killed:*")) == []
+    assert list(redis_client.scan_iter(f"{layout.prefix}:silent:*")) == []
+    assert redis_client.exists(layout.user("running", 1)) and redis_client.exists(layout.writing("running"))
+    assert redis_client.get(layout.current) == b"live"  # the live version is never touched
+    writer.write(serving_data, version="next")  # a write cleans up first, too
+    assert redis_client.exists(layout.user("running", 1))
+
+
 def test_a_write_that_fails_midway_leaves_nothing(redis_client, layout, serving_data, monkeypatch) -> None:
     from rankforge.serving import feature_writer
 
@@ -173,6 +221,7 @@ def test_a_write_that_fails_midway_leaves_nothing(redis_client, layout, serving_
     with pytest.raises(RuntimeError, match="disk gone"):
         writer.write(serving_data, version="bad")
     assert list(redis_client.scan_iter(f"{layout.prefix}:bad:*")) == []
+    assert not redis_client.exists(layout.writing("bad"))
     assert redis_client.get(layout.current) == b"good"  # readers never saw the half-written one
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from rankforge.errors import ConfigError
 from rankforge.serving.client import RankingClient
 from rankforge.serving.ranking_service import RankError, RankingService
 
@@ -86,6 +87,49 @@ def test_health_is_never_starved_by_rank_work(make_server, feature_version, user
         release.set()
         assert all(f.result().items for f in running + waiting)
     assert server.service.outcomes["RESOURCE_EXHAUSTED"] == 1
+
+
+def _idle_calls(address: str, method: str, n: int) -> tuple[grpc.Channel, threading.Event]:
+    """``n`` unary calls to ``method`` that send their headers and never their message, no
+    deadline (a client-streaming call on a unary method, its request iterator blocked)."""
+    channel = grpc.insecure_channel(address)
+    never = threading.Event()
+
+    def blocked():
+        never.wait()
+        yield b""
+
+    call = channel.stream_unary(method, request_serializer=lambda x: x, response_deserializer=lambda x: x)
+    for _ in range(n):
+        call.future(blocked())
+    return channel, never
+
+
+@pytest.mark.parametrize("token", [None, "s3cret"])
+def test_idle_calls_hold_no_worker_and_never_starve_health_or_rank(
+    make_server, feature_version, user_id, token
+) -> None:
+    """Many more calls than worker threads send headers and never a message (with auth on, and no
+    token): health checks and valid Rank calls still answer at once."""
+    server = make_server(workers=2, auth_token=token)
+    idle = 3 * (2 * server.config.workers + 2)  # 18 held every thread of the thread-pool server
+    channel, never = _idle_calls(server.address, "/rankforge.v1.RankingService/Rank", idle)
+    try:
+        time.sleep(0.5)  # the calls have reached the server
+        started = time.monotonic()
+        for service in ("", "rankforge.v1.RankingService"):
+            assert _health(server.address, service) == health_pb2.HealthCheckResponse.SERVING
+        with RankingClient(server.address, timeout_s=5.0, token=token) as client:
+            for _ in range(3):
+                assert client.rank(user_id, k=3).items
+        assert time.monotonic() - started < 5.0
+        # with a token required, a tokenless call is still refused at once
+        if token:
+            err = _status(lambda: RankingClient(server.address, timeout_s=5.0).rank(user_id, k=3))
+            assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        never.set()
+        channel.close()
 
 
 class _GoneContext:
@@ -361,6 +405,26 @@ def test_urls_never_show_their_password() -> None:
         "p@ss",
     )
     assert parse_cluster("rediscluster://:pw@h:1").username is None
+    # a password as a query argument (redis-py reads it), or holding an unencoded '/', '?' or '@'
+    assert masked("redis://db:6379/0?password=hunter2") == "redis://db:6379/0?password=***"
+    assert masked("redis://db/0?db=1&PASSWORD=p@ss&x=1") == "redis://db/0?db=1&PASSWORD=***&x=1"
+    assert masked("redis://:hun/ter2@db:6379/0") == "redis://:***@db:6379/0"
+    assert masked("redis://user:hu?n@ter/2@db:6379/0") == "redis://user:***@db:6379/0"
+    for url in ("redis://db:6379/0?password=hunter2", "redis://:hun/ter2@db:6379/0"):
+        assert "hunter2" not in masked(url) and "ter2" not in masked(url)
+
+
+def test_redis_urls_no_client_can_use_are_one_line_before_anything_else() -> None:
+    from rankforge.errors import ConfigError
+    from rankforge.serving.feature_reader import connect
+
+    with pytest.raises(ConfigError, match=r"^Redis URL 'http://127.0.0.1:6379': expected one of redis://"):
+        connect("http://127.0.0.1:6379")
+    with pytest.raises(ConfigError, match=r"is not usable: .*unexpected keyword argument 'shard'") as err:
+        connect("redis://:hunter2@127.0.0.1:6379/0?shard=3")
+    assert "hunter2" not in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match=r"is not usable: Invalid value for 'socket_timeout'"):
+        connect("redis://127.0.0.1:6379/0?socket_timeout=soon&password=hunter2")
 
 
 def test_cli_output_masks_the_password_of_the_redis_url(closed_port, monkeypatch, capsys) -> None:
@@ -374,6 +438,16 @@ def test_cli_output_masks_the_password_of_the_redis_url(closed_port, monkeypatch
     monkeypatch.setenv("RANKFORGE_REDIS_URL", url)
     assert main(["materialize"]) == 2
     assert "topsecret" not in capsys.readouterr().err
+    # a password as a query argument or holding an unencoded '/'; an unknown query argument
+    for url in (
+        f"redis://127.0.0.1:{closed_port}/0?password=topsecret",
+        f"redis://:top/secret@127.0.0.1:{closed_port}/0",
+        f"redis://:topsecret@127.0.0.1:{closed_port}/0?shard=1",
+        "http://:topsecret@127.0.0.1:6379",
+    ):
+        assert main(["materialize", "--redis-url", url]) == 2
+        err = capsys.readouterr().err
+        assert "secret" not in err and err.count("\n") == 1, err
 
 
 def test_health_recovers_when_the_alias_moves_back_to_the_served_version(
@@ -504,6 +578,16 @@ def test_downloads_are_removed_on_swap_on_exit_and_after_promote(
     assert len(left()) == 1 and left() != first  # the replaced download is gone
     server.stop(0)
     assert left() == []  # and the served one at exit
+
+    # a server that cannot start (its port taken; a Redis URL no client reads) leaves nothing
+    taken = make_server(retrieval="models:/rf-tmp@champion")
+    assert len(left()) == 1
+    for overrides in ({"port": taken.port}, {"redis_url": "http://127.0.0.1:6379"}):
+        with pytest.raises((RuntimeError, ConfigError)):
+            make_server(retrieval="models:/rf-tmp@champion", **overrides)
+        assert len(left()) == 1  # only the running server's download
+    taken.stop(0)
+    assert left() == []
 
     MlflowClient().set_registered_model_alias("rf-tmp", "champion", "1")
     data = DataConfig(synthetic=SyntheticConfig(n_users=50, n_items=80), features=[GENRES_FEATURE])
@@ -688,3 +772,48 @@ def test_help_never_prints_the_configured_redis_password(monkeypatch, capsys) ->
         with pytest.raises(SystemExit):
             main([command, "--help"])
         assert "topsecret" not in capsys.readouterr().out
+
+
+def test_health_is_not_serving_while_the_current_feature_version_is_missing(
+    make_server, redis_client, layout, serving_data, feature_version, user_id, caplog
+) -> None:
+    from rankforge.serving.feature_writer import FeatureWriter
+    from rankforge.serving.proto import SERVICE_NAME
+
+    server = make_server(feature_check_s=0.2)
+    assert server.check_features() is None
+    assert _health(server.address, SERVICE_NAME) == health_pb2.HealthCheckResponse.SERVING
+    # the current version's keys gone (expired, evicted, deleted) while the pointer still names it
+    for key in list(redis_client.scan_iter(f"{layout.prefix}:{feature_version}:*")):
+        redis_client.delete(key)
+    deadline = time.monotonic() + 5
+    while _health(server.address, SERVICE_NAME) != health_pb2.HealthCheckResponse.NOT_SERVING:
+        assert time.monotonic() < deadline, "health did not turn NOT_SERVING"
+        time.sleep(0.05)
+    assert _health(server.address) == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert "has no meta record (expired or deleted)" in server.check_features()
+    assert any("health NOT_SERVING: the current feature version" in r.getMessage() for r in caplog.records)
+    # a new version makes it SERVING again, and it answers
+    FeatureWriter(redis_client, layout, ttl_s=300).write(serving_data)
+    deadline = time.monotonic() + 5
+    while _health(server.address, SERVICE_NAME) != health_pb2.HealthCheckResponse.SERVING:
+        assert time.monotonic() < deadline, "health did not turn SERVING again"
+        time.sleep(0.05)
+    # the new version loads off the request path; the requests after it use it
+    with RankingClient(server.address, timeout_s=5.0) as client:
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                assert client.rank(user_id, k=3).items
+                break
+            except grpc.RpcError:
+                assert time.monotonic() < deadline, "the new version was never served"
+                time.sleep(0.05)
+
+
+def test_a_server_started_without_a_current_feature_version_is_not_serving(make_server) -> None:
+    from rankforge.serving.proto import SERVICE_NAME
+
+    server = make_server()  # this test's prefix holds nothing
+    assert "no feature version is current" in server.check_features()
+    assert _health(server.address, SERVICE_NAME) == health_pb2.HealthCheckResponse.NOT_SERVING

@@ -94,10 +94,7 @@ def test_graceful_shutdown_finishes_in_flight_requests(make_server, stalled_redi
     started = time.monotonic()
     stopper.start()
     assert _wait_for(
-        lambda: (
-            srv.health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), None).status
-            == health_pb2.HealthCheckResponse.NOT_SERVING
-        ),
+        lambda: srv.health_status(SERVICE_NAME) == health_pb2.HealthCheckResponse.NOT_SERVING,
         timeout_s=1.0,
     )
     stopper.join(5)
