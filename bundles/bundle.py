@@ -43,6 +43,9 @@ VOCABULARIES = "vocabularies"
 BundleKind = Literal["retrieval", "ranker"]
 #: 2: inputs declared by the feature spec (``layout``) instead of fixed genre inputs.
 FORMAT_VERSION = 2
+#: Bounds of a manifest's sizes: a history longer than any log's, more rows than any table.
+MAX_HISTORY_LEN = 100_000
+MAX_ROWS = 1 << 40
 FILES: dict[str, tuple[str, ...]] = {
     "retrieval": ("user_tower.onnx", "item_tower.onnx", "item_embeddings.npy"),
     "ranker": ("ranker.onnx",),
@@ -78,6 +81,39 @@ class Manifest:
     # the data config it was trained on, paths absolute (DataConfig.portable): what `materialize`
     # featurises for it when given no data config ({}: unknown, e.g. prepared out of core)
     data_config: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Every field's type and range, checked once where the manifest is read: a hand-edited or
+        damaged manifest is one ``DataError`` naming the field, never a traceback (nor a history
+        length of 10**9 that the server would allocate per request)."""
+        for name, most in (("history_len", MAX_HISTORY_LEN), ("n_users", MAX_ROWS), ("n_items", MAX_ROWS)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= most:
+                raise DataError(
+                    f"bundle manifest: {name} must be an integer in [0, {most}], got {str(value)[:40]!r}"
+                )
+        for name in ("layout", "scoring", "data_fingerprint", "index", "data_config"):
+            if not isinstance(getattr(self, name), dict):
+                raise DataError(
+                    f"bundle manifest: {name} must be a mapping, got {type(getattr(self, name)).__name__}"
+                )
+        if not isinstance(self.inputs, dict) or not all(
+            isinstance(k, str) and isinstance(v, list) and all(isinstance(n, str) for n in v)
+            for k, v in self.inputs.items()
+        ):
+            raise DataError("bundle manifest: inputs must map graph files to lists of input names")
+        if not isinstance(self.dense_features, list) or not all(
+            isinstance(n, str) for n in self.dense_features
+        ):
+            raise DataError("bundle manifest: dense_features must be a list of names")
+        for name in ("vocabularies", "files"):
+            mapping = getattr(self, name)
+            if not isinstance(mapping, dict) or not all(isinstance(v, str) for v in mapping.values()):
+                raise DataError(f"bundle manifest: {name} must map names to digests (strings)")
+        if not isinstance(self.metrics, dict) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in self.metrics.values()
+        ):
+            raise DataError("bundle manifest: metrics must map names to numbers")
 
 
 def write_manifest(directory: str | Path, manifest: Manifest) -> Path:

@@ -817,3 +817,28 @@ def test_a_server_started_without_a_current_feature_version_is_not_serving(make_
     server = make_server()  # this test's prefix holds nothing
     assert "no feature version is current" in server.check_features()
     assert _health(server.address, SERVICE_NAME) == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        ({"history_len": 10**9}, r"history_len must be an integer in \[0, 100000\], got '1000000000'"),
+        ({"history_len": "20"}, "history_len must be an integer"),
+        ({"n_items": -1}, "n_items must be an integer"),
+        ({"inputs": {"user_tower.onnx": "user_id"}}, "inputs must map graph files to lists"),
+        ({"metrics": {"auc": "high"}}, "metrics must map names to numbers"),
+        ({"index": []}, "index must be a mapping"),
+        ({"files": {"ranker.onnx": 3}}, "files must map names to digests"),
+    ],
+)
+def test_every_manifest_field_is_checked_at_load_in_one_line(bundles, tmp_path, edit, message) -> None:
+    from rankforge.bundles.bundle import load_bundle
+    from rankforge.errors import DataError
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundles.ranker, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    (copy / "manifest.json").write_text(json.dumps({**manifest, **edit}))
+    with pytest.raises(DataError, match=message) as err:
+        load_bundle(copy)
+    assert "\n" not in str(err.value)
