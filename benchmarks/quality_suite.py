@@ -334,14 +334,14 @@ def _popularity(data: Any, tables: Any, metric: str) -> float:
 
 
 def _item_rate(data: Any, tables: Any, metric: str) -> float:
-    """Each test event scored by its item's smoothed positive rate in training."""
-    import numpy as np
-
+    """Each test event scored by its item's smoothed positive rate in training (the floor
+    ``rankforge promote`` holds a ranker to)."""
     from rankforge.evaluation.metrics import ranking_metrics
+    from rankforge.pipelines.bundle_scoring import item_rate_probabilities
 
     test = data.test_events
-    rates = tables.item_pos_rate.numpy()[test["item_idx"].to_numpy()].astype(np.float64)
-    return ranking_metrics(test["label"].to_numpy().astype(np.float64), rates)[metric.removeprefix("ranker_")]
+    labels = test["label"].to_numpy().astype(float)
+    return ranking_metrics(labels, item_rate_probabilities(data, test))[metric.removeprefix("ranker_")]
 
 
 def _ad_rate(data: Any, tables: Any, metric: str) -> float:

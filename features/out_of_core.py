@@ -70,6 +70,7 @@ from rankforge.features.sequences import PositiveSequences
 from rankforge.features.splits import time_cut
 from rankforge.features.string_ids import ITEM_KEY, USER_KEY
 from rankforge.phase_clock import PhaseClock
+from rankforge.processes import alive
 
 log = logging.getLogger(__name__)
 BUCKET = "_bucket"
@@ -182,19 +183,9 @@ def _remove_abandoned(out: Path) -> None:
     driver cannot clean up after itself); a live run's stays."""
     for tmp in out.parent.glob(f".{out.name}{TMP_INFIX}*"):
         pid = tmp.name.removeprefix(f".{out.name}{TMP_INFIX}").split("-")[0]
-        if tmp.is_dir() and pid.isdigit() and not _alive(int(pid)):
+        if tmp.is_dir() and pid.isdigit() and not alive(int(pid)):
             log.info("prepare: removing %s, left by a run that did not finish", tmp)
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass

@@ -39,6 +39,7 @@ from rankforge.features.aggregates import dense_matrix
 from rankforge.features.feature_spec import USER_HISTORY
 from rankforge.features.pipeline import PreparedData
 from rankforge.models.inputs import BUILT_IN_COLUMNS
+from rankforge.processes import alive
 from rankforge.serving.feature_layout import SEEN_ITEMS, FeatureMeta, KeyLayout, check_name, pack
 from rankforge.serving.item_table import BLOCK_ITEMS, ITEM_ID, encode_blocks
 
@@ -252,11 +253,4 @@ def _abandoned(note: dict) -> bool:
     if not isinstance(heartbeat, int | float) or time.time() - heartbeat > STALE_S:
         return True
     pid = note.get("pid")
-    if note.get("host") == socket.gethostname() and isinstance(pid, int):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-    return False
+    return note.get("host") == socket.gethostname() and isinstance(pid, int) and not alive(pid)

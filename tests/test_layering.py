@@ -10,7 +10,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 #: package -> layer; a module may import its own package and packages of strictly lower layers.
 LAYERS: dict[str, int] = {
-    "core": 0,  # rankforge.errors, config_errors, settings, quiet, phase_clock
+    "core": 0,  # rankforge.errors, config_errors, settings, quiet, phase_clock, processes
     "features": 1,
     "models": 2,
     "evaluation": 2,
@@ -22,7 +22,7 @@ LAYERS: dict[str, int] = {
     "benchmarks": 6,
     "commands": 7,  # rankforge.cli and rankforge.commands: the entry points
 }
-CORE = {"errors", "config_errors", "settings", "quiet", "phase_clock"}
+CORE = {"errors", "config_errors", "settings", "quiet", "phase_clock", "processes"}
 FOLDERS = [
     "features",
     "models",
