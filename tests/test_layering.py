@@ -1,9 +1,11 @@
 """The import layering of ARCHITECTURE.md, checked on every module (function-level imports too):
-a package imports only packages of lower layers, so the layering cannot quietly regress."""
+a package imports only packages of lower layers, and of those only the ones its table row's "may
+import" column names (core everywhere), so the layering cannot quietly regress."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,6 +83,47 @@ def test_no_package_imports_a_higher_or_parallel_layer() -> None:
                     continue
                 assert theirs in LAYERS, f"{module} is in no layer: add its package to LAYERS"
                 if LAYERS[theirs] >= LAYERS[mine]:
+                    violations.append(f"{path.relative_to(REPO)} ({mine}) imports {module} ({theirs})")
+    assert not violations, "\n".join(violations)
+
+
+def _may_import() -> dict[str, set[str] | None]:
+    """ARCHITECTURE.md's layer table, read as the declaration it is: package -> the packages its
+    "may import" column names (None: everything below it); core is importable everywhere."""
+    allowed: dict[str, set[str] | None] = {}
+    for line in (REPO / "ARCHITECTURE.md").read_text().splitlines():
+        if not re.match(r"^\| \d \|", line):
+            continue
+        _layer, package, _holds, may = (cell.strip() for cell in line.strip("|").split("|"))
+        name = (
+            "core"
+            if package.startswith("core")
+            else "commands"
+            if "cli.py" in package
+            else re.search(r"`(\w+)/`", package).group(1)  # type: ignore[union-attr]
+        )
+        everything = may.startswith("everything")
+        allowed[name] = None if everything else {m.strip() for m in may.split(",") if m.strip() != "—"}
+    return allowed
+
+
+def test_no_package_imports_what_its_may_import_column_leaves_out() -> None:
+    """Lower is not enough: evaluation (layer 2) must not import features (layer 1), serving not
+    evaluation, and so on, as ARCHITECTURE.md's table says."""
+    allowed = _may_import()
+    assert set(allowed) == set(LAYERS), "ARCHITECTURE.md's table and LAYERS name other packages"
+    violations = []
+    for folder in FOLDERS:
+        for path in sorted((REPO / folder).rglob("*.py")):
+            if "proto" in path.parts:
+                continue
+            mine = _own_package(path)
+            may = allowed[mine]
+            for module in _imports(path):
+                theirs = _package(module)
+                if theirs in (None, mine, "core") or may is None:
+                    continue
+                if theirs not in may:
                     violations.append(f"{path.relative_to(REPO)} ({mine}) imports {module} ({theirs})")
     assert not violations, "\n".join(violations)
 
