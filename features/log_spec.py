@@ -10,7 +10,8 @@ schema (``user_id, item_id, rating, timestamp``) and says what a positive is::
     [data.log]
     user = "uid"                 # integer ids (the serving API's ids are int64)
     item = "video"
-    timestamp = "ts"             # integer seconds or milliseconds, or ISO-8601 strings
+    timestamp = "ts"             # integer seconds or milliseconds, or ISO-8601 strings;
+                                 # false: no time column (row order is time order)
     label = "clicked"            # the column the label comes from (absent: implicit feedback)
     label_rule = "binary"        # 0/1 column | "threshold" (value >= label_threshold) | "implicit"
 
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Literal
 
 import polars as pl
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from rankforge.errors import DataError
 from rankforge.features.loaders import existing_file
@@ -44,7 +45,9 @@ class LogSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     user: str = "user_id"
     item: str = "item_id"
-    timestamp: str | None = "timestamp"  # None: the log has no time (row order is kept)
+    # the time column; ``false`` in TOML (``null`` in YAML): the log has no time, its row order is
+    # its time order (a random or provided split; leave-last-out takes each user's last rows)
+    timestamp: str | None = "timestamp"
     timestamp_unit: Literal["auto", "s", "ms"] = "auto"
     label: str | None = None
     label_rule: Literal["implicit", "binary", "threshold"] = "implicit"
@@ -52,6 +55,12 @@ class LogSpec(BaseModel):
     # "string": ids are strings ("u_95"), kept as user_key/item_key beside stable int64 raw ids
     # (rankforge.features.string_ids); "integer": int64 ids, anything else is refused
     ids: Literal["integer", "string"] = "integer"
+
+    @field_validator("timestamp", mode="before")
+    @classmethod
+    def _no_time(cls, value: object) -> object:
+        """``timestamp = false``: TOML has no null, so false says "no time column"."""
+        return None if value is False else value
 
     @model_validator(mode="after")
     def _rule_fits(self) -> LogSpec:

@@ -78,6 +78,8 @@ class SyntheticConfig(BaseModel):
 
 #: Sources that ship their own train/test split (``split = "provided"`` keeps it), and its reader.
 PROVIDED_SPLITS = {"lightgcn": load_lightgcn_split, "ir_benchmark": load_ir_benchmark_split}
+#: Sources whose provided split is given as files beside the log (``data.test_path``).
+FILE_SPLITS = ("file",)
 
 
 class DataConfig(BaseModel):
@@ -109,6 +111,10 @@ class DataConfig(BaseModel):
     positive_threshold: float = 4.0  # rating >= threshold is a positive; logs without ratings: all
     # source = "file": your own log's columns and label rule (CSV with any names, parquet, NDJSON)
     log: LogSpec | None = None
+    # split = "provided" with source = "file": the held-out files that ship with the log (read with
+    # the same [data.log]); without validation_path the validation part is carved from `path`
+    test_path: Path | None = None
+    validation_path: Path | None = None
     history_len: int = Field(20, ge=1)
     # Model selection data, carved from the *training* part (the test set is never looked at while
     # training): > 0 holds out that fraction of each user's training events at random (split
@@ -150,6 +156,8 @@ class DataConfig(BaseModel):
             update={
                 "path": under(folder, self.path),
                 "items_path": under(folder, self.items_path),
+                "test_path": under(folder, self.test_path),
+                "validation_path": under(folder, self.validation_path),
                 "user_table": side_table_path(self.user_table, folder),
                 "item_table": side_table_path(self.item_table, folder),
             }
@@ -205,10 +213,18 @@ class DataConfig(BaseModel):
             raise ValueError(
                 "context features come from your own log's columns: give data.source = 'file' and data.log"
             )
-        if self.split == "provided" and self.source not in PROVIDED_SPLITS:
+        if self.split == "provided" and self.source in FILE_SPLITS and self.test_path is None:
+            raise ValueError("split='provided' with source='file' needs data.test_path (the test file)")
+        if self.split == "provided" and self.source not in (*PROVIDED_SPLITS, *FILE_SPLITS):
             raise ValueError(
-                "split='provided' only applies to source='lightgcn' (train.txt/test.txt) or "
-                "'ir_benchmark' (train.tsv/test.tsv)"
+                "split='provided' only applies to source='lightgcn' (train.txt/test.txt), "
+                "'ir_benchmark' (train.tsv/test.tsv) or 'file' (data.test_path beside data.path)"
+            )
+        if (self.test_path is not None or self.validation_path is not None) and (
+            self.source not in FILE_SPLITS or self.split != "provided"
+        ):
+            raise ValueError(
+                "data.test_path and data.validation_path go with source='file', split='provided'"
             )
         return self
 
@@ -355,7 +371,8 @@ def raw_log(config: DataConfig) -> tuple[pl.DataFrame, pl.DataFrame | None, pl.D
         return pl.concat([train, test]), None, items
     if config.log is not None:
         context = [f.source_column for f in context_features(config.features)]
-        return read_log(config.path, config.log, context), None, items
+        test = read_log(config.test_path, config.log, context) if config.test_path is not None else None
+        return read_log(config.path, config.log, context), test, items
     return load_interactions(config.path, config.layout), None, items
 
 
@@ -458,11 +475,20 @@ def feature_tables(
     return FeatureTablesOut(users, items.select(ITEM_IDX, ITEM, pl.exclude(ITEM_IDX, ITEM)), fitted, layout)
 
 
+def provided_validation(config: DataConfig) -> pl.DataFrame | None:
+    """The validation file that ships with a log (``data.validation_path``), read as the log is."""
+    if config.validation_path is None or config.log is None:
+        return None
+    context = [f.source_column for f in context_features(config.features)]
+    return read_log(config.validation_path, config.log, context)
+
+
 def _split_parts(
     log: pl.DataFrame, provided_test: pl.DataFrame | None, config: DataConfig
 ) -> tuple[pl.DataFrame, pl.DataFrame | None, pl.DataFrame]:
     """(train, validation or None, test) raw events: the test part as provided or split off the
-    log, then the validation part carved from the training part (never from the test part)."""
+    log, then the validation part as provided or carved from the training part (never from the
+    test part)."""
     if provided_test is not None:
         train_raw, test_raw = log, provided_test
     else:
@@ -471,6 +497,11 @@ def _split_parts(
         raise DataError("the split left no training events")
     if test_raw.height == 0:
         raise DataError("the split left no test events; lower n_test_per_user or raise test_fraction")
+    validation = provided_validation(config)
+    if validation is not None:
+        if validation.height == 0:
+            raise DataError(f"data.validation_path {config.validation_path} holds no events")
+        return train_raw, validation, test_raw
     if config.validation_fraction <= 0:
         return train_raw, None, test_raw
     train_raw, validation_raw = _split(

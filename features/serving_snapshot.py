@@ -34,6 +34,7 @@ from rankforge.features.pipeline import (
     encode_events,
     feature_tables,
     prepare,
+    provided_validation,
     raw_log,
     side_tables,
 )
@@ -51,7 +52,8 @@ def serving_snapshot(config: DataConfig) -> PreparedData:
     training = prepare(config)  # the vocabularies and request-context normalisation trained on
     log, provided_test, items = raw_log(config)
     items, users_table = side_tables(config, items)
-    everything = log if provided_test is None else pl.concat([log, provided_test], how="vertical_relaxed")
+    parts = [p for p in (log, provided_test, provided_validation(config)) if p is not None]
+    everything = pl.concat(parts, how="vertical_relaxed")
     mapping = IdMapping.fit(everything, items)
     context = training.inputs.context
     events = encode_events(

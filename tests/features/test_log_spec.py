@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
+from pydantic import ValidationError
 
 from rankforge.errors import ConfigError, DataError
 from rankforge.features.log_spec import LogSpec, read_log
@@ -125,3 +127,53 @@ def test_the_example_config_trains_on_the_example_log(rankforge_home: Path, caps
     bundle = load_bundle(out.split("; bundle ")[1].splitlines()[0])
     assert {"video_topics", "viewer_country"} <= set(bundle.manifest.inputs["ranker.onnx"])
     assert bundle.manifest.dense_features[-1] == "video_duration"
+
+
+def test_a_ctr_log_as_it_comes_without_time_and_with_its_own_validation_and_test_files(
+    tmp_path: Path,
+) -> None:
+    """A CTR benchmark's layout (BARS Frappe: label,user,item,... in train/valid/test CSVs, no
+    time): declared in TOML with ``timestamp = false`` and ``split = "provided"``."""
+    rng = np.random.default_rng(0)
+    for name, n in (("train", 400), ("valid", 120), ("test", 100)):
+        pl.DataFrame(
+            {
+                "label": rng.integers(0, 2, n),
+                "user": rng.integers(0, 30, n),
+                "item": rng.integers(0, 40, n),
+                "daytime": rng.integers(0, 7, n),
+            }
+        ).write_csv(tmp_path / f"{name}.csv")
+    (tmp_path / "ctr.toml").write_text(
+        """
+[data]
+source = "file"
+path = "train.csv"
+split = "provided"
+test_path = "test.csv"
+validation_path = "valid.csv"
+[data.log]
+user = "user"
+item = "item"
+timestamp = false
+label = "label"
+label_rule = "binary"
+"""
+    )
+    config = DataConfig.from_file(tmp_path / "ctr.toml")
+    assert config.log is not None and config.log.timestamp is None
+    assert config.test_path == tmp_path / "test.csv"  # relative to the config's folder
+    data = prepare(config)
+    assert data.train_events.height == 400  # every training row, none carved off
+    assert data.validation_events is not None and data.validation_events.height <= 120
+    test = pl.read_csv(tmp_path / "test.csv")
+    known = data.mapping.items["item_id"].to_list()
+    assert data.test_events.height == test.filter(pl.col("item").is_in(known)).height
+    assert sorted(data.train_events["label"].unique().to_list()) == [0, 1]
+    # provided files belong to a file log's provided split
+    with pytest.raises(ValidationError, match=r"needs data\.test_path"):
+        DataConfig.model_validate({"source": "file", "path": "x.csv", "split": "provided"})
+    with pytest.raises(ValidationError, match="go with source='file', split='provided'"):
+        DataConfig.model_validate(
+            {"source": "file", "path": "x.csv", "split": "random", "test_path": "t.csv"}
+        )
