@@ -370,10 +370,16 @@ def raw_log(config: DataConfig) -> tuple[pl.DataFrame, pl.DataFrame | None, pl.D
             return train, test, items
         return pl.concat([train, test]), None, items
     if config.log is not None:
-        context = [f.source_column for f in context_features(config.features)]
-        test = read_log(config.test_path, config.log, context) if config.test_path is not None else None
-        return read_log(config.path, config.log, context), test, items
+        test = _read_file_log(config, config.test_path) if config.test_path is not None else None
+        return _read_file_log(config, config.path), test, items
     return load_interactions(config.path, config.layout), None, items
+
+
+def _read_file_log(config: DataConfig, path: Path) -> pl.DataFrame:
+    """One file of a ``source = "file"`` log (the log, or its provided test or validation file),
+    read with ``data.log`` and the declared context features' columns kept."""
+    assert config.log is not None
+    return read_log(path, config.log, [f.source_column for f in context_features(config.features)])
 
 
 def split_events(
@@ -479,8 +485,7 @@ def provided_validation(config: DataConfig) -> pl.DataFrame | None:
     """The validation file that ships with a log (``data.validation_path``), read as the log is."""
     if config.validation_path is None or config.log is None:
         return None
-    context = [f.source_column for f in context_features(config.features)]
-    return read_log(config.validation_path, config.log, context)
+    return _read_file_log(config, config.validation_path)
 
 
 def _split_parts(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,8 +71,9 @@ def _imports(path: Path) -> set[str]:
     return found
 
 
-def test_no_package_imports_a_higher_or_parallel_layer() -> None:
-    violations = []
+def _cross_imports() -> Iterator[tuple[str, str, str, str]]:
+    """(file, its package, an imported rankforge module, that module's package) for every import
+    of another package, in every module of every layer folder (generated protobuf aside)."""
     for folder in FOLDERS:
         for path in sorted((REPO / folder).rglob("*.py")):
             if "proto" in path.parts:
@@ -79,11 +81,16 @@ def test_no_package_imports_a_higher_or_parallel_layer() -> None:
             mine = _own_package(path)
             for module in _imports(path):
                 theirs = _package(module)
-                if theirs is None or theirs == mine:
-                    continue
-                assert theirs in LAYERS, f"{module} is in no layer: add its package to LAYERS"
-                if LAYERS[theirs] >= LAYERS[mine]:
-                    violations.append(f"{path.relative_to(REPO)} ({mine}) imports {module} ({theirs})")
+                if theirs is not None and theirs != mine:
+                    yield str(path.relative_to(REPO)), mine, module, theirs
+
+
+def test_no_package_imports_a_higher_or_parallel_layer() -> None:
+    violations = []
+    for where, mine, module, theirs in _cross_imports():
+        assert theirs in LAYERS, f"{module} is in no layer: add its package to LAYERS"
+        if LAYERS[theirs] >= LAYERS[mine]:
+            violations.append(f"{where} ({mine}) imports {module} ({theirs})")
     assert not violations, "\n".join(violations)
 
 
@@ -112,19 +119,11 @@ def test_no_package_imports_what_its_may_import_column_leaves_out() -> None:
     evaluation, and so on, as ARCHITECTURE.md's table says."""
     allowed = _may_import()
     assert set(allowed) == set(LAYERS), "ARCHITECTURE.md's table and LAYERS name other packages"
-    violations = []
-    for folder in FOLDERS:
-        for path in sorted((REPO / folder).rglob("*.py")):
-            if "proto" in path.parts:
-                continue
-            mine = _own_package(path)
-            may = allowed[mine]
-            for module in _imports(path):
-                theirs = _package(module)
-                if theirs in (None, mine, "core") or may is None:
-                    continue
-                if theirs not in may:
-                    violations.append(f"{path.relative_to(REPO)} ({mine}) imports {module} ({theirs})")
+    violations = [
+        f"{where} ({mine}) imports {module} ({theirs})"
+        for where, mine, module, theirs in _cross_imports()
+        if theirs != "core" and allowed[mine] is not None and theirs not in allowed[mine]  # type: ignore[operator]
+    ]
     assert not violations, "\n".join(violations)
 
 
